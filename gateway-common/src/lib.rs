@@ -1,0 +1,248 @@
+//! Types shared between Interlock's kernel programs and its userspace daemon.
+//!
+//! Everything here crosses the kernel/user boundary through BPF maps, so every
+//! struct is `#[repr(C)]`, uses fixed-width integers only, spells out its
+//! padding, never uses `bool`, and has its size pinned by a compile-time
+//! assertion. Changing a layout means bumping [`MAP_ABI_VERSION`], because maps
+//! are pinned and outlive the binary that created them.
+#![no_std]
+
+/// Version of the map layouts below. Pinned maps live in a directory named
+/// after it, so a gateway built with another layout never reads old maps.
+pub const MAP_ABI_VERSION: u32 = 1;
+
+/// LPM trie of IPv4 redirect rules: `Key<[u8; 4]>` -> [`RuleSet`].
+pub const MAP_RULES_V4: &str = "RULES_V4";
+/// LPM trie of IPv6 redirect rules: `Key<[u8; 16]>` -> [`RuleSet`].
+pub const MAP_RULES_V6: &str = "RULES_V6";
+/// Per-CPU array of [`RuleStats`], indexed by rule slot.
+pub const MAP_RULE_STATS: &str = "RULE_STATS";
+/// One-element array holding the [`Settings`].
+pub const MAP_SETTINGS: &str = "SETTINGS";
+/// LRU hash: socket cookie (u64) -> [`ConnRecord`], for every redirected socket.
+pub const MAP_SOCKETS: &str = "SOCKETS";
+/// LRU hash: [`HandoffKey`] -> [`ConnRecord`], read by the proxy after accept().
+pub const MAP_HANDOFF: &str = "HANDOFF";
+/// Hash: cgroup id (u64) -> u8, cgroups whose processes are agents.
+pub const MAP_SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
+/// Hash: uid (u32) -> u8, users whose processes are agents.
+pub const MAP_SELECTED_UIDS: &str = "SELECTED_UIDS";
+
+/// Every map that is pinned and therefore survives a gateway restart.
+pub const PINNED_MAPS: [&str; 8] = [
+    MAP_RULES_V4,
+    MAP_RULES_V6,
+    MAP_RULE_STATS,
+    MAP_SETTINGS,
+    MAP_SOCKETS,
+    MAP_HANDOFF,
+    MAP_SELECTED_CGROUPS,
+    MAP_SELECTED_UIDS,
+];
+
+/// Program names as they appear in the eBPF object.
+pub const PROG_CONNECT4: &str = "interlock_connect4";
+/// connect6 hook.
+pub const PROG_CONNECT6: &str = "interlock_connect6";
+/// getpeername4 hook.
+pub const PROG_GETPEERNAME4: &str = "interlock_getpeername4";
+/// getpeername6 hook.
+pub const PROG_GETPEERNAME6: &str = "interlock_getpeername6";
+/// UDP sendmsg4 hook.
+pub const PROG_SENDMSG4: &str = "interlock_sendmsg4";
+/// UDP sendmsg6 hook.
+pub const PROG_SENDMSG6: &str = "interlock_sendmsg6";
+/// sock_ops hand-off program (not named `sockops`: bpf-linker clashes with the section name).
+pub const PROG_SOCK_OPS: &str = "interlock_handoff";
+
+/// Capacity of the rule trie maps (distinct CIDRs per family).
+pub const MAX_PREFIXES: u32 = 1024;
+/// Number of rule slots (counters); slots below [`FIRST_RULE_SLOT`] are reserved.
+pub const MAX_RULE_SLOTS: u32 = 1024;
+/// Counter slot for connections no rule matched (the default action).
+pub const SLOT_DEFAULT: u16 = 0;
+/// Counter slot for UDP/443 (QUIC) sends refused so clients fall back to TCP.
+pub const SLOT_QUIC: u16 = 1;
+/// First slot handed to a configured rule.
+pub const FIRST_RULE_SLOT: u16 = 2;
+/// Most port-range entries one CIDR can carry, inherited ones included.
+pub const MAX_RULES_PER_PREFIX: usize = 16;
+/// Capacity of the per-socket record maps.
+pub const MAX_TRACKED_SOCKETS: u32 = 65536;
+/// How deep the kernel looks up the cgroup tree for a selected ancestor.
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// What a matching rule does to a TCP connect().
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Action {
+    /// Let the connection go to its destination untouched.
+    Pass = 1,
+    /// Rewrite the destination to the gateway's listener.
+    Redirect = 2,
+    /// Fail connect() with EPERM.
+    Deny = 3,
+}
+
+impl Action {
+    /// Decodes a raw action byte; unknown values are `None` (the kernel treats them as deny).
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Pass),
+            2 => Some(Self::Redirect),
+            3 => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One port range of a rule, as stored in a trie value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RuleEntry {
+    /// First port of the range, host byte order.
+    pub port_lo: u16,
+    /// Last port of the range (inclusive), host byte order.
+    pub port_hi: u16,
+    /// An [`Action`] as u8.
+    pub action: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+    /// Counter slot in [`MAP_RULE_STATS`].
+    pub slot: u16,
+}
+const _: () = assert!(core::mem::size_of::<RuleEntry>() == 8);
+
+/// Value of a rule trie entry: the port-range rules for one CIDR, most specific
+/// first, followed by the rules inherited from every covering CIDR. The kernel
+/// takes the first entry whose port range holds the destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct RuleSet {
+    /// Number of valid entries.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The entries; only the first `len` are meaningful.
+    pub entries: [RuleEntry; MAX_RULES_PER_PREFIX],
+}
+const _: () = assert!(core::mem::size_of::<RuleSet>() == 8 + 8 * MAX_RULES_PER_PREFIX);
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            _pad: 0,
+            entries: [RuleEntry::default(); MAX_RULES_PER_PREFIX],
+        }
+    }
+}
+
+/// Counters of one rule slot (per CPU in the kernel; summed in userspace).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RuleStats {
+    /// connect() calls rewritten to the gateway.
+    pub redirected: u64,
+    /// connect() calls let through.
+    pub passed: u64,
+    /// connect() / sendmsg() calls refused with EPERM.
+    pub denied: u64,
+}
+const _: () = assert!(core::mem::size_of::<RuleStats>() == 24);
+
+/// `select_all` value: every process in an attached cgroup is an agent.
+pub const SELECT_ALL_ATTACHED: u8 = 1;
+
+/// Gateway-wide settings the hooks read on every call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Settings {
+    /// Non-zero once userspace has written real settings; zero makes every hook deny.
+    pub configured: u32,
+    /// Socket mark (SO_MARK) the gateway puts on its own upstream sockets; such
+    /// sockets are never redirected. Zero disables the exemption.
+    pub bypass_mark: u32,
+    /// Listener IPv4 address, network byte order (as in `bpf_sock_addr.user_ip4`).
+    pub proxy_ip4: u32,
+    /// Listener IPv6 address, four network-order words.
+    pub proxy_ip6: [u32; 4],
+    /// Listener port, host byte order.
+    pub proxy_port: u16,
+    /// [`Action`] when no rule matches.
+    pub default_action: u8,
+    /// [`SELECT_ALL_ATTACHED`] or 0 (then only selected cgroups/uids are agents).
+    pub select_all: u8,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+
+/// What the kernel remembers about one redirected connect().
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ConnRecord {
+    /// Cgroup id (cgroup2 inode number) of the calling task.
+    pub cgroup_id: u64,
+    /// Cookie of the agent's socket.
+    pub socket_cookie: u64,
+    /// Cookie of the network namespace the agent's socket lives in.
+    pub netns_cookie: u64,
+    /// CLOCK_BOOTTIME at connect(), to detect a pid reused before lookup.
+    pub connect_boot_ns: u64,
+    /// Original destination address; IPv4 in the first four bytes.
+    pub orig_addr: [u8; 16],
+    /// `comm` of the calling thread, NUL padded.
+    pub comm: [u8; 16],
+    /// Process id (tgid) of the caller.
+    pub pid: u32,
+    /// Thread id of the caller.
+    pub tid: u32,
+    /// Real uid of the caller.
+    pub uid: u32,
+    /// Real gid of the caller.
+    pub gid: u32,
+    /// Original destination port, host byte order.
+    pub orig_port: u16,
+    /// Address family of the original destination (2 = IPv4, 10 = IPv6); an
+    /// IPv4-mapped IPv6 destination is recorded as IPv4.
+    pub orig_family: u16,
+    /// Counter slot of the rule that redirected it.
+    pub rule_slot: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ConnRecord>() == 88);
+
+/// Key under which sock_ops publishes a record for the proxy: the agent
+/// socket's local address as the proxy will see it as the accepted peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct HandoffKey {
+    /// Network namespace cookie (ports collide across namespaces).
+    pub netns_cookie: u64,
+    /// Agent-side address; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// Agent-side port, host byte order.
+    pub port: u16,
+    /// 2 = IPv4, 10 = IPv6 (IPv4-mapped addresses are stored as IPv4).
+    pub family: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<HandoffKey>() == 32);
+
+/// AF_INET as stored in records.
+pub const FAMILY_V4: u16 = 2;
+/// AF_INET6 as stored in records.
+pub const FAMILY_V6: u16 = 10;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made of integers and arrays of integers,
+    // with every padding byte spelled out as a field, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::RuleEntry {}
+    unsafe impl aya::Pod for super::RuleSet {}
+    unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::ConnRecord {}
+    unsafe impl aya::Pod for super::HandoffKey {}
+}

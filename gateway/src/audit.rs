@@ -1,0 +1,106 @@
+//! The typed event stream: one event per connection (later issues add HTTP
+//! exchanges, statements and operator actions). Events go to a sink off the
+//! request path; until the audit store exists, the sink is a JSON-lines file.
+use std::{net::SocketAddr, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    identity::Identity,
+    types::{ConnId, OrigDst},
+};
+
+mod jsonl;
+
+pub use jsonl::{EventSink, SinkError};
+
+/// How a connection ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Both sides finished normally.
+    Closed,
+    /// Nothing moved either way for the idle timeout.
+    IdleTimeout,
+    /// The upstream could not be reached (upstream side).
+    UpstreamConnectFailed {
+        /// Why.
+        error: String,
+    },
+    /// A read or write failed mid-stream.
+    Error {
+        /// Which side failed: `agent`, `upstream` or `gateway`.
+        side: String,
+        /// The error.
+        error: String,
+    },
+    /// The gateway refused the connection before relaying anything.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One proxied (or refused) connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    /// Wall-clock time the connection was accepted (RFC 3339).
+    pub time: String,
+    /// Gateway-local connection number.
+    pub conn_id: ConnId,
+    /// The caller, when the kernel left a record.
+    pub identity: Option<Identity>,
+    /// Agent-side address as the listener saw it.
+    pub peer: SocketAddr,
+    /// Where the agent meant to go.
+    pub orig_dst: Option<OrigDst>,
+    /// Bytes from agent to upstream.
+    pub bytes_up: u64,
+    /// Bytes from upstream to agent.
+    pub bytes_down: u64,
+    /// Milliseconds from accept to close.
+    pub duration_ms: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Every kind of event the gateway records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A connection ended (or was refused).
+    Connection(ConnectionEvent),
+    /// An operator changed the redirect rules.
+    RulesChanged {
+        /// Time (RFC 3339).
+        time: String,
+        /// What changed, in words.
+        change: String,
+    },
+    /// The gateway started, re-adopting or creating its kernel state.
+    GatewayStarted {
+        /// Time (RFC 3339).
+        time: String,
+        /// Cgroups the hooks are attached to.
+        cgroups: Vec<String>,
+    },
+    /// An operator removed the kernel hooks with `interlock detach`.
+    Detached {
+        /// Time (RFC 3339).
+        time: String,
+        /// Who ran it.
+        by: String,
+        /// What was removed.
+        removed: Vec<String>,
+    },
+    /// The gateway stopped (agents are refused until it returns).
+    GatewayStopped {
+        /// Time (RFC 3339).
+        time: String,
+    },
+}
+
+/// Now, as RFC 3339 with milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

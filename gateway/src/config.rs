@@ -1,0 +1,294 @@
+//! The gateway's configuration: one serde tree, embedded defaults, validated at
+//! load. A file that fails to parse or validate is rejected with its path,
+//! line and field; nothing half-loaded is ever used.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+mod rule;
+
+pub use rule::{PortRange, RuleAction, RuleSpec};
+
+/// Errors loading or validating configuration. All are the operator's input.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error or a field with a bad value or an unknown name.
+    #[error("config {path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was wrong, as the parser says it.
+        message: String,
+    },
+    /// The file parsed but a value breaks a rule the gateway depends on.
+    #[error("config {path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file (or `<embedded defaults>`).
+        path: PathBuf,
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the proxy listens.
+    pub listener: ListenerConfig,
+    /// Which processes are agents and how their traffic is steered.
+    pub intercept: InterceptConfig,
+    /// Redirect rules, in addition to the built-in loopback and DNS passes.
+    pub rules: Vec<RuleSpec>,
+    /// Where state, pins and the event log live.
+    pub paths: PathsConfig,
+}
+
+/// The loopback listener the kernel redirects agents to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Port on both loopback addresses. Below 1024 by default, so that while the
+    /// gateway is down no unprivileged process can bind it and pose as the gateway.
+    pub port: u16,
+    /// IPv4 listen address (must be loopback).
+    pub ipv4: Ipv4Addr,
+    /// IPv6 listen address (must be loopback).
+    pub ipv6: Ipv6Addr,
+    /// How long to wait for an upstream TCP connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections relayed at once; further ones are refused and logged.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            port: 977,
+            ipv4: Ipv4Addr::LOCALHOST,
+            ipv6: Ipv6Addr::LOCALHOST,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Selection of agent processes and the kernel-side defaults.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterceptConfig {
+    /// Cgroups whose processes (and descendants) are agents; relative paths are
+    /// under the cgroup2 mount. The first one is where `interlock exec` puts commands.
+    pub cgroups: Vec<String>,
+    /// Users whose processes are agents, wherever they run under `uid_scope`.
+    pub uids: Vec<u32>,
+    /// Cgroup the hooks attach to for uid selection ("/" is the whole host).
+    pub uid_scope: String,
+    /// SO_MARK on the gateway's own upstream sockets, which the hooks never redirect.
+    pub bypass_mark: u32,
+    /// Action when no rule matches a TCP destination.
+    pub default_action: RuleAction,
+    /// Let agents reach loopback directly (127.0.0.0/8 and ::1).
+    pub pass_loopback: bool,
+    /// Let agents reach port 53 (DNS over TCP) directly.
+    pub pass_dns: bool,
+}
+
+impl Default for InterceptConfig {
+    fn default() -> Self {
+        Self {
+            cgroups: vec![DEFAULT_AGENT_CGROUP.to_owned()],
+            uids: Vec::new(),
+            uid_scope: "/".to_owned(),
+            bypass_mark: 0x1e57_0001,
+            default_action: RuleAction::Redirect,
+            pass_loopback: true,
+            pass_dns: true,
+        }
+    }
+}
+
+/// The gateway-managed agent cgroup `interlock exec` uses by default.
+pub const DEFAULT_AGENT_CGROUP: &str = "interlock.agents";
+
+/// Filesystem locations.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Persistent state (runtime rules, event log).
+    pub state_dir: PathBuf,
+    /// Runtime files (control socket).
+    pub run_dir: PathBuf,
+    /// Directory on the bpf filesystem for pinned links and maps.
+    pub pin_dir: PathBuf,
+    /// JSON-lines connection event log; defaults to `<state_dir>/events.jsonl`.
+    pub events: Option<PathBuf>,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/interlock"),
+            run_dir: PathBuf::from("/run/interlock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/interlock"),
+            events: None,
+        }
+    }
+}
+
+impl PathsConfig {
+    /// The event log file.
+    pub fn events_file(&self) -> PathBuf {
+        self.events
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("events.jsonl"))
+    }
+
+    /// The operator control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir.join("control.sock")
+    }
+}
+
+const EMBEDDED: &str = "<embedded defaults>";
+
+impl Config {
+    /// Loads `path`, or the embedded defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            let config = Self::default();
+            config.validate(Path::new(EMBEDDED))?;
+            return Ok(config);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_col(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        let l = &self.listener;
+        if l.port == 0 {
+            return Err(invalid("listener.port", "must not be 0".into()));
+        }
+        if !l.ipv4.is_loopback() {
+            return Err(invalid(
+                "listener.ipv4",
+                format!("{} is not a loopback address", l.ipv4),
+            ));
+        }
+        if !l.ipv6.is_loopback() {
+            return Err(invalid(
+                "listener.ipv6",
+                format!("{} is not a loopback address", l.ipv6),
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(invalid(
+                "listener.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if l.connect_timeout.is_zero() || l.idle_timeout.is_zero() {
+            return Err(invalid(
+                "listener",
+                "timeouts must be greater than zero".into(),
+            ));
+        }
+        let i = &self.intercept;
+        if i.cgroups.is_empty() && i.uids.is_empty() {
+            return Err(invalid(
+                "intercept",
+                "select agents with `cgroups` or `uids`; with neither, nothing is intercepted"
+                    .into(),
+            ));
+        }
+        for (n, cg) in i.cgroups.iter().enumerate() {
+            if cg.split('/').any(|part| part == "..") {
+                return Err(invalid(
+                    &format!("intercept.cgroups[{n}]"),
+                    format!("`{cg}` must not contain `..`"),
+                ));
+            }
+        }
+        if i.bypass_mark == 0 {
+            return Err(invalid(
+                "intercept.bypass_mark",
+                "must be non-zero: it keeps the gateway's own connections from looping".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (n, rule) in self.rules.iter().enumerate() {
+            rule.validate()
+                .map_err(|m| invalid(&format!("rules[{n}]"), m))?;
+            if !names.insert(rule.name.as_str()) {
+                return Err(invalid(
+                    &format!("rules[{n}].name"),
+                    format!("duplicate rule name `{}`", rule.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

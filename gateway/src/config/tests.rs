@@ -1,0 +1,89 @@
+use std::path::Path;
+
+use super::*;
+
+#[test]
+fn embedded_defaults_validate() {
+    let c = Config::load(None).unwrap();
+    assert_eq!(c.listener.port, 977);
+    assert_eq!(c.intercept.cgroups, vec![DEFAULT_AGENT_CGROUP.to_owned()]);
+    assert!(c.rules.is_empty());
+}
+
+#[test]
+fn full_file_parses() {
+    let text = r#"
+[listener]
+port = 15001
+idle_timeout = "5m"
+
+[intercept]
+cgroups = ["/test/agents"]
+uids = [1000]
+uid_scope = "/test"
+
+[[rules]]
+name = "db"
+cidr = "10.0.0.0/8"
+ports = "5432"
+action = "deny"
+
+[[rules]]
+name = "web"
+cidr = "2001:db8::/32"
+ports = 443
+action = "pass"
+"#;
+    let c = Config::parse(text, Path::new("t.toml")).unwrap();
+    assert_eq!(c.listener.port, 15001);
+    assert_eq!(c.listener.idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.rules[0].ports, PortRange { lo: 5432, hi: 5432 });
+    assert_eq!(c.rules[1].action, RuleAction::Pass);
+}
+
+#[test]
+fn unknown_field_reports_file_and_line() {
+    let text = "[listener]\nport = 1000\nbogus = 1\n";
+    let err = Config::parse(text, Path::new("/etc/interlock.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("config /etc/interlock.toml:3:"), "{err}");
+    assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn bad_values_are_rejected_with_their_place() {
+    let cases = [
+        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/33\"\naction = \"deny\"\n", ":3:"),
+        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\nports = \"80-70\"\naction = \"deny\"\n", ":4:"),
+        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n", ":4:"),
+        ("[listener]\nconnect_timeout = \"soon\"\n", ":2:"),
+    ];
+    for (text, place) in cases {
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(place), "{text:?} -> {err}");
+    }
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    let cases = [
+        ("[listener]\nipv4 = \"10.0.0.1\"\n", "listener.ipv4"),
+        ("[intercept]\ncgroups = []\n", "intercept"),
+        ("[intercept]\nbypass_mark = 0\n", "intercept.bypass_mark"),
+        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.1/8\"\naction = \"deny\"\n", "rules[0]"),
+        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"deny\"\n[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"pass\"\n", "rules[1].name"),
+        ("[[rules]]\nname = \"x\"\ncidr = \"::ffff:10.0.0.0/104\"\naction = \"deny\"\n", "rules[0]"),
+    ];
+    for (text, field) in cases {
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("field `{field}`")),
+            "{text:?} -> {err}"
+        );
+    }
+}

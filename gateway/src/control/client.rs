@@ -1,0 +1,45 @@
+//! The CLI side of the control socket.
+use std::path::Path;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+use super::{Request, Response};
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("the gateway is not running (no control socket at {path}): {source}")]
+    NotRunning {
+        /// The socket path.
+        path: String,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The exchange failed midway.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon answered something unreadable.
+    #[error("control socket: unreadable answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Sends one request and reads the answer.
+pub async fn request(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::NotRunning {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    Ok(serde_json::from_str(&answer)?)
+}

@@ -1,0 +1,116 @@
+//! Requests and responses on the control socket: one JSON line each way.
+use serde::{Deserialize, Serialize};
+
+use super::RuleSource;
+use crate::{
+    config::{PortRange, RuleAction, RuleSpec},
+    kernel::AttachedLink,
+    proxy::LiveConn,
+};
+
+/// What the CLI asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The full status report.
+    Status,
+    /// The rules with their counters.
+    RulesList,
+    /// Add a runtime rule.
+    RulesAdd {
+        /// The rule.
+        rule: RuleSpec,
+    },
+    /// Remove a runtime rule.
+    RulesRemove {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Status report.
+    Status(Box<StatusReport>),
+    /// Rule list.
+    Rules {
+        /// The rules in precedence order of their sources.
+        rules: Vec<RuleView>,
+    },
+    /// Done.
+    Ok {
+        /// What happened.
+        message: String,
+    },
+    /// Refused or failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A rule with where it came from and its counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleView {
+    /// Name.
+    pub name: String,
+    /// Built-in, config file or runtime.
+    pub source: RuleSource,
+    /// Destination network.
+    pub cidr: String,
+    /// Ports.
+    pub ports: PortRange,
+    /// Action.
+    pub action: RuleAction,
+    /// Counter slot.
+    pub slot: u16,
+    /// connect() calls redirected.
+    pub redirected: u64,
+    /// connect() calls passed.
+    pub passed: u64,
+    /// connect() calls denied.
+    pub denied: u64,
+}
+
+/// Everything `interlock status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Gateway pid.
+    pub pid: u32,
+    /// Listener addresses.
+    pub listeners: Vec<String>,
+    /// Cgroups the programs are attached to.
+    pub cgroups: Vec<String>,
+    /// Pinned links.
+    pub links: Vec<AttachedLink>,
+    /// Pin directory.
+    pub pin_dir: String,
+    /// Rules with counters.
+    pub rules: Vec<RuleView>,
+    /// Connections no rule matched: (redirected, passed, denied).
+    pub default_counts: (u64, u64, u64),
+    /// UDP/443 sends refused.
+    pub quic_denied: u64,
+    /// Redirected sockets the kernel tracks.
+    pub tracked_sockets: usize,
+    /// Live connections.
+    pub connections: Vec<LiveConn>,
+}
+
+impl From<&RuleSpec> for RuleView {
+    fn from(r: &RuleSpec) -> Self {
+        Self {
+            name: r.name.clone(),
+            source: RuleSource::Runtime,
+            cidr: r.cidr.to_string(),
+            ports: r.ports,
+            action: r.action,
+            slot: 0,
+            redirected: 0,
+            passed: 0,
+            denied: 0,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The control socket: a unix socket in the run directory, mode 0600, that
+//! also checks each peer's credentials. Only root may operate the gateway.
+use std::{path::Path, sync::Arc};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+
+use super::{Request, Response, RuleBook, RuleView, StatusReport};
+use crate::{
+    audit::{self, Event, EventSink},
+    kernel::{rules::CompiledRules, Kernel},
+    proxy::LiveTable,
+};
+use gateway_common::{SLOT_DEFAULT, SLOT_QUIC};
+
+/// What the control socket operates on.
+pub struct ControlState {
+    /// Rules.
+    pub book: Mutex<RuleBook>,
+    /// Kernel side.
+    pub kernel: Mutex<Kernel>,
+    /// Live connections.
+    pub live: Arc<LiveTable>,
+    /// Events.
+    pub events: EventSink,
+    /// Listener addresses, for status.
+    pub listeners: Vec<String>,
+    /// Pin directory, for status.
+    pub pin_dir: String,
+}
+
+/// Largest request accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Serves the control socket at `path` until the task is dropped.
+pub async fn serve(path: &Path, state: Arc<ControlState>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session(stream, state).await {
+                tracing::debug!("control session ended: {e}");
+            }
+        });
+    }
+}
+
+async fn session(stream: UnixStream, state: Arc<ControlState>) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let (read, mut write) = stream.into_split();
+    let response = if cred.uid() != 0 {
+        tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control request refused: not root");
+        Response::Error {
+            message: "only root may operate the gateway".into(),
+        }
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+        reader.read_line(&mut line).await?;
+        match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handle(request, &state).await,
+            Err(e) => Response::Error {
+                message: format!("malformed request: {e}"),
+            },
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn handle(request: Request, state: &ControlState) -> Response {
+    match request {
+        Request::Status => match status(state).await {
+            Ok(report) => Response::Status(Box::new(report)),
+            Err(message) => Response::Error { message },
+        },
+        Request::RulesList => match rule_views(state).await {
+            Ok(rules) => Response::Rules { rules },
+            Err(message) => Response::Error { message },
+        },
+        Request::RulesAdd { rule } => {
+            let desc = format!(
+                "added rule {} {} ports {} -> {}",
+                rule.name, rule.cidr, rule.ports, rule.action
+            );
+            let mut book = state.book.lock().await;
+            let result = book.add(rule);
+            finish_change(state, &mut book, result, desc).await
+        }
+        Request::RulesRemove { name } => {
+            let desc = format!("removed rule {name}");
+            let mut book = state.book.lock().await;
+            let result = book.remove(&name).map(|c| (c, Vec::new()));
+            finish_change(state, &mut book, result, desc).await
+        }
+    }
+}
+
+/// Applies a changed rule set to the kernel, persists it and records it.
+async fn finish_change(
+    state: &ControlState,
+    book: &mut RuleBook,
+    result: Result<(CompiledRules, Vec<u16>), super::RuleBookError>,
+    desc: String,
+) -> Response {
+    let (compiled, fresh) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            return Response::Error {
+                message: e.to_string(),
+            }
+        }
+    };
+    {
+        let mut kernel = state.kernel.lock().await;
+        for slot in fresh {
+            if let Err(e) = kernel.maps.reset_stats(slot) {
+                tracing::warn!("resetting counters of slot {slot}: {e}");
+            }
+        }
+        if let Err(e) = kernel.maps.apply_rules(&compiled) {
+            return Response::Error {
+                message: format!("kernel rejected the rules: {e}"),
+            };
+        }
+    }
+    if let Err(e) = book.persist() {
+        return Response::Error {
+            message: format!("rules applied but not saved: {e}"),
+        };
+    }
+    tracing::info!("{desc}");
+    let _ = state
+        .events
+        .record(Event::RulesChanged {
+            time: audit::now(),
+            change: desc.clone(),
+        })
+        .await;
+    Response::Ok { message: desc }
+}
+
+async fn rule_views(state: &ControlState) -> Result<Vec<RuleView>, String> {
+    let book = state.book.lock().await;
+    let stats = state
+        .kernel
+        .lock()
+        .await
+        .maps
+        .stats()
+        .map_err(|e| e.to_string())?;
+    Ok(book
+        .all()
+        .map(|(source, r)| {
+            let slot = book.slot(&r.name).unwrap_or(0);
+            let s = stats.get(&slot).copied().unwrap_or_default();
+            RuleView {
+                source,
+                slot,
+                redirected: s.redirected,
+                passed: s.passed,
+                denied: s.denied,
+                ..RuleView::from(r)
+            }
+        })
+        .collect())
+}
+
+async fn status(state: &ControlState) -> Result<StatusReport, String> {
+    let rules = rule_views(state).await?;
+    let kernel = state.kernel.lock().await;
+    let stats = kernel.maps.stats().map_err(|e| e.to_string())?;
+    let default = stats.get(&SLOT_DEFAULT).copied().unwrap_or_default();
+    Ok(StatusReport {
+        pid: std::process::id(),
+        listeners: state.listeners.clone(),
+        cgroups: kernel
+            .attachments()
+            .iter()
+            .map(|a| a.cgroup.display().to_string())
+            .collect(),
+        links: kernel.links(),
+        pin_dir: state.pin_dir.clone(),
+        rules,
+        default_counts: (default.redirected, default.passed, default.denied),
+        quic_denied: stats.get(&SLOT_QUIC).map_or(0, |s| s.denied),
+        tracked_sockets: kernel.maps.tracked_sockets(),
+        connections: state.live.list(),
+    })
+}

@@ -1,0 +1,268 @@
+//! `interlock run`: bring the kernel side up, serve the listeners and the
+//! control socket, and on SIGTERM/SIGINT stop while leaving the pins in
+//! place, so agents are refused (never let through) until the gateway returns.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use gateway_common::{Settings, SELECT_ALL_ATTACHED};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    audit::{self, Event, EventSink},
+    cgroup,
+    config::Config,
+    control::{self, ControlState, RuleBook},
+    kernel::{Kernel, KernelError, LoadOptions},
+    listener::{self, Shared},
+    proxy::{LiveTable, ProxySettings},
+};
+
+/// Errors starting or running the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Bad configuration or state (operator input).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Bad runtime rule state (operator input).
+    #[error(transparent)]
+    Rules(#[from] control::RuleBookError),
+    /// A configured cgroup is missing or unusable.
+    #[error("config `intercept.cgroups`: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    /// The kernel side could not be set up.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Listener(#[from] listener::ListenerError),
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Events(#[from] audit::SinkError),
+    /// Signal handling or the control socket failed.
+    #[error("gateway: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where the hooks go and who counts as an agent.
+struct Placement {
+    attach_points: Vec<PathBuf>,
+    selected_cgroups: Vec<u64>,
+    select_all: bool,
+}
+
+fn placement(config: &Config) -> Result<Placement, DaemonError> {
+    let mount = cgroup::cgroup2_mount()?;
+    let cgroups: Vec<PathBuf> = config
+        .intercept
+        .cgroups
+        .iter()
+        .map(|c| cgroup::resolve(&mount, c))
+        .collect();
+    if let Some(first) = cgroups.first() {
+        // The exec cgroup is the gateway's own to create; others must exist.
+        cgroup::ensure(first)?;
+    }
+    let selected_cgroups = cgroups
+        .iter()
+        .map(|c| cgroup::id(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let select_all = config.intercept.uids.is_empty();
+    let attach_points = if select_all {
+        cgroups
+    } else {
+        let scope = cgroup::resolve(&mount, &config.intercept.uid_scope);
+        cgroup::id(&scope)?;
+        // Cgroups under the uid scope are covered by its attachment already.
+        let mut points = vec![scope.clone()];
+        points.extend(cgroups.into_iter().filter(|c| !c.starts_with(&scope)));
+        points
+    };
+    Ok(Placement {
+        attach_points,
+        selected_cgroups,
+        select_all,
+    })
+}
+
+fn settings(config: &Config) -> Settings {
+    let l = &config.listener;
+    let v6 = l.ipv6.octets();
+    let word = |i: usize| u32::from_ne_bytes([v6[i], v6[i + 1], v6[i + 2], v6[i + 3]]);
+    Settings {
+        configured: 1,
+        bypass_mark: config.intercept.bypass_mark,
+        proxy_ip4: u32::from_ne_bytes(l.ipv4.octets()),
+        proxy_ip6: [word(0), word(4), word(8), word(12)],
+        proxy_port: l.port,
+        default_action: config.intercept.default_action.to_kernel() as u8,
+        select_all: if config.intercept.uids.is_empty() {
+            SELECT_ALL_ATTACHED
+        } else {
+            0
+        },
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    let placement = placement(&config)?;
+    let book = RuleBook::load(&config)?;
+    let compiled = book.compile()?;
+    let events = EventSink::open(&config.paths.events_file()).await?;
+
+    // Bind before attaching, so redirected connections find a listener at once.
+    let addrs = [
+        SocketAddr::new(config.listener.ipv4.into(), config.listener.port),
+        SocketAddr::new(config.listener.ipv6.into(), config.listener.port),
+    ];
+    let bound = addrs
+        .iter()
+        .map(|a| listener::bind(*a))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (kernel, handoff) = Kernel::start(LoadOptions {
+        pin_dir: config.paths.pin_dir.clone(),
+        attach_points: placement.attach_points.clone(),
+        settings: settings(&config),
+        selected_cgroups: placement.selected_cgroups,
+        selected_uids: config.intercept.uids.clone(),
+        rules: compiled,
+    })?;
+    let mut kernel = kernel;
+    for slot in book
+        .all()
+        .filter_map(|(_, r)| book.slot(&r.name))
+        .chain([gateway_common::SLOT_DEFAULT, gateway_common::SLOT_QUIC])
+    {
+        let _ = kernel.maps.reset_stats(slot);
+    }
+    let cgroups: Vec<String> = placement
+        .attach_points
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    tracing::info!(
+        ?cgroups,
+        select_all = placement.select_all,
+        port = config.listener.port,
+        "gateway running"
+    );
+    events
+        .record(Event::GatewayStarted {
+            time: audit::now(),
+            cgroups,
+        })
+        .await?;
+
+    let live = Arc::new(LiveTable::default());
+    let proxy_settings = ProxySettings {
+        bypass_mark: config.intercept.bypass_mark,
+        connect_timeout: config.listener.connect_timeout,
+        idle_timeout: config.listener.idle_timeout,
+    };
+    let shared = Arc::new(Shared::new(
+        handoff,
+        live.clone(),
+        events.clone(),
+        proxy_settings,
+        config.listener.max_connections,
+    ));
+    let listeners: Vec<String> = bound
+        .iter()
+        .filter_map(|b| b.local_addr())
+        .map(|a| a.to_string())
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for b in bound {
+        tasks.spawn(listener::serve(b, shared.clone()));
+    }
+    let state = Arc::new(ControlState {
+        book: tokio::sync::Mutex::new(book),
+        kernel: tokio::sync::Mutex::new(kernel),
+        live,
+        events: events.clone(),
+        listeners,
+        pin_dir: config.paths.pin_dir.display().to_string(),
+    });
+    let socket = config.paths.control_socket();
+    {
+        let state = state.clone();
+        let socket = socket.clone();
+        tasks.spawn(async move {
+            if let Err(e) = control::serve(&socket, state).await {
+                tracing::error!("control socket {} failed: {e}", socket.display());
+            }
+        });
+    }
+    wait_for_shutdown(config_path.as_deref(), &state).await?;
+    tasks.abort_all();
+    let _ = std::fs::remove_file(&socket);
+    events
+        .record(Event::GatewayStopped { time: audit::now() })
+        .await?;
+    events.flush().await?;
+    tracing::info!(
+        "gateway stopped; kernel programs stay pinned, so agents are refused until it is back"
+    );
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT; SIGHUP reloads the config file's rules.
+async fn wait_for_shutdown(
+    config_path: Option<&Path>,
+    state: &ControlState,
+) -> Result<(), DaemonError> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(config_path, state).await,
+        }
+    }
+}
+
+async fn reload(config_path: Option<&Path>, state: &ControlState) {
+    let Some(path) = config_path else {
+        tracing::info!("SIGHUP: running on embedded defaults, nothing to reload");
+        return;
+    };
+    let config = match Config::load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: keeping the current rules: {e}");
+            return;
+        }
+    };
+    let mut book = state.book.lock().await;
+    match book.replace_config(&config) {
+        Ok((compiled, fresh)) => {
+            let mut kernel = state.kernel.lock().await;
+            for slot in fresh {
+                let _ = kernel.maps.reset_stats(slot);
+            }
+            match kernel.maps.apply_rules(&compiled) {
+                Ok(()) => {
+                    tracing::info!(
+                        "SIGHUP: rules reloaded from {} (other sections apply at restart)",
+                        path.display()
+                    );
+                    let _ = state
+                        .events
+                        .record(Event::RulesChanged {
+                            time: audit::now(),
+                            change: format!("reloaded rules from {}", path.display()),
+                        })
+                        .await;
+                }
+                Err(e) => tracing::error!("SIGHUP: kernel rejected the reloaded rules: {e}"),
+            }
+        }
+        Err(e) => tracing::error!("SIGHUP: keeping the current rules: {e}"),
+    }
+}

@@ -1,0 +1,18 @@
+//! Interlock: a host-level gateway that controls what AI agents reach.
+//!
+//! One connection's path through the modules:
+//! `kernel` (eBPF connect hooks redirect it) -> `listener` (accept, kernel
+//! record) -> `identity` (who is calling) -> `proxy` (upstream connect and
+//! relay) -> `audit` (one typed event). `control` owns operator state,
+//! `config` the file, `daemon` wires it together, `cli` is the command line.
+pub mod audit;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod identity;
+pub mod kernel;
+pub mod listener;
+pub mod proxy;
+pub mod types;

@@ -1,0 +1,242 @@
+//! The loopback listeners the kernel redirects agents to. For each accepted
+//! connection: find the kernel's record (or refuse), resolve the caller's
+//! identity, and hand the connection to a proxy session.
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use gateway_common::{ConnRecord, HandoffKey, FAMILY_V4, FAMILY_V6};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+
+use crate::{
+    audit::{self, EventSink},
+    identity::{self, Resolver},
+    kernel::Handoff,
+    proxy::{self, LiveTable, ProxySettings, SessionStart},
+    types::ConnId,
+};
+
+/// Errors setting up the listeners (gateway side).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// bind() or listen() failed.
+    #[error("listen on {addr}: {source} (is another gateway running?)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The network namespace cookie of the listener could not be read.
+    #[error("reading SO_NETNS_COOKIE: {0}")]
+    NetnsCookie(std::io::Error),
+}
+
+/// Everything the accept loops share.
+pub struct Shared {
+    /// Kernel hand-off records.
+    pub handoff: Handoff,
+    /// Identity resolution and cache.
+    pub resolver: Resolver,
+    /// Live connections.
+    pub live: Arc<LiveTable>,
+    /// Event stream.
+    pub events: EventSink,
+    /// Session settings.
+    pub settings: Arc<ProxySettings>,
+    /// Limits concurrent sessions.
+    pub slots: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Bundles the accept loops' shared state.
+    pub fn new(
+        handoff: Handoff,
+        live: Arc<LiveTable>,
+        events: EventSink,
+        settings: ProxySettings,
+        max: usize,
+    ) -> Self {
+        Self {
+            handoff,
+            resolver: Resolver::default(),
+            live,
+            events,
+            settings: Arc::new(settings),
+            slots: Arc::new(Semaphore::new(max)),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// A bound listener and the network namespace it serves.
+pub struct Bound {
+    listener: TcpListener,
+    netns_cookie: u64,
+}
+
+impl Bound {
+    /// The local address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+}
+
+/// Binds one listener (IPv6 ones are v6-only; IPv4 has its own).
+pub fn bind(addr: SocketAddr) -> Result<Bound, ListenerError> {
+    let err = |source| ListenerError::Bind { addr, source };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)
+        .map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    let netns_cookie = netns_cookie(&socket).map_err(ListenerError::NetnsCookie)?;
+    let listener = TcpListener::from_std(socket.into()).map_err(err)?;
+    Ok(Bound {
+        listener,
+        netns_cookie,
+    })
+}
+
+fn netns_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, output buffer of the advertised size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The key sock_ops published the record under, from the accepted peer.
+pub fn handoff_key(netns_cookie: u64, peer: SocketAddr) -> HandoffKey {
+    let mut key = HandoffKey {
+        netns_cookie,
+        port: peer.port(),
+        ..HandoffKey::default()
+    };
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => {
+            key.family = FAMILY_V4;
+            key.addr[..4].copy_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => {
+                key.family = FAMILY_V4;
+                key.addr[..4].copy_from_slice(&v4.octets());
+            }
+            None => {
+                key.family = FAMILY_V6;
+                key.addr = ip.octets();
+            }
+        },
+    }
+    key
+}
+
+/// Accepts until the task is dropped.
+pub async fn serve(bound: Bound, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match bound.listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let netns = bound.netns_cookie;
+        tokio::spawn(async move { handle(stream, peer, netns, shared).await });
+    }
+}
+
+async fn lookup(shared: &Shared, key: &HandoffKey) -> Option<ConnRecord> {
+    // sock_ops publishes at ESTABLISHED, before the server side can accept, so
+    // the first try normally succeeds; two short retries cover scheduling noise.
+    for attempt in 0..3 {
+        if let Some(record) = shared.handoff.take(key) {
+            return Some(record);
+        }
+        if attempt < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    None
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Shared>) {
+    let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+    let Some(record) = lookup(&shared, &handoff_key(netns, peer)).await else {
+        tracing::warn!(conn = %id, %peer, "refused: no kernel record (direct dial to the listener?)");
+        refuse(stream);
+        proxy::record_refusal(
+            &shared.events,
+            id,
+            peer,
+            "no kernel record for this connection",
+        )
+        .await;
+        return;
+    };
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        tracing::warn!(conn = %id, %peer, "refused: connection limit reached");
+        refuse(stream);
+        proxy::record_refusal(&shared.events, id, peer, "connection limit reached").await;
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let identity = shared.resolver.resolve(&record);
+    let orig_dst = identity::orig_dst(&record);
+    tracing::debug!(conn = %id, pid = identity.pid, dst = %orig_dst, "accepted");
+    let start = SessionStart {
+        id,
+        identity,
+        peer,
+        orig_dst,
+        time: audit::now(),
+    };
+    proxy::run_tcp(
+        stream,
+        start,
+        shared.settings.clone(),
+        shared.live.clone(),
+        shared.events.clone(),
+    )
+    .await;
+    drop(permit);
+}
+
+/// Closes with a reset, so the caller sees the refusal at once.
+fn refuse(stream: TcpStream) {
+    if let Ok(std) = stream.into_std() {
+        let socket = socket2::Socket::from(std);
+        let _ = socket.set_linger(Some(Duration::ZERO));
+    }
+}

@@ -1,0 +1,140 @@
+//! The `interlock` command line. Each subcommand calls into the library.
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::{
+    cli,
+    config::{PortRange, RuleAction, RuleSpec},
+    daemon,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "interlock",
+    version,
+    about = "Host-level gateway that controls what AI agents reach"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded defaults apply.
+    #[arg(short, long, global = true, env = "INTERLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel programs and run the gateway.
+    Run,
+    /// Show programs, pins, rules, counters and live connections.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or edit redirect rules on the running gateway.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Run a command as an agent, inside the gateway-managed cgroup.
+    Exec {
+        /// Cgroup to run in (default: the first configured agent cgroup).
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// Remove the pinned kernel programs and maps. Agents stop being intercepted.
+    Detach,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// List rules with their counters.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a rule (kept across restarts).
+    Add {
+        /// Rule name.
+        name: String,
+        /// Destination network, e.g. 10.0.0.0/8 or 2001:db8::/32.
+        #[arg(long)]
+        cidr: ipnet::IpNet,
+        /// Port or range, e.g. 5432 or 1024-65535.
+        #[arg(long, default_value = "1-65535")]
+        ports: PortRange,
+        /// redirect, pass or deny.
+        #[arg(long)]
+        action: RuleAction,
+    },
+    /// Remove a rule added with `rules add`.
+    Remove {
+        /// Rule name.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("interlock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let args = Cli::parse();
+    let config = cli::load_config(args.config.as_deref())?;
+    if let Command::Exec { cgroup, command } = &args.command {
+        // exec replaces this process: no runtime needed.
+        return cli::exec(&config, cgroup.as_deref(), command).map_err(Into::into);
+    }
+    if let Command::Detach = &args.command {
+        return cli::detach(&config).map_err(Into::into);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match args.command {
+            Command::Run => daemon::run(config, args.config).await?,
+            Command::Status { json } => cli::status(&config, json).await?,
+            Command::Rules { command } => match command {
+                RulesCommand::List { json } => cli::rules_list(&config, json).await?,
+                RulesCommand::Add {
+                    name,
+                    cidr,
+                    ports,
+                    action,
+                } => {
+                    cli::rules_add(
+                        &config,
+                        RuleSpec {
+                            name,
+                            cidr,
+                            ports,
+                            action,
+                        },
+                    )
+                    .await?
+                }
+                RulesCommand::Remove { name } => cli::rules_remove(&config, name).await?,
+            },
+            Command::Exec { .. } | Command::Detach => unreachable!("handled above"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,36 @@
+//! Small types that give meaning to numbers and addresses passed between stages.
+use std::{fmt, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent meant to connect before the kernel redirected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrigDst(pub SocketAddr);
+
+impl fmt::Display for OrigDst {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A cgroup v2 id (the cgroup directory's inode number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CgroupId(pub u64);
+
+/// A kernel socket cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SocketCookie(pub u64);
+
+/// The gateway's number for one proxied connection, unique per gateway run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
