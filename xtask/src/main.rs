@@ -1,1 +1,80 @@
-fn main() {}
+//! Developer and CI tasks: `cargo xtask setup | run | test`.
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod setup;
+mod shell;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every prerequisite (idempotent; quick when already done).
+    Setup,
+    /// Setup, build, and run the gateway with its embedded defaults (or --config).
+    Run {
+        /// Configuration file passed to `interlock run`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, lint, unit tests, then the privileged integration tests.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.command {
+        Command::Setup => setup::run(&root),
+        Command::Run { config, release } => {
+            let env = setup::run(&root).map(|()| setup::toolchain_env())?;
+            let mut build = shell::cmd("cargo", &["build", "-p", "gateway"]);
+            if release {
+                build.arg("--release");
+            }
+            shell::run(build.envs(env.iter().cloned()))?;
+            let bin = target_dir(&root)
+                .join(if release { "release" } else { "debug" })
+                .join("interlock");
+            let mut run = std::process::Command::new(bin);
+            if let Some(config) = config {
+                run.arg("--config").arg(config);
+            }
+            run.arg("run");
+            shell::run(&mut run)
+        }
+        Command::Test { no_lint, filter } => test::run(&root, !no_lint, filter.as_deref()),
+    }
+}
+
+/// Cargo's target directory (CI keeps it outside the clone).
+pub fn target_dir(root: &std::path::Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}

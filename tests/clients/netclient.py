@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Test client for Interlock's integration tests.
+
+Takes one JSON spec argument, performs the network operation it names, and
+prints one JSON line with what happened (errno on failure). Every operation
+has a timeout so a test can never hang on it.
+"""
+import errno
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+
+TIMEOUT = 10
+
+
+def family(spec):
+    return socket.AF_INET6 if spec.get("family") == "v6" else socket.AF_INET
+
+
+def addr_of(spec):
+    return (spec["host"], spec["port"])
+
+
+def fail(exc):
+    code = getattr(exc, "errno", None)
+    return {"ok": False, "errno": code, "errname": errno.errorcode.get(code, "") if code else "", "error": str(exc)}
+
+
+def tcp(spec):
+    s = socket.socket(family(spec), socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    payload = spec.get("send", "ping").encode()
+    try:
+        if spec.get("tfo"):
+            s.sendto(payload, socket.MSG_FASTOPEN, addr_of(spec))
+        else:
+            s.connect(addr_of(spec))
+            s.sendall(payload)
+        peer = s.getpeername()
+        local = s.getsockname()
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return {"ok": True, "peer": [peer[0], peer[1]], "local": [local[0], local[1]], "received": got.decode(errors="replace")}
+    except OSError as e:
+        return fail(e)
+    finally:
+        s.close()
+
+
+def udp(spec):
+    s = socket.socket(family(spec), socket.SOCK_DGRAM)
+    try:
+        if spec.get("connect"):
+            s.connect(addr_of(spec))
+            s.send(b"x")
+        else:
+            s.sendto(b"x", addr_of(spec))
+        return {"ok": True}
+    except OSError as e:
+        return fail(e)
+    finally:
+        s.close()
+
+
+def in_thread(spec):
+    out = {}
+
+    def body():
+        out.update(run(spec["inner"]))
+        out["tid"] = threading.get_native_id()
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(TIMEOUT * 2)
+    return out
+
+
+def in_child(spec):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        res = run(spec["inner"])
+        res["pid"] = os.getpid()
+        os.write(w, json.dumps(res).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(pid, 0)
+    res = json.loads(data)
+    res["child_pid"] = pid
+    return res
+
+
+def many(spec):
+    """count connections at once, each echoing size random bytes, verified by hash."""
+    count, size = spec["count"], spec["size"]
+    results = [None] * count
+
+    def one(i):
+        data = os.urandom(size)
+        try:
+            s = socket.create_connection(addr_of(spec), timeout=TIMEOUT * 3)
+            sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
+            sender.start()
+            got = bytearray()
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            sender.join()
+            s.close()
+            results[i] = hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        except OSError as e:
+            results[i] = str(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 6)
+    bad = [r for r in results if r is not True]
+    return {"ok": not bad, "verified": count - len(bad), "failures": [str(b) for b in bad[:5]]}
+
+
+def httpx_get(spec):
+    import httpx
+
+    try:
+        r = httpx.get(spec["url"], timeout=TIMEOUT)
+        return {"ok": True, "status": r.status_code, "body": r.text}
+    except Exception as e:  # noqa: BLE001 - report any client failure
+        return {"ok": False, "error": repr(e)}
+
+
+OPS = {"tcp": tcp, "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+
+
+def run(spec):
+    return OPS[spec["op"]](spec)
+
+
+if __name__ == "__main__":
+    result = run(json.loads(sys.argv[1]))
+    result.setdefault("pid", os.getpid())
+    print(json.dumps(result))

@@ -1,0 +1,234 @@
+//! A real `interlock run` process with its own config, port, pins and state.
+use std::{
+    fs,
+    net::{Ipv6Addr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+};
+
+use crate::{cgroup, events::Events, unique, wait_for, TestCgroup};
+
+/// How to configure a test gateway.
+#[derive(Default, Clone)]
+pub struct GatewayOptions {
+    /// Extra lines for the `[intercept]` table.
+    pub intercept: Vec<String>,
+    /// Replaces the default `cgroups = [<test cgroup>]` line.
+    pub cgroups_line: Option<String>,
+    /// `[[rules]]` as (name, cidr, ports, action).
+    pub rules: Vec<(String, String, String, String)>,
+    /// Run the gateway process itself inside this cgroup.
+    pub gateway_cgroup: Option<PathBuf>,
+}
+
+/// A running (or stopped) gateway; cleaned up on drop.
+pub struct Gateway {
+    dir: PathBuf,
+    config: PathBuf,
+    /// Listener port.
+    pub port: u16,
+    /// Pin directory on bpffs.
+    pub pin_dir: PathBuf,
+    child: Option<Child>,
+    gateway_cgroup: Option<PathBuf>,
+    starts: u32,
+}
+
+/// The interlock binary under test.
+pub fn binary() -> PathBuf {
+    let bin = std::env::var_os("INTERLOCK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/interlock"));
+    assert!(
+        bin.exists(),
+        "interlock binary not found at {} (run through `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    for _ in 0..50 {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind probe");
+        let port = v4.local_addr().unwrap().port();
+        if TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on both loopbacks");
+}
+
+impl Gateway {
+    /// Writes a config for `cg` and starts the gateway, waiting until it serves.
+    pub fn start(cg: &TestCgroup, opts: GatewayOptions) -> Self {
+        crate::require_root();
+        let name = unique("gw");
+        let dir = std::env::temp_dir().join(&name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        let mut toml =
+            format!("[listener]\nport = {port}\nidle_timeout = \"60s\"\n\n[intercept]\n");
+        toml += &opts
+            .cgroups_line
+            .clone()
+            .unwrap_or_else(|| format!("cgroups = [\"{}\"]", cg.path().display()));
+        toml += "\npass_loopback = false\n";
+        for line in &opts.intercept {
+            toml += line;
+            toml.push('\n');
+        }
+        toml += &format!(
+            "\n[paths]\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\npin_dir = \"{1}\"\n",
+            dir.display(),
+            pin_dir.display()
+        );
+        for (n, c, p, a) in &opts.rules {
+            toml += &format!(
+                "\n[[rules]]\nname = \"{n}\"\ncidr = \"{c}\"\nports = \"{p}\"\naction = \"{a}\"\n"
+            );
+        }
+        let config = dir.join("interlock.toml");
+        fs::write(&config, toml).unwrap();
+        let mut gw = Self {
+            dir,
+            config,
+            port,
+            pin_dir,
+            child: None,
+            gateway_cgroup: opts.gateway_cgroup,
+            starts: 0,
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// Starts the gateway process (again) and waits until its control socket answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "gateway already running");
+        self.starts += 1;
+        let log = fs::File::create(self.dir.join(format!("gateway-{}.log", self.starts))).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config").arg(&self.config).arg("run");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd.env("RUST_LOG", "info,gateway=debug");
+        if let Some(cg) = &self.gateway_cgroup {
+            cgroup::enter(&mut cmd, cg);
+        }
+        self.child = Some(cmd.spawn().expect("spawn interlock run"));
+        let ready = wait_for(20, || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gateway exited at start ({status}):\n{}", self.log());
+            }
+            self.status().filter(|s| s["pid"].is_u64())
+        });
+        assert!(
+            ready.is_some(),
+            "gateway did not become ready:\n{}",
+            self.log()
+        );
+    }
+
+    /// The gateway's pid, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, no cleanup: the pins stay, as after a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("gateway not running");
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait gateway")
+    }
+
+    /// Runs an `interlock` subcommand against this gateway's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run interlock cli")
+    }
+
+    /// `interlock status --json`, if the daemon answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.get("pid").is_some().then_some(v)
+    }
+
+    /// Adds a runtime rule, asserting success.
+    pub fn add_rule(&self, name: &str, cidr: &str, ports: &str, action: &str) {
+        let out = self.cli(&[
+            "rules", "add", name, "--cidr", cidr, "--ports", ports, "--action", action,
+        ]);
+        assert!(
+            out.status.success(),
+            "rules add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The event log.
+    pub fn events(&self) -> Events {
+        Events::new(self.dir.join("state/events.jsonl"))
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                fs::read_to_string(self.dir.join(format!("gateway-{n}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        let out = self.cli(&["detach"]);
+        if !out.status.success() {
+            eprintln!(
+                "warning: detach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- gateway log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

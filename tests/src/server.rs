@@ -1,0 +1,110 @@
+//! Fake upstream hosts on 127.x and ::1: echo for raw bytes, a minimal HTTP
+//! reply for `GET`. They record the peers they saw, to tell a redirected
+//! connection (peer = the gateway) from a passed one (peer = the client).
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    thread,
+};
+
+/// A running fake upstream.
+pub struct Upstream {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+/// Body of the HTTP reply.
+pub const HTTP_BODY: &str = "hello from upstream\n";
+
+impl Upstream {
+    /// Listens on `ip` (any free port).
+    pub fn start(ip: &str) -> Self {
+        let addr: SocketAddr = format!(
+            "{}:0",
+            if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_owned()
+            }
+        )
+        .parse()
+        .unwrap();
+        assert!(
+            addr.ip().is_loopback(),
+            "test upstreams must be on loopback"
+        );
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Ok(peer) = stream.peer_addr() {
+                    seen.lock().unwrap().push(peer);
+                }
+                thread::spawn(move || serve(stream));
+            }
+        });
+        Self { addr, peers }
+    }
+
+    /// `ip:port` as events show it.
+    pub fn dst(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Peers seen so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+fn serve(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut first = Vec::new();
+    // Look at the first bytes to pick HTTP or echo.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = s.write_all(&first);
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => first.extend_from_slice(&buf[..n]),
+        }
+        if first.len() >= 4 {
+            break;
+        }
+    }
+    if first.starts_with(b"GET ") {
+        while !first.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => first.extend_from_slice(&buf[..n]),
+            }
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
+            HTTP_BODY.len()
+        );
+        let _ = s.write_all(reply.as_bytes());
+        let _ = s.shutdown(Shutdown::Write);
+        return;
+    }
+    if s.write_all(&first).is_err() {
+        return;
+    }
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask setup`: everything a fresh machine of this kind needs, done
+//! only where missing. Facts behind it: shared notes on the eBPF toolchain
+//! (aya pins, bpf-linker linked against the nightly's own LLVM).
+use std::{fs, path::Path, path::PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::shell::{self, cmd, output};
+
+/// Debian packages: test clients and diagnostics.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("ip", "iproute2"),
+    ("unshare", "util-linux"),
+    ("bpftool", "bpftool"),
+    // Debian's own python runs the clients that tests start as other users.
+    ("/usr/bin/python3", "python3"),
+];
+
+/// Python packages for the test clients.
+const PIP_PACKAGES: &[(&str, &str)] = &[("httpx", "httpx==0.28.1")];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Runs every setup step.
+pub fn run(_root: &Path) -> Result<()> {
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    pip()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| output("sh", &["-c", &format!("command -v {bin}")]).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing ({}); run setup as root",
+            missing.join(" ")
+        );
+    }
+    shell::run(&mut cmd("apt-get", &["update", "-q"]))?;
+    let mut install = cmd(
+        "apt-get",
+        &["install", "-y", "-q", "--no-install-recommends"],
+    );
+    install
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    shell::run(&mut install)
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    shell::run(&mut cmd(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    ))
+}
+
+/// The directory bpf-linker's build script is pointed at: lib/ holds two
+/// links to the nightly's libLLVM, one named for linking, one by SONAME.
+fn llvm_prefix() -> Result<PathBuf> {
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("no nightly toolchain (rustc +nightly)")?;
+    let lib = Path::new(&sysroot).join("lib");
+    let libllvm = fs::read_dir(&lib)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let prefix = PathBuf::from(home).join(".cache/interlock/llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    let soname = libllvm.file_name().expect("file name").to_owned();
+    for name in [std::ffi::OsString::from("libLLVM.so"), soname] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)?;
+    }
+    Ok(prefix)
+}
+
+fn bpf_linker() -> Result<()> {
+    // Keyed on the nightly: bpf-linker breaks if its libLLVM changes name.
+    let nightly = output("rustc", &["+nightly", "-vV"]).context("no nightly toolchain")?;
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        });
+    let stamp = cargo_home.join("interlock-bpf-linker.stamp");
+    let wanted = format!("{BPF_LINKER_VERSION}\n{nightly}");
+    let version_ok =
+        output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let prefix = llvm_prefix()?;
+    if version_ok && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    let mut install = cmd(
+        "cargo",
+        &[
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--force",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ],
+    );
+    install
+        .env("LLVM_PREFIX", &prefix)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
+    shell::run(&mut install)?;
+    fs::write(&stamp, wanted)?;
+    Ok(())
+}
+
+fn pip() -> Result<()> {
+    for (module, spec) in PIP_PACKAGES {
+        if shell::output("python3", &["-c", &format!("import {module}")]).is_some() {
+            continue;
+        }
+        shell::run(&mut cmd(
+            "python3",
+            &[
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                spec,
+            ],
+        ))?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).as_deref() == Some("0")
+}
+
+/// Environment for cargo builds that compile the eBPF programs.
+pub fn toolchain_env() -> Vec<(String, String)> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let cargo_bin = std::env::var("CARGO_HOME")
+        .map(|h| format!("{h}/bin"))
+        .unwrap_or_else(|_| {
+            format!(
+                "{}/.cargo/bin",
+                std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+            )
+        });
+    vec![("PATH".into(), format!("{cargo_bin}:{path}"))]
+}
