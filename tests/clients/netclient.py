@@ -35,7 +35,11 @@ def tcp(spec):
     payload = spec.get("send", "ping").encode()
     try:
         if spec.get("tfo"):
+            # Blocking, so the kernel completes the handshake inside sendto()
+            # (a timeout makes the socket non-blocking and gives EINPROGRESS).
+            s.settimeout(None)
             s.sendto(payload, socket.MSG_FASTOPEN, addr_of(spec))
+            s.settimeout(TIMEOUT)
         else:
             s.connect(addr_of(spec))
             s.sendall(payload)

@@ -1,0 +1,206 @@
+//! Fail-closed lifecycle: a dead gateway leaves agents refused, a restart
+//! re-adopts the pins, detach is explicit and logged, the listener refuses
+//! direct dials, and the gateway's own upstream traffic never loops.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    time::Duration,
+};
+
+use interlock_tests::{
+    gateway::binary, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream,
+};
+use serde_json::{json, Value};
+
+const ECONNREFUSED: u64 = 111;
+
+fn tcp(cg: &TestCgroup, host: &str, port: u16) -> (Value, u32) {
+    let r = Client::new(cg).net(json!({"op": "tcp", "host": host, "port": port}));
+    (r.json(), r.pid)
+}
+
+/// Program ids attached to a cgroup, as bpftool (not the gateway) reports them.
+fn attached_programs(cg: &TestCgroup) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cg.path())
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn killed_gateway_refuses_agents_and_restart_readopts_pins() {
+    let cg = TestCgroup::new(&unique("kill"));
+    let up = Upstream::start("127.0.0.2");
+    let mut gw = Gateway::start(&cg, GatewayOptions::default());
+    assert_eq!(tcp(&cg, "127.0.0.2", up.addr.port()).0["ok"], true);
+    let before = attached_programs(&cg);
+    assert_eq!(before.len(), 7, "{before:?}");
+
+    gw.kill9();
+    // The hooks are still pinned: agents are refused, never let through.
+    assert_eq!(attached_programs(&cg), before);
+    let (out, _) = tcp(&cg, "127.0.0.2", up.addr.port());
+    assert_eq!(out["ok"], false);
+    assert_eq!(out["errno"], ECONNREFUSED, "{out}");
+    assert_eq!(
+        up.peers().len(),
+        1,
+        "a connection bypassed the dead gateway"
+    );
+    let offline = gw.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&offline.stdout).contains("NOT RUNNING"));
+
+    gw.spawn();
+    let after = attached_programs(&cg);
+    assert_eq!(after.len(), 7, "old links were not replaced: {after:?}");
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "restart kept old programs: {before:?} -> {after:?}"
+    );
+    let (out, pid) = tcp(&cg, "127.0.0.2", up.addr.port());
+    assert_eq!(out["ok"], true, "{out}");
+    gw.events().for_dst_pid(&up.dst(), pid);
+}
+
+#[test]
+fn detach_is_explicit_and_recorded() {
+    let cg = TestCgroup::new(&unique("detach"));
+    let up = Upstream::start("127.0.0.2");
+    let mut gw = Gateway::start(&cg, GatewayOptions::default());
+    gw.kill9();
+    let out = gw.cli(&["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("detached"),
+        "detach was not logged"
+    );
+    assert!(attached_programs(&cg).is_empty());
+    let (out, _) = tcp(&cg, "127.0.0.2", up.addr.port());
+    assert_eq!(out["ok"], true, "{out}");
+    let local_port = out["local"][1].as_u64().unwrap() as u16;
+    assert!(up.peers().iter().any(|p| p.port() == local_port));
+    let events = gw.events().all();
+    let detached = events
+        .iter()
+        .find(|e| e["event"] == "detached")
+        .expect("no detached event");
+    assert!(detached["removed"].as_array().unwrap().len() >= 7);
+}
+
+#[test]
+fn direct_dial_to_the_listener_is_refused() {
+    let cg = TestCgroup::new(&unique("direct"));
+    let gw = Gateway::start(&cg, GatewayOptions::default());
+    // From outside any agent cgroup: no kernel record exists.
+    let mut s =
+        TcpStream::connect(("127.0.0.1", gw.port)).expect("listener accepts the TCP handshake");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the listener answered a direct dial: {n:?}"
+    );
+    // From inside the agent cgroup, dialling the listener itself is no better.
+    let (out, _) = tcp(&cg, "127.0.0.1", gw.port);
+    assert_ne!(out["received"], "ping", "{out}");
+    let refused: Vec<Value> = gw
+        .events()
+        .connections()
+        .into_iter()
+        .filter(|e| e["outcome"]["kind"] == "refused")
+        .collect();
+    assert!(refused.len() >= 2, "{refused:#?}");
+    assert!(refused[0]["outcome"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no kernel record"));
+}
+
+#[test]
+fn gateway_inside_the_agent_cgroup_does_not_loop() {
+    let cg = TestCgroup::new(&unique("noloop"));
+    let up = Upstream::start("127.0.0.2");
+    let opts = GatewayOptions {
+        gateway_cgroup: Some(cg.child("gateway")),
+        ..Default::default()
+    };
+    let gw = Gateway::start(&cg, opts);
+    let (out, pid) = tcp(&cg, "127.0.0.2", up.addr.port());
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["received"], "ping");
+    let ev = gw.events().for_dst_pid(&up.dst(), pid);
+    assert_eq!(ev["outcome"]["kind"], "closed");
+    // Only the agent's connection went through the gateway; its own upstream
+    // connect carried the bypass mark and was not redirected back to itself.
+    assert_eq!(
+        gw.events().connections().len(),
+        1,
+        "{:#?}",
+        gw.events().all()
+    );
+    assert_eq!(gw.status().unwrap()["default_counts"][0], 1);
+}
+
+#[test]
+fn exec_runs_a_command_as_an_agent_and_refuses_unwatched_cgroups() {
+    let cg = TestCgroup::new(&unique("exec"));
+    let up = Upstream::start("127.0.0.2");
+    let gw = Gateway::start(&cg, GatewayOptions::default());
+    let url = format!("http://{}/", up.dst());
+    let child = Command::new(binary())
+        .arg("--config")
+        .arg(gw.config_path())
+        .args(["exec", "--", "curl", "-sS", "--max-time", "10", &url])
+        .output()
+        .expect("interlock exec");
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let ev = gw.events().wait_connection(|e| e["orig_dst"] == up.dst());
+    assert_eq!(ev["identity"]["process"]["exe"], "/usr/bin/curl");
+    assert_eq!(ev["identity"]["process"]["cgroup"], cg.relative());
+
+    let elsewhere = TestCgroup::new(&unique("unwatched"));
+    let refused = Command::new(binary())
+        .arg("--config")
+        .arg(gw.config_path())
+        .arg("exec")
+        .arg("--cgroup")
+        .arg(elsewhere.path())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("refusing to run the command unintercepted"));
+}
+
+#[test]
+fn sigterm_leaves_the_pins_in_place() {
+    let cg = TestCgroup::new(&unique("term"));
+    let up = Upstream::start("127.0.0.2");
+    let mut gw = Gateway::start(&cg, GatewayOptions::default());
+    assert!(gw.stop().success());
+    assert_eq!(attached_programs(&cg).len(), 7);
+    assert_eq!(
+        tcp(&cg, "127.0.0.2", up.addr.port()).0["errno"],
+        ECONNREFUSED
+    );
+    let events = gw.events().all();
+    assert_eq!(events.last().unwrap()["event"], "gateway_stopped");
+}
