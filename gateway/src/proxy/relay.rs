@@ -70,6 +70,9 @@ impl RelayError {
 
 const BUF: usize = 32 * 1024;
 
+/// Wraps an I/O error with the side it happened on.
+type ErrSide = fn(std::io::Error) -> RelayError;
+
 /// Relays until both directions end, the idle timeout passes, or a cut.
 pub async fn relay(
     agent: &mut TcpStream,
@@ -116,10 +119,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (read_err, write_err): (
-        fn(std::io::Error) -> RelayError,
-        fn(std::io::Error) -> RelayError,
-    ) = if from_agent {
+    let (read_err, write_err): (ErrSide, ErrSide) = if from_agent {
         (RelayError::Agent, RelayError::Upstream)
     } else {
         (RelayError::Upstream, RelayError::Agent)
