@@ -25,7 +25,7 @@ pub fn run(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
         )?;
     }
     shell::run(cmd("cargo", &["build", "-p", "gateway", "--bins"]).envs(env.iter().cloned()))?;
-    shell::run(
+    let unit = shell::run_tests(
         cmd(
             "cargo",
             &[
@@ -44,15 +44,33 @@ pub fn run(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
         bail!("the integration tests load eBPF programs and need root; run `cargo xtask test` as root");
     }
     let bin = crate::target_dir(root).join("debug/interlock");
+    // --tests: the harness crate has no doc tests; integration tests run one at a time.
     let mut it = cmd(
         "cargo",
-        &["test", "-p", "interlock-tests", "--", "--test-threads=1"],
+        &[
+            "test",
+            "-p",
+            "interlock-tests",
+            "--tests",
+            "--",
+            "--test-threads=1",
+        ],
     );
     if let Some(f) = filter {
         it.arg(f);
     }
     it.envs(env.iter().cloned()).env("INTERLOCK_BIN", bin);
-    shell::run(&mut it)
+    let integration = shell::run_tests(&mut it)?;
+    println!(
+        "xtask: unit {} passed, integration {} passed",
+        unit.0, integration.0
+    );
+    println!(
+        "{} passed, {} failed",
+        unit.0 + integration.0,
+        unit.1 + integration.1
+    );
+    Ok(())
 }
 
 fn output_uid() -> String {
