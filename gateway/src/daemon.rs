@@ -163,8 +163,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         connect_timeout: config.listener.connect_timeout,
         idle_timeout: config.listener.idle_timeout,
     };
+    let handoff = Arc::new(handoff);
     let shared = Arc::new(Shared::new(
-        handoff,
+        handoff.clone(),
         live.clone(),
         events.clone(),
         proxy_settings,
@@ -183,6 +184,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         book: tokio::sync::Mutex::new(book),
         kernel: tokio::sync::Mutex::new(kernel),
         live,
+        handoff,
         events: events.clone(),
         listeners,
         pin_dir: config.paths.pin_dir.display().to_string(),

@@ -44,7 +44,7 @@ pub enum ListenerError {
 /// Everything the accept loops share.
 pub struct Shared {
     /// Kernel hand-off records.
-    pub handoff: Handoff,
+    pub handoff: Arc<Handoff>,
     /// Identity resolution and cache.
     pub resolver: Resolver,
     /// Live connections.
@@ -61,7 +61,7 @@ pub struct Shared {
 impl Shared {
     /// Bundles the accept loops' shared state.
     pub fn new(
-        handoff: Handoff,
+        handoff: Arc<Handoff>,
         live: Arc<LiveTable>,
         events: EventSink,
         settings: ProxySettings,

@@ -59,6 +59,41 @@ def tcp(spec):
         s.close()
 
 
+def idle(spec):
+    """Connect, send nothing, and report how the connection ends."""
+    s = socket.socket(family(spec), socket.SOCK_STREAM)
+    s.settimeout(spec.get("wait", TIMEOUT))
+    try:
+        s.connect(addr_of(spec))
+        got = s.recv(65536)
+        return {"ok": True, "closed": got == b"", "received": got.decode(errors="replace")}
+    except OSError as e:
+        return fail(e)
+    finally:
+        s.close()
+
+
+def half_close(spec):
+    """Send, shut down writing, then read: the answer only comes after the FIN."""
+    s = socket.socket(family(spec), socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect(addr_of(spec))
+        s.sendall(spec["send"].encode())
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return {"ok": True, "received": got.decode(errors="replace")}
+    except OSError as e:
+        return fail(e)
+    finally:
+        s.close()
+
+
 def udp(spec):
     s = socket.socket(family(spec), socket.SOCK_DGRAM)
     try:
@@ -151,7 +186,7 @@ def httpx_get(spec):
         return {"ok": False, "error": repr(e)}
 
 
-OPS = {"tcp": tcp, "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+OPS = {"tcp": tcp, "idle": idle, "half_close": half_close, "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

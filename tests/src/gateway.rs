@@ -11,6 +11,8 @@ use crate::{cgroup, events::Events, unique, wait_for, TestCgroup};
 /// How to configure a test gateway.
 #[derive(Default, Clone)]
 pub struct GatewayOptions {
+    /// Extra lines for the `[listener]` table.
+    pub listener: Vec<String>,
     /// Extra lines for the `[intercept]` table.
     pub intercept: Vec<String>,
     /// Replaces the default `cgroups = [<test cgroup>]` line.
@@ -68,8 +70,12 @@ impl Gateway {
         fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
-        let mut toml =
-            format!("[listener]\nport = {port}\nidle_timeout = \"60s\"\n\n[intercept]\n");
+        let mut toml = format!("[listener]\nport = {port}\n");
+        for line in &opts.listener {
+            toml += line;
+            toml.push('\n');
+        }
+        toml += "\n[intercept]\n";
         toml += &opts
             .cgroups_line
             .clone()

@@ -21,6 +21,22 @@ pub const HTTP_BODY: &str = "hello from upstream\n";
 impl Upstream {
     /// Listens on `ip` (any free port).
     pub fn start(ip: &str) -> Self {
+        Self::start_with(ip, serve)
+    }
+
+    /// A server that reads until EOF and only then answers `got N bytes`:
+    /// it can only answer if the agent's half-close reached it.
+    pub fn start_counting(ip: &str) -> Self {
+        Self::start_with(ip, |mut s: TcpStream| {
+            let mut all = Vec::new();
+            if s.read_to_end(&mut all).is_ok() {
+                let _ = s.write_all(format!("got {} bytes", all.len()).as_bytes());
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    }
+
+    fn start_with(ip: &str, handler: fn(TcpStream)) -> Self {
         let addr: SocketAddr = format!(
             "{}:0",
             if ip.contains(':') {
@@ -44,7 +60,7 @@ impl Upstream {
                 if let Ok(peer) = stream.peer_addr() {
                     seen.lock().unwrap().push(peer);
                 }
-                thread::spawn(move || serve(stream));
+                thread::spawn(move || handler(stream));
             }
         });
         Self { addr, peers }

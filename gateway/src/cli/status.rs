@@ -73,7 +73,11 @@ fn render(r: &StatusReport) -> String {
         "(no rule matched)", "-", "-", "-", "default", dr, dp, dd
     );
     let _ = writeln!(s, "udp/443 (QUIC) refused: {}", r.quic_denied);
-    let _ = writeln!(s, "tracked sockets: {}", r.tracked_sockets);
+    let _ = writeln!(
+        s,
+        "tracked sockets: {} (hand-offs pending: {})",
+        r.tracked_sockets, r.pending_handoffs
+    );
     let _ = writeln!(s, "connections: {}", r.connections.len());
     for c in &r.connections {
         let _ = writeln!(

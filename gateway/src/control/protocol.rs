@@ -93,8 +93,10 @@ pub struct StatusReport {
     pub default_counts: (u64, u64, u64),
     /// UDP/443 sends refused.
     pub quic_denied: u64,
-    /// Redirected sockets the kernel tracks.
+    /// Redirected sockets the kernel tracks (removed when they close).
     pub tracked_sockets: usize,
+    /// Hand-off records not yet consumed by the listener.
+    pub pending_handoffs: usize,
     /// Live connections.
     pub connections: Vec<LiveConn>,
 }

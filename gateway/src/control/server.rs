@@ -11,7 +11,7 @@ use tokio::{
 use super::{Request, Response, RuleBook, RuleView, StatusReport};
 use crate::{
     audit::{self, Event, EventSink},
-    kernel::{rules::CompiledRules, Kernel},
+    kernel::{rules::CompiledRules, Handoff, Kernel},
     proxy::LiveTable,
 };
 use gateway_common::{SLOT_DEFAULT, SLOT_QUIC};
@@ -24,6 +24,8 @@ pub struct ControlState {
     pub kernel: Mutex<Kernel>,
     /// Live connections.
     pub live: Arc<LiveTable>,
+    /// Hand-off records (for the leak check in status).
+    pub handoff: Arc<Handoff>,
     /// Events.
     pub events: EventSink,
     /// Listener addresses, for status.
@@ -197,6 +199,7 @@ async fn status(state: &ControlState) -> Result<StatusReport, String> {
         default_counts: (default.redirected, default.passed, default.denied),
         quic_denied: stats.get(&SLOT_QUIC).map_or(0, |s| s.denied),
         tracked_sockets: kernel.maps.tracked_sockets(),
+        pending_handoffs: state.handoff.pending(),
         connections: state.live.list(),
     })
 }

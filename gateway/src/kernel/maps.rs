@@ -70,6 +70,12 @@ impl Handoff {
         let _ = map.remove(key);
         Some(record)
     }
+
+    /// Records published by the kernel and not yet consumed (should be ~0).
+    pub fn pending(&self) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys().filter(Result::is_ok).count()
+    }
 }
 
 fn open(mut src: Source<'_>) -> Result<(KernelMaps, Handoff), KernelError> {
