@@ -72,31 +72,50 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, ()> {
         return Ok(ALLOW);
     }
     let addr = ip.to_ne_bytes();
+    let mut orig = [0u8; 16];
+    orig[..4].copy_from_slice(&addr);
     let verdict = rules::lookup_v4(addr, port, settings);
+    let result = enforce(ctx, &verdict, orig, port, FAMILY_V4, || {
+        // SAFETY: user_ip4/user_port are writable in connect4.
+        unsafe {
+            (*sa).user_ip4 = settings.proxy_ip4;
+            (*sa).user_port = u32::from(settings.proxy_port.to_be());
+        }
+    });
+    if result == DENY {
+        info!(ctx, "connect4 denied to {:i}:{}", u32::from_be(ip), port);
+    }
+    Ok(result)
+}
+
+/// Applies a rule verdict: counts it and, for a redirect, records the
+/// connection and runs `rewrite` (which points the socket at the listener).
+#[inline(always)]
+fn enforce(
+    ctx: &SockAddrContext,
+    verdict: &rules::Verdict,
+    orig: [u8; 16],
+    port: u16,
+    family: u16,
+    rewrite: impl FnOnce(),
+) -> i32 {
     match Action::from_raw(verdict.action) {
         Some(Action::Pass) => {
             count(verdict.slot, Counter::Passed);
-            Ok(ALLOW)
+            ALLOW
         }
         Some(Action::Redirect) => {
-            let mut orig = [0u8; 16];
-            orig[..4].copy_from_slice(&addr);
-            if record::store(ctx, orig, port, FAMILY_V4, verdict.slot).is_err() {
+            if record::store(ctx, orig, port, family, verdict.slot).is_err() {
                 count(verdict.slot, Counter::Denied);
-                return Ok(DENY);
+                return DENY;
             }
-            // SAFETY: user_ip4/user_port are writable in connect4.
-            unsafe {
-                (*sa).user_ip4 = settings.proxy_ip4;
-                (*sa).user_port = u32::from(settings.proxy_port.to_be());
-            }
+            rewrite();
             count(verdict.slot, Counter::Redirected);
-            Ok(ALLOW)
+            ALLOW
         }
         Some(Action::Deny) | None => {
             count(verdict.slot, Counter::Denied);
-            info!(ctx, "connect4 denied to {:i}:{}", u32::from_be(ip), port);
-            Ok(DENY)
+            DENY
         }
     }
 }
@@ -169,26 +188,13 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, ()> {
             settings.proxy_ip6,
         )
     };
-    match Action::from_raw(verdict.action) {
-        Some(Action::Pass) => {
-            count(verdict.slot, Counter::Passed);
-            Ok(ALLOW)
-        }
-        Some(Action::Redirect) => {
-            if record::store(ctx, orig, port, family, verdict.slot).is_err() {
-                count(verdict.slot, Counter::Denied);
-                return Ok(DENY);
-            }
-            write_ip6(sa, proxy);
-            // SAFETY: user_port is writable in connect6.
-            unsafe { (*sa).user_port = u32::from(settings.proxy_port.to_be()) };
-            count(verdict.slot, Counter::Redirected);
-            Ok(ALLOW)
-        }
-        Some(Action::Deny) | None => {
-            count(verdict.slot, Counter::Denied);
-            info!(ctx, "connect6 denied to port {}", port);
-            Ok(DENY)
-        }
+    let result = enforce(ctx, &verdict, orig, port, family, || {
+        write_ip6(sa, proxy);
+        // SAFETY: user_port is writable in connect6.
+        unsafe { (*sa).user_port = u32::from(settings.proxy_port.to_be()) };
+    });
+    if result == DENY {
+        info!(ctx, "connect6 denied to port {}", port);
     }
+    Ok(result)
 }

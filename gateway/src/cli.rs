@@ -13,6 +13,7 @@ mod detach;
 mod exec;
 mod rules;
 mod status;
+mod table;
 
 pub use detach::detach;
 pub use exec::exec;

@@ -29,6 +29,15 @@ def fail(exc):
     return {"ok": False, "errno": code, "errname": errno.errorcode.get(code, "") if code else "", "error": str(exc)}
 
 
+def read_all(s):
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
 def tcp(spec):
     s = socket.socket(family(spec), socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
@@ -45,13 +54,9 @@ def tcp(spec):
             s.sendall(payload)
         peer = s.getpeername()
         local = s.getsockname()
+        # Half-close: the upstream may answer only once it sees our FIN.
         s.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = read_all(s)
         return {"ok": True, "peer": [peer[0], peer[1]], "local": [local[0], local[1]], "received": got.decode(errors="replace")}
     except OSError as e:
         return fail(e)
@@ -67,27 +72,6 @@ def idle(spec):
         s.connect(addr_of(spec))
         got = s.recv(65536)
         return {"ok": True, "closed": got == b"", "received": got.decode(errors="replace")}
-    except OSError as e:
-        return fail(e)
-    finally:
-        s.close()
-
-
-def half_close(spec):
-    """Send, shut down writing, then read: the answer only comes after the FIN."""
-    s = socket.socket(family(spec), socket.SOCK_STREAM)
-    s.settimeout(TIMEOUT)
-    try:
-        s.connect(addr_of(spec))
-        s.sendall(spec["send"].encode())
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        return {"ok": True, "received": got.decode(errors="replace")}
     except OSError as e:
         return fail(e)
     finally:
@@ -155,12 +139,7 @@ def many(spec):
             s = socket.create_connection(addr_of(spec), timeout=TIMEOUT * 3)
             sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
             sender.start()
-            got = bytearray()
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
+            got = read_all(s)
             sender.join()
             s.close()
             results[i] = hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
@@ -186,7 +165,7 @@ def httpx_get(spec):
         return {"ok": False, "error": repr(e)}
 
 
-OPS = {"tcp": tcp, "idle": idle, "half_close": half_close, "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+OPS = {"tcp": tcp, "idle": idle,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

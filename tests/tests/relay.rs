@@ -8,7 +8,7 @@ fn half_close_reaches_the_upstream_and_the_answer_comes_back() {
     let cg = TestCgroup::new(&unique("halfclose"));
     let up = Upstream::start_counting("127.0.0.2");
     let gw = Gateway::start(&cg, GatewayOptions::default());
-    let r = Client::new(&cg).net(json!({"op": "half_close", "host": "127.0.0.2", "port": up.addr.port(), "send": "x".repeat(100_000)}));
+    let r = Client::new(&cg).net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port(), "send": "x".repeat(100_000)}));
     let out = r.json();
     assert_eq!(out["ok"], true, "{out}");
     assert_eq!(out["received"], "got 100000 bytes");

@@ -18,23 +18,7 @@ pub async fn rules_list(config: &Config, json: bool) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    println!(
-        "{:<24} {:<8} {:<22} {:<12} {:<9} {:>10} {:>8} {:>8}",
-        "NAME", "SOURCE", "CIDR", "PORTS", "ACTION", "REDIRECTED", "PASSED", "DENIED"
-    );
-    for v in rules {
-        println!(
-            "{:<24} {:<8} {:<22} {:<12} {:<9} {:>10} {:>8} {:>8}",
-            v.name,
-            format!("{:?}", v.source).to_lowercase(),
-            v.cidr,
-            v.ports.to_string(),
-            v.action.to_string(),
-            v.redirected,
-            v.passed,
-            v.denied
-        );
-    }
+    print!("{}", super::table::rules("", &rules, None));
     Ok(())
 }
 

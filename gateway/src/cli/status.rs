@@ -47,31 +47,7 @@ fn render(r: &StatusReport) -> String {
         );
     }
     let _ = writeln!(s, "rules:");
-    let _ = writeln!(
-        s,
-        "  {:<24} {:<8} {:<22} {:<12} {:<9} {:>10} {:>8} {:>8}",
-        "NAME", "SOURCE", "CIDR", "PORTS", "ACTION", "REDIRECTED", "PASSED", "DENIED"
-    );
-    for v in &r.rules {
-        let _ = writeln!(
-            s,
-            "  {:<24} {:<8} {:<22} {:<12} {:<9} {:>10} {:>8} {:>8}",
-            v.name,
-            format!("{:?}", v.source).to_lowercase(),
-            v.cidr,
-            v.ports.to_string(),
-            v.action.to_string(),
-            v.redirected,
-            v.passed,
-            v.denied
-        );
-    }
-    let (dr, dp, dd) = r.default_counts;
-    let _ = writeln!(
-        s,
-        "  {:<24} {:<8} {:<22} {:<12} {:<9} {:>10} {:>8} {:>8}",
-        "(no rule matched)", "-", "-", "-", "default", dr, dp, dd
-    );
+    s += &super::table::rules("  ", &r.rules, Some(r.default_counts));
     let _ = writeln!(s, "udp/443 (QUIC) refused: {}", r.quic_denied);
     let _ = writeln!(
         s,
