@@ -40,6 +40,8 @@ pub struct Identity {
     pub cgroup_id: CgroupId,
     /// The agent socket's cookie, from the kernel.
     pub socket_cookie: SocketCookie,
+    /// Cookie of the agent's network namespace, from the kernel.
+    pub netns_cookie: u64,
     /// User name for `uid`, if it has one.
     pub user: Option<String>,
     /// What /proc said about the process, if it was still the same process.
@@ -97,6 +99,7 @@ impl Resolver {
             comm: proc::c_string(&record.comm),
             cgroup_id: CgroupId(record.cgroup_id),
             socket_cookie: SocketCookie(record.socket_cookie),
+            netns_cookie: record.netns_cookie,
             user: proc::user_name(record.uid),
             process,
         }

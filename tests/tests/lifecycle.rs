@@ -204,3 +204,31 @@ fn sigterm_leaves_the_pins_in_place() {
     let events = gw.events().all();
     assert_eq!(events.last().unwrap()["event"], "gateway_stopped");
 }
+
+#[test]
+fn agent_in_its_own_network_namespace_is_refused_not_passed() {
+    let cg = TestCgroup::new(&unique("netns"));
+    let up = Upstream::start("127.0.0.2");
+    let gw = Gateway::start(&cg, GatewayOptions::default());
+    // The redirect lands on the namespace's own loopback, where no gateway
+    // listens: the connection fails there and never reaches the upstream.
+    let script = interlock_tests::client::netclient();
+    let spec = json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port()}).to_string();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && exec python3 \"$0\" \"$1\"",
+    ])
+    .arg(&script)
+    .arg(&spec)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let r = Client::new(&cg).run_cmd(cmd);
+    let out = r.json();
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["errno"], ECONNREFUSED, "{out}");
+    assert!(up.peers().is_empty());
+    assert!(gw.events().connections().is_empty());
+}
