@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     identity::Identity,
-    types::{ConnId, OrigDst},
+    policy::Decision,
+    types::{AgentName, ConnId, OrigDst},
 };
 
 mod jsonl;
@@ -34,6 +35,8 @@ pub enum Outcome {
         /// The error.
         error: String,
     },
+    /// Policy refused the connection (deny, or review until approvals exist).
+    Denied,
     /// The gateway refused the connection before relaying anything.
     Refused {
         /// Why.
@@ -48,8 +51,14 @@ pub struct ConnectionEvent {
     pub time: String,
     /// Gateway-local connection number.
     pub conn_id: ConnId,
+    /// The agent the caller was matched to.
+    pub agent: Option<AgentName>,
     /// The caller, when the kernel left a record.
     pub identity: Option<Identity>,
+    /// The target the destination was matched to.
+    pub target: Option<String>,
+    /// The policy decision on the connect, with the deciding policies.
+    pub decision: Option<Decision>,
     /// Agent-side address as the listener saw it.
     pub peer: SocketAddr,
     /// Where the agent meant to go.
@@ -69,7 +78,7 @@ pub struct ConnectionEvent {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A connection ended (or was refused).
-    Connection(ConnectionEvent),
+    Connection(Box<ConnectionEvent>),
     /// An operator changed the redirect rules.
     RulesChanged {
         /// Time (RFC 3339).
@@ -92,6 +101,17 @@ pub enum Event {
         by: String,
         /// What was removed.
         removed: Vec<String>,
+    },
+    /// Policies were (re)loaded, or a reload was refused.
+    PolicyReloaded {
+        /// Time (RFC 3339).
+        time: String,
+        /// Directory or `embedded default policies`.
+        source: String,
+        /// Policies now in force.
+        policies: usize,
+        /// Why the new files were refused (the old set stays in force).
+        error: Option<String>,
     },
     /// The gateway stopped (agents are refused until it returns).
     GatewayStopped {

@@ -9,8 +9,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+mod agent;
 mod rule;
 
+pub use agent::{AgentSpec, TargetSpec, UNKNOWN_AGENT};
 pub use rule::{PortRange, RuleAction, RuleSpec};
 
 /// Errors loading or validating configuration. All are the operator's input.
@@ -60,6 +62,21 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// Where state, pins and the event log live.
     pub paths: PathsConfig,
+    /// Named agents, matched in order against each caller's identity.
+    pub agents: Vec<AgentSpec>,
+    /// Named destinations for policies.
+    pub targets: Vec<TargetSpec>,
+    /// The policy files.
+    pub policy: PolicyConfig,
+}
+
+/// Where the Cedar policies come from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Directory with one `*.cedarschema` and any number of `*.cedar` files.
+    /// Without it, the policies shipped in the binary apply (default deny).
+    pub dir: Option<PathBuf>,
 }
 
 /// The loopback listener the kernel redirects agents to.
@@ -187,7 +204,14 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        // A relative policy directory is relative to the config file.
+        if let (Some(dir), Some(base)) = (&config.policy.dir, path.parent()) {
+            if dir.is_relative() {
+                config.policy.dir = Some(base.join(dir));
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates TOML text; `path` is only used in errors.
@@ -263,6 +287,31 @@ impl Config {
                 "intercept.bypass_mark",
                 "must be non-zero: it keeps the gateway's own connections from looping".into(),
             ));
+        }
+        let mut agents: Vec<&str> = Vec::new();
+        for (n, agent) in self.agents.iter().enumerate() {
+            agent
+                .validate(&agents)
+                .map_err(|m| invalid(&format!("agents[{n}]"), m))?;
+            if agents.contains(&agent.name.as_str()) {
+                return Err(invalid(
+                    &format!("agents[{n}].name"),
+                    format!("duplicate agent `{}`", agent.name),
+                ));
+            }
+            agents.push(&agent.name);
+        }
+        let mut targets = std::collections::HashSet::new();
+        for (n, target) in self.targets.iter().enumerate() {
+            target
+                .validate()
+                .map_err(|m| invalid(&format!("targets[{n}]"), m))?;
+            if !targets.insert(target.name.as_str()) {
+                return Err(invalid(
+                    &format!("targets[{n}].name"),
+                    format!("duplicate target `{}`", target.name),
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (n, rule) in self.rules.iter().enumerate() {

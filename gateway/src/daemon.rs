@@ -1,24 +1,24 @@
 //! `interlock run`: bring the kernel side up, serve the listeners and the
 //! control socket, and on SIGTERM/SIGINT stop while leaving the pins in
 //! place, so agents are refused (never let through) until the gateway returns.
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use gateway_common::{Settings, SELECT_ALL_ATTACHED};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     audit::{self, Event, EventSink},
     cgroup,
     config::Config,
     control::{self, ControlState, RuleBook},
+    identity::AgentMatcher,
     kernel::{Kernel, KernelError, LoadOptions},
     listener::{self, Shared},
+    policy::{Gate, PolicyStore},
     proxy::{LiveTable, ProxySettings},
+    targets::TargetTable,
 };
+
+mod reload;
 
 /// Errors starting or running the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,12 @@ pub enum DaemonError {
     /// Bad runtime rule state (operator input).
     #[error(transparent)]
     Rules(#[from] control::RuleBookError),
+    /// Bad policy files (operator input).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// Bad agent definitions (operator input).
+    #[error("config `agents`: {0}")]
+    Agents(String),
     /// A configured cgroup is missing or unusable.
     #[error("config `intercept.cgroups`: {0}")]
     Cgroup(#[from] cgroup::CgroupError),
@@ -110,6 +116,13 @@ fn settings(config: &Config) -> Settings {
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let placement = placement(&config)?;
     let book = RuleBook::load(&config)?;
+    let gate = Arc::new(Gate::new(
+        PolicyStore::load(config.policy.dir.clone())?,
+        AgentMatcher::new(&config.agents).map_err(DaemonError::Agents)?,
+        TargetTable::new(&config.targets),
+    ));
+    let policies = gate.policies.current();
+    tracing::info!(source = %policies.source, count = policies.len(), "policies loaded");
     let compiled = book.compile()?;
     let events = EventSink::open(&config.paths.events_file()).await?;
 
@@ -170,6 +183,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         events.clone(),
         proxy_settings,
         config.listener.max_connections,
+        gate.clone(),
     ));
     let listeners: Vec<String> = bound
         .iter()
@@ -199,7 +213,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             }
         });
     }
-    wait_for_shutdown(config_path.as_deref(), &state).await?;
+    {
+        let (gate, events) = (gate.clone(), events.clone());
+        tasks.spawn(async move { reload::watch_policies(&gate, &events).await });
+    }
+    reload::wait_for_shutdown(config_path.as_deref(), &state, &gate).await?;
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);
     events
@@ -210,61 +228,4 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         "gateway stopped; kernel programs stay pinned, so agents are refused until it is back"
     );
     Ok(())
-}
-
-/// Waits for SIGTERM/SIGINT; SIGHUP reloads the config file's rules.
-async fn wait_for_shutdown(
-    config_path: Option<&Path>,
-    state: &ControlState,
-) -> Result<(), DaemonError> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(config_path, state).await,
-        }
-    }
-}
-
-async fn reload(config_path: Option<&Path>, state: &ControlState) {
-    let Some(path) = config_path else {
-        tracing::info!("SIGHUP: running on embedded defaults, nothing to reload");
-        return;
-    };
-    let config = match Config::load(Some(path)) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("SIGHUP: keeping the current rules: {e}");
-            return;
-        }
-    };
-    let mut book = state.book.lock().await;
-    match book.replace_config(&config) {
-        Ok((compiled, fresh)) => {
-            let mut kernel = state.kernel.lock().await;
-            for slot in fresh {
-                let _ = kernel.maps.reset_stats(slot);
-            }
-            match kernel.maps.apply_rules(&compiled) {
-                Ok(()) => {
-                    tracing::info!(
-                        "SIGHUP: rules reloaded from {} (other sections apply at restart)",
-                        path.display()
-                    );
-                    let _ = state
-                        .events
-                        .record(Event::RulesChanged {
-                            time: audit::now(),
-                            change: format!("reloaded rules from {}", path.display()),
-                        })
-                        .await;
-                }
-                Err(e) => tracing::error!("SIGHUP: kernel rejected the reloaded rules: {e}"),
-            }
-        }
-        Err(e) => tracing::error!("SIGHUP: keeping the current rules: {e}"),
-    }
 }

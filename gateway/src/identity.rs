@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{CgroupId, OrigDst, SocketCookie};
 
+mod agents;
 mod container;
 mod proc;
 
+pub use agents::AgentMatcher;
 pub use container::{container_of, systemd_unit_of, Container};
 
 /// Everything known about the process behind a connection.

@@ -14,5 +14,7 @@ pub mod daemon;
 pub mod identity;
 pub mod kernel;
 pub mod listener;
+pub mod policy;
 pub mod proxy;
+pub mod targets;
 pub mod types;

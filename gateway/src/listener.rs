@@ -21,6 +21,7 @@ use crate::{
     audit::{self, EventSink},
     identity::{self, Resolver},
     kernel::Handoff,
+    policy::Gate,
     proxy::{self, LiveTable, ProxySettings, SessionStart},
     types::ConnId,
 };
@@ -55,6 +56,8 @@ pub struct Shared {
     pub settings: Arc<ProxySettings>,
     /// Limits concurrent sessions.
     pub slots: Arc<Semaphore>,
+    /// Agents, targets and policy.
+    pub gate: Arc<Gate>,
     next_id: AtomicU64,
 }
 
@@ -66,6 +69,7 @@ impl Shared {
         events: EventSink,
         settings: ProxySettings,
         max: usize,
+        gate: Arc<Gate>,
     ) -> Self {
         Self {
             handoff,
@@ -74,6 +78,7 @@ impl Shared {
             events,
             settings: Arc::new(settings),
             slots: Arc::new(Semaphore::new(max)),
+            gate,
             next_id: AtomicU64::new(1),
         }
     }
@@ -214,13 +219,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Sha
     let _ = stream.set_nodelay(true);
     let identity = shared.resolver.resolve(&record);
     let orig_dst = identity::orig_dst(&record);
-    tracing::debug!(conn = %id, pid = identity.pid, dst = %orig_dst, "accepted");
+    let verdict = shared.gate.connect(&identity, orig_dst);
+    tracing::debug!(conn = %id, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, outcome = ?verdict.decision.outcome, "accepted");
     let start = SessionStart {
         id,
         identity,
         peer,
         orig_dst,
         time: audit::now(),
+        verdict,
     };
     proxy::run_tcp(
         stream,

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use crate::{
     audit::{self, ConnectionEvent, Event, EventSink, Outcome},
     identity::Identity,
+    policy::{self, ConnectVerdict},
     types::{ConnId, OrigDst},
 };
 
@@ -43,6 +44,8 @@ pub struct SessionStart {
     pub orig_dst: OrigDst,
     /// Accept time (wall clock, RFC 3339).
     pub time: String,
+    /// The policy stage's verdict on the connect.
+    pub verdict: ConnectVerdict,
 }
 
 /// Runs a raw TCP session to completion and records its event.
@@ -54,6 +57,16 @@ pub async fn run_tcp(
     events: EventSink,
 ) {
     let began = Instant::now();
+    if start.verdict.decision.outcome != policy::Outcome::Allow {
+        let d = &start.verdict.decision;
+        tracing::info!(conn = %start.id, agent = %start.verdict.agent, dst = %start.orig_dst, policies = ?d.policies, "denied: {}", d.reason);
+        // A reset: the agent's connect() succeeded (to the listener), so this
+        // is the quickest refusal it can see.
+        let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
+        drop(agent);
+        record(&events, start, (0, 0), began, Outcome::Denied).await;
+        return;
+    }
     let handle = live.insert(start.id, &start.identity, start.orig_dst);
     let outcome = match connect_upstream(
         start.orig_dst,
@@ -89,12 +102,26 @@ pub async fn run_tcp(
             }
         }
     };
-    let (bytes_up, bytes_down) = handle.stats.totals();
+    let totals = handle.stats.totals();
     live.remove(start.id);
+    record(&events, start, totals, began, outcome).await;
+}
+
+async fn record(
+    events: &EventSink,
+    start: SessionStart,
+    (bytes_up, bytes_down): (u64, u64),
+    began: Instant,
+    outcome: Outcome,
+) {
+    let id = start.id;
     let event = ConnectionEvent {
         time: start.time,
         conn_id: start.id,
+        agent: Some(start.verdict.agent),
         identity: Some(start.identity),
+        target: Some(start.verdict.target),
+        decision: Some(start.verdict.decision),
         peer: start.peer,
         orig_dst: Some(start.orig_dst),
         bytes_up,
@@ -102,8 +129,8 @@ pub async fn run_tcp(
         duration_ms: began.elapsed().as_millis() as u64,
         outcome,
     };
-    if let Err(e) = events.record(Event::Connection(event)).await {
-        tracing::error!(conn = %start.id, "connection event lost: {e}");
+    if let Err(e) = events.record(Event::Connection(Box::new(event))).await {
+        tracing::error!(conn = %id, "connection event lost: {e}");
     }
 }
 
@@ -117,7 +144,10 @@ pub async fn record_refusal(
     let event = ConnectionEvent {
         time: audit::now(),
         conn_id: id,
+        agent: None,
         identity: None,
+        target: None,
+        decision: None,
         peer,
         orig_dst: None,
         bytes_up: 0,
@@ -127,7 +157,7 @@ pub async fn record_refusal(
             reason: reason.to_owned(),
         },
     };
-    if let Err(e) = events.record(Event::Connection(event)).await {
+    if let Err(e) = events.record(Event::Connection(Box::new(event))).await {
         tracing::error!(conn = %id, "refusal event lost: {e}");
     }
 }

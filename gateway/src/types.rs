@@ -34,3 +34,14 @@ impl fmt::Display for ConnId {
         write!(f, "c{}", self.0)
     }
 }
+
+/// The name of a configured agent (or `unknown`), as policies see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentName(pub String);
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

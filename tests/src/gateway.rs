@@ -21,6 +21,25 @@ pub struct GatewayOptions {
     pub rules: Vec<(String, String, String, String)>,
     /// Run the gateway process itself inside this cgroup.
     pub gateway_cgroup: Option<PathBuf>,
+    /// Raw TOML appended to the config (e.g. `[[agents]]`, `[[targets]]`).
+    pub extra_toml: Vec<String>,
+    /// Policy files (name, text) written next to the shipped schema. `None`
+    /// means one policy that permits everything, so tests about other
+    /// stages are not decided by policy.
+    pub policies: Option<Vec<(String, String)>>,
+}
+
+/// The policy tests use when they are not about policy.
+pub const ALLOW_ALL: &str = "@id(\"test-allow-all\")\npermit (principal, action, resource);\n";
+
+/// The schema shipped in `policies/`.
+pub fn shipped(file: &str) -> String {
+    fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies")
+            .join(file),
+    )
+    .expect("shipped policy file")
 }
 
 /// A running (or stopped) gateway; cleaned up on drop.
@@ -90,6 +109,26 @@ impl Gateway {
             dir.display(),
             pin_dir.display()
         );
+        let policy_dir = dir.join("policies");
+        fs::create_dir_all(&policy_dir).unwrap();
+        fs::write(
+            policy_dir.join("interlock.cedarschema"),
+            shipped("interlock.cedarschema"),
+        )
+        .unwrap();
+        let policies = opts
+            .policies
+            .clone()
+            .unwrap_or_else(|| vec![("allow-all.cedar".into(), ALLOW_ALL.into())]);
+        for (name, text) in &policies {
+            fs::write(policy_dir.join(name), text).unwrap();
+        }
+        toml += &format!("\n[policy]\ndir = \"{}\"\n", policy_dir.display());
+        for extra in &opts.extra_toml {
+            toml += "\n";
+            toml += extra;
+            toml += "\n";
+        }
         for (n, c, p, a) in &opts.rules {
             toml += &format!(
                 "\n[[rules]]\nname = \"{n}\"\ncidr = \"{c}\"\nports = \"{p}\"\naction = \"{a}\"\n"
@@ -203,6 +242,11 @@ impl Gateway {
     /// The config file path.
     pub fn config_path(&self) -> &Path {
         &self.config
+    }
+
+    /// The policy directory the gateway watches.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.join("policies")
     }
 
     /// Everything the gateway logged so far.

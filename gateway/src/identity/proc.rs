@@ -79,6 +79,19 @@ fn cgroup_v2_path(text: &str) -> Option<String> {
         .map(|p| p.trim_end().to_owned())
 }
 
+/// (uid, user name, process facts) of a live process read from /proc alone,
+/// for matching a parent process against agent definitions.
+pub(super) fn read_process(pid: u32) -> Option<(u32, Option<String>, ProcessInfo)> {
+    let stat = Stat::read(pid).ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|u| u.parse().ok())?;
+    Some((uid, user_name(uid), read_info(pid, &stat)))
+}
+
 /// A NUL-padded kernel string.
 pub(super) fn c_string(raw: &[u8]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());

@@ -1,0 +1,109 @@
+//! Named agents and declared targets, as written in config.
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::PortRange;
+
+/// A named agent: every field given must match (first matching agent wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// The agent's name, as policies see it (`Interlock::Agent::"name"`).
+    pub name: String,
+    /// Exact executable path.
+    pub exe: Option<String>,
+    /// Regular expression over the command line (arguments joined by spaces).
+    pub cmdline: Option<String>,
+    /// Real uid at connect().
+    pub uid: Option<u32>,
+    /// User name of that uid.
+    pub user: Option<String>,
+    /// Cgroup path prefix (relative to the cgroup2 mount, e.g. `/interlock.agents/research`).
+    pub cgroup: Option<String>,
+    /// systemd unit.
+    pub unit: Option<String>,
+    /// Container id, or a prefix of it (at least 12 characters).
+    pub container: Option<String>,
+    /// The parent process is this agent.
+    pub parent: Option<String>,
+}
+
+/// A destination policies can name (`Interlock::Target::"name"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Name.
+    pub name: String,
+    /// Networks it lives on.
+    pub cidrs: Vec<IpNet>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: PortRange,
+}
+
+/// Reserved agent name for processes no agent matches.
+pub const UNKNOWN_AGENT: &str = "unknown";
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl AgentSpec {
+    /// Checks the spec on its own; `known` are the names of agents defined before it.
+    pub fn validate(&self, known: &[&str]) -> Result<(), String> {
+        if !valid_name(&self.name) || self.name == UNKNOWN_AGENT {
+            return Err(format!(
+                "agent name `{}` must use letters, digits, '-', '_' or '.', and not be `{UNKNOWN_AGENT}`",
+                self.name
+            ));
+        }
+        if let Some(re) = &self.cmdline {
+            regex::Regex::new(re).map_err(|e| format!("cmdline pattern: {e}"))?;
+        }
+        if self.container.as_ref().is_some_and(|c| c.len() < 12) {
+            return Err("container id prefix must be at least 12 characters".into());
+        }
+        if let Some(parent) = &self.parent {
+            if !known.contains(&parent.as_str()) {
+                return Err(format!(
+                    "parent agent `{parent}` must be defined before `{}`",
+                    self.name
+                ));
+            }
+        }
+        let any = self.exe.is_some()
+            || self.cmdline.is_some()
+            || self.uid.is_some()
+            || self.user.is_some()
+            || self.cgroup.is_some()
+            || self.unit.is_some()
+            || self.container.is_some()
+            || self.parent.is_some();
+        if !any {
+            return Err(format!(
+                "agent `{}` has no match fields; it would match every process",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TargetSpec {
+    /// Checks the spec.
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.name) {
+            return Err(format!(
+                "target name `{}` must use letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if self.cidrs.is_empty() {
+            return Err(format!("target `{}` needs at least one cidr", self.name));
+        }
+        Ok(())
+    }
+}

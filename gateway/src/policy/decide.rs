@@ -1,0 +1,152 @@
+//! From Cedar's answer to the gateway's decision. Forbid overrides permit,
+//! no match is deny, a failing forbid denies (fail closed), and `@review`
+//! turns a would-be decision into a hold for approval.
+use cedar_policy::{Authorizer, Decision as CedarDecision, Effect};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    load::LoadedPolicies,
+    request::{build, Query},
+};
+
+/// What happens to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Go ahead.
+    Allow,
+    /// Refused.
+    Deny,
+    /// Held for a person's approval (refused until the approvals queue exists).
+    Review,
+}
+
+/// A decision with the policies that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Ids of the deciding policies (empty for the default deny).
+    pub policies: Vec<String>,
+    /// Why, in words (from `@reason` where given).
+    pub reason: String,
+    /// Masking rules that apply (from `@mask` on the allowing policies).
+    pub mask: Vec<String>,
+}
+
+impl Decision {
+    fn deny(policies: Vec<String>, reason: String) -> Self {
+        Self {
+            outcome: Outcome::Deny,
+            policies,
+            reason,
+            mask: Vec::new(),
+        }
+    }
+}
+
+fn sorted_ids<'a>(ids: impl Iterator<Item = &'a cedar_policy::PolicyId>) -> Vec<String> {
+    let mut v: Vec<String> = ids.map(|id| id.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn reasons(p: &LoadedPolicies, ids: &[String], fallback: &str) -> String {
+    let given: Vec<&str> = ids
+        .iter()
+        .filter_map(|id| p.meta(id)?.reason.as_deref())
+        .collect();
+    if given.is_empty() {
+        format!("{fallback}: {}", ids.join(", "))
+    } else {
+        given.join("; ")
+    }
+}
+
+/// Decides one query.
+pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
+    let (request, entities) = match build(p, q) {
+        Ok(built) => built,
+        Err(e) => return Decision::deny(Vec::new(), format!("gateway error, denied: {e}")),
+    };
+    let authorizer = Authorizer::new();
+    let response = authorizer.is_authorized(&request, &p.all, &entities);
+    // A forbid that failed to evaluate might have matched: deny, naming it.
+    let failed_forbids: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
+                pe.policy_id().to_string()
+            }
+        })
+        .filter(|id| p.meta(id).is_some_and(|m| m.effect == Effect::Forbid))
+        .collect();
+    if !failed_forbids.is_empty() {
+        let reason = format!(
+            "forbid policy could not be evaluated, denied: {}",
+            failed_forbids.join(", ")
+        );
+        return Decision::deny(failed_forbids, reason);
+    }
+    let deciding = sorted_ids(response.diagnostics().reason());
+    match response.decision() {
+        CedarDecision::Allow => {
+            let review: Vec<String> = deciding
+                .iter()
+                .filter(|id| p.meta(id).is_some_and(|m| m.review))
+                .cloned()
+                .collect();
+            if !review.is_empty() {
+                let reason = reasons(p, &review, "held for review by");
+                return Decision {
+                    outcome: Outcome::Review,
+                    policies: review,
+                    reason,
+                    mask: Vec::new(),
+                };
+            }
+            let mut mask: Vec<String> = deciding
+                .iter()
+                .filter_map(|id| p.meta(id))
+                .flat_map(|m| m.mask.clone())
+                .collect();
+            mask.sort();
+            mask.dedup();
+            let reason = reasons(p, &deciding, "permitted by");
+            Decision {
+                outcome: Outcome::Allow,
+                policies: deciding,
+                reason,
+                mask,
+            }
+        }
+        CedarDecision::Deny if deciding.is_empty() => {
+            Decision::deny(Vec::new(), "no policy permits this (default deny)".into())
+        }
+        CedarDecision::Deny => {
+            let hard: Vec<String> = deciding
+                .iter()
+                .filter(|id| p.meta(id).is_some_and(|m| !m.review))
+                .cloned()
+                .collect();
+            if !hard.is_empty() {
+                let reason = reasons(p, &hard, "forbidden by");
+                return Decision::deny(hard, reason);
+            }
+            // Only @review forbids matched: hold it if the rest of the policy would allow it.
+            let rest = authorizer.is_authorized(&request, &p.without_review, &entities);
+            if rest.decision() == CedarDecision::Allow {
+                let reason = reasons(p, &deciding, "held for review by");
+                Decision {
+                    outcome: Outcome::Review,
+                    policies: deciding,
+                    reason,
+                    mask: Vec::new(),
+                }
+            } else {
+                Decision::deny(Vec::new(), "no policy permits this (default deny)".into())
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Loading policy files: one Cedar schema and any number of policy files,
+//! each validated against the schema. Errors name the file and line (and the
+//! policy id when there is one). Nothing is returned unless everything loads.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use cedar_policy::{Effect, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+
+/// Errors in policy files (operator input).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file or the directory could not be read.
+    #[error("policy {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The directory has no `*.cedarschema` file, or more than one.
+    #[error("policy directory {dir}: {message}")]
+    Layout {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The schema does not parse.
+    #[error("schema {file}:{line}: {message}")]
+    Schema {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// Parser message.
+        message: String,
+    },
+    /// A policy file does not parse.
+    #[error("policy {file}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// Parser message.
+        message: String,
+    },
+    /// A policy does not fit the schema.
+    #[error("policy {file}:{line}: policy `{policy}`: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// Policy id.
+        policy: String,
+        /// Validator message.
+        message: String,
+    },
+    /// Two policies have the same id.
+    #[error("policy id `{id}` is used twice: {first} and {second}")]
+    Duplicate {
+        /// The id.
+        id: String,
+        /// First place (file:line).
+        first: String,
+        /// Second place.
+        second: String,
+    },
+    /// An annotation has a value the gateway does not understand.
+    #[error("policy {file}:{line}: policy `{policy}`: {message}")]
+    Annotation {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// Policy id.
+        policy: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What the gateway knows about one policy beyond Cedar's view of it.
+#[derive(Debug, Clone)]
+pub struct PolicyMeta {
+    /// File it came from.
+    pub file: String,
+    /// 1-based line where it starts.
+    pub line: usize,
+    /// permit or forbid.
+    pub effect: Effect,
+    /// `@review`: a match holds the request for approval instead of deciding.
+    pub review: bool,
+    /// `@reason("...")`: shown to the agent and in the audit trail.
+    pub reason: Option<String>,
+    /// `@mask("a,b")`: masking rules that apply when this policy allows.
+    pub mask: Vec<String>,
+}
+
+/// A validated policy set, ready for decisions.
+pub struct LoadedPolicies {
+    pub(super) schema: Schema,
+    pub(super) all: PolicySet,
+    /// `all` minus the `@review` forbids: tells whether a held request could be allowed.
+    pub(super) without_review: PolicySet,
+    pub(super) meta: HashMap<String, PolicyMeta>,
+    /// Where the set came from (a directory, or the embedded defaults).
+    pub source: String,
+    /// True if any policy reads `context` (decisions then depend on the request
+    /// details and time, and are not cached).
+    pub reads_context: bool,
+}
+
+impl LoadedPolicies {
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// True when there are no policies (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+    }
+
+    /// Metadata of a policy.
+    pub fn meta(&self, id: &str) -> Option<&PolicyMeta> {
+        self.meta.get(id)
+    }
+}
+
+/// The schema and example policies shipped in `policies/`.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("base.cedar", include_str!("../../../policies/base.cedar")),
+    (
+        "llm-api.cedar",
+        include_str!("../../../policies/llm-api.cedar"),
+    ),
+    (
+        "read-only-db.cedar",
+        include_str!("../../../policies/read-only-db.cedar"),
+    ),
+];
+const EMBEDDED_SCHEMA: (&str, &str) = (
+    "interlock.cedarschema",
+    include_str!("../../../policies/interlock.cedarschema"),
+);
+
+/// The shipped policies (default deny).
+pub fn load_embedded() -> Result<LoadedPolicies, PolicyError> {
+    let files: Vec<(String, String)> = EMBEDDED
+        .iter()
+        .map(|(n, t)| (format!("<embedded>/{n}"), (*t).to_owned()))
+        .collect();
+    load_sources(
+        (
+            format!("<embedded>/{}", EMBEDDED_SCHEMA.0),
+            EMBEDDED_SCHEMA.1.to_owned(),
+        ),
+        &files,
+        "embedded default policies".into(),
+    )
+}
+
+/// Loads `dir`: exactly one `*.cedarschema` and every `*.cedar`, in name order.
+pub fn load_dir(dir: &Path) -> Result<LoadedPolicies, PolicyError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PolicyError::Io { path, source }
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    let schemas: Vec<&PathBuf> = entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cedarschema"))
+        .collect();
+    let [schema_path] = schemas.as_slice() else {
+        return Err(PolicyError::Layout {
+            dir: dir.to_owned(),
+            message: format!(
+                "expected exactly one *.cedarschema file, found {}",
+                schemas.len()
+            ),
+        });
+    };
+    let schema = (
+        schema_path.display().to_string(),
+        std::fs::read_to_string(schema_path).map_err(io(schema_path))?,
+    );
+    let mut files = Vec::new();
+    for path in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
+    {
+        files.push((
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(io(path))?,
+        ));
+    }
+    load_sources(schema, &files, dir.display().to_string())
+}
+
+/// 1-based (line, column) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+/// Offset of a diagnostic's first label, if it has one.
+fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
+    d.labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset())
+}
+
+/// Loads a schema and policy texts (name, text).
+pub fn load_sources(
+    schema: (String, String),
+    files: &[(String, String)],
+    source: String,
+) -> Result<LoadedPolicies, PolicyError> {
+    let (schema_file, schema_text) = schema;
+    let parsed_schema =
+        Schema::from_cedarschema_str(&schema_text).map_err(|e| PolicyError::Schema {
+            line: first_offset(&e).map_or(0, |o| line_col(&schema_text, o).0),
+            file: schema_file.clone(),
+            message: e.to_string(),
+        })?;
+    let schema = parsed_schema.0;
+    let validator = Validator::new(schema.clone());
+    let mut all = PolicySet::new();
+    let mut without_review = PolicySet::new();
+    let mut meta: HashMap<String, PolicyMeta> = HashMap::new();
+    let mut reads_context = false;
+    for (file, text) in files {
+        let set = PolicySet::from_str(text).map_err(|e| {
+            let offset = e.iter().next().and_then(|pe| first_offset(pe)).unwrap_or(0);
+            let (line, column) = line_col(text, offset);
+            PolicyError::Parse {
+                file: file.clone(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        // Where each policy starts, for ids and errors.
+        let mut cursor = 0;
+        let mut lines: HashMap<PolicyId, usize> = HashMap::new();
+        for policy in set.policies() {
+            let body = policy.to_string();
+            let at = text[cursor..]
+                .find(body.as_str())
+                .map_or(cursor, |i| cursor + i);
+            cursor = at + body.len().min(text.len() - at);
+            lines.insert(policy.id().clone(), line_col(text, at).0);
+        }
+        let result = validator.validate(&set, ValidationMode::Strict);
+        if let Some(err) = result.validation_errors().next() {
+            let line = first_offset(err)
+                .map(|o| line_col(text, o).0)
+                .or_else(|| lines.get(err.policy_id()).copied())
+                .unwrap_or(0);
+            let policy = set
+                .policy(err.policy_id())
+                .and_then(|p| p.annotation("id").map(str::to_owned))
+                .unwrap_or_else(|| format!("{}:{line}", short(file)));
+            return Err(PolicyError::Invalid {
+                file: file.clone(),
+                line,
+                policy,
+                message: err.to_string(),
+            });
+        }
+        for policy in set.policies() {
+            let line = lines.get(policy.id()).copied().unwrap_or(0);
+            let id = policy
+                .annotation("id")
+                .map_or_else(|| format!("{}:{line}", short(file)), str::to_owned);
+            let place = format!("{file}:{line}");
+            if let Some(existing) = meta.get(&id) {
+                return Err(PolicyError::Duplicate {
+                    id,
+                    first: format!("{}:{}", existing.file, existing.line),
+                    second: place,
+                });
+            }
+            let annotation_err = |message: String| PolicyError::Annotation {
+                file: file.clone(),
+                line,
+                policy: id.clone(),
+                message,
+            };
+            let review = match policy.annotation("review") {
+                None => false,
+                Some("" | "true") => true,
+                Some(other) => {
+                    return Err(annotation_err(format!(
+                        "@review takes no value or \"true\", not {other:?}"
+                    )))
+                }
+            };
+            let mask: Vec<String> = policy
+                .annotation("mask")
+                .map(|m| {
+                    m.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !mask.is_empty() && policy.effect() != Effect::Permit {
+                return Err(annotation_err("@mask only makes sense on a permit".into()));
+            }
+            reads_context |= policy.to_string().contains("context");
+            let renamed = policy.new_id(PolicyId::new(id.clone()));
+            if !(review && policy.effect() == Effect::Forbid) {
+                without_review
+                    .add(renamed.clone())
+                    .map_err(|e| annotation_err(e.to_string()))?;
+            }
+            all.add(renamed)
+                .map_err(|e| annotation_err(e.to_string()))?;
+            meta.insert(
+                id,
+                PolicyMeta {
+                    file: file.clone(),
+                    line,
+                    effect: policy.effect(),
+                    review,
+                    reason: policy.annotation("reason").map(str::to_owned),
+                    mask,
+                },
+            );
+        }
+    }
+    Ok(LoadedPolicies {
+        schema,
+        all,
+        without_review,
+        meta,
+        source,
+        reads_context,
+    })
+}
+
+/// File name without directories, for generated policy ids.
+fn short(file: &str) -> &str {
+    file.rsplit('/').next().unwrap_or(file)
+}

@@ -1,0 +1,276 @@
+//! Policy evaluation over a table of cases, and loading errors.
+use std::{net::IpAddr, time::SystemTime};
+
+use super::*;
+use crate::{
+    identity::Identity,
+    types::{AgentName, CgroupId, SocketCookie},
+};
+
+fn identity(uid: u32) -> Identity {
+    Identity {
+        pid: 4242,
+        tid: 4242,
+        uid,
+        gid: uid,
+        comm: "python3".into(),
+        cgroup_id: CgroupId(1),
+        socket_cookie: SocketCookie(1),
+        netns_cookie: 1,
+        user: Some("agent".into()),
+        process: None,
+    }
+}
+
+fn target(name: &str, ip: &str, port: u16) -> TargetRef {
+    TargetRef {
+        name: name.into(),
+        ip: ip.parse::<IpAddr>().unwrap(),
+        port,
+        host: String::new(),
+        protocol: "tcp".into(),
+    }
+}
+
+fn sql(kind: &str, has_where: bool) -> ActionKind {
+    ActionKind::SqlStatement {
+        kind: kind.into(),
+        tables_read: vec!["orders".into()],
+        tables_written: vec![],
+        has_where,
+        statements: 1,
+        sql: "...".into(),
+    }
+}
+
+fn ask(p: &LoadedPolicies, agent: &str, t: &TargetRef, action: &ActionKind) -> Decision {
+    let agent = AgentName(agent.into());
+    let id = identity(1000);
+    decide(
+        p,
+        &Query {
+            agent: &agent,
+            identity: &id,
+            target: t,
+            action,
+            now: SystemTime::now(),
+        },
+    )
+}
+
+#[test]
+fn shipped_policies_decide_the_documented_cases() {
+    let p = load_embedded().unwrap();
+    let db = target("analytics-db", "10.20.0.5", 5432);
+    let openai = target("openai", "127.0.0.2", 443);
+    let metadata = target("metadata", "169.254.169.254", 80);
+    let http = |method: &str, path: &str| ActionKind::HttpRequest {
+        method: method.into(),
+        path: path.into(),
+    };
+    let cases: Vec<(&str, &TargetRef, ActionKind, Outcome, &str)> = vec![
+        (
+            "db-reader",
+            &db,
+            ActionKind::Connect,
+            Outcome::Allow,
+            "db-reader-connect",
+        ),
+        (
+            "db-reader",
+            &db,
+            sql("select", false),
+            Outcome::Allow,
+            "db-reader-select-only",
+        ),
+        ("db-reader", &db, sql("insert", false), Outcome::Deny, ""),
+        (
+            "db-reader",
+            &db,
+            sql("delete", false),
+            Outcome::Deny,
+            "no-unbounded-writes",
+        ),
+        ("db-reader", &db, sql("ddl", false), Outcome::Deny, ""),
+        ("db-reader", &openai, ActionKind::Connect, Outcome::Deny, ""),
+        (
+            "assistant",
+            &openai,
+            ActionKind::Connect,
+            Outcome::Allow,
+            "assistant-llm-connect",
+        ),
+        (
+            "assistant",
+            &openai,
+            http("POST", "/v1/chat/completions"),
+            Outcome::Allow,
+            "assistant-llm-requests",
+        ),
+        (
+            "assistant",
+            &openai,
+            http("GET", "/v1/models"),
+            Outcome::Deny,
+            "",
+        ),
+        (
+            "assistant",
+            &openai,
+            http("POST", "/v1/files"),
+            Outcome::Review,
+            "assistant-llm-uploads-reviewed",
+        ),
+        ("assistant", &db, ActionKind::Connect, Outcome::Deny, ""),
+        (
+            "unknown",
+            &openai,
+            ActionKind::Connect,
+            Outcome::Deny,
+            "base-unknown-agents",
+        ),
+        (
+            "assistant",
+            &metadata,
+            ActionKind::Connect,
+            Outcome::Deny,
+            "base-no-metadata-service",
+        ),
+    ];
+    for (agent, t, action, outcome, policy) in cases {
+        let d = ask(&p, agent, t, &action);
+        assert_eq!(
+            d.outcome, outcome,
+            "{agent} {action:?} on {}: {d:?}",
+            t.name
+        );
+        if policy.is_empty() {
+            if outcome == Outcome::Deny && d.policies.is_empty() {
+                assert!(d.reason.contains("default deny"), "{d:?}");
+            }
+        } else {
+            assert_eq!(
+                d.policies,
+                vec![policy.to_owned()],
+                "{agent} {action:?}: {d:?}"
+            );
+        }
+    }
+    let d = ask(
+        &p,
+        "assistant",
+        &openai,
+        &http("POST", "/v1/chat/completions"),
+    );
+    assert_eq!(d.mask, vec!["api_key", "credit_card", "email"]);
+    let d = ask(&p, "db-reader", &db, &sql("delete", false));
+    assert_eq!(d.reason, "UPDATE or DELETE without a WHERE clause");
+}
+
+const SCHEMA: &str = include_str!("../../../policies/interlock.cedarschema");
+
+fn load(files: &[(&str, &str)]) -> Result<LoadedPolicies, PolicyError> {
+    let files: Vec<(String, String)> = files
+        .iter()
+        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+        .collect();
+    load_sources(
+        ("s.cedarschema".into(), SCHEMA.into()),
+        &files,
+        "test".into(),
+    )
+}
+
+#[test]
+fn ddl_review_needs_some_permit() {
+    let p = load(&[
+        ("ddl.cedar", "@id(\"ddl\") @review forbid (principal, action == Interlock::Action::\"sql_statement\", resource) when { context.kind == \"ddl\" };"),
+        ("allow.cedar", "@id(\"x-sql\") permit (principal == Interlock::Agent::\"x\", action == Interlock::Action::\"sql_statement\", resource);"),
+    ])
+    .unwrap();
+    let db = target("db", "10.0.0.1", 5432);
+    assert_eq!(
+        ask(&p, "x", &db, &sql("ddl", false)).outcome,
+        Outcome::Review
+    );
+    assert_eq!(ask(&p, "y", &db, &sql("ddl", false)).outcome, Outcome::Deny);
+    assert_eq!(
+        ask(&p, "x", &db, &sql("select", false)).outcome,
+        Outcome::Allow
+    );
+}
+
+#[test]
+fn forbid_overrides_permit_and_ip_ranges_work() {
+    let p = load(&[(
+        "p.cedar",
+        r#"@id("all") permit (principal, action, resource);
+@id("no-10") forbid (principal, action, resource) when { resource.ip.isInRange(ip("10.0.0.0/8")) };"#,
+    )])
+    .unwrap();
+    assert_eq!(
+        ask(&p, "x", &target("a", "10.1.1.1", 80), &ActionKind::Connect).policies,
+        vec!["no-10"]
+    );
+    assert_eq!(
+        ask(&p, "x", &target("a", "192.0.2.1", 80), &ActionKind::Connect).outcome,
+        Outcome::Allow
+    );
+    assert!(!p.reads_context);
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let err = load(&[
+        ("good.cedar", "permit (principal, action, resource);"),
+        (
+            "bad.cedar",
+            "// comment\n\npermit (principal, action, resource)\nwhen { principal.name == };\n",
+        ),
+    ])
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.starts_with("policy bad.cedar:4:"), "{err}");
+}
+
+#[test]
+fn schema_violations_name_file_line_and_policy() {
+    let err = load(&[("v.cedar", "\n@id(\"typo\")\npermit (principal, action, resource)\nwhen { principal.nmae == \"x\" };\n")])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("v.cedar:4") && err.contains("`typo`"), "{err}");
+}
+
+#[test]
+fn duplicate_ids_and_bad_annotations_are_rejected() {
+    let dup = load(&[
+        (
+            "a.cedar",
+            "@id(\"x\") permit (principal, action, resource);",
+        ),
+        (
+            "b.cedar",
+            "@id(\"x\") forbid (principal, action, resource);",
+        ),
+    ]);
+    assert!(dup.err().unwrap().to_string().contains("used twice"));
+    let bad = load(&[(
+        "a.cedar",
+        "@id(\"x\") @review(\"maybe\") permit (principal, action, resource);",
+    )]);
+    assert!(bad.err().unwrap().to_string().contains("@review"));
+    let mask_on_forbid = load(&[(
+        "a.cedar",
+        "@id(\"x\") @mask(\"email\") forbid (principal, action, resource);",
+    )]);
+    assert!(mask_on_forbid.err().unwrap().to_string().contains("@mask"));
+}
+
+#[test]
+fn policies_without_id_are_named_by_file_and_line() {
+    let p = load(&[("p.cedar", "// x\npermit (principal, action, resource);\n")]).unwrap();
+    let d = ask(&p, "x", &target("a", "192.0.2.1", 80), &ActionKind::Connect);
+    assert_eq!(d.policies, vec!["p.cedar:2"]);
+}
