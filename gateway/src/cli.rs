@@ -11,12 +11,14 @@ use crate::{
 
 mod detach;
 mod exec;
+mod policy;
 mod rules;
 mod status;
 mod table;
 
 pub use detach::detach;
 pub use exec::exec;
+pub use policy::{policy_check, policy_explain, Subject};
 pub use rules::{rules_add, rules_list, rules_remove};
 pub use status::status;
 

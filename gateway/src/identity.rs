@@ -69,6 +69,37 @@ pub struct ProcessInfo {
     pub systemd_unit: Option<String>,
 }
 
+/// The identity of a live process from /proc alone (no kernel record), for
+/// `policy explain --pid`. Kernel-only fields (tid, cookies) are zero.
+pub fn from_pid(pid: u32) -> Option<Identity> {
+    let (uid, user, info) = proc::read_process(pid)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned();
+    let gid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Gid:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|g| g.parse().ok())
+        })
+        .unwrap_or(0);
+    Some(Identity {
+        pid,
+        tid: pid,
+        uid,
+        gid,
+        comm,
+        cgroup_id: CgroupId(0),
+        socket_cookie: SocketCookie(0),
+        netns_cookie: 0,
+        user,
+        process: Some(Arc::new(info)),
+    })
+}
+
 /// The original destination recorded by the kernel.
 pub fn orig_dst(record: &ConnRecord) -> OrigDst {
     let ip = if record.orig_family == FAMILY_V4 {

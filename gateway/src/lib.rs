@@ -16,5 +16,6 @@ pub mod kernel;
 pub mod listener;
 pub mod policy;
 pub mod proxy;
+pub mod sql;
 pub mod targets;
 pub mod types;

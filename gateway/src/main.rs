@@ -7,6 +7,7 @@ use gateway::{
     cli,
     config::{PortRange, RuleAction, RuleSpec},
     daemon,
+    policy::ActionKind,
 };
 
 #[derive(Parser)]
@@ -49,6 +50,41 @@ enum Command {
     },
     /// Remove the pinned kernel programs and maps. Agents stop being intercepted.
     Detach,
+    /// Check policy files, or explain a decision.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory (default: the configured one) against its schema.
+    Check {
+        /// Directory with one *.cedarschema and *.cedar files.
+        dir: Option<PathBuf>,
+    },
+    /// Show the decision for a request and the policies that made it.
+    Explain {
+        /// A configured agent name.
+        #[arg(long, conflicts_with = "pid", required_unless_present = "pid")]
+        agent: Option<String>,
+        /// A live process (named by the configured agents).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// A configured target name, or an address like 10.0.0.5:5432.
+        #[arg(long)]
+        target: String,
+        /// An HTTP request: METHOD PATH.
+        #[arg(long, num_args = 2, value_names = ["METHOD", "PATH"], conflicts_with = "sql")]
+        http: Option<Vec<String>>,
+        /// A SQL statement.
+        #[arg(long)]
+        sql: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,8 +140,10 @@ fn real_main() -> anyhow::Result<()> {
         // exec replaces this process: no runtime needed.
         return cli::exec(&config, cgroup.as_deref(), command).map_err(Into::into);
     }
-    if let Command::Detach = &args.command {
-        return cli::detach(&config).map_err(Into::into);
+    match &args.command {
+        Command::Detach => return cli::detach(&config).map_err(Into::into),
+        Command::Policy { command } => return policy(&config, command),
+        _ => {}
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -133,8 +171,40 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 RulesCommand::Remove { name } => cli::rules_remove(&config, name).await?,
             },
-            Command::Exec { .. } | Command::Detach => unreachable!("handled above"),
+            Command::Exec { .. } | Command::Detach | Command::Policy { .. } => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
     })
+}
+
+fn policy(config: &gateway::config::Config, command: &PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { dir } => cli::policy_check(config, dir.as_deref())?,
+        PolicyCommand::Explain {
+            agent,
+            pid,
+            target,
+            http,
+            sql,
+            json,
+        } => {
+            let subject = match (agent, pid) {
+                (Some(name), _) => cli::Subject::Agent(name.clone()),
+                (None, Some(pid)) => cli::Subject::Pid(*pid),
+                (None, None) => anyhow::bail!("give --agent NAME or --pid PID"),
+            };
+            let action = match (http, sql) {
+                (Some(h), _) => ActionKind::HttpRequest {
+                    method: h[0].to_uppercase(),
+                    path: h[1].clone(),
+                },
+                (None, Some(sql)) => gateway::sql::classify(sql)?,
+                (None, None) => ActionKind::Connect,
+            };
+            cli::policy_explain(config, subject, target, action, *json)?;
+        }
+    }
+    Ok(())
 }

@@ -136,3 +136,144 @@ struct Facts<'a> {
     user: Option<&'a str>,
     process: Option<&'a ProcessInfo>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, sync::Arc};
+
+    use super::*;
+    use crate::{
+        identity::Container,
+        types::{CgroupId, SocketCookie},
+    };
+
+    fn identity(uid: u32, process: Option<ProcessInfo>) -> Identity {
+        Identity {
+            pid: 10,
+            tid: 10,
+            uid,
+            gid: uid,
+            comm: "x".into(),
+            cgroup_id: CgroupId(1),
+            socket_cookie: SocketCookie(1),
+            netns_cookie: 1,
+            user: Some(if uid == 0 {
+                "root".into()
+            } else {
+                "alice".into()
+            }),
+            process: process.map(Arc::new),
+        }
+    }
+
+    fn process(exe: &str, cmdline: &[&str], cgroup: &str, ppid: u32) -> ProcessInfo {
+        ProcessInfo {
+            start_ticks: 1,
+            exe: Some(PathBuf::from(exe)),
+            cmdline: cmdline.iter().map(|s| (*s).to_owned()).collect(),
+            ppid,
+            cgroup: Some(cgroup.into()),
+            container: Some(Container {
+                runtime: "docker".into(),
+                id: "4f1e2d3c4b5a6978".repeat(4),
+                pod_uid: None,
+            }),
+            systemd_unit: Some("agent.service".into()),
+        }
+    }
+
+    fn matcher(toml_text: &str) -> AgentMatcher {
+        let config =
+            crate::config::Config::parse(toml_text, std::path::Path::new("t.toml")).unwrap();
+        AgentMatcher::new(&config.agents).unwrap()
+    }
+
+    #[test]
+    fn first_match_wins_and_every_field_must_match() {
+        let m = matcher(
+            r#"
+[[agents]]
+name = "research"
+exe = "/usr/bin/python3"
+cgroup = "/agents/research"
+[[agents]]
+name = "any-python"
+cmdline = "^python3 .*agent\\.py"
+[[agents]]
+name = "alice"
+user = "alice"
+[[agents]]
+name = "in-container"
+container = "4f1e2d3c4b5a"
+unit = "agent.service"
+"#,
+        );
+        let name = |uid, p| m.name_of(&identity(uid, p)).0;
+        assert_eq!(
+            name(
+                0,
+                Some(process(
+                    "/usr/bin/python3",
+                    &["python3", "agent.py"],
+                    "/agents/research/x",
+                    1
+                ))
+            ),
+            "research"
+        );
+        // The cgroup prefix is path-aware: /agents/research2 is not under /agents/research.
+        assert_eq!(
+            name(
+                0,
+                Some(process(
+                    "/usr/bin/python3",
+                    &["python3", "agent.py"],
+                    "/agents/research2",
+                    1
+                ))
+            ),
+            "any-python"
+        );
+        assert_eq!(
+            name(1000, Some(process("/usr/bin/curl", &["curl"], "/", 1))),
+            "alice"
+        );
+        assert_eq!(
+            name(0, Some(process("/usr/bin/curl", &["curl"], "/", 1))),
+            "in-container"
+        );
+        // Without /proc facts only uid/user agents can match.
+        assert_eq!(name(1000, None), "alice");
+        assert_eq!(name(0, None), UNKNOWN_AGENT);
+    }
+
+    #[test]
+    fn parent_agent_matches_through_the_process_tree() {
+        let me = std::env::current_exe().unwrap();
+        let m = matcher(&format!(
+            "[[agents]]\nname = \"runner\"\nexe = \"{}\"\n[[agents]]\nname = \"child-of-runner\"\nparent = \"runner\"\n",
+            me.display()
+        ));
+        let child = process("/bin/sh", &["sh"], "/", std::process::id());
+        assert_eq!(m.name_of(&identity(0, Some(child))).0, "child-of-runner");
+        let orphan = process("/bin/sh", &["sh"], "/", 1);
+        assert_eq!(m.name_of(&identity(0, Some(orphan))).0, UNKNOWN_AGENT);
+    }
+
+    #[test]
+    fn agent_definitions_are_validated() {
+        let bad = [
+            "[[agents]]\nname = \"x\"\n",
+            "[[agents]]\nname = \"unknown\"\nuid = 1\n",
+            "[[agents]]\nname = \"x\"\ncmdline = \"(\"\n",
+            "[[agents]]\nname = \"x\"\nparent = \"y\"\n",
+            "[[agents]]\nname = \"x\"\ncontainer = \"abc\"\n",
+        ];
+        for text in bad {
+            let err = crate::config::Config::parse(text, std::path::Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("agents[0]"), "{text} -> {err}");
+        }
+    }
+}

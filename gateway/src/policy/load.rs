@@ -129,6 +129,11 @@ impl LoadedPolicies {
         self.meta.is_empty()
     }
 
+    /// Ids of every policy.
+    pub fn meta_ids(&self) -> impl Iterator<Item = &String> {
+        self.meta.keys()
+    }
+
     /// Metadata of a policy.
     pub fn meta(&self, id: &str) -> Option<&PolicyMeta> {
         self.meta.get(id)

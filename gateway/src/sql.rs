@@ -1,0 +1,236 @@
+//! Classifying SQL for policy with a real parser (sqlparser, PostgreSQL
+//! dialect): the statement kind, the tables read and written, whether UPDATE
+//! and DELETE are bounded by WHERE, and how many statements a string holds.
+//! Data-modifying statements nested in CTEs count: the most dangerous kind in
+//! the string is the one reported.
+use std::{collections::BTreeSet, ops::ControlFlow};
+
+use sqlparser::{
+    ast::{
+        visit_relations, visit_statements, FromTable, Statement, TableFactor, TableObject,
+        TableWithJoins,
+    },
+    dialect::PostgreSqlDialect,
+    parser::Parser,
+};
+
+use crate::policy::ActionKind;
+
+/// The statement could not be parsed (agent input); policy denies it by default.
+#[derive(Debug, thiserror::Error)]
+#[error("agent sent SQL that does not parse: {0}")]
+pub struct SqlError(pub String);
+
+/// Kinds from least to most dangerous; a string's kind is its worst statement's.
+const ORDER: [&str; 8] = [
+    "select",
+    "session",
+    "transaction",
+    "other",
+    "insert",
+    "update",
+    "delete",
+    "ddl",
+];
+
+fn rank(kind: &str) -> usize {
+    ORDER.iter().position(|k| *k == kind).unwrap_or(3)
+}
+
+fn table_of(t: &TableWithJoins) -> Option<String> {
+    match &t.relation {
+        TableFactor::Table { name, .. } => Some(name.to_string()),
+        _ => None,
+    }
+}
+
+/// Kind, written tables and WHERE-ness of one statement.
+fn classify_one(stmt: &Statement) -> (&'static str, Vec<String>, bool) {
+    match stmt {
+        Statement::Query(_) => ("select", Vec::new(), true),
+        Statement::Insert(insert) => {
+            let written = match &insert.table {
+                TableObject::TableName(name) => vec![name.to_string()],
+                _ => Vec::new(),
+            };
+            ("insert", written, true)
+        }
+        Statement::Update(update) => (
+            "update",
+            table_of(&update.table).into_iter().collect(),
+            update.selection.is_some(),
+        ),
+        Statement::Delete(delete) => {
+            let from = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let mut written: Vec<String> = delete.tables.iter().map(ToString::to_string).collect();
+            written.extend(from.iter().filter_map(table_of));
+            ("delete", written, delete.selection.is_some())
+        }
+        Statement::Drop { names, .. } => {
+            ("ddl", names.iter().map(ToString::to_string).collect(), true)
+        }
+        other => {
+            // Everything else by its leading keyword, which is stable across
+            // parser versions (the AST has dozens of DDL variants).
+            let text = other.to_string();
+            let word = text
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            let kind = match word.as_str() {
+                "CREATE" | "ALTER" | "DROP" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX"
+                | "CLUSTER" | "VACUUM" | "RENAME" => "ddl",
+                // TRUNCATE empties tables: an unbounded delete.
+                "TRUNCATE" => return ("delete", relations(other), false),
+                "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "END"
+                | "ABORT" => "transaction",
+                "SET" | "SHOW" | "RESET" | "DISCARD" => "session",
+                _ => "other",
+            };
+            // A schema change writes whatever tables it names.
+            let written = if kind == "ddl" {
+                relations(other)
+            } else {
+                Vec::new()
+            };
+            (kind, written, true)
+        }
+    }
+}
+
+/// Every table a statement names.
+fn relations(stmt: &Statement) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = visit_relations(stmt, |name| {
+        names.push(name.to_string());
+        ControlFlow::<()>::Continue(())
+    });
+    names
+}
+
+/// Classifies a SQL string into the `sql_statement` action for policy.
+pub fn classify(sql: &str) -> Result<ActionKind, SqlError> {
+    let statements =
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| SqlError(e.to_string()))?;
+    if statements.is_empty() {
+        return Err(SqlError("no statement".into()));
+    }
+    let mut kind = "select";
+    let mut written = BTreeSet::new();
+    let mut has_where = true;
+    let _ = visit_statements(&statements, |stmt| {
+        let (k, w, bounded) = classify_one(stmt);
+        if rank(k) > rank(kind) {
+            kind = k;
+        }
+        if matches!(k, "update" | "delete") {
+            has_where &= bounded;
+        }
+        written.extend(w);
+        ControlFlow::<()>::Continue(())
+    });
+    let mut read = BTreeSet::new();
+    let _ = visit_relations(&statements, |name| {
+        read.insert(name.to_string());
+        ControlFlow::<()>::Continue(())
+    });
+    let read: Vec<String> = read.difference(&written).cloned().collect();
+    Ok(ActionKind::SqlStatement {
+        kind: kind.to_owned(),
+        tables_read: read,
+        tables_written: written.into_iter().collect(),
+        has_where,
+        statements: statements.len() as i64,
+        sql: sql.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(sql: &str) -> (String, Vec<String>, Vec<String>, bool, i64) {
+        match classify(sql).unwrap() {
+            ActionKind::SqlStatement {
+                kind,
+                tables_read,
+                tables_written,
+                has_where,
+                statements,
+                ..
+            } => (kind, tables_read, tables_written, has_where, statements),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn statements_are_classified() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let cases = [
+            (
+                "SELECT * FROM orders o JOIN users u ON u.id = o.user_id",
+                ("select", s(&["orders", "users"]), s(&[]), true, 1),
+            ),
+            (
+                "INSERT INTO audit_log (x) SELECT x FROM staging",
+                ("insert", s(&["staging"]), s(&["audit_log"]), true, 1),
+            ),
+            (
+                "UPDATE users SET name = 'x' WHERE id = 1",
+                ("update", s(&[]), s(&["users"]), true, 1),
+            ),
+            (
+                "UPDATE users SET name = 'x'",
+                ("update", s(&[]), s(&["users"]), false, 1),
+            ),
+            (
+                "DELETE FROM sessions",
+                ("delete", s(&[]), s(&["sessions"]), false, 1),
+            ),
+            (
+                "DELETE FROM sessions WHERE expires < now()",
+                ("delete", s(&[]), s(&["sessions"]), true, 1),
+            ),
+            (
+                "TRUNCATE sessions",
+                ("delete", s(&[]), s(&["sessions"]), false, 1),
+            ),
+            (
+                "CREATE TABLE t (id int)",
+                ("ddl", s(&[]), s(&["t"]), true, 1),
+            ),
+            ("DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 1)),
+            ("BEGIN", ("transaction", s(&[]), s(&[]), true, 1)),
+            (
+                "SET search_path = public",
+                ("session", s(&[]), s(&[]), true, 1),
+            ),
+            (
+                "SELECT 1; DROP TABLE users",
+                ("ddl", s(&[]), s(&["users"]), true, 2),
+            ),
+            (
+                "WITH gone AS (DELETE FROM users RETURNING id) SELECT count(*) FROM gone",
+                ("delete", s(&["gone"]), s(&["users"]), false, 1),
+            ),
+        ];
+        for (sql, expected) in cases {
+            let (kind, read, written, has_where, n) = facts(sql);
+            let (ek, er, ew, eh, en) = expected;
+            assert_eq!(kind, ek, "{sql}");
+            assert_eq!(written, ew, "{sql}");
+            assert_eq!(has_where, eh, "{sql}");
+            assert_eq!(n, en, "{sql}");
+            assert_eq!(read, er, "{sql}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(classify("SELEKT * FRUM x").is_err());
+        assert!(classify("").is_err());
+    }
+}
