@@ -4,9 +4,7 @@ use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
     let metadata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway-ebpf");
-    let root_dir = metadata
-        .canonicalize()
-        .context("gateway-ebpf directory is missing")?;
+    let root_dir = metadata.canonicalize().context("gateway-ebpf directory is missing")?;
     let root_dir = root_dir
         .to_str()
         .ok_or_else(|| anyhow!("gateway-ebpf path is not UTF-8"))?;

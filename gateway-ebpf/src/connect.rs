@@ -182,11 +182,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, ()> {
         for (i, w) in words.iter().enumerate() {
             orig[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
-        (
-            rules::lookup_v6(orig, port, settings),
-            FAMILY_V6,
-            settings.proxy_ip6,
-        )
+        (rules::lookup_v6(orig, port, settings), FAMILY_V6, settings.proxy_ip6)
     };
     let result = enforce(ctx, &verdict, orig, port, family, || {
         write_ip6(sa, proxy);

@@ -4,8 +4,7 @@
 //! FAILS OPEN (harmlessly): without a record the real peer, the gateway's
 //! listener, is reported. Nothing is reached that policy did not allow.
 use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
-    EbpfContext,
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
 };
 use gateway_common::{ConnRecord, FAMILY_V4};
 
@@ -29,12 +28,7 @@ pub fn interlock_getpeername4(ctx: SockAddrContext) -> i32 {
     if let Some(rec) = record(&ctx) {
         if rec.orig_family == FAMILY_V4 {
             let sa = ctx.sock_addr;
-            let ip = u32::from_ne_bytes([
-                rec.orig_addr[0],
-                rec.orig_addr[1],
-                rec.orig_addr[2],
-                rec.orig_addr[3],
-            ]);
+            let ip = u32::from_ne_bytes([rec.orig_addr[0], rec.orig_addr[1], rec.orig_addr[2], rec.orig_addr[3]]);
             // SAFETY: user_ip4/user_port are writable in getpeername4.
             unsafe {
                 (*sa).user_ip4 = ip;

@@ -5,8 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use gateway_common::{
-    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAX_PREFIXES, MAX_RULE_SLOTS,
-    MAX_TRACKED_SOCKETS,
+    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAX_PREFIXES, MAX_RULE_SLOTS, MAX_TRACKED_SOCKETS,
 };
 
 #[map(name = "RULES_V4")]
@@ -16,19 +15,16 @@ pub(crate) static RULES_V4: LpmTrie<[u8; 4], RuleSet> = LpmTrie::with_max_entrie
 pub(crate) static RULES_V6: LpmTrie<[u8; 16], RuleSet> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 #[map(name = "RULE_STATS")]
-pub(crate) static RULE_STATS: PerCpuArray<RuleStats> =
-    PerCpuArray::with_max_entries(MAX_RULE_SLOTS, 0);
+pub(crate) static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULE_SLOTS, 0);
 
 #[map(name = "SETTINGS")]
 pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map(name = "SOCKETS")]
-pub(crate) static SOCKETS: LruHashMap<u64, ConnRecord> =
-    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+pub(crate) static SOCKETS: LruHashMap<u64, ConnRecord> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
 #[map(name = "HANDOFF")]
-pub(crate) static HANDOFF: LruHashMap<HandoffKey, ConnRecord> =
-    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+pub(crate) static HANDOFF: LruHashMap<HandoffKey, ConnRecord> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
 #[map(name = "SELECTED_CGROUPS")]
 pub(crate) static SELECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);

@@ -102,6 +102,17 @@ pub enum Event {
         /// What was removed.
         removed: Vec<String>,
     },
+    /// A grant was added, revoked early, or expired.
+    Grant {
+        /// Time (RFC 3339).
+        time: String,
+        /// `added`, `revoked` or `expired`.
+        change: String,
+        /// The grant.
+        grant: crate::control::Grant,
+        /// Who made the change (`gateway` for expiry).
+        by: String,
+    },
     /// Policies were (re)loaded, or a reload was refused.
     PolicyReloaded {
         /// Time (RFC 3339).

@@ -92,13 +92,11 @@ pub fn move_pid(path: &Path, pid: u32) -> Result<(), CgroupError> {
 
 /// The cgroup id the kernel reports for tasks in it: the directory's inode.
 pub fn id(path: &Path) -> Result<u64, CgroupError> {
-    fs::metadata(path)
-        .map(|m| m.ino())
-        .map_err(|source| CgroupError::Io {
-            path: path.to_owned(),
-            action: "stat",
-            source,
-        })
+    fs::metadata(path).map(|m| m.ino()).map_err(|source| CgroupError::Io {
+        path: path.to_owned(),
+        action: "stat",
+        source,
+    })
 }
 
 /// Opens a cgroup directory for attaching programs to it.

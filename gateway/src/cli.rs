@@ -11,6 +11,7 @@ use crate::{
 
 mod detach;
 mod exec;
+mod grants;
 mod policy;
 mod rules;
 mod status;
@@ -18,6 +19,7 @@ mod table;
 
 pub use detach::detach;
 pub use exec::exec;
+pub use grants::{grant, grants_list, grants_revoke};
 pub use policy::{policy_check, policy_explain, Subject};
 pub use rules::{rules_add, rules_list, rules_remove};
 pub use status::status;

@@ -217,10 +217,7 @@ impl Config {
     /// Parses and validates TOML text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_col(text, span.start))
-                .unwrap_or((0, 0));
+            let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((0, 0));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -255,23 +252,16 @@ impl Config {
             ));
         }
         if l.max_connections == 0 {
-            return Err(invalid(
-                "listener.max_connections",
-                "must be at least 1".into(),
-            ));
+            return Err(invalid("listener.max_connections", "must be at least 1".into()));
         }
         if l.connect_timeout.is_zero() || l.idle_timeout.is_zero() {
-            return Err(invalid(
-                "listener",
-                "timeouts must be greater than zero".into(),
-            ));
+            return Err(invalid("listener", "timeouts must be greater than zero".into()));
         }
         let i = &self.intercept;
         if i.cgroups.is_empty() && i.uids.is_empty() {
             return Err(invalid(
                 "intercept",
-                "select agents with `cgroups` or `uids`; with neither, nothing is intercepted"
-                    .into(),
+                "select agents with `cgroups` or `uids`; with neither, nothing is intercepted".into(),
             ));
         }
         for (n, cg) in i.cgroups.iter().enumerate() {
@@ -303,9 +293,7 @@ impl Config {
         }
         let mut targets = std::collections::HashSet::new();
         for (n, target) in self.targets.iter().enumerate() {
-            target
-                .validate()
-                .map_err(|m| invalid(&format!("targets[{n}]"), m))?;
+            target.validate().map_err(|m| invalid(&format!("targets[{n}]"), m))?;
             if !targets.insert(target.name.as_str()) {
                 return Err(invalid(
                     &format!("targets[{n}].name"),
@@ -315,8 +303,7 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (n, rule) in self.rules.iter().enumerate() {
-            rule.validate()
-                .map_err(|m| invalid(&format!("rules[{n}]"), m))?;
+            rule.validate().map_err(|m| invalid(&format!("rules[{n}]"), m))?;
             if !names.insert(rule.name.as_str()) {
                 return Err(invalid(
                     &format!("rules[{n}].name"),
@@ -332,10 +319,7 @@ impl Config {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, column)
 }
 

@@ -2,11 +2,15 @@
 //! operators change at runtime (for now, redirect rules); the CLI and the
 //! kernel maps are views of it, and it persists across restarts.
 mod client;
+mod grant_ops;
+mod grants;
 mod protocol;
 mod rulebook;
 mod server;
 
 pub use client::{request, ClientError};
+pub use grant_ops::{apply as apply_grants, now_unix, sweep as sweep_grants};
+pub use grants::{Grant, GrantBook, GrantError, GrantRequest};
 pub use protocol::{Request, Response, RuleView, StatusReport};
 pub use rulebook::{RuleBook, RuleBookError, RuleSource};
 pub use server::{serve, ControlState};

@@ -9,7 +9,7 @@ use crate::{
     audit::{self, Event, EventSink},
     cgroup,
     config::Config,
-    control::{self, ControlState, RuleBook},
+    control::{self, ControlState, GrantBook, RuleBook},
     identity::AgentMatcher,
     kernel::{Kernel, KernelError, LoadOptions},
     listener::{self, Shared},
@@ -32,6 +32,12 @@ pub enum DaemonError {
     /// Bad policy files (operator input).
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// Persisted grants are unreadable (operator state).
+    #[error(transparent)]
+    GrantState(#[from] control::GrantError),
+    /// Persisted grants do not compile against the policy schema.
+    #[error("grants: {0}")]
+    Grants(String),
     /// Bad agent definitions (operator input).
     #[error("config `agents`: {0}")]
     Agents(String),
@@ -71,10 +77,7 @@ fn placement(config: &Config) -> Result<Placement, DaemonError> {
         // The exec cgroup is the gateway's own to create; others must exist.
         cgroup::ensure(first)?;
     }
-    let selected_cgroups = cgroups
-        .iter()
-        .map(|c| cgroup::id(c))
-        .collect::<Result<Vec<_>, _>>()?;
+    let selected_cgroups = cgroups.iter().map(|c| cgroup::id(c)).collect::<Result<Vec<_>, _>>()?;
     let select_all = config.intercept.uids.is_empty();
     let attach_points = if select_all {
         cgroups
@@ -121,6 +124,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         AgentMatcher::new(&config.agents).map_err(DaemonError::Agents)?,
         TargetTable::new(&config.targets),
     ));
+    let mut grants = GrantBook::load(&config)?;
+    grants.expire(control::now_unix());
+    control::apply_grants(&gate, &grants).map_err(DaemonError::Grants)?;
     let policies = gate.policies.current();
     tracing::info!(source = %policies.source, count = policies.len(), "policies loaded");
     let compiled = book.compile()?;
@@ -196,6 +202,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     let state = Arc::new(ControlState {
         book: tokio::sync::Mutex::new(book),
+        grants: tokio::sync::Mutex::new(grants),
+        gate: gate.clone(),
         kernel: tokio::sync::Mutex::new(kernel),
         live,
         handoff,
@@ -217,15 +225,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let (gate, events) = (gate.clone(), events.clone());
         tasks.spawn(async move { reload::watch_policies(&gate, &events).await });
     }
+    {
+        let state = state.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                control::sweep_grants(&state).await;
+            }
+        });
+    }
     reload::wait_for_shutdown(config_path.as_deref(), &state, &gate).await?;
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);
-    events
-        .record(Event::GatewayStopped { time: audit::now() })
-        .await?;
+    events.record(Event::GatewayStopped { time: audit::now() }).await?;
     events.flush().await?;
-    tracing::info!(
-        "gateway stopped; kernel programs stay pinned, so agents are refused until it is back"
-    );
+    tracing::info!("gateway stopped; kernel programs stay pinned, so agents are refused until it is back");
     Ok(())
 }

@@ -50,6 +50,25 @@ pub struct Identity {
     pub process: Option<Arc<ProcessInfo>>,
 }
 
+impl Identity {
+    /// An identity with no process behind it, for decisions about an agent
+    /// by name (`policy explain --agent`).
+    pub fn unattributed() -> Self {
+        Self {
+            pid: 0,
+            tid: 0,
+            uid: 0,
+            gid: 0,
+            comm: String::new(),
+            cgroup_id: CgroupId(0),
+            socket_cookie: SocketCookie(0),
+            netns_cookie: 0,
+            user: None,
+            process: None,
+        }
+    }
+}
+
 /// Facts about a process read from /proc.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -143,10 +162,7 @@ impl Resolver {
         if stat.start_ns() > record.connect_boot_ns {
             // The pid now belongs to a process that started after the connect():
             // the caller is gone and its pid was reused. Report kernel facts only.
-            tracing::warn!(
-                pid = record.pid,
-                "caller exited and its pid was reused before lookup"
-            );
+            tracing::warn!(pid = record.pid, "caller exited and its pid was reused before lookup");
             return None;
         }
         let key = (record.pid, stat.start_ticks);
@@ -162,9 +178,7 @@ impl Resolver {
         }
         let mut cache = self.lock();
         if cache.len() >= CACHE_LIMIT {
-            cache.retain(|(pid, start), _| {
-                proc::Stat::read(*pid).is_ok_and(|s| s.start_ticks == *start)
-            });
+            cache.retain(|(pid, start), _| proc::Stat::read(*pid).is_ok_and(|s| s.start_ticks == *start));
         }
         cache.insert(key, info.clone());
         Some(info)

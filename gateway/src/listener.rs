@@ -101,8 +101,7 @@ impl Bound {
 pub fn bind(addr: SocketAddr) -> Result<Bound, ListenerError> {
     let err = |source| ListenerError::Bind { addr, source };
     let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)
-        .map_err(err)?;
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(err)?;
@@ -111,10 +110,7 @@ pub fn bind(addr: SocketAddr) -> Result<Bound, ListenerError> {
     socket.listen(1024).map_err(err)?;
     let netns_cookie = netns_cookie(&socket).map_err(ListenerError::NetnsCookie)?;
     let listener = TcpListener::from_std(socket.into()).map_err(err)?;
-    Ok(Bound {
-        listener,
-        netns_cookie,
-    })
+    Ok(Bound { listener, netns_cookie })
 }
 
 fn netns_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
@@ -201,13 +197,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Sha
     let Some(record) = lookup(&shared, &handoff_key(netns, peer)).await else {
         tracing::warn!(conn = %id, %peer, "refused: no kernel record (direct dial to the listener?)");
         refuse(stream);
-        proxy::record_refusal(
-            &shared.events,
-            id,
-            peer,
-            "no kernel record for this connection",
-        )
-        .await;
+        proxy::record_refusal(&shared.events, id, peer, "no kernel record for this connection").await;
         return;
     };
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {

@@ -50,10 +50,45 @@ enum Command {
     },
     /// Remove the pinned kernel programs and maps. Agents stop being intercepted.
     Detach,
+    /// Grant an agent time-limited access on top of policy.
+    Grant {
+        /// Agent name.
+        #[arg(long)]
+        agent: String,
+        /// Target name or ip:port.
+        #[arg(long)]
+        target: String,
+        /// connect, http_request or sql_statement (repeatable; default all).
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        /// How long, e.g. 30m, 2h.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List grants, or end one early.
+    Grants {
+        #[command(subcommand)]
+        command: Option<GrantsCommand>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check policy files, or explain a decision.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// End a grant before it expires.
+    Revoke {
+        /// Grant id (g-N).
+        id: String,
     },
 }
 
@@ -171,6 +206,18 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 RulesCommand::Remove { name } => cli::rules_remove(&config, name).await?,
             },
+            Command::Grant {
+                agent,
+                target,
+                actions,
+                duration,
+                reason,
+            } => cli::grant(&config, agent, target, actions, duration, reason).await?,
+            Command::Grants { command: None, json } => cli::grants_list(&config, json).await?,
+            Command::Grants {
+                command: Some(GrantsCommand::Revoke { id }),
+                ..
+            } => cli::grants_revoke(&config, id).await?,
             Command::Exec { .. } | Command::Detach | Command::Policy { .. } => {
                 unreachable!("handled above")
             }

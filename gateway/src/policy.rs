@@ -21,29 +21,36 @@ mod request;
 
 pub use decide::{decide, Decision, Outcome};
 pub use gate::{ConnectVerdict, Gate};
-pub use load::{load_dir, load_embedded, load_sources, LoadedPolicies, PolicyError, PolicyMeta};
+pub use load::{
+    embedded_sources, load_dir, load_embedded, load_sources, read_dir_sources, LoadedPolicies, PolicyError, PolicyMeta,
+    Sources,
+};
 pub use request::{ActionKind, Query, RequestError, TargetRef};
 
-/// The policy set in force, and where to reload it from.
+/// The policy set in force: the last good files plus generated policies
+/// (grants), and where to reload the files from.
 pub struct PolicyStore {
     current: RwLock<Arc<LoadedPolicies>>,
+    state: RwLock<(Sources, Vec<(String, String)>)>,
     dir: Option<PathBuf>,
 }
 
 impl PolicyStore {
     /// Loads from `dir`, or the embedded policies when `None`.
     pub fn load(dir: Option<PathBuf>) -> Result<Self, PolicyError> {
-        let set = Self::read(dir.as_deref())?;
+        let sources = Self::read(dir.as_deref())?;
+        let set = sources.load_with(&[])?;
         Ok(Self {
             current: RwLock::new(Arc::new(set)),
+            state: RwLock::new((sources, Vec::new())),
             dir,
         })
     }
 
-    fn read(dir: Option<&std::path::Path>) -> Result<LoadedPolicies, PolicyError> {
+    fn read(dir: Option<&std::path::Path>) -> Result<Sources, PolicyError> {
         match dir {
-            Some(d) => load_dir(d),
-            None => load_embedded(),
+            Some(d) => read_dir_sources(d),
+            None => Ok(embedded_sources()),
         }
     }
 
@@ -54,17 +61,30 @@ impl PolicyStore {
 
     /// The set in force.
     pub fn current(&self) -> Arc<LoadedPolicies> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reloads; on error the old set stays in force and the error is returned.
-    pub fn reload(&self) -> Result<Arc<LoadedPolicies>, PolicyError> {
-        let set = Arc::new(Self::read(self.dir.as_deref())?);
+    fn swap(&self, set: LoadedPolicies) -> Arc<LoadedPolicies> {
+        let set = Arc::new(set);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = set.clone();
-        Ok(set)
+        set
+    }
+
+    /// Re-reads the files; on error the old set stays in force and the error is returned.
+    pub fn reload(&self) -> Result<Arc<LoadedPolicies>, PolicyError> {
+        let sources = Self::read(self.dir.as_deref())?;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let set = sources.load_with(&state.1)?;
+        state.0 = sources;
+        Ok(self.swap(set))
+    }
+
+    /// Replaces the generated policies (grants) on top of the last good files.
+    pub fn set_generated(&self, generated: Vec<(String, String)>) -> Result<Arc<LoadedPolicies>, PolicyError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let set = state.0.load_with(&generated)?;
+        state.1 = generated;
+        Ok(self.swap(set))
     }
 
     /// Decides with the set in force.

@@ -68,27 +68,13 @@ pub async fn run_tcp(
         return;
     }
     let handle = live.insert(start.id, &start.identity, start.orig_dst);
-    let outcome = match connect_upstream(
-        start.orig_dst,
-        settings.bypass_mark,
-        settings.connect_timeout,
-    )
-    .await
-    {
+    let outcome = match connect_upstream(start.orig_dst, settings.bypass_mark, settings.connect_timeout).await {
         Err(e) => {
             tracing::info!(conn = %start.id, dst = %start.orig_dst, "upstream connect failed: {e}");
-            Outcome::UpstreamConnectFailed {
-                error: e.to_string(),
-            }
+            Outcome::UpstreamConnectFailed { error: e.to_string() }
         }
         Ok(mut upstream) => {
-            let end = relay(
-                &mut agent,
-                &mut upstream,
-                settings.idle_timeout,
-                &handle.stats,
-            )
-            .await;
+            let end = relay(&mut agent, &mut upstream, settings.idle_timeout, &handle.stats).await;
             match end {
                 Ok(RelayEnd::Closed) => Outcome::Closed,
                 Ok(RelayEnd::IdleTimeout) => Outcome::IdleTimeout,
@@ -135,12 +121,7 @@ async fn record(
 }
 
 /// Records a connection the listener refused before any session started.
-pub async fn record_refusal(
-    events: &EventSink,
-    id: ConnId,
-    peer: std::net::SocketAddr,
-    reason: &str,
-) {
+pub async fn record_refusal(events: &EventSink, id: ConnId, peer: std::net::SocketAddr, reason: &str) {
     let event = ConnectionEvent {
         time: audit::now(),
         conn_id: id,

@@ -6,10 +6,7 @@
 use std::{collections::BTreeSet, ops::ControlFlow};
 
 use sqlparser::{
-    ast::{
-        visit_relations, visit_statements, FromTable, Statement, TableFactor, TableObject,
-        TableWithJoins,
-    },
+    ast::{visit_relations, visit_statements, FromTable, Statement, TableFactor, TableObject, TableWithJoins},
     dialect::PostgreSqlDialect,
     parser::Parser,
 };
@@ -68,34 +65,23 @@ fn classify_one(stmt: &Statement) -> (&'static str, Vec<String>, bool) {
             written.extend(from.iter().filter_map(table_of));
             ("delete", written, delete.selection.is_some())
         }
-        Statement::Drop { names, .. } => {
-            ("ddl", names.iter().map(ToString::to_string).collect(), true)
-        }
+        Statement::Drop { names, .. } => ("ddl", names.iter().map(ToString::to_string).collect(), true),
         other => {
             // Everything else by its leading keyword, which is stable across
             // parser versions (the AST has dozens of DDL variants).
             let text = other.to_string();
-            let word = text
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
+            let word = text.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
             let kind = match word.as_str() {
-                "CREATE" | "ALTER" | "DROP" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX"
-                | "CLUSTER" | "VACUUM" | "RENAME" => "ddl",
+                "CREATE" | "ALTER" | "DROP" | "GRANT" | "REVOKE" | "COMMENT" | "REINDEX" | "CLUSTER" | "VACUUM"
+                | "RENAME" => "ddl",
                 // TRUNCATE empties tables: an unbounded delete.
                 "TRUNCATE" => return ("delete", relations(other), false),
-                "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "END"
-                | "ABORT" => "transaction",
+                "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "END" | "ABORT" => "transaction",
                 "SET" | "SHOW" | "RESET" | "DISCARD" => "session",
                 _ => "other",
             };
             // A schema change writes whatever tables it names.
-            let written = if kind == "ddl" {
-                relations(other)
-            } else {
-                Vec::new()
-            };
+            let written = if kind == "ddl" { relations(other) } else { Vec::new() };
             (kind, written, true)
         }
     }
@@ -113,8 +99,7 @@ fn relations(stmt: &Statement) -> Vec<String> {
 
 /// Classifies a SQL string into the `sql_statement` action for policy.
 pub fn classify(sql: &str) -> Result<ActionKind, SqlError> {
-    let statements =
-        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| SqlError(e.to_string()))?;
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| SqlError(e.to_string()))?;
     if statements.is_empty() {
         return Err(SqlError("no statement".into()));
     }
@@ -186,32 +171,17 @@ mod tests {
                 "UPDATE users SET name = 'x'",
                 ("update", s(&[]), s(&["users"]), false, 1),
             ),
-            (
-                "DELETE FROM sessions",
-                ("delete", s(&[]), s(&["sessions"]), false, 1),
-            ),
+            ("DELETE FROM sessions", ("delete", s(&[]), s(&["sessions"]), false, 1)),
             (
                 "DELETE FROM sessions WHERE expires < now()",
                 ("delete", s(&[]), s(&["sessions"]), true, 1),
             ),
-            (
-                "TRUNCATE sessions",
-                ("delete", s(&[]), s(&["sessions"]), false, 1),
-            ),
-            (
-                "CREATE TABLE t (id int)",
-                ("ddl", s(&[]), s(&["t"]), true, 1),
-            ),
+            ("TRUNCATE sessions", ("delete", s(&[]), s(&["sessions"]), false, 1)),
+            ("CREATE TABLE t (id int)", ("ddl", s(&[]), s(&["t"]), true, 1)),
             ("DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 1)),
             ("BEGIN", ("transaction", s(&[]), s(&[]), true, 1)),
-            (
-                "SET search_path = public",
-                ("session", s(&[]), s(&[]), true, 1),
-            ),
-            (
-                "SELECT 1; DROP TABLE users",
-                ("ddl", s(&[]), s(&["users"]), true, 2),
-            ),
+            ("SET search_path = public", ("session", s(&[]), s(&[]), true, 1)),
+            ("SELECT 1; DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 2)),
             (
                 "WITH gone AS (DELETE FROM users RETURNING id) SELECT count(*) FROM gone",
                 ("delete", s(&["gone"]), s(&["users"]), false, 1),

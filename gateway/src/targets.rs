@@ -22,9 +22,7 @@ impl TargetTable {
         let name = self
             .targets
             .iter()
-            .find(|t| {
-                t.ports.lo <= port && port <= t.ports.hi && t.cidrs.iter().any(|c| c.contains(&ip))
-            })
+            .find(|t| t.ports.lo <= port && port <= t.ports.hi && t.cidrs.iter().any(|c| c.contains(&ip)))
             .map_or_else(|| dst.to_string(), |t| t.name.clone());
         TargetRef {
             name,

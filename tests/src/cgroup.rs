@@ -29,8 +29,7 @@ impl TestCgroup {
     pub fn new(name: &str) -> Self {
         assert!(!name.is_empty() && !name.contains(".."));
         let path = cgroup2_mount().join(name);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
         Self { path }
     }
 
@@ -48,10 +47,7 @@ impl TestCgroup {
 
     /// Path relative to the mount, as /proc/<pid>/cgroup shows it.
     pub fn relative(&self) -> String {
-        format!(
-            "/{}",
-            self.path.strip_prefix(cgroup2_mount()).unwrap().display()
-        )
+        format!("/{}", self.path.strip_prefix(cgroup2_mount()).unwrap().display())
     }
 
     /// The cgroup id (inode).

@@ -34,8 +34,7 @@ impl ClientResult {
             .lines()
             .last()
             .unwrap_or_else(|| panic!("client printed nothing; stderr: {}", self.stderr));
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("client output {line:?}: {e}; stderr: {}", self.stderr))
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {line:?}: {e}; stderr: {}", self.stderr))
     }
 }
 
@@ -77,10 +76,7 @@ impl<'a> Client<'a> {
             // SAFETY: only async-signal-safe libc calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(uid) != 0
-                        || libc::setuid(uid) != 0
-                    {
+                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -104,11 +100,7 @@ impl<'a> Client<'a> {
     /// use Debian's python3 and a world-readable copy of the script, since
     /// root's Python and the checkout may not be readable to them.
     pub fn net(&self, spec: Value) -> ClientResult {
-        let script = if self.uid.is_some() {
-            shared_copy()
-        } else {
-            netclient()
-        };
+        let script = if self.uid.is_some() { shared_copy() } else { netclient() };
         let python = if self.uid.is_some() {
             "/usr/bin/python3"
         } else {

@@ -18,30 +18,19 @@ impl Events {
         std::fs::read_to_string(&self.path)
             .unwrap_or_default()
             .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
             .collect()
     }
 
     /// Connection events.
     pub fn connections(&self) -> Vec<Value> {
-        self.all()
-            .into_iter()
-            .filter(|e| e["event"] == "connection")
-            .collect()
+        self.all().into_iter().filter(|e| e["event"] == "connection").collect()
     }
 
     /// Waits (bounded) for a connection event matching `pred`.
     pub fn wait_connection(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        crate::wait_for(10, || self.connections().into_iter().find(|e| pred(e))).unwrap_or_else(
-            || {
-                panic!(
-                    "no matching connection event; events so far:\n{:#?}",
-                    self.all()
-                )
-            },
-        )
+        crate::wait_for(10, || self.connections().into_iter().find(|e| pred(e)))
+            .unwrap_or_else(|| panic!("no matching connection event; events so far:\n{:#?}", self.all()))
     }
 
     /// Waits for the connection event of a given original destination and pid.

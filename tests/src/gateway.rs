@@ -34,12 +34,8 @@ pub const ALLOW_ALL: &str = "@id(\"test-allow-all\")\npermit (principal, action,
 
 /// The schema shipped in `policies/`.
 pub fn shipped(file: &str) -> String {
-    fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../policies")
-            .join(file),
-    )
-    .expect("shipped policy file")
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies").join(file))
+        .expect("shipped policy file")
 }
 
 /// A running (or stopped) gateway; cleaned up on drop.
@@ -130,9 +126,7 @@ impl Gateway {
             toml += "\n";
         }
         for (n, c, p, a) in &opts.rules {
-            toml += &format!(
-                "\n[[rules]]\nname = \"{n}\"\ncidr = \"{c}\"\nports = \"{p}\"\naction = \"{a}\"\n"
-            );
+            toml += &format!("\n[[rules]]\nname = \"{n}\"\ncidr = \"{c}\"\nports = \"{p}\"\naction = \"{a}\"\n");
         }
         let config = dir.join("interlock.toml");
         fs::write(&config, toml).unwrap();
@@ -156,29 +150,19 @@ impl Gateway {
         let log = fs::File::create(self.dir.join(format!("gateway-{}.log", self.starts))).unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg("--config").arg(&self.config).arg("run");
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         cmd.env("RUST_LOG", "info,gateway=debug");
         if let Some(cg) = &self.gateway_cgroup {
             cgroup::enter(&mut cmd, cg);
         }
         self.child = Some(cmd.spawn().expect("spawn interlock run"));
         let ready = wait_for(20, || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("gateway exited at start ({status}):\n{}", self.log());
             }
             self.status().filter(|s| s["pid"].is_u64())
         });
-        assert!(
-            ready.is_some(),
-            "gateway did not become ready:\n{}",
-            self.log()
-        );
+        assert!(ready.is_some(), "gateway did not become ready:\n{}", self.log());
     }
 
     /// The gateway's pid, if running.
@@ -252,9 +236,7 @@ impl Gateway {
     /// Everything the gateway logged so far.
     pub fn log(&self) -> String {
         (1..=self.starts)
-            .map(|n| {
-                fs::read_to_string(self.dir.join(format!("gateway-{n}.log"))).unwrap_or_default()
-            })
+            .map(|n| fs::read_to_string(self.dir.join(format!("gateway-{n}.log"))).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n--- restart ---\n")
     }
@@ -265,10 +247,7 @@ impl Drop for Gateway {
         self.kill9();
         let out = self.cli(&["detach"]);
         if !out.status.success() {
-            eprintln!(
-                "warning: detach failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            eprintln!("warning: detach failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let _ = fs::remove_dir_all(&self.pin_dir);
         if std::thread::panicking() {

@@ -47,10 +47,7 @@ impl Upstream {
         )
         .parse()
         .unwrap();
-        assert!(
-            addr.ip().is_loopback(),
-            "test upstreams must be on loopback"
-        );
+        assert!(addr.ip().is_loopback(), "test upstreams must be on loopback");
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let peers = Arc::new(Mutex::new(Vec::new()));

@@ -26,14 +26,10 @@ fn ipv4_mapped_ipv6_destination_is_judged_as_ipv4() {
     let open = Upstream::start("127.0.0.2");
     let gw = gateway_with_deny(&cg, &denied);
     let mapped = |ip: &str, port: u16| {
-        Client::new(&cg)
-            .net(json!({"op": "tcp", "family": "v6", "host": format!("::ffff:{ip}"), "port": port}))
+        Client::new(&cg).net(json!({"op": "tcp", "family": "v6", "host": format!("::ffff:{ip}"), "port": port}))
     };
     let out = mapped("127.0.0.5", denied.addr.port()).json();
-    assert_eq!(
-        out["errno"], EPERM,
-        "mapped address escaped the IPv4 deny rule: {out}"
-    );
+    assert_eq!(out["errno"], EPERM, "mapped address escaped the IPv4 deny rule: {out}");
     assert!(denied.peers().is_empty());
 
     let r = mapped("127.0.0.2", open.addr.port());
@@ -101,10 +97,7 @@ fn children_and_threads_of_an_agent_are_agents() {
     let out = r.json();
     assert_eq!(out["ok"], true, "{out}");
     let ev = gw.events().for_dst_pid(&open.dst(), r.pid);
-    assert_eq!(
-        ev["identity"]["tid"], out["tid"],
-        "the calling thread is recorded"
-    );
+    assert_eq!(ev["identity"]["tid"], out["tid"], "the calling thread is recorded");
     assert_ne!(ev["identity"]["tid"], ev["identity"]["pid"]);
 
     let r = Client::new(&cg).net(json!({"op": "fork", "inner": inner(&open)}));
@@ -115,9 +108,7 @@ fn children_and_threads_of_an_agent_are_agents() {
     assert_eq!(ev["identity"]["process"]["ppid"], r.pid);
 
     for op in ["thread", "fork"] {
-        let out = Client::new(&cg)
-            .net(json!({"op": op, "inner": inner(&denied)}))
-            .json();
+        let out = Client::new(&cg).net(json!({"op": op, "inner": inner(&denied)})).json();
         assert_eq!(out["errno"], EPERM, "{op}: {out}");
     }
     assert!(denied.peers().is_empty());

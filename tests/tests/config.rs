@@ -2,9 +2,7 @@
 //! and a bad reload never replaces rules that work.
 use std::{fs, process::Command};
 
-use interlock_tests::{
-    gateway::binary, unique, wait_for, Client, Gateway, GatewayOptions, TestCgroup, Upstream,
-};
+use interlock_tests::{gateway::binary, unique, wait_for, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
 use serde_json::json;
 
 const EPERM: u64 = 1;
@@ -14,7 +12,11 @@ fn bad_config_is_refused_with_file_and_line() {
     let dir = std::env::temp_dir().join(unique("badcfg"));
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    fs::write(&path, "[listener]\nport = 977\n\n[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n").unwrap();
+    fs::write(
+        &path,
+        "[listener]\nport = 977\n\n[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n",
+    )
+    .unwrap();
     let out = Command::new(binary())
         .arg("--config")
         .arg(&path)
@@ -41,7 +43,10 @@ fn sighup_reloads_rules_and_a_broken_file_keeps_the_old_ones() {
     assert_eq!(connect()["ok"], true);
 
     let original = fs::read_to_string(gw.config_path()).unwrap();
-    let with_deny = format!("{original}\n[[rules]]\nname = \"deny-2\"\ncidr = \"127.0.0.2/32\"\nports = \"{}\"\naction = \"deny\"\n", up.addr.port());
+    let with_deny = format!(
+        "{original}\n[[rules]]\nname = \"deny-2\"\ncidr = \"127.0.0.2/32\"\nports = \"{}\"\naction = \"deny\"\n",
+        up.addr.port()
+    );
     fs::write(gw.config_path(), &with_deny).unwrap();
     hup(&gw);
     assert!(
@@ -53,11 +58,7 @@ fn sighup_reloads_rules_and_a_broken_file_keeps_the_old_ones() {
     fs::write(gw.config_path(), format!("{with_deny}\nbogus = 1\n")).unwrap();
     hup(&gw);
     assert!(
-        wait_for(10, || gw
-            .log()
-            .contains("keeping the current rules")
-            .then_some(()))
-        .is_some(),
+        wait_for(10, || gw.log().contains("keeping the current rules").then_some(())).is_some(),
         "{}",
         gw.log()
     );
@@ -90,11 +91,9 @@ fn connection_limit_refuses_extra_connections() {
     holder.stdout(std::process::Stdio::null());
     cg.enter(&mut holder);
     let mut holder = holder.spawn().unwrap();
-    assert!(wait_for(10, || gw.status().and_then(|s| (s["connections"]
-        .as_array()?
-        .len()
-        == 1)
-        .then_some(())))
+    assert!(wait_for(10, || gw
+        .status()
+        .and_then(|s| (s["connections"].as_array()?.len() == 1).then_some(())))
     .is_some());
     let out = Client::new(&cg)
         .net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port()}))

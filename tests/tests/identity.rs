@@ -14,17 +14,13 @@ fn reused_pid_does_not_inherit_the_previous_identity() {
     let a = Client::new(&cg).net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port()}));
     assert_eq!(a.json()["ok"], true);
     let ev_a = gw.events().for_dst_pid(&up.dst(), a.pid);
-    assert!(ev_a["identity"]["process"]["exe"]
-        .as_str()
-        .unwrap()
-        .contains("python3"));
+    assert!(ev_a["identity"]["process"]["exe"].as_str().unwrap().contains("python3"));
 
     // Process B (curl) is given the same pid through ns_last_pid.
     let url = format!("http://{}/", up.dst());
     let mut reused = None;
     for _ in 0..50 {
-        fs::write("/proc/sys/kernel/ns_last_pid", (a.pid - 1).to_string())
-            .expect("write ns_last_pid (needs root)");
+        fs::write("/proc/sys/kernel/ns_last_pid", (a.pid - 1).to_string()).expect("write ns_last_pid (needs root)");
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "10", &url])
             .stdout(std::process::Stdio::piped())

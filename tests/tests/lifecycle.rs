@@ -8,9 +8,7 @@ use std::{
     time::Duration,
 };
 
-use interlock_tests::{
-    gateway::binary, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream,
-};
+use interlock_tests::{gateway::binary, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
 use serde_json::{json, Value};
 
 const ECONNREFUSED: u64 = 111;
@@ -49,11 +47,7 @@ fn killed_gateway_refuses_agents_and_restart_readopts_pins() {
     let (out, _) = tcp(&cg, "127.0.0.2", up.addr.port());
     assert_eq!(out["ok"], false);
     assert_eq!(out["errno"], ECONNREFUSED, "{out}");
-    assert_eq!(
-        up.peers().len(),
-        1,
-        "a connection bypassed the dead gateway"
-    );
+    assert_eq!(up.peers().len(), 1, "a connection bypassed the dead gateway");
     let offline = gw.cli(&["status"]);
     assert!(String::from_utf8_lossy(&offline.stdout).contains("NOT RUNNING"));
 
@@ -76,11 +70,7 @@ fn detach_is_explicit_and_recorded() {
     let mut gw = Gateway::start(&cg, GatewayOptions::default());
     gw.kill9();
     let out = gw.cli(&["detach"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("detached"),
         "detach was not logged"
@@ -103,8 +93,7 @@ fn direct_dial_to_the_listener_is_refused() {
     let cg = TestCgroup::new(&unique("direct"));
     let gw = Gateway::start(&cg, GatewayOptions::default());
     // From outside any agent cgroup: no kernel record exists.
-    let mut s =
-        TcpStream::connect(("127.0.0.1", gw.port)).expect("listener accepts the TCP handshake");
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("listener accepts the TCP handshake");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
     let mut buf = [0u8; 16];
@@ -145,12 +134,7 @@ fn gateway_inside_the_agent_cgroup_does_not_loop() {
     assert_eq!(ev["outcome"]["kind"], "closed");
     // Only the agent's connection went through the gateway; its own upstream
     // connect carried the bypass mark and was not redirected back to itself.
-    assert_eq!(
-        gw.events().connections().len(),
-        1,
-        "{:#?}",
-        gw.events().all()
-    );
+    assert_eq!(gw.events().connections().len(), 1, "{:#?}", gw.events().all());
     assert_eq!(gw.status().unwrap()["default_counts"][0], 1);
 }
 
@@ -166,11 +150,7 @@ fn exec_runs_a_command_as_an_agent_and_refuses_unwatched_cgroups() {
         .args(["exec", "--", "curl", "-sS", "--max-time", "10", &url])
         .output()
         .expect("interlock exec");
-    assert!(
-        child.status.success(),
-        "{}",
-        String::from_utf8_lossy(&child.stderr)
-    );
+    assert!(child.status.success(), "{}", String::from_utf8_lossy(&child.stderr));
     let ev = gw.events().wait_connection(|e| e["orig_dst"] == up.dst());
     assert_eq!(ev["identity"]["process"]["exe"], "/usr/bin/curl");
     assert_eq!(ev["identity"]["process"]["cgroup"], cg.relative());
@@ -186,8 +166,7 @@ fn exec_runs_a_command_as_an_agent_and_refuses_unwatched_cgroups() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr)
-        .contains("refusing to run the command unintercepted"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("refusing to run the command unintercepted"));
 }
 
 #[test]
@@ -197,10 +176,7 @@ fn sigterm_leaves_the_pins_in_place() {
     let mut gw = Gateway::start(&cg, GatewayOptions::default());
     assert!(gw.stop().success());
     assert_eq!(attached_programs(&cg).len(), 7);
-    assert_eq!(
-        tcp(&cg, "127.0.0.2", up.addr.port()).0["errno"],
-        ECONNREFUSED
-    );
+    assert_eq!(tcp(&cg, "127.0.0.2", up.addr.port()).0["errno"], ECONNREFUSED);
     let events = gw.events().all();
     assert_eq!(events.last().unwrap()["event"], "gateway_stopped");
 }
@@ -215,16 +191,11 @@ fn agent_in_its_own_network_namespace_is_refused_not_passed() {
     let script = interlock_tests::client::netclient();
     let spec = json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port()}).to_string();
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--net",
-        "sh",
-        "-c",
-        "ip link set lo up && exec python3 \"$0\" \"$1\"",
-    ])
-    .arg(&script)
-    .arg(&spec)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    cmd.args(["--net", "sh", "-c", "ip link set lo up && exec python3 \"$0\" \"$1\""])
+        .arg(&script)
+        .arg(&spec)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let r = Client::new(&cg).run_cmd(cmd);
     let out = r.json();
     assert_eq!(out["ok"], false, "{out}");

@@ -43,8 +43,7 @@ fn gateway(cg: &TestCgroup, extra: Vec<(String, String)>) -> Gateway {
 }
 
 fn connect(cg: &TestCgroup, up: &Upstream, tag: &str) -> (Value, u32) {
-    let r = Client::new(cg)
-        .net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port(), "tag": tag}));
+    let r = Client::new(cg).net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port(), "tag": tag}));
     (r.json(), r.pid)
 }
 
@@ -69,10 +68,7 @@ fn agents_get_their_own_decisions_for_the_same_target() {
     assert_eq!(ev["outcome"]["kind"], "denied");
     assert_eq!(ev["decision"]["outcome"], "deny");
     assert_eq!(ev["decision"]["policies"], json!([]));
-    assert!(ev["decision"]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("default deny"));
+    assert!(ev["decision"]["reason"].as_str().unwrap().contains("default deny"));
     assert_eq!(ev["bytes_up"], 0);
 
     let (out, pid) = connect(&cg, &up, "nobody-in-particular");
@@ -106,10 +102,7 @@ fn a_broken_policy_file_is_rejected_and_the_old_policy_keeps_serving() {
     let error = refused["error"].as_str().unwrap();
     assert!(error.contains("beta.cedar:3"), "{error}");
     assert!(error.contains("nmae"), "{error}");
-    assert_eq!(
-        refused["policies"], 3,
-        "the old set (3 policies) stays in force"
-    );
+    assert_eq!(refused["policies"], 3, "the old set (3 policies) stays in force");
     assert_eq!(connect(&cg, &up, "alpha").0["received"], "ping");
     assert_ne!(connect(&cg, &up, "beta").0["received"], "ping");
 
@@ -119,9 +112,7 @@ fn a_broken_policy_file_is_rejected_and_the_old_policy_keeps_serving() {
         "@id(\"beta-svc\")\npermit (principal == Interlock::Agent::\"beta\", action, resource == Interlock::Target::\"svc\");\n",
     )
     .unwrap();
-    let ok = wait_for(10, || {
-        (connect(&cg, &up, "beta").0["received"] == "ping").then_some(())
-    });
+    let ok = wait_for(10, || (connect(&cg, &up, "beta").0["received"] == "ping").then_some(()));
     assert!(ok.is_some(), "fixed policy was not loaded:\n{}", gw.log());
 }
 
@@ -155,16 +146,10 @@ fn policy_check_and_explain_from_the_command_line() {
     };
 
     let out = cli(&["policy", "check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("alpha-svc"));
 
-    let out = cli(&[
-        "policy", "explain", "--agent", "alpha", "--target", "svc", "--json",
-    ]);
+    let out = cli(&["policy", "explain", "--agent", "alpha", "--target", "svc", "--json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"]["outcome"], "allow");
     assert_eq!(v["decision"]["policies"], json!(["alpha-svc"]));
@@ -185,8 +170,8 @@ fn policy_check_and_explain_from_the_command_line() {
     ]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(v["agent"], "beta");
     assert_eq!(v["target"]["name"], "svc");
     assert_eq!(v["decision"]["outcome"], "deny");
@@ -204,4 +189,85 @@ fn policy_check_and_explain_from_the_command_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x.cedar:3"), "{err}");
+}
+
+#[test]
+fn a_grant_opens_access_survives_a_restart_and_its_expiry_closes_it() {
+    let cg = TestCgroup::new(&unique("grant"));
+    let up = Upstream::start("127.0.0.2");
+    let mut gw = gateway(&cg, Vec::new());
+    assert_ne!(connect(&cg, &up, "beta").0["received"], "ping");
+
+    let out = gw.cli(&[
+        "grant", "--agent", "beta", "--target", "svc", "--action", "connect", "--for", "4s", "--reason", "ticket 7",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, pid) = connect(&cg, &up, "beta");
+    assert_eq!(out["received"], "ping", "{out}");
+    let ev = gw.events().for_dst_pid(&up.dst(), pid);
+    assert_eq!(ev["decision"]["policies"], json!(["grant-g-1"]));
+    assert!(ev["decision"]["reason"].as_str().unwrap().contains("ticket 7"));
+
+    // Grants persist across restarts.
+    gw.stop();
+    gw.spawn();
+    let listed: Value = serde_json::from_slice(&gw.cli(&["grants", "--json"]).stdout).unwrap();
+    assert_eq!(listed[0]["id"], "g-1");
+    assert_eq!(listed[0]["granted_by"], "root (uid 0)");
+
+    // It expires by itself.
+    let closed = wait_for(15, || (connect(&cg, &up, "beta").0["received"] != "ping").then_some(()));
+    assert!(closed.is_some(), "the grant did not expire");
+    let expired = wait_for(5, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "grant" && e["change"] == "expired")
+    });
+    assert!(expired.is_some(), "{:#?}", gw.events().all());
+    let listed: Value = serde_json::from_slice(&gw.cli(&["grants", "--json"]).stdout).unwrap();
+    assert_eq!(listed, json!([]));
+}
+
+#[test]
+fn a_grant_can_be_revoked_early() {
+    let cg = TestCgroup::new(&unique("ungrant"));
+    let up = Upstream::start("127.0.0.2");
+    let gw = gateway(&cg, Vec::new());
+    let out = gw.cli(&[
+        "grant",
+        "--agent",
+        "beta",
+        "--target",
+        &up.dst(),
+        "--for",
+        "10m",
+        "--reason",
+        "debugging",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A grant on an undeclared ip:port works too (the destination is named svc here, so use its name).
+    let out = gw.cli(&[
+        "grant",
+        "--agent",
+        "beta",
+        "--target",
+        "svc",
+        "--for",
+        "10m",
+        "--reason",
+        "debugging",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(connect(&cg, &up, "beta").0["received"], "ping");
+    for id in ["g-1", "g-2"] {
+        let out = gw.cli(&["grants", "revoke", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_ne!(connect(&cg, &up, "beta").0["received"], "ping");
+    let bad = gw.cli(&[
+        "grant", "--agent", "beta", "--target", "svc", "--for", "30d", "--reason", "x",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("a week"));
 }

@@ -1,8 +1,6 @@
 //! Agents' TCP connections are redirected through the gateway, with the
 //! caller's identity, and the redirect is invisible to them.
-use interlock_tests::{
-    server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream,
-};
+use interlock_tests::{server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
 use serde_json::json;
 
 #[test]
@@ -13,23 +11,12 @@ fn curl_over_ipv4_is_redirected_with_identity() {
     let url = format!("http://{}/", up.dst());
     let r = Client::new(&cg).run(
         "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{remote_ip}:%{remote_port}",
-            &url,
-        ],
+        &["-sS", "--max-time", "10", "-w", "\n%{remote_ip}:%{remote_port}", &url],
     );
     assert!(r.success, "curl failed: {}", r.stderr);
     // The agent got the upstream's answer and believes it talked to the upstream.
     assert!(r.stdout.starts_with(HTTP_BODY), "{}", r.stdout);
-    assert!(
-        r.stdout.ends_with(&up.dst()),
-        "curl saw another peer: {}",
-        r.stdout
-    );
+    assert!(r.stdout.ends_with(&up.dst()), "curl saw another peer: {}", r.stdout);
     // The upstream saw the gateway, not curl's socket.
     let ev = gw.events().for_dst_pid(&up.dst(), r.pid);
     let id = &ev["identity"];
@@ -42,10 +29,7 @@ fn curl_over_ipv4_is_redirected_with_identity() {
     assert_eq!(id["process"]["cmdline"][0], "curl");
     assert_eq!(id["process"]["ppid"], std::process::id());
     assert_eq!(ev["outcome"]["kind"], "closed");
-    assert!(
-        ev["bytes_up"].as_u64().unwrap() > 0
-            && ev["bytes_down"].as_u64().unwrap() > HTTP_BODY.len() as u64
-    );
+    assert!(ev["bytes_up"].as_u64().unwrap() > 0 && ev["bytes_down"].as_u64().unwrap() > HTTP_BODY.len() as u64);
     let peers = up.peers();
     assert_eq!(peers.len(), 1);
     assert_ne!(
@@ -68,7 +52,9 @@ fn python_over_ipv4_and_ipv6_sees_the_original_peer() {
     for (ip, family) in [("127.0.0.3", "v4"), ("::1", "v6")] {
         let up = Upstream::start(ip);
         let host = up.addr.ip().to_string();
-        let r = Client::new(&cg).net(json!({"op": "tcp", "family": family, "host": host, "port": up.addr.port(), "send": "hello interlock"}));
+        let r = Client::new(&cg).net(
+            json!({"op": "tcp", "family": family, "host": host, "port": up.addr.port(), "send": "hello interlock"}),
+        );
         let out = r.json();
         assert_eq!(out["ok"], true, "{out}");
         assert_eq!(out["received"], "hello interlock");
@@ -77,10 +63,7 @@ fn python_over_ipv4_and_ipv6_sees_the_original_peer() {
         assert_eq!(out["peer"][1], up.addr.port());
         let ev = gw.events().for_dst_pid(&up.dst(), r.pid);
         assert!(
-            ev["identity"]["process"]["exe"]
-                .as_str()
-                .unwrap()
-                .contains("python3"),
+            ev["identity"]["process"]["exe"].as_str().unwrap().contains("python3"),
             "{ev}"
         );
         assert_eq!(ev["identity"]["process"]["cgroup"], cg.relative());
@@ -124,10 +107,7 @@ fn uid_selection_intercepts_only_the_selected_user() {
     // Hooks attach at the test cgroup (the uid scope); only uid 65534 is an agent.
     let opts = GatewayOptions {
         cgroups_line: Some("cgroups = []".into()),
-        intercept: vec![format!(
-            "uids = [65534]\nuid_scope = \"{}\"",
-            cg.path().display()
-        )],
+        intercept: vec![format!("uids = [65534]\nuid_scope = \"{}\"", cg.path().display())],
         ..Default::default()
     };
     let gw = Gateway::start(&cg, opts);

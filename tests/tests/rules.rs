@@ -6,17 +6,14 @@ use serde_json::{json, Value};
 const EPERM: u64 = 1;
 
 fn tcp(cg: &TestCgroup, host: &str, port: u16) -> (Value, u32) {
-    let r = Client::new(cg).net(json!({"op": "tcp", "host": host, "port": port, "family": if host.contains(':') { "v6" } else { "v4" }}));
+    let r = Client::new(cg)
+        .net(json!({"op": "tcp", "host": host, "port": port, "family": if host.contains(':') { "v6" } else { "v4" }}));
     (r.json(), r.pid)
 }
 
 fn rule_counts(gw: &Gateway, name: &str) -> (u64, u64, u64) {
     let out = gw.cli(&["rules", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rules: Value = serde_json::from_slice(&out.stdout).unwrap();
     let r = rules
         .as_array()
@@ -44,12 +41,7 @@ fn deny_rule_gives_eperm_and_pass_rule_bypasses_the_gateway() {
                 denied.addr.port().to_string(),
                 "deny".into(),
             ),
-            (
-                "direct".into(),
-                "127.0.0.6/32".into(),
-                "1-65535".into(),
-                "pass".into(),
-            ),
+            ("direct".into(), "127.0.0.6/32".into(), "1-65535".into(), "pass".into()),
         ],
         ..Default::default()
     };
@@ -57,10 +49,7 @@ fn deny_rule_gives_eperm_and_pass_rule_bypasses_the_gateway() {
     let (out, _) = tcp(&cg, "127.0.0.5", denied.addr.port());
     assert_eq!(out["ok"], false);
     assert_eq!(out["errno"], EPERM, "{out}");
-    assert!(
-        denied.peers().is_empty(),
-        "a denied connection reached the upstream"
-    );
+    assert!(denied.peers().is_empty(), "a denied connection reached the upstream");
 
     let (out, pid) = tcp(&cg, "127.0.0.6", passed.addr.port());
     assert_eq!(out["ok"], true, "{out}");
@@ -69,11 +58,7 @@ fn deny_rule_gives_eperm_and_pass_rule_bypasses_the_gateway() {
         passed.peers().iter().any(|p| p.port() == local_port),
         "pass rule went through the gateway"
     );
-    assert!(gw
-        .events()
-        .connections()
-        .iter()
-        .all(|e| e["identity"]["pid"] != pid));
+    assert!(gw.events().connections().iter().all(|e| e["identity"]["pid"] != pid));
 
     assert_eq!(rule_counts(&gw, "no-db"), (0, 0, 1));
     assert_eq!(rule_counts(&gw, "direct"), (0, 1, 0));
@@ -93,15 +78,7 @@ fn rule_edits_take_effect_live_and_persist() {
     gw.add_rule("pass-7", "127.0.0.0/24", "1-65535", "pass");
     assert_eq!(tcp(&cg, "127.0.0.7", port).0["errno"], EPERM);
 
-    let dup = gw.cli(&[
-        "rules",
-        "add",
-        "block-7",
-        "--cidr",
-        "10.0.0.0/8",
-        "--action",
-        "deny",
-    ]);
+    let dup = gw.cli(&["rules", "add", "block-7", "--cidr", "10.0.0.0/8", "--action", "deny"]);
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
     let builtin = gw.cli(&["rules", "remove", "builtin-dns-v4"]);
@@ -118,11 +95,7 @@ fn rule_edits_take_effect_live_and_persist() {
     assert_eq!(tcp(&cg, "127.0.0.7", port).0["errno"], EPERM);
 
     let out = gw.cli(&["rules", "remove", "block-7"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (after, _) = tcp(&cg, "127.0.0.7", port);
     assert_eq!(after["ok"], true, "{after}");
     // Now the pass rule applies: the upstream sees the client itself.
@@ -154,12 +127,13 @@ fn quic_is_refused_and_dns_passes() {
     let gw = Gateway::start(&cg, GatewayOptions::default());
     for (family, host) in [("v4", "127.0.0.8"), ("v6", "::1")] {
         for connect in [false, true] {
-            let quic = Client::new(&cg).net(json!({"op": "udp", "family": family, "host": host, "port": 443, "connect": connect})).json();
-            assert_eq!(
-                quic["errno"], EPERM,
-                "UDP/443 {family} connect={connect}: {quic}"
-            );
-            let dns = Client::new(&cg).net(json!({"op": "udp", "family": family, "host": host, "port": 53, "connect": connect})).json();
+            let quic = Client::new(&cg)
+                .net(json!({"op": "udp", "family": family, "host": host, "port": 443, "connect": connect}))
+                .json();
+            assert_eq!(quic["errno"], EPERM, "UDP/443 {family} connect={connect}: {quic}");
+            let dns = Client::new(&cg)
+                .net(json!({"op": "udp", "family": family, "host": host, "port": 53, "connect": connect}))
+                .json();
             assert_eq!(dns["ok"], true, "UDP/53 {family}: {dns}");
         }
     }

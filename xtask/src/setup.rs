@@ -42,19 +42,11 @@ fn apt() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!(
-            "Debian packages missing ({}); run setup as root",
-            missing.join(" ")
-        );
+        bail!("Debian packages missing ({}); run setup as root", missing.join(" "));
     }
     shell::run(&mut cmd("apt-get", &["update", "-q"]))?;
-    let mut install = cmd(
-        "apt-get",
-        &["install", "-y", "-q", "--no-install-recommends"],
-    );
-    install
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive");
+    let mut install = cmd("apt-get", &["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
     shell::run(&mut install)
 }
 
@@ -76,8 +68,8 @@ fn rust_src() -> Result<()> {
 /// The directory bpf-linker's build script is pointed at: lib/ holds two
 /// links to the nightly's libLLVM, one named for linking, one by SONAME.
 fn llvm_prefix() -> Result<PathBuf> {
-    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
-        .context("no nightly toolchain (rustc +nightly)")?;
+    let sysroot =
+        output("rustc", &["+nightly", "--print", "sysroot"]).context("no nightly toolchain (rustc +nightly)")?;
     let lib = Path::new(&sysroot).join("lib");
     let libllvm = fs::read_dir(&lib)?
         .filter_map(Result::ok)
@@ -105,13 +97,10 @@ fn bpf_linker() -> Result<()> {
     let nightly = output("rustc", &["+nightly", "-vV"]).context("no nightly toolchain")?;
     let cargo_home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
-        });
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
     let stamp = cargo_home.join("interlock-bpf-linker.stamp");
     let wanted = format!("{BPF_LINKER_VERSION}\n{nightly}");
-    let version_ok =
-        output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let version_ok = output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
     let prefix = llvm_prefix()?;
     if version_ok && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(());
@@ -145,14 +134,7 @@ fn pip() -> Result<()> {
         }
         shell::run(&mut cmd(
             "python3",
-            &[
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                spec,
-            ],
+            &["-m", "pip", "install", "-q", "--disable-pip-version-check", spec],
         ))?;
     }
     Ok(())

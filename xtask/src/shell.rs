@@ -13,9 +13,7 @@ pub fn cmd(program: &str, args: &[&str]) -> Command {
 /// Runs a command, inheriting stdio; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", show(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {}", show(cmd)))?;
+    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
     if !status.success() {
         bail!("{} failed: {status}", show(cmd));
     }
@@ -68,14 +66,9 @@ pub fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
 fn count(line: &str, label: &str) -> u64 {
     line.split(';')
         .find_map(|part| {
-            part.trim().strip_suffix(label.trim_start()).map(|n| {
-                n.trim()
-                    .rsplit(' ')
-                    .next()
-                    .unwrap_or("")
-                    .parse()
-                    .unwrap_or(0)
-            })
+            part.trim()
+                .strip_suffix(label.trim_start())
+                .map(|n| n.trim().rsplit(' ').next().unwrap_or("").parse().unwrap_or(0))
         })
         .unwrap_or(0)
 }
@@ -84,13 +77,9 @@ fn count(line: &str, label: &str) -> u64 {
 mod tests {
     #[test]
     fn counts_come_from_cargo_summary_lines() {
-        let line =
-            "FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.41s";
+        let line = "FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.41s";
         assert_eq!(super::count(line, " passed"), 3);
         assert_eq!(super::count(line, " failed"), 2);
-        assert_eq!(
-            super::count("ok. 19 passed; 0 failed; 0 ignored", " passed"),
-            19
-        );
+        assert_eq!(super::count("ok. 19 passed; 0 failed; 0 ignored", " passed"), 19);
     }
 }

@@ -16,27 +16,13 @@ pub fn run(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
     let env = setup::toolchain_env();
     if lint {
         shell::run(&mut cmd("cargo", &["fmt", "--all", "--check"]))?;
-        shell::run(
-            cmd(
-                "cargo",
-                &["clippy", "--all-targets", "--", "-D", "warnings"],
-            )
-            .envs(env.iter().cloned()),
-        )?;
+        shell::run(cmd("cargo", &["clippy", "--all-targets", "--", "-D", "warnings"]).envs(env.iter().cloned()))?;
     }
     shell::run(cmd("cargo", &["build", "-p", "gateway", "--bins"]).envs(env.iter().cloned()))?;
     let unit = shell::run_tests(
         cmd(
             "cargo",
-            &[
-                "test",
-                "-p",
-                "gateway",
-                "-p",
-                "gateway-common",
-                "-p",
-                "xtask",
-            ],
+            &["test", "-p", "gateway", "-p", "gateway-common", "-p", "xtask"],
         )
         .envs(env.iter().cloned()),
     )?;
@@ -47,29 +33,15 @@ pub fn run(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
     // --tests: the harness crate has no doc tests; integration tests run one at a time.
     let mut it = cmd(
         "cargo",
-        &[
-            "test",
-            "-p",
-            "interlock-tests",
-            "--tests",
-            "--",
-            "--test-threads=1",
-        ],
+        &["test", "-p", "interlock-tests", "--tests", "--", "--test-threads=1"],
     );
     if let Some(f) = filter {
         it.arg(f);
     }
     it.envs(env.iter().cloned()).env("INTERLOCK_BIN", bin);
     let integration = shell::run_tests(&mut it)?;
-    println!(
-        "xtask: unit {} passed, integration {} passed",
-        unit.0, integration.0
-    );
-    println!(
-        "{} passed, {} failed",
-        unit.0 + integration.0,
-        unit.1 + integration.1
-    );
+    println!("xtask: unit {} passed, integration {} passed", unit.0, integration.0);
+    println!("{} passed, {} failed", unit.0 + integration.0, unit.1 + integration.1);
     Ok(())
 }
 

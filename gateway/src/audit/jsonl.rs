@@ -74,10 +74,7 @@ impl EventSink {
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) -> Result<(), SinkError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(done))
-            .await
-            .map_err(|_| SinkError::Closed)?;
+        self.tx.send(Msg::Flush(done)).await.map_err(|_| SinkError::Closed)?;
         wait.await.map_err(|_| SinkError::Closed)
     }
 }
@@ -105,10 +102,7 @@ async fn write_loop(mut file: tokio::fs::File, mut rx: mpsc::Receiver<Msg>, path
         }
         .await
         {
-            tracing::error!(
-                path,
-                "event log write failed, events are no longer recorded: {e}"
-            );
+            tracing::error!(path, "event log write failed, events are no longer recorded: {e}");
             return;
         }
         buf.clear();

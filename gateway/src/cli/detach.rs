@@ -17,8 +17,7 @@ pub fn detach(config: &Config) -> Result<(), CliError> {
         println!("nothing pinned at {}", config.paths.pin_dir.display());
         return Ok(());
     }
-    let who =
-        std::env::var("SUDO_USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
+    let who = std::env::var("SUDO_USER").unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()));
     tracing::warn!(by = %who, "detached Interlock from the kernel: {} objects removed; agents are no longer intercepted", removed.len());
     let event = Event::Detached {
         time: audit::now(),

@@ -8,11 +8,7 @@ use crate::{cgroup, config::Config, kernel::pinned_links};
 use super::CliError;
 
 /// Moves this process into the agent cgroup and replaces it with `command`.
-pub fn exec(
-    config: &Config,
-    cgroup_arg: Option<&str>,
-    command: &[OsString],
-) -> Result<(), CliError> {
+pub fn exec(config: &Config, cgroup_arg: Option<&str>, command: &[OsString]) -> Result<(), CliError> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| CliError::Other("no command given".into()))?;
@@ -33,10 +29,7 @@ pub fn exec(
     // is fixed when it is created.
     cgroup::move_pid(&target, 0)?;
     let err = std::process::Command::new(program).args(args).exec();
-    Err(CliError::Other(format!(
-        "exec {}: {err}",
-        program.to_string_lossy()
-    )))
+    Err(CliError::Other(format!("exec {}: {err}", program.to_string_lossy())))
 }
 
 /// True when a pinned connect4 link sits on `target` or an ancestor up to the mount.

@@ -8,7 +8,7 @@ use crate::{
     identity::{self, AgentMatcher, Identity},
     policy::{decide, load_dir, load_embedded, ActionKind, LoadedPolicies, Query},
     targets::TargetTable,
-    types::{AgentName, CgroupId, OrigDst, SocketCookie},
+    types::{AgentName, OrigDst},
 };
 
 fn load(config: &Config, dir: Option<&Path>) -> Result<LoadedPolicies, CliError> {
@@ -35,12 +35,7 @@ pub fn policy_check(config: &Config, dir: Option<&Path>) -> Result<(), CliError>
             notes.push(format!("mask={}", m.mask.join(",")));
         }
         let effect = format!("{:?}", m.effect).to_lowercase();
-        println!(
-            "  {id:<36} {effect:<7} {}:{} {}",
-            m.file,
-            m.line,
-            notes.join(" ")
-        );
+        println!("  {id:<36} {effect:<7} {}:{} {}", m.file, m.line, notes.join(" "));
     }
     Ok(())
 }
@@ -65,11 +60,10 @@ pub fn policy_explain(
     let matcher = AgentMatcher::new(&config.agents).map_err(CliError::Other)?;
     let (agent, identity) = match subject {
         Subject::Pid(pid) => {
-            let id = identity::from_pid(pid)
-                .ok_or_else(|| CliError::Other(format!("no process {pid}")))?;
+            let id = identity::from_pid(pid).ok_or_else(|| CliError::Other(format!("no process {pid}")))?;
             (matcher.name_of(&id), id)
         }
-        Subject::Agent(name) => (AgentName(name), bare_identity()),
+        Subject::Agent(name) => (AgentName(name), Identity::unattributed()),
     };
     let table = TargetTable::new(&config.targets);
     let target = match table.by_name(target) {
@@ -95,17 +89,11 @@ pub fn policy_explain(
     );
     if json {
         let value = serde_json::json!({"agent": agent, "target": target, "action": action, "decision": decision});
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(());
     }
     println!("decision: {:?}", decision.outcome);
-    println!(
-        "agent:    {agent} (pid {}, uid {})",
-        identity.pid, identity.uid
-    );
+    println!("agent:    {agent} (pid {}, uid {})", identity.pid, identity.uid);
     println!("target:   {} ({}:{})", target.name, target.ip, target.port);
     println!("action:   {}", action.cedar_name());
     println!("reason:   {}", decision.reason);
@@ -120,19 +108,4 @@ pub fn policy_explain(
         println!("mask:     {}", decision.mask.join(", "));
     }
     Ok(())
-}
-
-fn bare_identity() -> Identity {
-    Identity {
-        pid: 0,
-        tid: 0,
-        uid: 0,
-        gid: 0,
-        comm: String::new(),
-        cgroup_id: CgroupId(0),
-        socket_cookie: SocketCookie(0),
-        netns_cookie: 0,
-        user: None,
-        process: None,
-    }
 }

@@ -12,10 +12,7 @@ pub async fn rules_list(config: &Config, json: bool) -> Result<(), CliError> {
         return Err(CliError::Other("unexpected answer to rules list".into()));
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rules).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&rules).unwrap_or_default());
         return Ok(());
     }
     print!("{}", super::table::rules("", &rules, None));

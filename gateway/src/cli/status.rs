@@ -14,10 +14,7 @@ pub async fn status(config: &Config, json: bool) -> Result<(), CliError> {
     match ask(config, Request::Status).await {
         Ok(Response::Status(report)) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
                 print!("{}", render(&report));
             }
@@ -40,11 +37,7 @@ fn render(r: &StatusReport) -> String {
     let _ = writeln!(s, "attached to: {}", r.cgroups.join(", "));
     let _ = writeln!(s, "pins: {} ({} links)", r.pin_dir, r.links.len());
     for l in &r.links {
-        let _ = writeln!(
-            s,
-            "  {:<40} link {:>5}  prog {:>5}",
-            l.name, l.link_id, l.program_id
-        );
+        let _ = writeln!(s, "  {:<40} link {:>5}  prog {:>5}", l.name, l.link_id, l.program_id);
     }
     let _ = writeln!(s, "rules:");
     s += &super::table::rules("  ", &r.rules, Some(r.default_counts));
@@ -85,10 +78,7 @@ fn offline(config: &Config, json: bool) -> Result<(), CliError> {
             "links": links,
             "counters_by_slot": counters.map(|c| c.into_iter().map(|(slot, s)| (slot.to_string(), [s.redirected, s.passed, s.denied])).collect::<std::collections::BTreeMap<_, _>>()),
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(());
     }
     println!("gateway: NOT RUNNING");
@@ -104,10 +94,7 @@ fn offline(config: &Config, json: bool) -> Result<(), CliError> {
             config.paths.pin_dir.display()
         );
         for l in &links {
-            println!(
-                "  {:<40} link {:>5}  prog {:>5}",
-                l.name, l.link_id, l.program_id
-            );
+            println!("  {:<40} link {:>5}  prog {:>5}", l.name, l.link_id, l.program_id);
         }
     }
     Ok(())

@@ -32,11 +32,7 @@ pub(super) fn rules(indent: &str, rules: &[RuleView], default: Option<(u64, u64,
     for v in rules {
         let source = format!("{:?}", v.source).to_lowercase();
         let (ports, action) = (v.ports.to_string(), v.action.to_string());
-        let counts = [
-            v.redirected.to_string(),
-            v.passed.to_string(),
-            v.denied.to_string(),
-        ];
+        let counts = [v.redirected.to_string(), v.passed.to_string(), v.denied.to_string()];
         row(
             &mut out,
             indent,

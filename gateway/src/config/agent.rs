@@ -45,10 +45,7 @@ pub struct TargetSpec {
 pub const UNKNOWN_AGENT: &str = "unknown";
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 impl AgentSpec {

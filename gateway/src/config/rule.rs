@@ -44,9 +44,7 @@ impl FromStr for RuleAction {
             "redirect" => Ok(Self::Redirect),
             "pass" => Ok(Self::Pass),
             "deny" => Ok(Self::Deny),
-            _ => Err(format!(
-                "unknown action `{s}`: expected redirect, pass or deny"
-            )),
+            _ => Err(format!("unknown action `{s}`: expected redirect, pass or deny")),
         }
     }
 }
@@ -110,9 +108,7 @@ impl FromStr for PortRange {
             }
         };
         if lo == 0 || lo > hi {
-            return Err(format!(
-                "port range `{s}` must be within 1-65535 with low <= high"
-            ));
+            return Err(format!("port range `{s}` must be within 1-65535 with low <= high"));
         }
         Ok(Self { lo, hi })
     }

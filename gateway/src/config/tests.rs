@@ -54,15 +54,22 @@ fn unknown_field_reports_file_and_line() {
 #[test]
 fn bad_values_are_rejected_with_their_place() {
     let cases = [
-        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/33\"\naction = \"deny\"\n", ":3:"),
-        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\nports = \"80-70\"\naction = \"deny\"\n", ":4:"),
-        ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n", ":4:"),
+        (
+            "[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/33\"\naction = \"deny\"\n",
+            ":3:",
+        ),
+        (
+            "[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\nports = \"80-70\"\naction = \"deny\"\n",
+            ":4:",
+        ),
+        (
+            "[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n",
+            ":4:",
+        ),
         ("[listener]\nconnect_timeout = \"soon\"\n", ":2:"),
     ];
     for (text, place) in cases {
-        let err = Config::parse(text, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains(place), "{text:?} -> {err}");
     }
 }
@@ -78,12 +85,7 @@ fn semantic_errors_name_the_field() {
         ("[[rules]]\nname = \"x\"\ncidr = \"::ffff:10.0.0.0/104\"\naction = \"deny\"\n", "rules[0]"),
     ];
     for (text, field) in cases {
-        let err = Config::parse(text, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(&format!("field `{field}`")),
-            "{text:?} -> {err}"
-        );
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains(&format!("field `{field}`")), "{text:?} -> {err}");
     }
 }

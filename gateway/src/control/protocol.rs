@@ -1,7 +1,7 @@
 //! Requests and responses on the control socket: one JSON line each way.
 use serde::{Deserialize, Serialize};
 
-use super::RuleSource;
+use super::{Grant, GrantRequest, RuleSource};
 use crate::{
     config::{PortRange, RuleAction, RuleSpec},
     kernel::AttachedLink,
@@ -26,6 +26,18 @@ pub enum Request {
         /// Its name.
         name: String,
     },
+    /// Add a time-limited grant.
+    GrantAdd {
+        /// What to grant.
+        grant: GrantRequest,
+    },
+    /// List grants in force.
+    GrantsList,
+    /// End a grant early.
+    GrantRevoke {
+        /// Grant id.
+        id: String,
+    },
 }
 
 /// What the daemon answers.
@@ -38,6 +50,11 @@ pub enum Response {
     Rules {
         /// The rules in precedence order of their sources.
         rules: Vec<RuleView>,
+    },
+    /// Grants in force.
+    Grants {
+        /// The grants.
+        grants: Vec<Grant>,
     },
     /// Done.
     Ok {

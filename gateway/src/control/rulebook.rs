@@ -108,11 +108,10 @@ impl RuleBook {
         let state_file = config.paths.state_dir.join("rules.json");
         let runtime = match std::fs::read_to_string(&state_file) {
             Ok(text) => {
-                let state: StateFile =
-                    serde_json::from_str(&text).map_err(|e| RuleBookError::State {
-                        path: state_file.clone(),
-                        message: format!("line {} column {}: {e}", e.line(), e.column()),
-                    })?;
+                let state: StateFile = serde_json::from_str(&text).map_err(|e| RuleBookError::State {
+                    path: state_file.clone(),
+                    message: format!("line {} column {}: {e}", e.line(), e.column()),
+                })?;
                 state.rules
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -179,10 +178,7 @@ impl RuleBook {
             let slot = (FIRST_RULE_SLOT..MAX_RULE_SLOTS as u16)
                 .find(|s| !used.contains(s))
                 .ok_or_else(|| {
-                    RuleBookError::Capacity(format!(
-                        "more than {} rules",
-                        MAX_RULE_SLOTS as u16 - FIRST_RULE_SLOT
-                    ))
+                    RuleBookError::Capacity(format!("more than {} rules", MAX_RULE_SLOTS as u16 - FIRST_RULE_SLOT))
                 })?;
             self.slots.insert(name, slot);
             fresh.push(slot);
@@ -216,9 +212,7 @@ impl RuleBook {
             return Err(RuleBookError::Duplicate(rule.name));
         }
         self.runtime.insert(0, rule);
-        let result = self
-            .assign_slots()
-            .and_then(|fresh| Ok((self.compile()?, fresh)));
+        let result = self.assign_slots().and_then(|fresh| Ok((self.compile()?, fresh)));
         if result.is_err() {
             self.runtime.remove(0);
             self.assign_slots()?;
@@ -249,10 +243,7 @@ impl RuleBook {
     }
 
     /// Replaces the config-file rules (on reload); returns the compiled set and new slots.
-    pub fn replace_config(
-        &mut self,
-        config: &Config,
-    ) -> Result<(CompiledRules, Vec<u16>), RuleBookError> {
+    pub fn replace_config(&mut self, config: &Config) -> Result<(CompiledRules, Vec<u16>), RuleBookError> {
         let old = (
             std::mem::replace(&mut self.config, config.rules.clone()),
             std::mem::replace(&mut self.builtin, builtin_rules(config)),
@@ -282,7 +273,8 @@ impl RuleBook {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Writes a file so readers see the old or the new content, never a mix.
+pub(super) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -317,13 +309,10 @@ mod tests {
     fn runtime_rules_persist_and_reload() {
         let dir = tempdir();
         let mut b = book(&dir);
-        b.add(spec("block-db", "10.9.0.0/16", RuleAction::Deny))
-            .unwrap();
+        b.add(spec("block-db", "10.9.0.0/16", RuleAction::Deny)).unwrap();
         b.persist().unwrap();
         let b2 = book(&dir);
-        assert!(b2
-            .all()
-            .any(|(s, r)| s == RuleSource::Runtime && r.name == "block-db"));
+        assert!(b2.all().any(|(s, r)| s == RuleSource::Runtime && r.name == "block-db"));
         assert!(b2.slot("block-db").is_some());
     }
 
@@ -375,11 +364,7 @@ mod tests {
             ports: PortRange { lo: 2002, hi: 2002 },
             ..spec("r15", "10.0.0.0/8", RuleAction::Deny)
         });
-        assert!(
-            matches!(err, Err(RuleBookError::Capacity(_))),
-            "{:?}",
-            err.err()
-        );
+        assert!(matches!(err, Err(RuleBookError::Capacity(_))), "{:?}", err.err());
         assert!(b.slot("r15").is_none());
         assert_eq!(b.all().count(), before.len() + 2);
     }
@@ -387,25 +372,17 @@ mod tests {
     #[test]
     fn corrupt_state_file_names_file_and_line() {
         let dir = tempdir();
-        std::fs::write(
-            dir.join("rules.json"),
-            "{\n  \"rules\": [ {\"name\": 1} ]\n}",
-        )
-        .unwrap();
+        std::fs::write(dir.join("rules.json"), "{\n  \"rules\": [ {\"name\": 1} ]\n}").unwrap();
         let mut config = Config::default();
         config.paths.state_dir = dir.clone();
         let err = RuleBook::load(&config).err().unwrap().to_string();
-        assert!(
-            err.contains("rules.json") && err.contains("line 2"),
-            "{err}"
-        );
+        assert!(err.contains("rules.json") && err.contains("line 2"), "{err}");
     }
 
     fn tempdir() -> PathBuf {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("interlock-rulebook-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("interlock-rulebook-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir

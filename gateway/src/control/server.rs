@@ -8,10 +8,11 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::{Request, Response, RuleBook, RuleView, StatusReport};
+use super::{GrantBook, Request, Response, RuleBook, RuleView, StatusReport};
 use crate::{
     audit::{self, Event, EventSink},
     kernel::{rules::CompiledRules, Handoff, Kernel},
+    policy::Gate,
     proxy::LiveTable,
 };
 use gateway_common::{SLOT_DEFAULT, SLOT_QUIC};
@@ -20,6 +21,10 @@ use gateway_common::{SLOT_DEFAULT, SLOT_QUIC};
 pub struct ControlState {
     /// Rules.
     pub book: Mutex<RuleBook>,
+    /// Grants.
+    pub grants: Mutex<GrantBook>,
+    /// Agents, targets and policy (grants are applied to it).
+    pub gate: Arc<Gate>,
     /// Kernel side.
     pub kernel: Mutex<Kernel>,
     /// Live connections.
@@ -69,7 +74,7 @@ async fn session(stream: UnixStream, state: Arc<ControlState>) -> std::io::Resul
         let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
         reader.read_line(&mut line).await?;
         match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle(request, &state).await,
+            Ok(request) => handle(request, &state, &operator(cred.uid())).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
             },
@@ -82,7 +87,16 @@ async fn session(stream: UnixStream, state: Arc<ControlState>) -> std::io::Resul
 
 use tokio::io::AsyncReadExt as _;
 
-async fn handle(request: Request, state: &ControlState) -> Response {
+/// How an operator is named in records: user name and uid from peer credentials.
+fn operator(uid: u32) -> String {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    format!("{} (uid {uid})", name.unwrap_or_else(|| "?".into()))
+}
+
+async fn handle(request: Request, state: &ControlState, by: &str) -> Response {
     match request {
         Request::Status => match status(state).await {
             Ok(report) => Response::Status(Box::new(report)),
@@ -101,6 +115,11 @@ async fn handle(request: Request, state: &ControlState) -> Response {
             let result = book.add(rule);
             finish_change(state, &mut book, result, desc).await
         }
+        Request::GrantAdd { grant } => super::grant_ops::add(state, grant, by).await,
+        Request::GrantsList => Response::Grants {
+            grants: state.grants.lock().await.list().to_vec(),
+        },
+        Request::GrantRevoke { id } => super::grant_ops::revoke(state, &id, by).await,
         Request::RulesRemove { name } => {
             let desc = format!("removed rule {name}");
             let mut book = state.book.lock().await;
@@ -119,11 +138,7 @@ async fn finish_change(
 ) -> Response {
     let (compiled, fresh) = match result {
         Ok(ok) => ok,
-        Err(e) => {
-            return Response::Error {
-                message: e.to_string(),
-            }
-        }
+        Err(e) => return Response::Error { message: e.to_string() },
     };
     {
         let mut kernel = state.kernel.lock().await;
@@ -156,13 +171,7 @@ async fn finish_change(
 
 async fn rule_views(state: &ControlState) -> Result<Vec<RuleView>, String> {
     let book = state.book.lock().await;
-    let stats = state
-        .kernel
-        .lock()
-        .await
-        .maps
-        .stats()
-        .map_err(|e| e.to_string())?;
+    let stats = state.kernel.lock().await.maps.stats().map_err(|e| e.to_string())?;
     Ok(book
         .all()
         .map(|(source, r)| {

@@ -64,7 +64,10 @@ async fn reload_config(config_path: Option<&Path>, state: &ControlState, gate: &
             }
             match kernel.maps.apply_rules(&compiled) {
                 Ok(()) => {
-                    tracing::info!("SIGHUP: rules, agents and targets reloaded from {} (other sections apply at restart)", path.display());
+                    tracing::info!(
+                        "SIGHUP: rules, agents and targets reloaded from {} (other sections apply at restart)",
+                        path.display()
+                    );
                     let change = format!("reloaded rules from {}", path.display());
                     let _ = state
                         .events

@@ -67,9 +67,7 @@ impl AgentMatcher {
     fn matches(&self, index: usize, agent: &Compiled, facts: &Facts<'_>, depth: usize) -> bool {
         let spec = &agent.spec;
         let p = facts.process;
-        let field = |want: &Option<String>, have: Option<&str>| {
-            want.as_deref().is_none_or(|w| have == Some(w))
-        };
+        let field = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
         if spec.uid.is_some_and(|uid| uid != facts.uid) || !field(&spec.user, facts.user) {
             return false;
         }
@@ -104,11 +102,7 @@ impl AgentMatcher {
             }
         }
         if let Some(want) = &spec.container {
-            if !p
-                .container
-                .as_ref()
-                .is_some_and(|c| c.id.starts_with(want.as_str()))
-            {
+            if !p.container.as_ref().is_some_and(|c| c.id.starts_with(want.as_str())) {
                 return false;
             }
         }
@@ -157,11 +151,7 @@ mod tests {
             cgroup_id: CgroupId(1),
             socket_cookie: SocketCookie(1),
             netns_cookie: 1,
-            user: Some(if uid == 0 {
-                "root".into()
-            } else {
-                "alice".into()
-            }),
+            user: Some(if uid == 0 { "root".into() } else { "alice".into() }),
             process: process.map(Arc::new),
         }
     }
@@ -183,8 +173,7 @@ mod tests {
     }
 
     fn matcher(toml_text: &str) -> AgentMatcher {
-        let config =
-            crate::config::Config::parse(toml_text, std::path::Path::new("t.toml")).unwrap();
+        let config = crate::config::Config::parse(toml_text, std::path::Path::new("t.toml")).unwrap();
         AgentMatcher::new(&config.agents).unwrap()
     }
 
@@ -234,10 +223,7 @@ unit = "agent.service"
             ),
             "any-python"
         );
-        assert_eq!(
-            name(1000, Some(process("/usr/bin/curl", &["curl"], "/", 1))),
-            "alice"
-        );
+        assert_eq!(name(1000, Some(process("/usr/bin/curl", &["curl"], "/", 1))), "alice");
         assert_eq!(
             name(0, Some(process("/usr/bin/curl", &["curl"], "/", 1))),
             "in-container"

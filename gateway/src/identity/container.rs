@@ -15,17 +15,13 @@ pub struct Container {
     pub pod_uid: Option<String>,
 }
 
-static SCOPE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope").expect("static regex")
-});
-static PLAIN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"/(docker|libpod|containerd|crio)/([0-9a-f]{64})(?:/|$)").expect("static regex")
-});
-static KUBE_BARE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"/([0-9a-f]{64})$").expect("static regex"));
+static SCOPE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(docker|cri-containerd|crio|libpod)-([0-9a-f]{64})\.scope").expect("static regex"));
+static PLAIN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"/(docker|libpod|containerd|crio)/([0-9a-f]{64})(?:/|$)").expect("static regex"));
+static KUBE_BARE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"/([0-9a-f]{64})$").expect("static regex"));
 static POD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-        .expect("static regex")
+    Regex::new(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})").expect("static regex")
 });
 
 fn runtime_name(prefix: &str) -> &'static str {
@@ -55,11 +51,7 @@ pub fn container_of(path: &str) -> Option<Container> {
     } else {
         return None;
     };
-    Some(Container {
-        runtime,
-        id,
-        pod_uid,
-    })
+    Some(Container { runtime, id, pod_uid })
 }
 
 /// The systemd unit of a cgroup path: the innermost `.service` or `.scope`
@@ -105,10 +97,7 @@ mod tests {
 
     #[test]
     fn plain_paths_have_no_container() {
-        assert_eq!(
-            container_of("/user.slice/user-1000.slice/session-3.scope"),
-            None
-        );
+        assert_eq!(container_of("/user.slice/user-1000.slice/session-3.scope"), None);
         assert_eq!(container_of("/interlock.agents"), None);
     }
 

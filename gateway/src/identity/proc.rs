@@ -12,8 +12,7 @@ pub(super) struct Stat {
 impl Stat {
     pub(super) fn read(pid: u32) -> io::Result<Self> {
         let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        Self::parse(&text)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
+        Self::parse(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))
     }
 
     /// `comm` may contain spaces and parentheses, so fields are counted from
@@ -120,8 +119,7 @@ mod tests {
 
     #[test]
     fn unified_cgroup_line_is_picked_on_hybrid_hosts() {
-        let text =
-            "12:pids:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/interlock.agents\n";
+        let text = "12:pids:/user.slice\n1:name=systemd:/user.slice/x.scope\n0::/interlock.agents\n";
         assert_eq!(cgroup_v2_path(text).as_deref(), Some("/interlock.agents"));
     }
 

@@ -48,11 +48,7 @@ pub struct AttachedLink {
 
 /// Attaches every program to every cgroup in `cgroups`, pins the links, and
 /// removes pinned links that are no longer wanted.
-pub fn attach_all(
-    ebpf: &mut Ebpf,
-    layout: &PinLayout,
-    cgroups: &[PathBuf],
-) -> Result<Vec<Attachment>, KernelError> {
+pub fn attach_all(ebpf: &mut Ebpf, layout: &PinLayout, cgroups: &[PathBuf]) -> Result<Vec<Attachment>, KernelError> {
     let mut wanted = Vec::new();
     let mut attachments = Vec::new();
     for cg in cgroups {
@@ -97,16 +93,12 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink, 
     // one it replaces.
     match program {
         Program::CgroupSockAddr(p) => {
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|e| chain(&e))?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| chain(&e))?;
             let link = p.take_link(id).map_err(|e| chain(&e))?;
             FdLink::try_from(link).map_err(|e| chain(&e))
         }
         Program::SockOps(p) => {
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|e| chain(&e))?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| chain(&e))?;
             let link = p.take_link(id).map_err(|e| chain(&e))?;
             FdLink::try_from(link).map_err(|e| chain(&e))
         }
@@ -126,8 +118,7 @@ fn swap_pin(link: FdLink, pin: &Path) -> Result<(), String> {
     let _ = fs::remove_file(&staging);
     link.pin(&staging)
         .map_err(|e| format!("pin {}: {e}", staging.display()))?;
-    fs::rename(&staging, pin)
-        .map_err(|e| format!("rename {} to {}: {e}", staging.display(), pin.display()))?;
+    fs::rename(&staging, pin).map_err(|e| format!("rename {} to {}: {e}", staging.display(), pin.display()))?;
     // The old pin file is gone; dropping our handle detaches the old link.
     drop(previous);
     Ok(())

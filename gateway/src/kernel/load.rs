@@ -50,22 +50,17 @@ impl Kernel {
     pub fn start(opts: LoadOptions) -> Result<(Self, Handoff), KernelError> {
         let layout = PinLayout::new(&opts.pin_dir);
         layout.create()?;
-        let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS
-            .iter()
-            .map(|name| (*name, layout.map(name)))
-            .collect();
+        let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS.iter().map(|name| (*name, layout.map(name))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| KernelError::Load(super::chain(&e)))?;
+        let mut ebpf = loader.load(OBJECT).map_err(|e| KernelError::Load(super::chain(&e)))?;
         start_log_bridge(&mut ebpf);
         for name in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or_else(|| {
-                KernelError::Load(format!("program {name} missing from the object"))
-            })?;
+            let program = ebpf
+                .program_mut(name)
+                .ok_or_else(|| KernelError::Load(format!("program {name} missing from the object")))?;
             let loaded = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::SockOps(p) => p.load(),
@@ -115,9 +110,7 @@ fn start_log_bridge(ebpf: &mut Ebpf) {
     };
     // SAFETY: the logger owns its ring-buffer fd, which stays open and the same
     // for as long as the logger (now owned by the AsyncFd) lives.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let Ok(mut logger) = registered else {
         tracing::warn!("kernel log bridge: cannot poll the log buffer");
         return;

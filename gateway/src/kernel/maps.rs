@@ -7,8 +7,8 @@ use aya::{
     Ebpf,
 };
 use gateway_common::{
-    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAP_HANDOFF, MAP_RULES_V4, MAP_RULES_V6,
-    MAP_RULE_STATS, MAP_SELECTED_CGROUPS, MAP_SELECTED_UIDS, MAP_SETTINGS, MAP_SOCKETS,
+    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAP_HANDOFF, MAP_RULES_V4, MAP_RULES_V6, MAP_RULE_STATS,
+    MAP_SELECTED_CGROUPS, MAP_SELECTED_UIDS, MAP_SETTINGS, MAP_SOCKETS,
 };
 
 use super::{pins::PinLayout, rules::CompiledRules, KernelError};
@@ -28,8 +28,7 @@ impl Source<'_> {
                 .ok_or_else(|| err("missing from the eBPF object".into())),
             Source::Pinned(layout) => {
                 let path = layout.map(name);
-                let data = MapData::from_pin(&path)
-                    .map_err(|e| err(format!("open pin {}: {e}", path.display())))?;
+                let data = MapData::from_pin(&path).map_err(|e| err(format!("open pin {}: {e}", path.display())))?;
                 Map::from_map_data(data).map_err(|e| err(super::chain(&e)))
             }
         }
@@ -107,12 +106,10 @@ impl KernelMaps {
 
     /// Writes the settings every hook reads.
     pub fn set_settings(&mut self, settings: Settings) -> Result<(), KernelError> {
-        self.settings
-            .set(0, settings, 0)
-            .map_err(|e| KernelError::Map {
-                map: MAP_SETTINGS,
-                message: super::chain(&e),
-            })
+        self.settings.set(0, settings, 0).map_err(|e| KernelError::Map {
+            map: MAP_SETTINGS,
+            message: super::chain(&e),
+        })
     }
 
     /// The current settings.
@@ -143,14 +140,10 @@ impl KernelMaps {
             .filter(|k| !cgroups.contains(k))
             .collect();
         for id in stale {
-            self.selected_cgroups
-                .remove(&id)
-                .map_err(err(MAP_SELECTED_CGROUPS))?;
+            self.selected_cgroups.remove(&id).map_err(err(MAP_SELECTED_CGROUPS))?;
         }
         for uid in uids {
-            self.selected_uids
-                .insert(uid, 1, 0)
-                .map_err(err(MAP_SELECTED_UIDS))?;
+            self.selected_uids.insert(uid, 1, 0).map_err(err(MAP_SELECTED_UIDS))?;
         }
         let stale: Vec<u32> = self
             .selected_uids
@@ -159,9 +152,7 @@ impl KernelMaps {
             .filter(|k| !uids.contains(k))
             .collect();
         for uid in stale {
-            self.selected_uids
-                .remove(&uid)
-                .map_err(err(MAP_SELECTED_UIDS))?;
+            self.selected_uids.remove(&uid).map_err(err(MAP_SELECTED_UIDS))?;
         }
         Ok(())
     }
@@ -238,11 +229,9 @@ impl KernelMaps {
             message: format!("{what}: {e}"),
         })?;
         let zeros =
-            aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus]).map_err(|e| {
-                KernelError::Map {
-                    map: MAP_RULE_STATS,
-                    message: super::chain(&e),
-                }
+            aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus]).map_err(|e| KernelError::Map {
+                map: MAP_RULE_STATS,
+                message: super::chain(&e),
             })?;
         self.stats.set(u32::from(slot), zeros, 0).map_err(err)
     }

@@ -125,11 +125,7 @@ pub fn detach_all(layout: &PinLayout) -> Result<Vec<String>, KernelError> {
             if !maps_dir.is_dir() || maps_dir == layout.links_dir() {
                 continue;
             }
-            for entry in fs::read_dir(&maps_dir)
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-            {
+            for entry in fs::read_dir(&maps_dir).into_iter().flatten().filter_map(Result::ok) {
                 let path = entry.path();
                 // Opening first proves it is a map pin and not something else.
                 if MapData::from_pin(&path).is_ok() {

@@ -124,23 +124,11 @@ mod tests {
             rule(4, "10.0.0.0/8", 5432, 5432, Action::Deny),
         ])
         .unwrap();
-        assert_eq!(
-            decide(&c, [10, 1, 2, 3], 5432),
-            Some((Action::Deny as u8, 4))
-        );
-        assert_eq!(
-            decide(&c, [10, 1, 2, 3], 443),
-            Some((Action::Redirect as u8, 2))
-        );
+        assert_eq!(decide(&c, [10, 1, 2, 3], 5432), Some((Action::Deny as u8, 4)));
+        assert_eq!(decide(&c, [10, 1, 2, 3], 443), Some((Action::Redirect as u8, 2)));
         assert_eq!(decide(&c, [10, 1, 2, 3], 53), Some((Action::Pass as u8, 3)));
-        assert_eq!(
-            decide(&c, [192, 0, 2, 1], 53),
-            Some((Action::Pass as u8, 3))
-        );
-        assert_eq!(
-            decide(&c, [192, 0, 2, 1], 5432),
-            Some((Action::Redirect as u8, 2))
-        );
+        assert_eq!(decide(&c, [192, 0, 2, 1], 53), Some((Action::Pass as u8, 3)));
+        assert_eq!(decide(&c, [192, 0, 2, 1], 5432), Some((Action::Redirect as u8, 2)));
     }
 
     #[test]

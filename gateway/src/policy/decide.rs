@@ -52,10 +52,7 @@ fn sorted_ids<'a>(ids: impl Iterator<Item = &'a cedar_policy::PolicyId>) -> Vec<
 }
 
 fn reasons(p: &LoadedPolicies, ids: &[String], fallback: &str) -> String {
-    let given: Vec<&str> = ids
-        .iter()
-        .filter_map(|id| p.meta(id)?.reason.as_deref())
-        .collect();
+    let given: Vec<&str> = ids.iter().filter_map(|id| p.meta(id)?.reason.as_deref()).collect();
     if given.is_empty() {
         format!("{fallback}: {}", ids.join(", "))
     } else {
@@ -76,9 +73,7 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
         .diagnostics()
         .errors()
         .map(|e| match e {
-            cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
-                pe.policy_id().to_string()
-            }
+            cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => pe.policy_id().to_string(),
         })
         .filter(|id| p.meta(id).is_some_and(|m| m.effect == Effect::Forbid))
         .collect();

@@ -41,10 +41,7 @@ impl Gate {
     }
 
     fn naming(&self) -> (std::sync::Arc<AgentMatcher>, std::sync::Arc<TargetTable>) {
-        self.naming
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.naming.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The agent name of an identity.

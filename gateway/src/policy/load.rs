@@ -143,10 +143,7 @@ impl LoadedPolicies {
 /// The schema and example policies shipped in `policies/`.
 const EMBEDDED: &[(&str, &str)] = &[
     ("base.cedar", include_str!("../../../policies/base.cedar")),
-    (
-        "llm-api.cedar",
-        include_str!("../../../policies/llm-api.cedar"),
-    ),
+    ("llm-api.cedar", include_str!("../../../policies/llm-api.cedar")),
     (
         "read-only-db.cedar",
         include_str!("../../../policies/read-only-db.cedar"),
@@ -157,24 +154,51 @@ const EMBEDDED_SCHEMA: (&str, &str) = (
     include_str!("../../../policies/interlock.cedarschema"),
 );
 
+/// Policy texts before parsing: the schema, the policy files, and where they came from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// (file name, text) of the schema.
+    pub schema: (String, String),
+    /// (file name, text) of each policy file.
+    pub files: Vec<(String, String)>,
+    /// A directory, or `embedded default policies`.
+    pub origin: String,
+}
+
+impl Sources {
+    /// Parses and validates these sources plus `extra` generated files.
+    pub fn load_with(&self, extra: &[(String, String)]) -> Result<LoadedPolicies, PolicyError> {
+        let mut files = self.files.clone();
+        files.extend(extra.iter().cloned());
+        load_sources(self.schema.clone(), &files, self.origin.clone())
+    }
+}
+
 /// The shipped policies (default deny).
+pub fn embedded_sources() -> Sources {
+    let (schema_name, schema) = EMBEDDED_SCHEMA;
+    Sources {
+        schema: (format!("<embedded>/{schema_name}"), schema.to_owned()),
+        files: EMBEDDED
+            .iter()
+            .map(|(n, t)| (format!("<embedded>/{n}"), (*t).to_owned()))
+            .collect(),
+        origin: "embedded default policies".into(),
+    }
+}
+
+/// The shipped policies, loaded.
 pub fn load_embedded() -> Result<LoadedPolicies, PolicyError> {
-    let files: Vec<(String, String)> = EMBEDDED
-        .iter()
-        .map(|(n, t)| (format!("<embedded>/{n}"), (*t).to_owned()))
-        .collect();
-    load_sources(
-        (
-            format!("<embedded>/{}", EMBEDDED_SCHEMA.0),
-            EMBEDDED_SCHEMA.1.to_owned(),
-        ),
-        &files,
-        "embedded default policies".into(),
-    )
+    embedded_sources().load_with(&[])
 }
 
 /// Loads `dir`: exactly one `*.cedarschema` and every `*.cedar`, in name order.
 pub fn load_dir(dir: &Path) -> Result<LoadedPolicies, PolicyError> {
+    read_dir_sources(dir)?.load_with(&[])
+}
+
+/// Reads `dir` without parsing.
+pub fn read_dir_sources(dir: &Path) -> Result<Sources, PolicyError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| PolicyError::Io { path, source }
@@ -192,10 +216,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadedPolicies, PolicyError> {
     let [schema_path] = schemas.as_slice() else {
         return Err(PolicyError::Layout {
             dir: dir.to_owned(),
-            message: format!(
-                "expected exactly one *.cedarschema file, found {}",
-                schemas.len()
-            ),
+            message: format!("expected exactly one *.cedarschema file, found {}", schemas.len()),
         });
     };
     let schema = (
@@ -203,34 +224,30 @@ pub fn load_dir(dir: &Path) -> Result<LoadedPolicies, PolicyError> {
         std::fs::read_to_string(schema_path).map_err(io(schema_path))?,
     );
     let mut files = Vec::new();
-    for path in entries
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "cedar"))
-    {
+    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "cedar")) {
         files.push((
             path.display().to_string(),
             std::fs::read_to_string(path).map_err(io(path))?,
         ));
     }
-    load_sources(schema, &files, dir.display().to_string())
+    Ok(Sources {
+        schema,
+        files,
+        origin: dir.display().to_string(),
+    })
 }
 
 /// 1-based (line, column) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, column)
 }
 
 /// Offset of a diagnostic's first label, if it has one.
 fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
-    d.labels()
-        .and_then(|mut labels| labels.next())
-        .map(|l| l.offset())
+    d.labels().and_then(|mut labels| labels.next()).map(|l| l.offset())
 }
 
 /// Loads a schema and policy texts (name, text).
@@ -240,12 +257,11 @@ pub fn load_sources(
     source: String,
 ) -> Result<LoadedPolicies, PolicyError> {
     let (schema_file, schema_text) = schema;
-    let parsed_schema =
-        Schema::from_cedarschema_str(&schema_text).map_err(|e| PolicyError::Schema {
-            line: first_offset(&e).map_or(0, |o| line_col(&schema_text, o).0),
-            file: schema_file.clone(),
-            message: e.to_string(),
-        })?;
+    let parsed_schema = Schema::from_cedarschema_str(&schema_text).map_err(|e| PolicyError::Schema {
+        line: first_offset(&e).map_or(0, |o| line_col(&schema_text, o).0),
+        file: schema_file.clone(),
+        message: e.to_string(),
+    })?;
     let schema = parsed_schema.0;
     let validator = Validator::new(schema.clone());
     let mut all = PolicySet::new();
@@ -268,9 +284,7 @@ pub fn load_sources(
         let mut lines: HashMap<PolicyId, usize> = HashMap::new();
         for policy in set.policies() {
             let body = policy.to_string();
-            let at = text[cursor..]
-                .find(body.as_str())
-                .map_or(cursor, |i| cursor + i);
+            let at = text[cursor..].find(body.as_str()).map_or(cursor, |i| cursor + i);
             cursor = at + body.len().min(text.len() - at);
             lines.insert(policy.id().clone(), line_col(text, at).0);
         }
@@ -338,8 +352,7 @@ pub fn load_sources(
                     .add(renamed.clone())
                     .map_err(|e| annotation_err(e.to_string()))?;
             }
-            all.add(renamed)
-                .map_err(|e| annotation_err(e.to_string()))?;
+            all.add(renamed).map_err(|e| annotation_err(e.to_string()))?;
             meta.insert(
                 id,
                 PolicyMeta {

@@ -91,10 +91,7 @@ pub struct Query<'a> {
 pub struct RequestError(pub String);
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, RequestError> {
-    let text = format!(
-        "Interlock::{kind}::{}",
-        serde_json::to_string(id).unwrap_or_default()
-    );
+    let text = format!("Interlock::{kind}::{}", serde_json::to_string(id).unwrap_or_default());
     EntityUid::from_str(&text).map_err(|e| RequestError(e.to_string()))
 }
 
@@ -146,8 +143,7 @@ pub fn build(p: &LoadedPolicies, q: &Query<'_>) -> Result<(Request, Entities), R
             "parents": []
         }
     ]);
-    let entities = Entities::from_json_value(entities, Some(&p.schema))
-        .map_err(|e| RequestError(e.to_string()))?;
+    let entities = Entities::from_json_value(entities, Some(&p.schema)).map_err(|e| RequestError(e.to_string()))?;
     let mut ctx = time_context(q.now);
     match q.action {
         ActionKind::Connect => {}
@@ -173,7 +169,7 @@ pub fn build(p: &LoadedPolicies, q: &Query<'_>) -> Result<(Request, Entities), R
     }
     let context = Context::from_json_value(Value::Object(ctx), Some((&p.schema, &action)))
         .map_err(|e| RequestError(e.to_string()))?;
-    let request = Request::new(principal, action, resource, context, Some(&p.schema))
-        .map_err(|e| RequestError(e.to_string()))?;
+    let request =
+        Request::new(principal, action, resource, context, Some(&p.schema)).map_err(|e| RequestError(e.to_string()))?;
     Ok((request, entities))
 }

@@ -107,13 +107,7 @@ fn shipped_policies_decide_the_documented_cases() {
             Outcome::Allow,
             "assistant-llm-requests",
         ),
-        (
-            "assistant",
-            &openai,
-            http("GET", "/v1/models"),
-            Outcome::Deny,
-            "",
-        ),
+        ("assistant", &openai, http("GET", "/v1/models"), Outcome::Deny, ""),
         (
             "assistant",
             &openai,
@@ -139,29 +133,16 @@ fn shipped_policies_decide_the_documented_cases() {
     ];
     for (agent, t, action, outcome, policy) in cases {
         let d = ask(&p, agent, t, &action);
-        assert_eq!(
-            d.outcome, outcome,
-            "{agent} {action:?} on {}: {d:?}",
-            t.name
-        );
+        assert_eq!(d.outcome, outcome, "{agent} {action:?} on {}: {d:?}", t.name);
         if policy.is_empty() {
             if outcome == Outcome::Deny && d.policies.is_empty() {
                 assert!(d.reason.contains("default deny"), "{d:?}");
             }
         } else {
-            assert_eq!(
-                d.policies,
-                vec![policy.to_owned()],
-                "{agent} {action:?}: {d:?}"
-            );
+            assert_eq!(d.policies, vec![policy.to_owned()], "{agent} {action:?}: {d:?}");
         }
     }
-    let d = ask(
-        &p,
-        "assistant",
-        &openai,
-        &http("POST", "/v1/chat/completions"),
-    );
+    let d = ask(&p, "assistant", &openai, &http("POST", "/v1/chat/completions"));
     assert_eq!(d.mask, vec!["api_key", "credit_card", "email"]);
     let d = ask(&p, "db-reader", &db, &sql("delete", false));
     assert_eq!(d.reason, "UPDATE or DELETE without a WHERE clause");
@@ -170,15 +151,8 @@ fn shipped_policies_decide_the_documented_cases() {
 const SCHEMA: &str = include_str!("../../../policies/interlock.cedarschema");
 
 fn load(files: &[(&str, &str)]) -> Result<LoadedPolicies, PolicyError> {
-    let files: Vec<(String, String)> = files
-        .iter()
-        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-        .collect();
-    load_sources(
-        ("s.cedarschema".into(), SCHEMA.into()),
-        &files,
-        "test".into(),
-    )
+    let files: Vec<(String, String)> = files.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
+    load_sources(("s.cedarschema".into(), SCHEMA.into()), &files, "test".into())
 }
 
 #[test]
@@ -189,15 +163,9 @@ fn ddl_review_needs_some_permit() {
     ])
     .unwrap();
     let db = target("db", "10.0.0.1", 5432);
-    assert_eq!(
-        ask(&p, "x", &db, &sql("ddl", false)).outcome,
-        Outcome::Review
-    );
+    assert_eq!(ask(&p, "x", &db, &sql("ddl", false)).outcome, Outcome::Review);
     assert_eq!(ask(&p, "y", &db, &sql("ddl", false)).outcome, Outcome::Deny);
-    assert_eq!(
-        ask(&p, "x", &db, &sql("select", false)).outcome,
-        Outcome::Allow
-    );
+    assert_eq!(ask(&p, "x", &db, &sql("select", false)).outcome, Outcome::Allow);
 }
 
 #[test]
@@ -236,24 +204,21 @@ fn syntax_errors_name_file_and_line() {
 
 #[test]
 fn schema_violations_name_file_line_and_policy() {
-    let err = load(&[("v.cedar", "\n@id(\"typo\")\npermit (principal, action, resource)\nwhen { principal.nmae == \"x\" };\n")])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load(&[(
+        "v.cedar",
+        "\n@id(\"typo\")\npermit (principal, action, resource)\nwhen { principal.nmae == \"x\" };\n",
+    )])
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("v.cedar:4") && err.contains("`typo`"), "{err}");
 }
 
 #[test]
 fn duplicate_ids_and_bad_annotations_are_rejected() {
     let dup = load(&[
-        (
-            "a.cedar",
-            "@id(\"x\") permit (principal, action, resource);",
-        ),
-        (
-            "b.cedar",
-            "@id(\"x\") forbid (principal, action, resource);",
-        ),
+        ("a.cedar", "@id(\"x\") permit (principal, action, resource);"),
+        ("b.cedar", "@id(\"x\") forbid (principal, action, resource);"),
     ]);
     assert!(dup.err().unwrap().to_string().contains("used twice"));
     let bad = load(&[(

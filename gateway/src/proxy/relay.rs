@@ -29,10 +29,7 @@ pub struct RelayStats {
 impl RelayStats {
     /// (agent -> upstream, upstream -> agent) bytes so far.
     pub fn totals(&self) -> (u64, u64) {
-        (
-            self.up.load(Ordering::Relaxed),
-            self.down.load(Ordering::Relaxed),
-        )
+        (self.up.load(Ordering::Relaxed), self.down.load(Ordering::Relaxed))
     }
 }
 

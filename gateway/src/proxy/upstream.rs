@@ -33,22 +33,10 @@ pub enum UpstreamError {
 }
 
 /// Opens a marked TCP connection to `dst`.
-pub async fn connect_upstream(
-    dst: OrigDst,
-    mark: u32,
-    timeout: Duration,
-) -> Result<TcpStream, UpstreamError> {
-    let domain = if dst.0.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(
-        domain,
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )
-    .map_err(UpstreamError::Socket)?;
+pub async fn connect_upstream(dst: OrigDst, mark: u32, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let domain = if dst.0.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))
+        .map_err(UpstreamError::Socket)?;
     socket.set_mark(mark).map_err(UpstreamError::Socket)?;
     socket.set_nodelay(true).map_err(UpstreamError::Socket)?;
     let socket = TcpSocket::from_std_stream(socket.into());

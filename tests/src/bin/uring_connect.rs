@@ -22,18 +22,9 @@ fn main() {
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     let mut ring = IoUring::new(4).expect("io_uring_setup");
-    let entry = opcode::Connect::new(
-        types::Fd(fd),
-        (&storage as *const libc::sockaddr_storage).cast(),
-        len,
-    )
-    .build();
+    let entry = opcode::Connect::new(types::Fd(fd), (&storage as *const libc::sockaddr_storage).cast(), len).build();
     // SAFETY: the sockaddr outlives the submission (we wait for completion below).
-    unsafe {
-        ring.submission()
-            .push(&entry)
-            .expect("submission queue full")
-    };
+    unsafe { ring.submission().push(&entry).expect("submission queue full") };
     ring.submit_and_wait(1).expect("io_uring_enter");
     let res = ring.completion().next().expect("completion").result();
     if res < 0 {
@@ -70,11 +61,7 @@ fn sockaddr(addr: &SocketAddr) -> (i32, libc::sockaddr_storage, u32) {
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
             unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            (
-                libc::AF_INET,
-                storage,
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
+            (libc::AF_INET, storage, std::mem::size_of::<libc::sockaddr_in>() as u32)
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
