@@ -9,7 +9,7 @@
 
 /// Version of the map layouts below. Pinned maps live in a directory named
 /// after it, so a gateway built with another layout never reads old maps.
-pub const MAP_ABI_VERSION: u32 = 1;
+pub const MAP_ABI_VERSION: u32 = 2;
 
 /// LPM trie of IPv4 redirect rules: `Key<[u8; 4]>` -> [`RuleSet`].
 pub const MAP_RULES_V4: &str = "RULES_V4";
@@ -28,8 +28,20 @@ pub const MAP_SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
 /// Hash: uid (u32) -> u8, users whose processes are agents.
 pub const MAP_SELECTED_UIDS: &str = "SELECTED_UIDS";
 
+/// Hash: tgid (u32) -> revocation number (u32); connects from it are refused.
+pub const MAP_REVOKED_PIDS: &str = "REVOKED_PIDS";
+/// Hash: uid (u32) -> revocation number (u32).
+pub const MAP_REVOKED_UIDS: &str = "REVOKED_UIDS";
+/// Hash: cgroup id (u64) -> revocation number (u32); covers descendants.
+pub const MAP_REVOKED_CGROUPS: &str = "REVOKED_CGROUPS";
+/// LRU hash: tgid (u32) -> CLOCK_BOOTTIME of its exec (u64): processes that
+/// exec'd while exe/agent revocations are active and are not yet checked.
+pub const MAP_EXEC_PENDING: &str = "EXEC_PENDING";
+/// Ring buffer of [`ExecEvent`]s for the userspace checker.
+pub const MAP_EXEC_EVENTS: &str = "EXEC_EVENTS";
+
 /// Every map that is pinned and therefore survives a gateway restart.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_RULES_V4,
     MAP_RULES_V6,
     MAP_RULE_STATS,
@@ -38,6 +50,10 @@ pub const PINNED_MAPS: [&str; 8] = [
     MAP_HANDOFF,
     MAP_SELECTED_CGROUPS,
     MAP_SELECTED_UIDS,
+    MAP_REVOKED_PIDS,
+    MAP_REVOKED_UIDS,
+    MAP_REVOKED_CGROUPS,
+    MAP_EXEC_PENDING,
 ];
 
 /// Program names as they appear in the eBPF object.
@@ -52,6 +68,10 @@ pub const PROG_GETPEERNAME6: &str = "interlock_getpeername6";
 pub const PROG_SENDMSG4: &str = "interlock_sendmsg4";
 /// UDP sendmsg6 hook.
 pub const PROG_SENDMSG6: &str = "interlock_sendmsg6";
+/// sched_process_fork tracepoint: children of revoked processes are revoked.
+pub const PROG_FORK: &str = "interlock_fork";
+/// sched_process_exec tracepoint: new images are checked against revocations.
+pub const PROG_EXEC: &str = "interlock_exec";
 /// sock_ops hand-off program (not named `sockops`: bpf-linker clashes with the section name).
 pub const PROG_SOCK_OPS: &str = "interlock_handoff";
 
@@ -63,8 +83,12 @@ pub const MAX_RULE_SLOTS: u32 = 1024;
 pub const SLOT_DEFAULT: u16 = 0;
 /// Counter slot for UDP/443 (QUIC) sends refused so clients fall back to TCP.
 pub const SLOT_QUIC: u16 = 1;
+/// Counter slot for connects and sends refused because the process is revoked.
+pub const SLOT_REVOKED: u16 = 2;
 /// First slot handed to a configured rule.
-pub const FIRST_RULE_SLOT: u16 = 2;
+pub const FIRST_RULE_SLOT: u16 = 3;
+/// Capacity of the revocation maps.
+pub const MAX_REVOKED: u32 = 16384;
 /// Most port-range entries one CIDR can carry, inherited ones included.
 pub const MAX_RULES_PER_PREFIX: usize = 16;
 /// Capacity of the per-socket record maps.
@@ -173,8 +197,29 @@ pub struct Settings {
     pub default_action: u8,
     /// [`SELECT_ALL_ATTACHED`] or 0 (then only selected cgroups/uids are agents).
     pub select_all: u8,
+    /// Offset of `child_pid` in the sched_process_fork tracepoint record on
+    /// this kernel (the layout changes between kernels); 0 disables propagation.
+    pub fork_child_pid_offset: u16,
+    /// Non-zero while exe or agent revocations exist: new images are held
+    /// (connects refused) until userspace has checked them.
+    pub watch_exec: u8,
+    /// Explicit padding.
+    pub _pad0: u8,
+    /// Explicit padding.
+    pub _pad1: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+
+/// A process that exec'd while exe/agent revocations are active.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ExecEvent {
+    /// Its tgid.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 8);
 
 /// What the kernel remembers about one redirected connect().
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,4 +290,5 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::ConnRecord {}
     unsafe impl aya::Pod for super::HandoffKey {}
+    unsafe impl aya::Pod for super::ExecEvent {}
 }

@@ -1,6 +1,8 @@
 //! cgroup/connect4 and cgroup/connect6: send an agent's TCP connect() to the
 //! gateway's listener, or refuse it.
 //!
+//! Revoked processes are refused first, agent or not.
+//!
 //! FAILS CLOSED: missing settings, a failed record write or an unknown action
 //! make connect() fail with EPERM. Only the gateway's own marked sockets and
 //! non-agent processes are let through unexamined.
@@ -10,7 +12,7 @@ use gateway_common::{Action, Settings, FAMILY_V4, FAMILY_V6};
 
 use crate::{
     maps::{count, settings, Counter},
-    record, rules, select, udp, verdict_of, ALLOW, DENY,
+    record, revoke, rules, select, udp, verdict_of, ALLOW, DENY,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -42,6 +44,9 @@ fn screen(sa: *mut bpf_sock_addr, port: u16) -> Result<Screen, ()> {
     let mark = unsafe { (*(*sa).__bindgen_anon_1.sk).mark };
     if settings.bypass_mark != 0 && mark == settings.bypass_mark {
         return Ok(Screen::Done(ALLOW));
+    }
+    if revoke::is_revoked(settings) {
+        return Ok(Screen::Done(DENY));
     }
     if !select::is_agent(settings) {
         return Ok(Screen::Done(ALLOW));

@@ -10,7 +10,9 @@
 mod connect;
 mod getpeername;
 mod maps;
+mod process;
 mod record;
+mod revoke;
 mod rules;
 mod select;
 mod sockops;

@@ -2,10 +2,11 @@
 //! userspace refuses to start when one is missing.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
-    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAX_PREFIXES, MAX_RULE_SLOTS, MAX_TRACKED_SOCKETS,
+    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAX_PREFIXES, MAX_REVOKED, MAX_RULE_SLOTS,
+    MAX_TRACKED_SOCKETS,
 };
 
 #[map(name = "RULES_V4")]
@@ -31,6 +32,21 @@ pub(crate) static SELECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries
 
 #[map(name = "SELECTED_UIDS")]
 pub(crate) static SELECTED_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+#[map(name = "REVOKED_PIDS")]
+pub(crate) static REVOKED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_REVOKED, 0);
+
+#[map(name = "REVOKED_UIDS")]
+pub(crate) static REVOKED_UIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "REVOKED_CGROUPS")]
+pub(crate) static REVOKED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "EXEC_PENDING")]
+pub(crate) static EXEC_PENDING: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_REVOKED, 0);
+
+#[map(name = "EXEC_EVENTS")]
+pub(crate) static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// The settings, or `None` when userspace has not configured the gateway yet
 /// (every caller then fails closed).

@@ -2,13 +2,15 @@
 //! refuse UDP to port 443 from agents, so QUIC clients fall back to TCP,
 //! which the gateway sees. All other UDP, DNS included, passes.
 //!
+//! Revoked processes may send no UDP at all.
+//!
 //! FAILS CLOSED for agents: without settings every agent send is refused.
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use gateway_common::SLOT_QUIC;
 
 use crate::{
     maps::{count, settings, Counter},
-    select, verdict_of, ALLOW, DENY,
+    revoke, select, verdict_of, ALLOW, DENY,
 };
 
 const QUIC_PORT: u16 = 443;
@@ -36,6 +38,9 @@ pub fn interlock_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 fn try_sendmsg(ctx: &SockAddrContext) -> Result<i32, ()> {
     let settings = settings().ok_or(())?;
+    if revoke::is_revoked(settings) {
+        return Ok(DENY);
+    }
     if !select::is_agent(settings) {
         return Ok(ALLOW);
     }

@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     control::{self, ControlState, GrantBook, RuleBook},
     identity::AgentMatcher,
-    kernel::{Kernel, KernelError, LoadOptions},
+    kernel::{self, Kernel, KernelError, LoadOptions},
     listener::{self, Shared},
     policy::{Gate, PolicyStore},
     proxy::{LiveTable, ProxySettings},
@@ -96,7 +96,7 @@ fn placement(config: &Config) -> Result<Placement, DaemonError> {
     })
 }
 
-fn settings(config: &Config) -> Settings {
+fn settings(config: &Config, fork_child_pid_offset: u16) -> Settings {
     let l = &config.listener;
     let v6 = l.ipv6.octets();
     let word = |i: usize| u32::from_ne_bytes([v6[i], v6[i + 1], v6[i + 2], v6[i + 3]]);
@@ -112,6 +112,11 @@ fn settings(config: &Config) -> Settings {
         } else {
             0
         },
+        fork_child_pid_offset,
+        // Switched on by the revocation state once exe/agent revocations exist.
+        watch_exec: 0,
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
@@ -145,7 +150,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let (kernel, handoff) = Kernel::start(LoadOptions {
         pin_dir: config.paths.pin_dir.clone(),
         attach_points: placement.attach_points.clone(),
-        settings: settings(&config),
+        settings: settings(
+            &config,
+            kernel::field_offset("sched", "sched_process_fork", "child_pid")?,
+        ),
         selected_cgroups: placement.selected_cgroups,
         selected_uids: config.intercept.uids.clone(),
         rules: compiled,

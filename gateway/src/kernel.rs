@@ -9,11 +9,13 @@ mod load;
 mod maps;
 mod pins;
 pub mod rules;
+mod tracefs;
 
 pub use attach::{AttachedLink, Attachment};
 pub use load::{pinned_links, Kernel, LoadOptions};
 pub use maps::{Handoff, KernelMaps};
 pub use pins::{detach_all, PinLayout};
+pub use tracefs::field_offset;
 
 /// Errors from the kernel side. All are the gateway's own (or the host's).
 #[derive(Debug, thiserror::Error)]

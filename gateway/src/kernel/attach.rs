@@ -15,6 +15,15 @@ use aya::{
 use super::{chain, pins::PinLayout, KernelError};
 use crate::cgroup;
 
+/// Programs attached host-wide, once: (program, tracepoint category, name).
+pub const GLOBAL_PROGRAMS: [(&str, &str, &str); 2] = [
+    (gateway_common::PROG_FORK, "sched", "sched_process_fork"),
+    (gateway_common::PROG_EXEC, "sched", "sched_process_exec"),
+];
+
+/// Pin suffix for host-wide programs (cgroup ids are never 0).
+const GLOBAL: u64 = 0;
+
 /// Every program attached to each cgroup.
 pub const PROGRAMS: [&str; 7] = [
     gateway_common::PROG_CONNECT4,
@@ -73,6 +82,23 @@ pub fn attach_all(ebpf: &mut Ebpf, layout: &PinLayout, cgroups: &[PathBuf]) -> R
             cgroup: cg.clone(),
             cgroup_id,
         });
+    }
+    for (program, category, name) in GLOBAL_PROGRAMS {
+        let err = |message: String| KernelError::Attach {
+            program: program.to_owned(),
+            cgroup: PathBuf::from("(host-wide tracepoint)"),
+            message,
+        };
+        let link = match ebpf.program_mut(program) {
+            Some(Program::TracePoint(p)) => {
+                let id = p.attach(category, name).map_err(|e| err(chain(&e)))?;
+                FdLink::try_from(p.take_link(id).map_err(|e| err(chain(&e)))?).map_err(|e| err(chain(&e)))?
+            }
+            _ => return Err(err("tracepoint program missing from the eBPF object".into())),
+        };
+        let pin = layout.link(program, GLOBAL);
+        swap_pin(link, &pin).map_err(err)?;
+        wanted.push(pin);
     }
     for (name, path) in layout.existing_links() {
         if !wanted.contains(&path) {

@@ -2,11 +2,15 @@
 //! hooks up on the configured cgroups.
 use std::path::PathBuf;
 
-use aya::{programs::Program, Ebpf, EbpfLoader};
-use gateway_common::{Settings, PINNED_MAPS};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::Program,
+    Ebpf, EbpfLoader,
+};
+use gateway_common::{Settings, MAP_EXEC_EVENTS, PINNED_MAPS};
 
 use super::{
-    attach::{self, AttachedLink, Attachment, PROGRAMS},
+    attach::{self, AttachedLink, Attachment, GLOBAL_PROGRAMS, PROGRAMS},
     maps::{Handoff, KernelMaps},
     pins::PinLayout,
     rules::CompiledRules,
@@ -40,6 +44,7 @@ pub struct Kernel {
     pub maps: KernelMaps,
     layout: PinLayout,
     attachments: Vec<Attachment>,
+    exec_events: Option<RingBuf<MapData>>,
 }
 
 impl Kernel {
@@ -57,13 +62,14 @@ impl Kernel {
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| KernelError::Load(super::chain(&e)))?;
         start_log_bridge(&mut ebpf);
-        for name in PROGRAMS {
+        for name in PROGRAMS.into_iter().chain(GLOBAL_PROGRAMS.map(|(p, _, _)| p)) {
             let program = ebpf
                 .program_mut(name)
                 .ok_or_else(|| KernelError::Load(format!("program {name} missing from the object")))?;
             let loaded = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::SockOps(p) => p.load(),
+                Program::TracePoint(p) => p.load(),
                 other => {
                     return Err(KernelError::Load(format!(
                         "{name}: unexpected type {:?}",
@@ -74,6 +80,10 @@ impl Kernel {
             loaded.map_err(|e| KernelError::Load(format!("{name}: {}", super::chain(&e))))?;
         }
         let (mut maps, handoff) = KernelMaps::from_loaded(&mut ebpf)?;
+        let exec_events = ebpf
+            .take_map(MAP_EXEC_EVENTS)
+            .ok_or_else(|| KernelError::Load(format!("map {MAP_EXEC_EVENTS} missing from the object")))
+            .and_then(|m| RingBuf::try_from(m).map_err(|e| KernelError::Load(super::chain(&e))))?;
         maps.set_selection(&opts.selected_cgroups, &opts.selected_uids)?;
         maps.apply_rules(&opts.rules)?;
         maps.set_settings(opts.settings)?;
@@ -83,8 +93,14 @@ impl Kernel {
             maps,
             layout,
             attachments,
+            exec_events: Some(exec_events),
         };
         Ok((kernel, handoff))
+    }
+
+    /// The ring buffer of exec announcements (taken once, by the exec checker).
+    pub fn take_exec_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.exec_events.take()
     }
 
     /// The cgroups the programs are attached to.

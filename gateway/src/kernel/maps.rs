@@ -7,8 +7,9 @@ use aya::{
     Ebpf,
 };
 use gateway_common::{
-    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAP_HANDOFF, MAP_RULES_V4, MAP_RULES_V6, MAP_RULE_STATS,
-    MAP_SELECTED_CGROUPS, MAP_SELECTED_UIDS, MAP_SETTINGS, MAP_SOCKETS,
+    ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAP_EXEC_PENDING, MAP_HANDOFF, MAP_REVOKED_CGROUPS,
+    MAP_REVOKED_PIDS, MAP_REVOKED_UIDS, MAP_RULES_V4, MAP_RULES_V6, MAP_RULE_STATS, MAP_SELECTED_CGROUPS,
+    MAP_SELECTED_UIDS, MAP_SETTINGS, MAP_SOCKETS,
 };
 
 use super::{pins::PinLayout, rules::CompiledRules, KernelError};
@@ -54,6 +55,10 @@ pub struct KernelMaps {
     sockets: HashMap<MapData, u64, ConnRecord>,
     selected_cgroups: HashMap<MapData, u64, u8>,
     selected_uids: HashMap<MapData, u32, u8>,
+    revoked_pids: HashMap<MapData, u32, u32>,
+    revoked_uids: HashMap<MapData, u32, u32>,
+    revoked_cgroups: HashMap<MapData, u64, u32>,
+    exec_pending: HashMap<MapData, u32, u64>,
 }
 
 /// The hand-off map the listener consumes after each accept().
@@ -86,6 +91,10 @@ fn open(mut src: Source<'_>) -> Result<(KernelMaps, Handoff), KernelError> {
         sockets: typed!(src, MAP_SOCKETS, HashMap<MapData, u64, ConnRecord>),
         selected_cgroups: typed!(src, MAP_SELECTED_CGROUPS, HashMap<MapData, u64, u8>),
         selected_uids: typed!(src, MAP_SELECTED_UIDS, HashMap<MapData, u32, u8>),
+        revoked_pids: typed!(src, MAP_REVOKED_PIDS, HashMap<MapData, u32, u32>),
+        revoked_uids: typed!(src, MAP_REVOKED_UIDS, HashMap<MapData, u32, u32>),
+        revoked_cgroups: typed!(src, MAP_REVOKED_CGROUPS, HashMap<MapData, u64, u32>),
+        exec_pending: typed!(src, MAP_EXEC_PENDING, HashMap<MapData, u32, u64>),
     };
     let handoff = Handoff {
         map: Mutex::new(typed!(src, MAP_HANDOFF, HashMap<MapData, HandoffKey, ConnRecord>)),
@@ -118,6 +127,13 @@ impl KernelMaps {
             map: MAP_SETTINGS,
             message: super::chain(&e),
         })
+    }
+
+    /// Turns holding of new images (for exe/agent revocations) on or off.
+    pub fn set_watch_exec(&mut self, on: bool) -> Result<(), KernelError> {
+        let mut settings = self.settings()?;
+        settings.watch_exec = u8::from(on);
+        self.set_settings(settings)
     }
 
     /// Replaces the selected cgroup ids and uids.
@@ -234,6 +250,83 @@ impl KernelMaps {
                 message: super::chain(&e),
             })?;
         self.stats.set(u32::from(slot), zeros, 0).map_err(err)
+    }
+
+    /// Refuses every connect and UDP send of a process (tgid), its future children included.
+    pub fn revoke_pid(&mut self, tgid: u32, revocation: u32) -> Result<(), KernelError> {
+        let err = |e: aya::maps::MapError| KernelError::Map {
+            map: MAP_REVOKED_PIDS,
+            message: super::chain(&e),
+        };
+        self.revoked_pids.insert(tgid, revocation, 0).map_err(err)
+    }
+
+    /// Refuses every connect and UDP send of a user's processes.
+    pub fn revoke_uid(&mut self, uid: u32, revocation: u32) -> Result<(), KernelError> {
+        let err = |e: aya::maps::MapError| KernelError::Map {
+            map: MAP_REVOKED_UIDS,
+            message: super::chain(&e),
+        };
+        self.revoked_uids.insert(uid, revocation, 0).map_err(err)
+    }
+
+    /// Refuses every connect and UDP send from a cgroup and its descendants.
+    pub fn revoke_cgroup(&mut self, cgroup_id: u64, revocation: u32) -> Result<(), KernelError> {
+        let err = |e: aya::maps::MapError| KernelError::Map {
+            map: MAP_REVOKED_CGROUPS,
+            message: super::chain(&e),
+        };
+        self.revoked_cgroups.insert(cgroup_id, revocation, 0).map_err(err)
+    }
+
+    /// Removes every kernel entry of one revocation; returns how many.
+    pub fn unrevoke(&mut self, revocation: u32) -> usize {
+        let pids: Vec<u32> = self
+            .revoked_pids
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| *r == revocation)
+            .map(|(k, _)| k)
+            .collect();
+        let uids: Vec<u32> = self
+            .revoked_uids
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| *r == revocation)
+            .map(|(k, _)| k)
+            .collect();
+        let cgroups: Vec<u64> = self
+            .revoked_cgroups
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| *r == revocation)
+            .map(|(k, _)| k)
+            .collect();
+        let n = pids.len() + uids.len() + cgroups.len();
+        pids.iter().for_each(|k| drop(self.revoked_pids.remove(k)));
+        uids.iter().for_each(|k| drop(self.revoked_uids.remove(k)));
+        cgroups.iter().for_each(|k| drop(self.revoked_cgroups.remove(k)));
+        n
+    }
+
+    /// (tgid, revocation) of every revoked process entry.
+    pub fn revoked_pids(&self) -> Vec<(u32, u32)> {
+        self.revoked_pids.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Drops a revoked-pid entry (the process has exited).
+    pub fn forget_pid(&mut self, tgid: u32) {
+        let _ = self.revoked_pids.remove(&tgid);
+    }
+
+    /// Processes held since their exec, with the exec time (CLOCK_BOOTTIME ns).
+    pub fn exec_pending(&self) -> Vec<(u32, u64)> {
+        self.exec_pending.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Releases a held process (checked and not revoked, or gone).
+    pub fn release_exec(&mut self, tgid: u32) {
+        let _ = self.exec_pending.remove(&tgid);
     }
 
     /// How many redirected sockets the kernel is tracking now.

@@ -1,0 +1,46 @@
+//! Is the caller revoked? Checked by every connect and UDP send hook before
+//! anything else (only the gateway's own marked sockets come first): a
+//! revoked process reaches nothing, redirected or not, agent or not.
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id,
+};
+use gateway_common::{Settings, MAX_CGROUP_DEPTH, SLOT_REVOKED};
+
+use crate::maps::{count, Counter, EXEC_PENDING, REVOKED_CGROUPS, REVOKED_PIDS, REVOKED_UIDS};
+
+/// True when the calling process may not open connections. Counts the refusal.
+#[inline(always)]
+pub(crate) fn is_revoked(settings: &Settings) -> bool {
+    let revoked = check(settings);
+    if revoked {
+        count(SLOT_REVOKED, Counter::Denied);
+    }
+    revoked
+}
+
+#[inline(always)]
+fn check(settings: &Settings) -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if REVOKED_PIDS.get_ptr(tgid).is_some() {
+        return true;
+    }
+    // A new image not yet checked against exe/agent revocations is held.
+    if settings.watch_exec != 0 && EXEC_PENDING.get_ptr(tgid).is_some() {
+        return true;
+    }
+    let uid = bpf_get_current_uid_gid() as u32;
+    if REVOKED_UIDS.get_ptr(uid).is_some() {
+        return true;
+    }
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: plain helper call, valid in cgroup sock_addr programs.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        if REVOKED_CGROUPS.get_ptr(id).is_some() {
+            return true;
+        }
+    }
+    false
+}
