@@ -37,6 +37,11 @@ pub enum Outcome {
     },
     /// Policy refused the connection (deny, or review until approvals exist).
     Denied,
+    /// Cut mid-stream because the caller was revoked.
+    Revoked {
+        /// Which revocation.
+        reason: String,
+    },
     /// The gateway refused the connection before relaying anything.
     Refused {
         /// Why.
@@ -112,6 +117,19 @@ pub enum Event {
         grant: crate::control::Grant,
         /// Who made the change (`gateway` for expiry).
         by: String,
+    },
+    /// A revocation was issued, lifted, or lapsed.
+    Revocation {
+        /// Time (RFC 3339).
+        time: String,
+        /// `added`, `removed` or `expired`.
+        change: String,
+        /// The revocation.
+        revocation: crate::control::Revocation,
+        /// Who made the change (`gateway` for expiry).
+        by: String,
+        /// Live connections cut.
+        cut: usize,
     },
     /// Policies were (re)loaded, or a reload was refused.
     PolicyReloaded {

@@ -13,6 +13,7 @@ mod detach;
 mod exec;
 mod grants;
 mod policy;
+mod revoke;
 mod rules;
 mod status;
 mod table;
@@ -21,6 +22,7 @@ pub use detach::detach;
 pub use exec::exec;
 pub use grants::{grant, grants_list, grants_revoke};
 pub use policy::{policy_check, policy_explain, Subject};
+pub use revoke::{revocations, revoke, unrevoke};
 pub use rules::{rules_add, rules_list, rules_remove};
 pub use status::status;
 

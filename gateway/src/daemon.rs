@@ -9,7 +9,7 @@ use crate::{
     audit::{self, Event, EventSink},
     cgroup,
     config::Config,
-    control::{self, ControlState, GrantBook, RuleBook},
+    control::{self, ControlState, GrantBook, RevocationBook, RuleBook},
     identity::AgentMatcher,
     kernel::{self, Kernel, KernelError, LoadOptions},
     listener::{self, Shared},
@@ -18,6 +18,7 @@ use crate::{
     targets::TargetTable,
 };
 
+mod maintenance;
 mod reload;
 
 /// Errors starting or running the daemon.
@@ -32,6 +33,9 @@ pub enum DaemonError {
     /// Bad policy files (operator input).
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// Persisted revocations are unreadable (operator state).
+    #[error(transparent)]
+    RevocationState(#[from] control::RevocationError),
     /// Persisted grants are unreadable (operator state).
     #[error(transparent)]
     GrantState(#[from] control::GrantError),
@@ -96,7 +100,7 @@ fn placement(config: &Config) -> Result<Placement, DaemonError> {
     })
 }
 
-fn settings(config: &Config, fork_child_pid_offset: u16) -> Settings {
+fn settings(config: &Config, fork_child_pid_offset: u16, watch_exec: bool) -> Settings {
     let l = &config.listener;
     let v6 = l.ipv6.octets();
     let word = |i: usize| u32::from_ne_bytes([v6[i], v6[i + 1], v6[i + 2], v6[i + 3]]);
@@ -113,8 +117,9 @@ fn settings(config: &Config, fork_child_pid_offset: u16) -> Settings {
             0
         },
         fork_child_pid_offset,
-        // Switched on by the revocation state once exe/agent revocations exist.
-        watch_exec: 0,
+        // On while exe/agent revocations exist (set before attaching, so no
+        // image slips through at start).
+        watch_exec: u8::from(watch_exec),
         _pad0: 0,
         _pad1: 0,
     }
@@ -134,6 +139,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     control::apply_grants(&gate, &grants).map_err(DaemonError::Grants)?;
     let policies = gate.policies.current();
     tracing::info!(source = %policies.source, count = policies.len(), "policies loaded");
+    let mut revocations = RevocationBook::load(&config)?;
+    revocations.expire(control::now_unix());
     let compiled = book.compile()?;
     let events = EventSink::open(&config.paths.events_file()).await?;
 
@@ -153,17 +160,25 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         settings: settings(
             &config,
             kernel::field_offset("sched", "sched_process_fork", "child_pid")?,
+            revocations.watches_exec(),
         ),
         selected_cgroups: placement.selected_cgroups,
         selected_uids: config.intercept.uids.clone(),
         rules: compiled,
     })?;
     let mut kernel = kernel;
-    for slot in book
-        .all()
-        .filter_map(|(_, r)| book.slot(&r.name))
-        .chain([gateway_common::SLOT_DEFAULT, gateway_common::SLOT_QUIC])
-    {
+    // Re-apply revocations: pinned entries survived, but processes may have
+    // started (or pids been reused) while the gateway was away.
+    for r in revocations.list() {
+        kernel.maps.unrevoke(r.number);
+        control::apply_revocation(&mut kernel.maps, &gate, r)?;
+    }
+    let exec_events = kernel.take_exec_events();
+    for slot in book.all().filter_map(|(_, r)| book.slot(&r.name)).chain([
+        gateway_common::SLOT_DEFAULT,
+        gateway_common::SLOT_QUIC,
+        gateway_common::SLOT_REVOKED,
+    ]) {
         let _ = kernel.maps.reset_stats(slot);
     }
     let cgroups: Vec<String> = placement
@@ -211,6 +226,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let state = Arc::new(ControlState {
         book: tokio::sync::Mutex::new(book),
         grants: tokio::sync::Mutex::new(grants),
+        revocations: tokio::sync::Mutex::new(revocations),
+        cgroup_mount: cgroup::cgroup2_mount()?,
         gate: gate.clone(),
         kernel: tokio::sync::Mutex::new(kernel),
         live,
@@ -233,15 +250,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         let (gate, events) = (gate.clone(), events.clone());
         tasks.spawn(async move { reload::watch_policies(&gate, &events).await });
     }
-    {
-        let state = state.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                control::sweep_grants(&state).await;
-            }
-        });
-    }
+    maintenance::spawn(&mut tasks, &state, exec_events);
     reload::wait_for_shutdown(config_path.as_deref(), &state, &gate).await?;
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);

@@ -119,6 +119,21 @@ pub fn from_pid(pid: u32) -> Option<Identity> {
     })
 }
 
+/// Every process id on the host (from /proc).
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// (parent pid, start ticks) of a live process.
+pub fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    proc::Stat::read(pid).ok().map(|s| (s.ppid, s.start_ticks))
+}
+
 /// The original destination recorded by the kernel.
 pub fn orig_dst(record: &ConnRecord) -> OrigDst {
     let ip = if record.orig_family == FAMILY_V4 {

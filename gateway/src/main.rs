@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use gateway::{
     cli,
     config::{PortRange, RuleAction, RuleSpec},
+    control::RevokeRequest,
     daemon,
     policy::ActionKind,
 };
@@ -75,6 +76,41 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Cut off processes at once: new connections refused in the kernel, live sessions cut.
+    Revoke {
+        /// A process (and the children it starts).
+        #[arg(long, group = "what")]
+        pid: Option<u32>,
+        /// Every process running this executable, now or later.
+        #[arg(long, group = "what")]
+        exe: Option<String>,
+        /// A cgroup and its descendants.
+        #[arg(long, group = "what")]
+        cgroup: Option<String>,
+        /// Every process the named agent matches, now or later.
+        #[arg(long, group = "what")]
+        agent: Option<String>,
+        /// Every process of a user.
+        #[arg(long, group = "what")]
+        uid: Option<u32>,
+        /// Lift it automatically after this long (e.g. 1h).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Why (recorded with who issued it).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List revocations in force.
+    Revocations {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a revocation.
+    Unrevoke {
+        /// Revocation id (r-N).
+        id: String,
     },
     /// Check policy files, or explain a decision.
     Policy {
@@ -214,6 +250,28 @@ fn real_main() -> anyhow::Result<()> {
                 reason,
             } => cli::grant(&config, agent, target, actions, duration, reason).await?,
             Command::Grants { command: None, json } => cli::grants_list(&config, json).await?,
+            Command::Revoke {
+                pid,
+                exe,
+                cgroup,
+                agent,
+                uid,
+                duration,
+                reason,
+            } => {
+                let request = RevokeRequest {
+                    pid,
+                    exe,
+                    cgroup,
+                    agent,
+                    uid,
+                    seconds: duration.map(|d| d.as_secs().max(1)),
+                    reason,
+                };
+                cli::revoke(&config, request).await?
+            }
+            Command::Revocations { json } => cli::revocations(&config, json).await?,
+            Command::Unrevoke { id } => cli::unrevoke(&config, id).await?,
             Command::Grants {
                 command: Some(GrantsCommand::Revoke { id }),
                 ..

@@ -67,7 +67,7 @@ pub async fn run_tcp(
         record(&events, start, (0, 0), began, Outcome::Denied).await;
         return;
     }
-    let handle = live.insert(start.id, &start.identity, start.orig_dst);
+    let handle = live.insert(start.id, &start.identity, &start.verdict.agent.0, start.orig_dst);
     let outcome = match connect_upstream(start.orig_dst, settings.bypass_mark, settings.connect_timeout).await {
         Err(e) => {
             tracing::info!(conn = %start.id, dst = %start.orig_dst, "upstream connect failed: {e}");
@@ -78,9 +78,14 @@ pub async fn run_tcp(
             match end {
                 Ok(RelayEnd::Closed) => Outcome::Closed,
                 Ok(RelayEnd::IdleTimeout) => Outcome::IdleTimeout,
-                Ok(RelayEnd::Cut) => Outcome::Refused {
-                    reason: "cut by operator".into(),
-                },
+                Ok(RelayEnd::Cut) => {
+                    // Abort both sides: nothing more may pass.
+                    let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
+                    let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
+                    Outcome::Revoked {
+                        reason: handle.stats.cut_reason().unwrap_or_default(),
+                    }
+                }
                 Err(e) => Outcome::Error {
                     side: e.side().to_owned(),
                     error: e.to_string(),

@@ -78,6 +78,23 @@ def idle(spec):
         s.close()
 
 
+def hold(spec):
+    """Hold a connection open (announcing it on stdout), report how it ended,
+    then try a new connection to the same place."""
+    s = socket.socket(family(spec), socket.SOCK_STREAM)
+    s.settimeout(spec.get("wait", TIMEOUT))
+    try:
+        s.connect(addr_of(spec))
+        print(json.dumps({"held": True}), flush=True)
+        got = s.recv(65536)
+        first = {"ok": True, "closed": got == b""}
+    except OSError as e:
+        first = fail(e)
+    finally:
+        s.close()
+    return {"first": first, "second": tcp(spec)}
+
+
 def udp(spec):
     s = socket.socket(family(spec), socket.SOCK_DGRAM)
     try:
@@ -165,7 +182,7 @@ def httpx_get(spec):
         return {"ok": False, "error": repr(e)}
 
 
-OPS = {"tcp": tcp, "idle": idle,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+OPS = {"tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

@@ -105,3 +105,40 @@ impl Drop for TestCgroup {
         remove_tree(&self.path);
     }
 }
+
+/// A cgroup inside a [`TestCgroup`] (removed with it), usable like one for clients.
+pub struct Sub {
+    path: PathBuf,
+}
+
+impl Sub {
+    /// Wraps an existing child cgroup directory.
+    pub fn new(path: &Path) -> Self {
+        Self { path: path.to_owned() }
+    }
+
+    /// A child of this cgroup.
+    pub fn child(&self, name: &str) -> PathBuf {
+        let p = self.path.join(name);
+        fs::create_dir_all(&p).expect("create child cgroup");
+        p
+    }
+}
+
+/// Anything that is a cgroup directory clients can be put in.
+pub trait CgroupDir {
+    /// The directory.
+    fn dir(&self) -> &Path;
+}
+
+impl CgroupDir for TestCgroup {
+    fn dir(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl CgroupDir for Sub {
+    fn dir(&self) -> &Path {
+        &self.path
+    }
+}

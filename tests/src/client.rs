@@ -6,7 +6,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::TestCgroup;
+use crate::cgroup::CgroupDir;
 
 /// The Python test client script.
 pub fn netclient() -> PathBuf {
@@ -39,15 +39,18 @@ impl ClientResult {
 }
 
 /// Builds client commands that run in a cgroup (and optionally as another uid).
-pub struct Client<'a> {
-    cgroup: &'a TestCgroup,
+pub struct Client {
+    cgroup: PathBuf,
     uid: Option<u32>,
 }
 
-impl<'a> Client<'a> {
+impl Client {
     /// Clients in `cgroup`.
-    pub fn new(cgroup: &'a TestCgroup) -> Self {
-        Self { cgroup, uid: None }
+    pub fn new(cgroup: &impl CgroupDir) -> Self {
+        Self {
+            cgroup: cgroup.dir().to_owned(),
+            uid: None,
+        }
     }
 
     /// Run as `uid` (and gid `uid`).
@@ -66,9 +69,39 @@ impl<'a> Client<'a> {
         self.run_cmd(cmd)
     }
 
+    /// Starts the netclient in the cgroup with `python` and waits until it
+    /// announces a held connection (its first stdout line).
+    pub fn spawn_holding(&self, python: &str, spec: Value) -> HeldClient {
+        use std::io::BufRead;
+        let mut cmd = Command::new(python);
+        cmd.arg(shared_copy())
+            .arg(spec.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.spawn_cmd(cmd);
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read client announcement");
+        assert!(line.contains("held"), "client did not hold a connection: {line:?}");
+        HeldClient { child, out }
+    }
+
     /// Runs a prepared command in the cgroup.
-    pub fn run_cmd(&self, mut cmd: Command) -> ClientResult {
-        self.cgroup.enter(&mut cmd);
+    pub fn run_cmd(&self, cmd: Command) -> ClientResult {
+        let child = self.spawn_cmd(cmd);
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait client");
+        ClientResult {
+            pid,
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn spawn_cmd(&self, mut cmd: Command) -> std::process::Child {
+        crate::cgroup::enter(&mut cmd, &self.cgroup);
         if let Some(uid) = self.uid {
             // Drop privileges in our own pre_exec, after the cgroup move (std's
             // uid()/gid() would switch before it, and the move needs root).
@@ -83,17 +116,8 @@ impl<'a> Client<'a> {
                 });
             }
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
-        let pid = child.id();
-        let out = child.wait_with_output().expect("wait client");
-        ClientResult {
-            pid,
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()))
     }
 
     /// Runs the Python netclient with a JSON spec. Clients under another uid
@@ -118,4 +142,34 @@ fn shared_copy() -> PathBuf {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     path
+}
+
+/// A client holding a connection open.
+pub struct HeldClient {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldClient {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for its report (bounded by the client's own timeouts).
+    pub fn finish(mut self) -> Value {
+        use std::io::Read;
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).expect("read client report");
+        let _ = self.child.wait();
+        serde_json::from_str(rest.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("client report {rest:?}: {e}"))
+    }
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -15,7 +15,7 @@ pub mod gateway;
 pub mod server;
 
 pub use cgroup::TestCgroup;
-pub use client::{Client, ClientResult};
+pub use client::{Client, ClientResult, HeldClient};
 pub use events::Events;
 pub use gateway::{Gateway, GatewayOptions};
 pub use server::Upstream;

@@ -1,7 +1,7 @@
 //! Requests and responses on the control socket: one JSON line each way.
 use serde::{Deserialize, Serialize};
 
-use super::{Grant, GrantRequest, RuleSource};
+use super::{Grant, GrantRequest, Revocation, RevokeRequest, RuleSource};
 use crate::{
     config::{PortRange, RuleAction, RuleSpec},
     kernel::AttachedLink,
@@ -38,6 +38,18 @@ pub enum Request {
         /// Grant id.
         id: String,
     },
+    /// Revoke processes (incident response).
+    Revoke {
+        /// What to revoke.
+        revoke: RevokeRequest,
+    },
+    /// List revocations in force.
+    RevocationsList,
+    /// Lift a revocation.
+    Unrevoke {
+        /// Revocation id.
+        id: String,
+    },
 }
 
 /// What the daemon answers.
@@ -50,6 +62,11 @@ pub enum Response {
     Rules {
         /// The rules in precedence order of their sources.
         rules: Vec<RuleView>,
+    },
+    /// Revocations in force.
+    Revocations {
+        /// The revocations.
+        revocations: Vec<Revocation>,
     },
     /// Grants in force.
     Grants {

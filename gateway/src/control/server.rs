@@ -8,7 +8,7 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::{GrantBook, Request, Response, RuleBook, RuleView, StatusReport};
+use super::{GrantBook, Request, Response, RevocationBook, RuleBook, RuleView, StatusReport};
 use crate::{
     audit::{self, Event, EventSink},
     kernel::{rules::CompiledRules, Handoff, Kernel},
@@ -23,6 +23,10 @@ pub struct ControlState {
     pub book: Mutex<RuleBook>,
     /// Grants.
     pub grants: Mutex<GrantBook>,
+    /// Revocations.
+    pub revocations: Mutex<RevocationBook>,
+    /// The cgroup2 mount (for revocations by cgroup).
+    pub cgroup_mount: std::path::PathBuf,
     /// Agents, targets and policy (grants are applied to it).
     pub gate: Arc<Gate>,
     /// Kernel side.
@@ -120,6 +124,11 @@ async fn handle(request: Request, state: &ControlState, by: &str) -> Response {
             grants: state.grants.lock().await.list().to_vec(),
         },
         Request::GrantRevoke { id } => super::grant_ops::revoke(state, &id, by).await,
+        Request::Revoke { revoke } => super::revoke_ops::add(state, revoke, by).await,
+        Request::RevocationsList => Response::Revocations {
+            revocations: state.revocations.lock().await.list().to_vec(),
+        },
+        Request::Unrevoke { id } => super::revoke_ops::remove(state, &id, by).await,
         Request::RulesRemove { name } => {
             let desc = format!("removed rule {name}");
             let mut book = state.book.lock().await;

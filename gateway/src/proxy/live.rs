@@ -22,6 +22,8 @@ pub struct LiveConn {
     pub pid: u32,
     /// Caller uid.
     pub uid: u32,
+    /// Caller's agent.
+    pub agent: String,
     /// Caller executable, when known.
     pub exe: Option<String>,
     /// Original destination.
@@ -35,9 +37,8 @@ pub struct LiveConn {
 }
 
 struct Entry {
-    pid: u32,
-    uid: u32,
-    exe: Option<String>,
+    identity: Arc<Identity>,
+    agent: String,
     orig_dst: OrigDst,
     started: SystemTime,
     stats: Arc<RelayStats>,
@@ -61,24 +62,16 @@ impl LiveTable {
     }
 
     /// Adds a connection.
-    pub fn insert(&self, id: ConnId, identity: &Identity, orig_dst: OrigDst) -> LiveHandle {
+    pub fn insert(&self, id: ConnId, identity: &Identity, agent: &str, orig_dst: OrigDst) -> LiveHandle {
         let stats = Arc::new(RelayStats::default());
-        let exe = identity
-            .process
-            .as_ref()
-            .and_then(|p| p.exe.as_ref())
-            .map(|e| e.display().to_string());
-        self.lock().insert(
-            id,
-            Entry {
-                pid: identity.pid,
-                uid: identity.uid,
-                exe,
-                orig_dst,
-                started: SystemTime::now(),
-                stats: stats.clone(),
-            },
-        );
+        let entry = Entry {
+            identity: Arc::new(identity.clone()),
+            agent: agent.to_owned(),
+            orig_dst,
+            started: SystemTime::now(),
+            stats: stats.clone(),
+        };
+        self.lock().insert(id, entry);
         LiveHandle { stats }
     }
 
@@ -95,9 +88,15 @@ impl LiveTable {
                 let (up, down) = e.stats.totals();
                 LiveConn {
                     id: *id,
-                    pid: e.pid,
-                    uid: e.uid,
-                    exe: e.exe.clone(),
+                    pid: e.identity.pid,
+                    uid: e.identity.uid,
+                    agent: e.agent.clone(),
+                    exe: e
+                        .identity
+                        .process
+                        .as_ref()
+                        .and_then(|p| p.exe.as_ref())
+                        .map(|x| x.display().to_string()),
                     orig_dst: e.orig_dst,
                     bytes_up: up,
                     bytes_down: down,
@@ -107,12 +106,13 @@ impl LiveTable {
             .collect()
     }
 
-    /// Cuts every live connection whose caller matches `pred`; returns how many.
-    pub fn cut_where(&self, pred: impl Fn(u32, u32) -> bool) -> usize {
+    /// Cuts every live connection whose caller (identity, agent) matches
+    /// `pred`, recording `reason`; returns how many.
+    pub fn cut_where(&self, reason: &str, pred: impl Fn(&Identity, &str) -> bool) -> usize {
         let conns = self.lock();
         let mut n = 0;
-        for e in conns.values().filter(|e| pred(e.pid, e.uid)) {
-            e.stats.cut.notify_one();
+        for e in conns.values().filter(|e| pred(&e.identity, &e.agent)) {
+            e.stats.cut(reason);
             n += 1;
         }
         n

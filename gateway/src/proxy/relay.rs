@@ -23,10 +23,23 @@ pub struct RelayStats {
     up: AtomicU64,
     down: AtomicU64,
     /// Wakes the relay to end the connection at once.
-    pub cut: Notify,
+    cut: Notify,
+    cut_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl RelayStats {
+    /// Ends the relay at once, for `reason`.
+    pub fn cut(&self, reason: &str) {
+        *self.cut_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        // notify_one stores a permit, so a cut before the relay waits is not lost.
+        self.cut.notify_one();
+    }
+
+    /// Why the relay was cut, if it was.
+    pub fn cut_reason(&self) -> Option<String> {
+        self.cut_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// (agent -> upstream, upstream -> agent) bytes so far.
     pub fn totals(&self) -> (u64, u64) {
         (self.up.load(Ordering::Relaxed), self.down.load(Ordering::Relaxed))
