@@ -30,7 +30,9 @@ pub use request::{ActionKind, Query, RequestError, TargetRef};
 /// The policy set in force: the last good files plus generated policies
 /// (grants), and where to reload the files from.
 pub struct PolicyStore {
-    current: RwLock<Arc<LoadedPolicies>>,
+    /// The set in force and its generation (bumped on every swap; decision
+    /// caches key on it).
+    current: RwLock<(u64, Arc<LoadedPolicies>)>,
     state: RwLock<(Sources, Vec<(String, String)>)>,
     dir: Option<PathBuf>,
 }
@@ -41,7 +43,7 @@ impl PolicyStore {
         let sources = Self::read(dir.as_deref())?;
         let set = sources.load_with(&[])?;
         Ok(Self {
-            current: RwLock::new(Arc::new(set)),
+            current: RwLock::new((1, Arc::new(set))),
             state: RwLock::new((sources, Vec::new())),
             dir,
         })
@@ -61,12 +63,18 @@ impl PolicyStore {
 
     /// The set in force.
     pub fn current(&self) -> Arc<LoadedPolicies> {
+        self.snapshot().1
+    }
+
+    /// The set in force with its generation.
+    pub fn snapshot(&self) -> (u64, Arc<LoadedPolicies>) {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn swap(&self, set: LoadedPolicies) -> Arc<LoadedPolicies> {
         let set = Arc::new(set);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = set.clone();
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = (current.0 + 1, set.clone());
         set
     }
 

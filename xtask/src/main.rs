@@ -28,6 +28,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Run the benchmarks (so far: the cost of a policy decision).
+    Bench,
     /// Setup, lint, unit tests, then the privileged integration tests.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -62,6 +64,17 @@ fn main() -> Result<()> {
             shell::run(&mut run)
         }
         Command::Test { no_lint, filter } => test::run(&root, !no_lint, filter.as_deref()),
+        Command::Bench => {
+            setup::run(&root)?;
+            let out = target_dir(&root).join("bench");
+            std::fs::create_dir_all(&out)?;
+            let file = out.join("policy.json");
+            let mut bench = shell::cmd("cargo", &["bench", "-p", "gateway", "--bench", "policy"]);
+            bench.envs(setup::toolchain_env()).env("BENCH_OUTPUT", &file);
+            shell::run(&mut bench)?;
+            eprintln!("xtask: results in {}", file.display());
+            Ok(())
+        }
     }
 }
 

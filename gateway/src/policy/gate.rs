@@ -1,6 +1,10 @@
 //! The policy stage of the data path: name the agent, name the target, and
 //! decide. Swappable parts (agents, targets) are replaced whole on reload.
-use std::{sync::RwLock, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::SystemTime,
+};
 
 use super::{ActionKind, Decision, PolicyStore, Query};
 use crate::{
@@ -24,7 +28,34 @@ pub struct Gate {
     /// The policy set.
     pub policies: PolicyStore,
     naming: RwLock<(std::sync::Arc<AgentMatcher>, std::sync::Arc<TargetTable>)>,
+    cache: Mutex<HashMap<ConnectKey, Decision>>,
 }
+
+/// Everything a `connect` decision can depend on when no policy reads the
+/// request context: the policy generation, every principal attribute, and the
+/// target. Equal keys give equal decisions, so caching on them is safe.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ConnectKey {
+    generation: u64,
+    agent: AgentName,
+    pid: u32,
+    uid: u32,
+    user: Option<String>,
+    comm: String,
+    process: Option<(
+        Option<std::path::PathBuf>,
+        Vec<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )>,
+    target: String,
+    ip: std::net::IpAddr,
+    port: u16,
+}
+
+/// Cached decisions kept before the cache is cleared.
+const CACHE_LIMIT: usize = 16_384;
 
 impl Gate {
     /// Bundles the parts.
@@ -32,12 +63,16 @@ impl Gate {
         Self {
             policies,
             naming: RwLock::new((agents.into(), targets.into())),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// Replaces the agent and target definitions (on config reload).
     pub fn replace_naming(&self, agents: AgentMatcher, targets: TargetTable) {
         *self.naming.write().unwrap_or_else(|p| p.into_inner()) = (agents.into(), targets.into());
+        // Names feed the cache key, but a stale entry keyed on an old name is
+        // never wrong; clearing just bounds memory.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn naming(&self) -> (std::sync::Arc<AgentMatcher>, std::sync::Arc<TargetTable>) {
@@ -54,13 +89,52 @@ impl Gate {
         let (agents, targets) = self.naming();
         let agent = agents.name_of(identity);
         let target = targets.resolve(dst, "tcp");
-        let decision = self.policies.decide(&Query {
+        let (generation, set) = self.policies.snapshot();
+        let key = (!set.reads_context).then(|| ConnectKey {
+            generation,
+            agent: agent.clone(),
+            pid: identity.pid,
+            uid: identity.uid,
+            user: identity.user.clone(),
+            comm: identity.comm.clone(),
+            process: identity.process.as_ref().map(|p| {
+                let container = p.container.as_ref().map(|c| c.id.clone());
+                (
+                    p.exe.clone(),
+                    p.cmdline.clone(),
+                    p.cgroup.clone(),
+                    container,
+                    p.systemd_unit.clone(),
+                )
+            }),
+            target: target.name.clone(),
+            ip: target.ip,
+            port: target.port,
+        });
+        if let Some(key) = &key {
+            if let Some(hit) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+                return ConnectVerdict {
+                    agent,
+                    target: target.name,
+                    decision: hit.clone(),
+                };
+            }
+        }
+        let query = Query {
             agent: &agent,
             identity,
             target: &target,
             action: &ActionKind::Connect,
             now: SystemTime::now(),
-        });
+        };
+        let decision = super::decide(&set, &query);
+        if let Some(key) = key {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(key, decision.clone());
+        }
         ConnectVerdict {
             agent,
             target: target.name,
@@ -71,5 +145,36 @@ impl Gate {
     /// The targets, for explain.
     pub fn targets(&self) -> std::sync::Arc<TargetTable> {
         self.naming().1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_decisions_follow_policy_reloads() {
+        let dir = std::env::temp_dir().join(format!("interlock-gate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("s.cedarschema"),
+            include_str!("../../../policies/interlock.cedarschema"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("p.cedar"), "permit (principal, action, resource);").unwrap();
+        let gate = Gate::new(
+            PolicyStore::load(Some(dir.clone())).unwrap(),
+            AgentMatcher::new(&[]).unwrap(),
+            TargetTable::default(),
+        );
+        let id = Identity::unattributed();
+        let dst = OrigDst("192.0.2.1:443".parse().unwrap());
+        assert_eq!(gate.connect(&id, dst).decision.outcome, super::super::Outcome::Allow);
+        assert_eq!(gate.connect(&id, dst).decision.outcome, super::super::Outcome::Allow);
+        std::fs::write(dir.join("p.cedar"), "forbid (principal, action, resource);").unwrap();
+        gate.policies.reload().unwrap();
+        assert_eq!(gate.connect(&id, dst).decision.outcome, super::super::Outcome::Deny);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

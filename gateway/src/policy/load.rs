@@ -113,8 +113,8 @@ pub struct LoadedPolicies {
     pub(super) meta: HashMap<String, PolicyMeta>,
     /// Where the set came from (a directory, or the embedded defaults).
     pub source: String,
-    /// True if any policy reads `context` (decisions then depend on the request
-    /// details and time, and are not cached).
+    /// True if a policy that can apply to `connect` reads `context` (connect
+    /// decisions then depend on the time, and are not cached).
     pub reads_context: bool,
 }
 
@@ -345,7 +345,7 @@ pub fn load_sources(
             if !mask.is_empty() && policy.effect() != Effect::Permit {
                 return Err(annotation_err("@mask only makes sense on a permit".into()));
             }
-            reads_context |= policy.to_string().contains("context");
+            reads_context |= policy.to_string().contains("context") && may_apply_to_connect(&policy);
             let renamed = policy.new_id(PolicyId::new(id.clone()));
             if !(review && policy.effect() == Effect::Forbid) {
                 without_review
@@ -374,6 +374,16 @@ pub fn load_sources(
         source,
         reads_context,
     })
+}
+
+/// Whether a policy's action scope can include `connect`.
+fn may_apply_to_connect(policy: &cedar_policy::Policy) -> bool {
+    let is_connect = |uid: &cedar_policy::EntityUid| uid.id().unescaped() == "connect";
+    match policy.action_constraint() {
+        cedar_policy::ActionConstraint::Any => true,
+        cedar_policy::ActionConstraint::Eq(uid) => is_connect(&uid),
+        cedar_policy::ActionConstraint::In(uids) => uids.iter().any(is_connect),
+    }
 }
 
 /// File name without directories, for generated policy ids.

@@ -2,14 +2,14 @@
 //! its identity attributes, the action, the target (resource), and the
 //! context (time and request details).
 use std::{
+    collections::{HashMap, HashSet},
     net::IpAddr,
     str::FromStr,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use cedar_policy::{Context, Entities, EntityUid, Request};
+use cedar_policy::{Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::load::LoadedPolicies;
 use crate::{identity::Identity, types::AgentName};
@@ -95,61 +95,87 @@ fn uid(kind: &str, id: &str) -> Result<EntityUid, RequestError> {
     EntityUid::from_str(&text).map_err(|e| RequestError(e.to_string()))
 }
 
-fn time_context(now: SystemTime) -> serde_json::Map<String, Value> {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let days = secs.div_euclid(86_400);
-    let mut ctx = serde_json::Map::new();
-    ctx.insert("time".into(), json!(secs));
-    ctx.insert("hour".into(), json!(secs.rem_euclid(86_400) / 3600));
-    // 1970-01-01 was a Thursday; 0 = Sunday.
-    ctx.insert("weekday".into(), json!((days + 4).rem_euclid(7)));
-    ctx
+fn str_expr(s: impl Into<String>) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.into())
 }
 
-/// Builds the Cedar request and the entities it refers to.
+fn time_context(now: SystemTime) -> Vec<(String, RestrictedExpression)> {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let days = secs.div_euclid(86_400);
+    vec![
+        ("time".into(), RestrictedExpression::new_long(secs)),
+        (
+            "hour".into(),
+            RestrictedExpression::new_long(secs.rem_euclid(86_400) / 3600),
+        ),
+        // 1970-01-01 was a Thursday; 0 = Sunday.
+        (
+            "weekday".into(),
+            RestrictedExpression::new_long((days + 4).rem_euclid(7)),
+        ),
+    ]
+}
+
+/// Builds the Cedar request and the entities it refers to. The values are
+/// built directly (no JSON, no per-request schema pass: that was most of a
+/// decision's cost); a unit test checks them against the schema instead.
 pub fn build(p: &LoadedPolicies, q: &Query<'_>) -> Result<(Request, Entities), RequestError> {
+    build_with(p, q, false)
+}
+
+/// As [`build`], optionally validating against the schema (tests do).
+pub fn build_with(p: &LoadedPolicies, q: &Query<'_>, validate: bool) -> Result<(Request, Entities), RequestError> {
+    let schema = validate.then_some(&p.schema);
     let principal = uid("Agent", &q.agent.0)?;
     let resource = uid("Target", &q.target.name)?;
     let action = uid("Action", q.action.cedar_name())?;
     let id = q.identity;
     let process = id.process.as_deref();
-    let text = |v: Option<String>| v.unwrap_or_default();
-    let entities = json!([
-        {
-            "uid": {"type": "Interlock::Agent", "id": q.agent.0},
-            "attrs": {
-                "name": q.agent.0,
-                "pid": id.pid,
-                "uid": id.uid,
-                "user": text(id.user.clone()),
-                "comm": id.comm,
-                "exe": text(process.and_then(|p| p.exe.as_ref()).map(|e| e.display().to_string())),
-                "cmdline": process.map(|p| p.cmdline.join(" ")).unwrap_or_default(),
-                "cgroup": text(process.and_then(|p| p.cgroup.clone())),
-                "container": text(process.and_then(|p| p.container.as_ref()).map(|c| c.id.clone())),
-                "unit": text(process.and_then(|p| p.systemd_unit.clone())),
-            },
-            "parents": []
-        },
-        {
-            "uid": {"type": "Interlock::Target", "id": q.target.name},
-            "attrs": {
-                "name": q.target.name,
-                "ip": {"__extn": {"fn": "ip", "arg": q.target.ip.to_string()}},
-                "port": q.target.port,
-                "host": q.target.host,
-                "protocol": q.target.protocol,
-            },
-            "parents": []
-        }
-    ]);
-    let entities = Entities::from_json_value(entities, Some(&p.schema)).map_err(|e| RequestError(e.to_string()))?;
+    let opt = |v: Option<String>| str_expr(v.unwrap_or_default());
+    let agent_attrs: HashMap<String, RestrictedExpression> = [
+        ("name", str_expr(q.agent.0.clone())),
+        ("pid", RestrictedExpression::new_long(i64::from(id.pid))),
+        ("uid", RestrictedExpression::new_long(i64::from(id.uid))),
+        ("user", opt(id.user.clone())),
+        ("comm", str_expr(id.comm.clone())),
+        (
+            "exe",
+            opt(process.and_then(|p| p.exe.as_ref()).map(|e| e.display().to_string())),
+        ),
+        (
+            "cmdline",
+            str_expr(process.map(|p| p.cmdline.join(" ")).unwrap_or_default()),
+        ),
+        ("cgroup", opt(process.and_then(|p| p.cgroup.clone()))),
+        (
+            "container",
+            opt(process.and_then(|p| p.container.as_ref()).map(|c| c.id.clone())),
+        ),
+        ("unit", opt(process.and_then(|p| p.systemd_unit.clone()))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let target_attrs: HashMap<String, RestrictedExpression> = [
+        ("name", str_expr(q.target.name.clone())),
+        ("ip", RestrictedExpression::new_ip(q.target.ip.to_string())),
+        ("port", RestrictedExpression::new_long(i64::from(q.target.port))),
+        ("host", str_expr(q.target.host.clone())),
+        ("protocol", str_expr(q.target.protocol.clone())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let err = |e: &dyn std::fmt::Display| RequestError(e.to_string());
+    let agent = Entity::new(principal.clone(), agent_attrs, HashSet::new()).map_err(|e| err(&e))?;
+    let target = Entity::new(resource.clone(), target_attrs, HashSet::new()).map_err(|e| err(&e))?;
+    let entities = Entities::from_entities([agent, target], schema).map_err(|e| err(&e))?;
     let mut ctx = time_context(q.now);
     match q.action {
         ActionKind::Connect => {}
         ActionKind::HttpRequest { method, path } => {
-            ctx.insert("method".into(), json!(method));
-            ctx.insert("path".into(), json!(path));
+            ctx.push(("method".into(), str_expr(method.clone())));
+            ctx.push(("path".into(), str_expr(path.clone())));
         }
         ActionKind::SqlStatement {
             kind,
@@ -159,17 +185,16 @@ pub fn build(p: &LoadedPolicies, q: &Query<'_>) -> Result<(Request, Entities), R
             statements,
             sql,
         } => {
-            ctx.insert("kind".into(), json!(kind));
-            ctx.insert("tables_read".into(), json!(tables_read));
-            ctx.insert("tables_written".into(), json!(tables_written));
-            ctx.insert("has_where".into(), json!(has_where));
-            ctx.insert("statements".into(), json!(statements));
-            ctx.insert("sql".into(), json!(sql));
+            let set = |v: &[String]| RestrictedExpression::new_set(v.iter().map(|t| str_expr(t.clone())));
+            ctx.push(("kind".into(), str_expr(kind.clone())));
+            ctx.push(("tables_read".into(), set(tables_read)));
+            ctx.push(("tables_written".into(), set(tables_written)));
+            ctx.push(("has_where".into(), RestrictedExpression::new_bool(*has_where)));
+            ctx.push(("statements".into(), RestrictedExpression::new_long(*statements)));
+            ctx.push(("sql".into(), str_expr(sql.clone())));
         }
     }
-    let context = Context::from_json_value(Value::Object(ctx), Some((&p.schema, &action)))
-        .map_err(|e| RequestError(e.to_string()))?;
-    let request =
-        Request::new(principal, action, resource, context, Some(&p.schema)).map_err(|e| RequestError(e.to_string()))?;
+    let context = Context::from_pairs(ctx).map_err(|e| err(&e))?;
+    let request = Request::new(principal, action, resource, context, schema).map_err(|e| err(&e))?;
     Ok((request, entities))
 }

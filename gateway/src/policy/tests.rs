@@ -185,6 +185,14 @@ fn forbid_overrides_permit_and_ip_ranges_work() {
         Outcome::Allow
     );
     assert!(!p.reads_context);
+    // The shipped policies read context only for SQL and HTTP: connect decisions can be cached.
+    assert!(!load_embedded().unwrap().reads_context);
+    let timed = load(&[(
+        "t.cedar",
+        "permit (principal, action, resource) when { context.hour < 18 };",
+    )])
+    .unwrap();
+    assert!(timed.reads_context);
 }
 
 #[test]
@@ -238,4 +246,39 @@ fn policies_without_id_are_named_by_file_and_line() {
     let p = load(&[("p.cedar", "// x\npermit (principal, action, resource);\n")]).unwrap();
     let d = ask(&p, "x", &target("a", "192.0.2.1", 80), &ActionKind::Connect);
     assert_eq!(d.policies, vec!["p.cedar:2"]);
+}
+
+#[test]
+fn requests_built_for_every_action_conform_to_the_schema() {
+    let p = load_embedded().unwrap();
+    let agent = AgentName("db-reader".into());
+    let mut id = identity(1000);
+    id.process = Some(std::sync::Arc::new(crate::identity::ProcessInfo {
+        start_ticks: 1,
+        exe: Some("/usr/bin/python3".into()),
+        cmdline: vec!["python3".into(), "agent.py".into()],
+        ppid: 1,
+        cgroup: Some("/interlock.agents".into()),
+        container: None,
+        systemd_unit: None,
+    }));
+    let t = target("analytics-db", "10.20.0.5", 5432);
+    let actions = [
+        ActionKind::Connect,
+        ActionKind::HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+        },
+        sql("select", true),
+    ];
+    for action in &actions {
+        let q = Query {
+            agent: &agent,
+            identity: &id,
+            target: &t,
+            action,
+            now: SystemTime::now(),
+        };
+        super::request::build_with(&p, &q, true).unwrap_or_else(|e| panic!("{action:?}: {e}"));
+    }
 }
