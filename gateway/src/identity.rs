@@ -70,7 +70,7 @@ impl Identity {
 }
 
 /// Facts about a process read from /proc.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct ProcessInfo {
     /// Start time in clock ticks since boot (with pid, the cache key).
     pub start_ticks: u64,

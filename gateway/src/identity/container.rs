@@ -5,7 +5,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 /// A container, as far as the cgroup path tells.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct Container {
     /// `docker`, `containerd`, `cri-o`, `podman` or `kubernetes` (runtime unknown).
     pub runtime: String,

@@ -42,13 +42,7 @@ struct ConnectKey {
     uid: u32,
     user: Option<String>,
     comm: String,
-    process: Option<(
-        Option<std::path::PathBuf>,
-        Vec<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )>,
+    process: Option<std::sync::Arc<crate::identity::ProcessInfo>>,
     target: String,
     ip: std::net::IpAddr,
     port: u16,
@@ -97,16 +91,7 @@ impl Gate {
             uid: identity.uid,
             user: identity.user.clone(),
             comm: identity.comm.clone(),
-            process: identity.process.as_ref().map(|p| {
-                let container = p.container.as_ref().map(|c| c.id.clone());
-                (
-                    p.exe.clone(),
-                    p.cmdline.clone(),
-                    p.cgroup.clone(),
-                    container,
-                    p.systemd_unit.clone(),
-                )
-            }),
+            process: identity.process.clone(),
             target: target.name.clone(),
             ip: target.ip,
             port: target.port,

@@ -345,7 +345,7 @@ pub fn load_sources(
             if !mask.is_empty() && policy.effect() != Effect::Permit {
                 return Err(annotation_err("@mask only makes sense on a permit".into()));
             }
-            reads_context |= policy.to_string().contains("context") && may_apply_to_connect(&policy);
+            reads_context |= policy.to_string().contains("context") && may_apply_to_connect(policy);
             let renamed = policy.new_id(PolicyId::new(id.clone()));
             if !(review && policy.effect() == Effect::Forbid) {
                 without_review
