@@ -167,10 +167,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         rules: compiled,
     })?;
     let mut kernel = kernel;
-    // Re-apply revocations: pinned entries survived, but processes may have
-    // started (or pids been reused) while the gateway was away.
+    // Re-apply revocations on top of the pinned entries: those survived (and
+    // the fork tracepoint kept extending them while the gateway was away);
+    // this adds processes started from revoked exes or agents meanwhile.
+    // Entries of processes that have exited are dropped by the upkeep task.
     for r in revocations.list() {
-        kernel.maps.unrevoke(r.number);
         control::apply_revocation(&mut kernel.maps, &gate, r)?;
     }
     let exec_events = kernel.take_exec_events();
