@@ -64,18 +64,34 @@ fn main() -> Result<()> {
             shell::run(&mut run)
         }
         Command::Test { no_lint, filter } => test::run(&root, !no_lint, filter.as_deref()),
-        Command::Bench => {
-            setup::run(&root)?;
-            let out = target_dir(&root).join("bench");
-            std::fs::create_dir_all(&out)?;
-            let file = out.join("policy.json");
-            let mut bench = shell::cmd("cargo", &["bench", "-p", "gateway", "--bench", "policy"]);
-            bench.envs(setup::toolchain_env()).env("BENCH_OUTPUT", &file);
-            shell::run(&mut bench)?;
-            eprintln!("xtask: results in {}", file.display());
-            Ok(())
-        }
+        Command::Bench => bench(&root),
     }
+}
+
+/// Runs the benchmarks; results go to `<target>/bench/*.json`.
+fn bench(root: &std::path::Path) -> Result<()> {
+    setup::run(root)?;
+    let env = setup::toolchain_env();
+    let out = target_dir(root).join("bench");
+    std::fs::create_dir_all(&out)?;
+    let mut policy = shell::cmd("cargo", &["bench", "-p", "gateway", "--bench", "policy"]);
+    policy
+        .envs(env.iter().cloned())
+        .env("BENCH_OUTPUT", out.join("policy.json"));
+    shell::run(&mut policy)?;
+    // The revocation bench drives a real gateway (release build) and needs root.
+    shell::run(shell::cmd("cargo", &["build", "--release", "-p", "gateway", "--bins"]).envs(env.iter().cloned()))?;
+    let mut revoke = shell::cmd(
+        "cargo",
+        &["bench", "-p", "interlock-tests", "--bench", "revoke_latency"],
+    );
+    revoke
+        .envs(env.iter().cloned())
+        .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))
+        .env("BENCH_OUTPUT", out.join("revoke_latency.json"));
+    shell::run(&mut revoke)?;
+    eprintln!("xtask: results in {}", out.display());
+    Ok(())
 }
 
 /// Cargo's target directory (CI keeps it outside the clone).
