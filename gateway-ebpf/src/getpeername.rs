@@ -25,7 +25,12 @@ fn record(ctx: &SockAddrContext) -> Option<&'static ConnRecord> {
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn interlock_getpeername4(ctx: SockAddrContext) -> i32 {
-    if let Some(rec) = record(&ctx) {
+    try_getpeername4(&ctx);
+    OK
+}
+
+fn try_getpeername4(ctx: &SockAddrContext) {
+    if let Some(rec) = record(ctx) {
         if rec.orig_family == FAMILY_V4 {
             let sa = ctx.sock_addr;
             let ip = u32::from_ne_bytes([rec.orig_addr[0], rec.orig_addr[1], rec.orig_addr[2], rec.orig_addr[3]]);
@@ -36,12 +41,16 @@ pub fn interlock_getpeername4(ctx: SockAddrContext) -> i32 {
             }
         }
     }
-    OK
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn interlock_getpeername6(ctx: SockAddrContext) -> i32 {
-    if let Some(rec) = record(&ctx) {
+    try_getpeername6(&ctx);
+    OK
+}
+
+fn try_getpeername6(ctx: &SockAddrContext) {
+    if let Some(rec) = record(ctx) {
         let a = &rec.orig_addr;
         let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
         let words = if rec.orig_family == FAMILY_V4 {
@@ -53,5 +62,4 @@ pub fn interlock_getpeername6(ctx: SockAddrContext) -> i32 {
         // SAFETY: user_port is writable in getpeername6.
         unsafe { (*ctx.sock_addr).user_port = u32::from(rec.orig_port.to_be()) };
     }
-    OK
 }
