@@ -105,7 +105,7 @@ fn main() {
     );
     let dst = OrigDst("10.20.0.5:5432".parse().unwrap());
     results.push(measure("gate connect (cached decision)", iterations, || {
-        black_box(gate.connect(&identity, dst));
+        black_box(gate.connect(&identity, dst, None));
     }));
     if let Ok(path) = std::env::var("BENCH_OUTPUT") {
         let _ = std::fs::write(path, serde_json::to_string_pretty(&results).unwrap_or_default());

@@ -78,12 +78,43 @@ pub struct ConnectionEvent {
     pub outcome: Outcome,
 }
 
+/// One HTTP exchange on an inspected connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpExchangeEvent {
+    /// Time the request arrived (RFC 3339).
+    pub time: String,
+    /// The connection it came on.
+    pub conn_id: ConnId,
+    /// The agent.
+    pub agent: AgentName,
+    /// The caller.
+    pub identity: Identity,
+    /// The target.
+    pub target: String,
+    /// Request method.
+    pub method: String,
+    /// Request path (without the query).
+    pub path: String,
+    /// Status returned to the agent.
+    pub status: u16,
+    /// The policy decision on the request.
+    pub decision: Decision,
+    /// Whether the gateway injected the target's credential.
+    pub credential_injected: bool,
+    /// Why the upstream could not answer, when it could not (upstream side).
+    pub upstream_error: Option<String>,
+    /// Milliseconds until the response headers.
+    pub duration_ms: u64,
+}
+
 /// Every kind of event the gateway records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A connection ended (or was refused).
     Connection(Box<ConnectionEvent>),
+    /// One HTTP request and its response (or refusal).
+    HttpExchange(Box<HttpExchangeEvent>),
     /// An operator changed the redirect rules.
     RulesChanged {
         /// Time (RFC 3339).

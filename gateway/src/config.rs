@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 mod agent;
 mod rule;
 
-pub use agent::{AgentSpec, TargetSpec, UNKNOWN_AGENT};
+pub use agent::{AgentSpec, CredentialSpec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use rule::{PortRange, RuleAction, RuleSpec};
 
 /// Errors loading or validating configuration. All are the operator's input.
@@ -98,6 +98,11 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// Connections relayed at once; further ones are refused and logged.
     pub max_connections: usize,
+    /// How long to wait for an agent's first bytes to detect its protocol;
+    /// server-first protocols (SSH, SMTP, MySQL) send nothing and are relayed
+    /// as raw TCP after this wait.
+    #[serde(with = "humantime_serde")]
+    pub detect_timeout: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -109,6 +114,7 @@ impl Default for ListenerConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 4096,
+            detect_timeout: Duration::from_millis(200),
         }
     }
 }

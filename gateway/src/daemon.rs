@@ -14,7 +14,7 @@ use crate::{
     kernel::{self, Kernel, KernelError, LoadOptions},
     listener::{self, Shared},
     policy::{Gate, PolicyStore},
-    proxy::{LiveTable, ProxySettings},
+    proxy::{tls::LocalCa, LiveTable, ProxyCtx, ProxySettings},
     targets::TargetTable,
 };
 
@@ -57,6 +57,9 @@ pub enum DaemonError {
     /// The event log could not be opened.
     #[error(transparent)]
     Events(#[from] audit::SinkError),
+    /// The local CA could not be loaded or created.
+    #[error(transparent)]
+    Tls(#[from] crate::proxy::tls::TlsError),
     /// Signal handling or the control socket failed.
     #[error("gateway: {0}")]
     Io(#[from] std::io::Error),
@@ -207,13 +210,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         idle_timeout: config.listener.idle_timeout,
     };
     let handoff = Arc::new(handoff);
-    let shared = Arc::new(Shared::new(
-        handoff.clone(),
+    let ca = Arc::new(LocalCa::load_or_create(&config.paths.state_dir.join("ca"))?);
+    let ctx = Arc::new(ProxyCtx::new(
+        proxy_settings,
         live.clone(),
         events.clone(),
-        proxy_settings,
-        config.listener.max_connections,
         gate.clone(),
+        ca,
+    ));
+    let shared = Arc::new(Shared::new(
+        handoff.clone(),
+        ctx,
+        config.listener.max_connections,
+        config.listener.detect_timeout,
     ));
     let listeners: Vec<String> = bound
         .iter()

@@ -18,11 +18,10 @@ use tokio::{
 };
 
 use crate::{
-    audit::{self, EventSink},
+    audit, detect,
     identity::{self, Resolver},
     kernel::Handoff,
-    policy::Gate,
-    proxy::{self, LiveTable, ProxySettings, SessionStart},
+    proxy::{self, ProxyCtx, SessionStart},
     types::ConnId,
 };
 
@@ -48,37 +47,25 @@ pub struct Shared {
     pub handoff: Arc<Handoff>,
     /// Identity resolution and cache.
     pub resolver: Resolver,
-    /// Live connections.
-    pub live: Arc<LiveTable>,
-    /// Event stream.
-    pub events: EventSink,
-    /// Session settings.
-    pub settings: Arc<ProxySettings>,
+    /// What sessions share (policy, events, live table, CA).
+    pub ctx: Arc<ProxyCtx>,
     /// Limits concurrent sessions.
     pub slots: Arc<Semaphore>,
-    /// Agents, targets and policy.
-    pub gate: Arc<Gate>,
+    /// How long to wait for an agent's first bytes before treating the
+    /// connection as raw TCP (server-first protocols send nothing).
+    pub detect_wait: Duration,
     next_id: AtomicU64,
 }
 
 impl Shared {
     /// Bundles the accept loops' shared state.
-    pub fn new(
-        handoff: Arc<Handoff>,
-        live: Arc<LiveTable>,
-        events: EventSink,
-        settings: ProxySettings,
-        max: usize,
-        gate: Arc<Gate>,
-    ) -> Self {
+    pub fn new(handoff: Arc<Handoff>, ctx: Arc<ProxyCtx>, max: usize, detect_wait: Duration) -> Self {
         Self {
             handoff,
             resolver: Resolver::default(),
-            live,
-            events,
-            settings: Arc::new(settings),
+            ctx,
             slots: Arc::new(Semaphore::new(max)),
-            gate,
+            detect_wait,
             next_id: AtomicU64::new(1),
         }
     }
@@ -197,36 +184,35 @@ async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Sha
     let Some(record) = lookup(&shared, &handoff_key(netns, peer)).await else {
         tracing::warn!(conn = %id, %peer, "refused: no kernel record (direct dial to the listener?)");
         refuse(stream);
-        proxy::record_refusal(&shared.events, id, peer, "no kernel record for this connection").await;
+        proxy::record_refusal(&shared.ctx.events, id, peer, "no kernel record for this connection").await;
         return;
     };
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(conn = %id, %peer, "refused: connection limit reached");
         refuse(stream);
-        proxy::record_refusal(&shared.events, id, peer, "connection limit reached").await;
+        proxy::record_refusal(&shared.ctx.events, id, peer, "connection limit reached").await;
         return;
     };
     let _ = stream.set_nodelay(true);
     let identity = shared.resolver.resolve(&record);
     let orig_dst = identity::orig_dst(&record);
-    let verdict = shared.gate.connect(&identity, orig_dst);
-    tracing::debug!(conn = %id, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, outcome = ?verdict.decision.outcome, "accepted");
+    let protocol = detect::sniff(&stream, shared.detect_wait).await;
+    let host = match &protocol {
+        detect::Protocol::Tls { sni, .. } => sni.clone(),
+        _ => None,
+    };
+    let verdict = shared.ctx.gate.connect(&identity, orig_dst, host.as_deref());
+    tracing::debug!(conn = %id, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");
     let start = SessionStart {
         id,
         identity,
         peer,
         orig_dst,
         time: audit::now(),
+        protocol,
         verdict,
     };
-    proxy::run_tcp(
-        stream,
-        start,
-        shared.settings.clone(),
-        shared.live.clone(),
-        shared.events.clone(),
-    )
-    .await;
+    proxy::run(stream, start, shared.ctx.clone()).await;
     drop(permit);
 }
 

@@ -1,20 +1,29 @@
-//! Proxying one accepted connection. This path is raw TCP: connect to
-//! the original destination (with the gateway's bypass mark, so the hooks let
-//! it through) and relay bytes both ways. Protocol-aware sessions (HTTP,
-//! PostgreSQL) will plug in here behind the same session shape.
-use std::{sync::Arc, time::Instant};
+//! The session driver for one accepted connection. Raw TCP is the fallback
+//! for every protocol: connect to the original destination (with the
+//! gateway's bypass mark, so the hooks let it through) and relay bytes both
+//! ways. Connections to HTTP(S) targets are inspected request by request.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use tokio::net::TcpStream;
 
 use crate::{
     audit::{self, ConnectionEvent, Event, EventSink, Outcome},
+    config::TargetProtocol,
+    detect::Protocol,
     identity::Identity,
-    policy::{self, ConnectVerdict},
+    policy::{self, ConnectVerdict, Gate},
     types::{ConnId, OrigDst},
 };
 
+mod http;
 mod live;
 mod relay;
+pub mod tls;
 mod upstream;
 
 pub use live::{LiveConn, LiveTable};
@@ -32,6 +41,53 @@ pub struct ProxySettings {
     pub idle_timeout: std::time::Duration,
 }
 
+/// What every session shares.
+pub struct ProxyCtx {
+    /// Timeouts and the bypass mark.
+    pub settings: ProxySettings,
+    /// Live connections.
+    pub live: Arc<LiveTable>,
+    /// Event stream.
+    pub events: EventSink,
+    /// Agents, targets, policy.
+    pub gate: Arc<Gate>,
+    /// The local CA for intercepted TLS.
+    pub ca: Arc<tls::LocalCa>,
+    upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
+}
+
+impl ProxyCtx {
+    /// Bundles the parts.
+    pub fn new(
+        settings: ProxySettings,
+        live: Arc<LiveTable>,
+        events: EventSink,
+        gate: Arc<Gate>,
+        ca: Arc<tls::LocalCa>,
+    ) -> Self {
+        Self {
+            settings,
+            live,
+            events,
+            gate,
+            ca,
+            upstream_tls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The upstream TLS client config for a CA bundle (built once, then shared).
+    pub fn upstream_tls(&self, ca_file: Option<&std::path::Path>) -> Result<tls::UpstreamTls, tls::TlsError> {
+        let key = ca_file.map(std::path::Path::to_owned);
+        let mut cache = self.upstream_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit.clone());
+        }
+        let config = tls::upstream_config(ca_file)?;
+        cache.insert(key, config.clone());
+        Ok(config)
+    }
+}
+
 /// Everything a session needs about its connection.
 pub struct SessionStart {
     /// Connection number.
@@ -44,18 +100,15 @@ pub struct SessionStart {
     pub orig_dst: OrigDst,
     /// Accept time (wall clock, RFC 3339).
     pub time: String,
+    /// What the agent speaks.
+    pub protocol: Protocol,
     /// The policy stage's verdict on the connect.
     pub verdict: ConnectVerdict,
 }
 
-/// Runs a raw TCP session to completion and records its event.
-pub async fn run_tcp(
-    mut agent: TcpStream,
-    start: SessionStart,
-    settings: Arc<ProxySettings>,
-    live: Arc<LiveTable>,
-    events: EventSink,
-) {
+/// Runs a session to completion and records its event: refuse it, inspect it
+/// as HTTP(S) when its target says so, or relay it as raw TCP.
+pub async fn run(mut agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) {
     let began = Instant::now();
     if start.verdict.decision.outcome != policy::Outcome::Allow {
         let d = &start.verdict.decision;
@@ -64,38 +117,66 @@ pub async fn run_tcp(
         // is the quickest refusal it can see.
         let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
         drop(agent);
-        record(&events, start, (0, 0), began, Outcome::Denied).await;
+        record(&ctx.events, start, (0, 0), began, Outcome::Denied).await;
         return;
     }
-    let handle = live.insert(start.id, &start.identity, &start.verdict.agent.0, start.orig_dst);
-    let outcome = match connect_upstream(start.orig_dst, settings.bypass_mark, settings.connect_timeout).await {
-        Err(e) => {
-            tracing::info!(conn = %start.id, dst = %start.orig_dst, "upstream connect failed: {e}");
-            Outcome::UpstreamConnectFailed { error: e.to_string() }
-        }
-        Ok(mut upstream) => {
-            let end = relay(&mut agent, &mut upstream, settings.idle_timeout, &handle.stats).await;
-            match end {
-                Ok(RelayEnd::Closed) => Outcome::Closed,
-                Ok(RelayEnd::IdleTimeout) => Outcome::IdleTimeout,
-                Ok(RelayEnd::Cut) => {
-                    // Abort both sides: nothing more may pass.
-                    let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
-                    let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
-                    Outcome::Revoked {
-                        reason: handle.stats.cut_reason().unwrap_or_default(),
-                    }
-                }
-                Err(e) => Outcome::Error {
-                    side: e.side().to_owned(),
-                    error: e.to_string(),
-                },
-            }
-        }
+    let host = match &start.protocol {
+        Protocol::Tls { sni, .. } => sni.clone(),
+        _ => None,
+    };
+    let spec = ctx.gate.targets().find(start.orig_dst, host.as_deref()).cloned();
+    let upstream_addr = OrigDst(spec.as_ref().and_then(|s| s.upstream).unwrap_or(start.orig_dst.0));
+    let handle = ctx
+        .live
+        .insert(start.id, &start.identity, &start.verdict.agent.0, start.orig_dst);
+    let inspect = matches!(
+        (&start.protocol, spec.as_ref().map(|s| s.protocol)),
+        (Protocol::Tls { .. }, Some(TargetProtocol::Https))
+            | (Protocol::Http1 | Protocol::Http2, Some(TargetProtocol::Http))
+    );
+    let outcome = if let (true, Some(spec)) = (inspect, spec) {
+        http::serve(agent, &start, spec, upstream_addr, host, &ctx, &handle.stats).await
+    } else {
+        relay_tcp(&mut agent, upstream_addr, &ctx.settings, &handle.stats, start.id).await
     };
     let totals = handle.stats.totals();
-    live.remove(start.id);
-    record(&events, start, totals, began, outcome).await;
+    ctx.live.remove(start.id);
+    record(&ctx.events, start, totals, began, outcome).await;
+}
+
+/// The raw TCP path: connect upstream and relay bytes both ways.
+async fn relay_tcp(
+    agent: &mut TcpStream,
+    dst: OrigDst,
+    settings: &ProxySettings,
+    stats: &Arc<RelayStats>,
+    id: ConnId,
+) -> Outcome {
+    match connect_upstream(dst, settings.bypass_mark, settings.connect_timeout).await {
+        Err(e) => {
+            tracing::info!(conn = %id, %dst, "upstream connect failed: {e}");
+            // The agent's connect() already succeeded (to the listener); a reset
+            // is the closest it can get to the refusal the upstream gave.
+            let _ = socket2::SockRef::from(&*agent).set_linger(Some(std::time::Duration::ZERO));
+            Outcome::UpstreamConnectFailed { error: e.to_string() }
+        }
+        Ok(mut upstream) => match relay(agent, &mut upstream, settings.idle_timeout, stats).await {
+            Ok(RelayEnd::Closed) => Outcome::Closed,
+            Ok(RelayEnd::IdleTimeout) => Outcome::IdleTimeout,
+            Ok(RelayEnd::Cut) => {
+                // Abort both sides: nothing more may pass.
+                let _ = socket2::SockRef::from(&*agent).set_linger(Some(std::time::Duration::ZERO));
+                let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
+                Outcome::Revoked {
+                    reason: stats.cut_reason().unwrap_or_default(),
+                }
+            }
+            Err(e) => Outcome::Error {
+                side: e.side().to_owned(),
+                error: e.to_string(),
+            },
+        },
+    }
 }
 
 async fn record(

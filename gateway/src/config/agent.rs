@@ -35,10 +35,56 @@ pub struct TargetSpec {
     /// Name.
     pub name: String,
     /// Networks it lives on.
+    #[serde(default)]
     pub cidrs: Vec<IpNet>,
+    /// Host names (TLS SNI) that identify it; `*.example.com` matches subdomains.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Ports.
     #[serde(default)]
     pub ports: PortRange,
+    /// How the gateway treats its traffic.
+    #[serde(default)]
+    pub protocol: TargetProtocol,
+    /// Send its traffic here instead of the original destination.
+    pub upstream: Option<std::net::SocketAddr>,
+    /// Extra CA bundle (PEM) to trust for its upstream TLS, on top of the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The credential the gateway injects (the agent never holds it).
+    pub credential: Option<CredentialSpec>,
+}
+
+/// How traffic to a target is handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetProtocol {
+    /// Relay bytes (TLS is passed through untouched).
+    #[default]
+    Tcp,
+    /// Plaintext HTTP, inspected per request.
+    Http,
+    /// HTTPS: TLS is terminated with a certificate from the local CA,
+    /// inspected per request, and re-encrypted (verified) upstream.
+    Https,
+}
+
+/// Where a secret comes from and how it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSpec {
+    /// Header to set (`authorization`, `x-api-key`, ...).
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Prefix before the secret, e.g. `Bearer` (none for `x-api-key`).
+    pub scheme: Option<String>,
+    /// Read the secret from this environment variable of the gateway.
+    pub env: Option<String>,
+    /// Read the secret from this root-only file (re-read when it changes).
+    pub file: Option<std::path::PathBuf>,
+}
+
+fn default_header() -> String {
+    "authorization".into()
 }
 
 /// Reserved agent name for processes no agent matches.
@@ -98,8 +144,25 @@ impl TargetSpec {
                 self.name
             ));
         }
-        if self.cidrs.is_empty() {
-            return Err(format!("target `{}` needs at least one cidr", self.name));
+        if self.cidrs.is_empty() && self.hosts.is_empty() {
+            return Err(format!("target `{}` needs cidrs or hosts", self.name));
+        }
+        if let Some(c) = &self.credential {
+            if c.env.is_some() == c.file.is_some() {
+                return Err(format!(
+                    "target `{}`: credential needs exactly one of `env` or `file`",
+                    self.name
+                ));
+            }
+            if http::HeaderName::from_bytes(c.header.as_bytes()).is_err() {
+                return Err(format!("target `{}`: `{}` is not a header name", self.name, c.header));
+            }
+            if self.protocol == TargetProtocol::Tcp {
+                return Err(format!(
+                    "target `{}`: credentials need protocol http or https",
+                    self.name
+                ));
+            }
         }
         Ok(())
     }

@@ -44,6 +44,7 @@ struct ConnectKey {
     comm: String,
     process: Option<std::sync::Arc<crate::identity::ProcessInfo>>,
     target: String,
+    host: String,
     ip: std::net::IpAddr,
     port: u16,
 }
@@ -79,10 +80,10 @@ impl Gate {
     }
 
     /// Decides whether a redirected connection may proceed.
-    pub fn connect(&self, identity: &Identity, dst: OrigDst) -> ConnectVerdict {
+    pub fn connect(&self, identity: &Identity, dst: OrigDst, host: Option<&str>) -> ConnectVerdict {
         let (agents, targets) = self.naming();
         let agent = agents.name_of(identity);
-        let target = targets.resolve(dst, "tcp");
+        let target = targets.resolve_host(dst, host, if host.is_some() { "tls" } else { "tcp" });
         let (generation, set) = self.policies.snapshot();
         let key = (!set.reads_context).then(|| ConnectKey {
             generation,
@@ -93,6 +94,7 @@ impl Gate {
             comm: identity.comm.clone(),
             process: identity.process.clone(),
             target: target.name.clone(),
+            host: target.host.clone(),
             ip: target.ip,
             port: target.port,
         });
@@ -155,11 +157,20 @@ mod tests {
         );
         let id = Identity::unattributed();
         let dst = OrigDst("192.0.2.1:443".parse().unwrap());
-        assert_eq!(gate.connect(&id, dst).decision.outcome, super::super::Outcome::Allow);
-        assert_eq!(gate.connect(&id, dst).decision.outcome, super::super::Outcome::Allow);
+        assert_eq!(
+            gate.connect(&id, dst, None).decision.outcome,
+            super::super::Outcome::Allow
+        );
+        assert_eq!(
+            gate.connect(&id, dst, None).decision.outcome,
+            super::super::Outcome::Allow
+        );
         std::fs::write(dir.join("p.cedar"), "forbid (principal, action, resource);").unwrap();
         gate.policies.reload().unwrap();
-        assert_eq!(gate.connect(&id, dst).decision.outcome, super::super::Outcome::Deny);
+        assert_eq!(
+            gate.connect(&id, dst, None).decision.outcome,
+            super::super::Outcome::Deny
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

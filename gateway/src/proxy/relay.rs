@@ -35,6 +35,11 @@ impl RelayStats {
         self.cut.notify_one();
     }
 
+    /// Resolves when the connection is cut.
+    pub async fn cut_notified(&self) {
+        self.cut.notified().await;
+    }
+
     /// Why the relay was cut, if it was.
     pub fn cut_reason(&self) -> Option<String> {
         self.cut_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()

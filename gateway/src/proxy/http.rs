@@ -1,0 +1,378 @@
+//! HTTP(S) inspection, in phases: request filter (policy on each request),
+//! upstream request filter (credentials: the agent's placeholder is removed
+//! and the real secret injected), upstream (one verified connection per
+//! agent connection, HTTP/1.1 or HTTP/2 as negotiated), response (streamed
+//! back unbuffered), logging (one event per exchange).
+use std::{convert::Infallible, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{net::TcpStream, sync::Mutex};
+
+use super::{
+    connect_upstream,
+    tls::{LeafResolver, TlsError},
+    ProxyCtx, RelayStats, SessionStart,
+};
+use crate::{
+    audit::{self, Event, HttpExchangeEvent, Outcome},
+    config::{TargetProtocol, TargetSpec},
+    credentials::Credential,
+    identity::Identity,
+    policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query, TargetRef},
+    types::{AgentName, ConnId, OrigDst},
+};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers an agent might carry a placeholder secret in; all are removed.
+const SECRET_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+/// Connection-specific headers that must not cross to the other side.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+struct HttpSession {
+    ctx: Arc<ProxyCtx>,
+    conn_id: ConnId,
+    agent: AgentName,
+    identity: Identity,
+    target: TargetRef,
+    spec: TargetSpec,
+    upstream: OrigDst,
+    /// Host to name upstream (SNI and :authority).
+    host: String,
+    credential: Option<Credential>,
+    sender: Mutex<Option<Sender>>,
+}
+
+/// Serves one inspected connection until it ends or is cut.
+pub(super) async fn serve(
+    agent: TcpStream,
+    start: &SessionStart,
+    spec: TargetSpec,
+    upstream: OrigDst,
+    sni: Option<String>,
+    ctx: &Arc<ProxyCtx>,
+    stats: &Arc<RelayStats>,
+) -> Outcome {
+    let host = sni
+        .clone()
+        .or_else(|| spec.hosts.first().filter(|h| !h.starts_with('*')).cloned())
+        .unwrap_or_else(|| upstream.0.ip().to_string());
+    let target = ctx.gate.targets().resolve_host(start.orig_dst, sni.as_deref(), "https");
+    let session = Arc::new(HttpSession {
+        ctx: ctx.clone(),
+        conn_id: start.id,
+        agent: start.verdict.agent.clone(),
+        identity: start.identity.clone(),
+        target,
+        credential: spec.credential.as_ref().map(Credential::new),
+        spec,
+        upstream,
+        host,
+        sender: Mutex::new(None),
+    });
+    if session.spec.protocol == TargetProtocol::Https {
+        let resolver = LeafResolver {
+            ca: ctx.ca.clone(),
+            fallback: start.orig_dst.0.ip().to_string(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_no_client_auth().with_cert_resolver(Arc::new(resolver)));
+        let mut config = match config {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::Error {
+                    side: "gateway".into(),
+                    error: e.to_string(),
+                }
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(agent);
+        let tls = match tokio::time::timeout(ctx.settings.connect_timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Outcome::Error {
+                    side: "agent".into(),
+                    error: format!("TLS handshake: {e}"),
+                }
+            }
+            Err(_) => {
+                return Outcome::Error {
+                    side: "agent".into(),
+                    error: "TLS handshake timed out".into(),
+                }
+            }
+        };
+        serve_conn(tls, session, stats).await
+    } else {
+        serve_conn(agent, session, stats).await
+    }
+}
+
+async fn serve_conn<IO>(io: IO, session: Arc<HttpSession>, stats: &Arc<RelayStats>) -> Outcome
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let session = session.clone();
+        async move { Ok::<_, Infallible>(handle(req, &session).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::select! {
+        result = conn => match result {
+            Ok(()) => Outcome::Closed,
+            Err(e) => Outcome::Error { side: "agent".into(), error: e.to_string() },
+        },
+        () = stats.cut_notified() => Outcome::Revoked { reason: stats.cut_reason().unwrap_or_default() },
+    }
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(value.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> {
+    let started = Instant::now();
+    let time = audit::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    // Request filter: policy on this request.
+    let action = ActionKind::HttpRequest {
+        method: method.clone(),
+        path: path.clone(),
+    };
+    let query = Query {
+        agent: &s.agent,
+        identity: &s.identity,
+        target: &s.target,
+        action: &action,
+        now: std::time::SystemTime::now(),
+    };
+    let decision = s.ctx.gate.policies.decide(&query);
+    let mut injected = false;
+    let mut upstream_error = None;
+    let response = if decision.outcome != PolicyOutcome::Allow {
+        refusal(&decision, s.conn_id)
+    } else {
+        // Upstream request filter: credentials.
+        let mut req = req;
+        match prepare(&mut req, s) {
+            Err(message) => {
+                upstream_error = Some(message.clone());
+                json_response(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"error": {"type": "gateway", "message": message}}),
+                )
+            }
+            Ok(did_inject) => {
+                injected = did_inject;
+                match forward(req, s).await {
+                    Ok(resp) => resp.map(|b| b.boxed()),
+                    Err(message) => {
+                        tracing::info!(conn = %s.conn_id, target = %s.target.name, "upstream failed: {message}");
+                        upstream_error = Some(message.clone());
+                        let body = serde_json::json!({"error": {"type": "upstream", "target": s.target.name, "message": message}});
+                        json_response(StatusCode::BAD_GATEWAY, body)
+                    }
+                }
+            }
+        }
+    };
+    let event = HttpExchangeEvent {
+        time,
+        conn_id: s.conn_id,
+        agent: s.agent.clone(),
+        identity: s.identity.clone(),
+        target: s.target.name.clone(),
+        method,
+        path,
+        status: response.status().as_u16(),
+        decision,
+        credential_injected: injected,
+        upstream_error,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    if let Err(e) = s.ctx.events.record(Event::HttpExchange(Box::new(event))).await {
+        tracing::error!(conn = %s.conn_id, "exchange event lost: {e}");
+    }
+    response
+}
+
+/// 403 for a denial, or for a request held for review (until approvals exist).
+fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
+    let mut body = serde_json::json!({
+        "error": {
+            "type": "policy",
+            "outcome": decision.outcome,
+            "policies": decision.policies,
+            "message": decision.reason,
+        }
+    });
+    if decision.outcome == PolicyOutcome::Review {
+        body["error"]["review_id"] = serde_json::json!(format!("rv-{conn}"));
+    }
+    json_response(StatusCode::FORBIDDEN, body)
+}
+
+/// Strips placeholders and hop-by-hop headers and injects the credential.
+fn prepare(req: &mut Request<Incoming>, s: &HttpSession) -> Result<bool, String> {
+    let headers = req.headers_mut();
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let Some(credential) = &s.credential else {
+        return Ok(false);
+    };
+    for name in SECRET_HEADERS {
+        headers.remove(name);
+    }
+    let (name, value) = credential.header().map_err(|e| e.to_string())?;
+    headers.remove(&name);
+    headers.insert(name, value);
+    Ok(true)
+}
+
+async fn forward(mut req: Request<Incoming>, s: &HttpSession) -> Result<Response<Incoming>, String> {
+    let mut guard = s.sender.lock().await;
+    for attempt in 0..2 {
+        if guard.is_none() {
+            *guard = Some(connect(s).await?);
+        }
+        let ready = match guard.as_mut() {
+            Some(Sender::H1(tx)) => tx.ready().await.is_ok(),
+            Some(Sender::H2(tx)) => tx.ready().await.is_ok(),
+            None => false,
+        };
+        if !ready {
+            // The upstream closed the idle connection: open a new one, once.
+            *guard = None;
+            if attempt == 0 {
+                continue;
+            }
+            return Err("upstream connection closed".into());
+        }
+        let h2 = matches!(guard.as_ref(), Some(Sender::H2(_)));
+        set_target_uri(&mut req, &s.host, h2)?;
+        let sent = match guard.as_mut() {
+            Some(Sender::H1(tx)) => tx.send_request(req),
+            Some(Sender::H2(tx)) => {
+                let fut = tx.send_request(req);
+                drop(guard);
+                return fut.await.map_err(|e| e.to_string());
+            }
+            None => unreachable!("connected above"),
+        };
+        // HTTP/1.1 carries one exchange at a time; hold the lock until the
+        // response head arrives, then let the next request queue.
+        let resp = sent.await.map_err(|e| e.to_string());
+        drop(guard);
+        return resp;
+    }
+    Err("upstream unavailable".into())
+}
+
+/// Origin-form plus Host for HTTP/1.1 upstreams; absolute for HTTP/2.
+fn set_target_uri(req: &mut Request<Incoming>, host: &str, h2: bool) -> Result<(), String> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| host.to_owned());
+    let uri: Uri = if h2 {
+        format!("https://{authority}{path}").parse()
+    } else {
+        path.parse()
+    }
+    .map_err(|e| format!("bad request target: {e}"))?;
+    *req.uri_mut() = uri;
+    if h2 {
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = http::Version::HTTP_2;
+    } else {
+        let value = HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
+        req.headers_mut().insert(header::HOST, value);
+        *req.version_mut() = http::Version::HTTP_11;
+    }
+    Ok(())
+}
+
+async fn connect(s: &HttpSession) -> Result<Sender, String> {
+    let settings = &s.ctx.settings;
+    let tcp = connect_upstream(s.upstream, settings.bypass_mark, settings.connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if s.spec.protocol != TargetProtocol::Https {
+        return h1(TokioIo::new(tcp)).await;
+    }
+    let config = s
+        .ctx
+        .upstream_tls(s.spec.ca_file.as_deref())
+        .map_err(|e: TlsError| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+        .map_err(|e| format!("bad upstream name {}: {e}", s.host))?;
+    let tls = tokio::time::timeout(
+        settings.connect_timeout,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "upstream TLS handshake timed out".to_owned())?
+    .map_err(|e| format!("upstream TLS: {e}"))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
+        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("upstream h2 connection ended: {e}");
+            }
+        });
+        Ok(Sender::H2(tx))
+    } else {
+        h1(TokioIo::new(tls)).await
+    }
+}
+
+async fn h1<IO>(io: TokioIo<IO>) -> Result<Sender, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream h1 connection ended: {e}");
+        }
+    });
+    Ok(Sender::H1(tx))
+}
