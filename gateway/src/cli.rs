@@ -9,6 +9,7 @@ use crate::{
     kernel::KernelError,
 };
 
+mod ca;
 mod detach;
 mod exec;
 mod grants;
@@ -18,6 +19,7 @@ mod rules;
 mod status;
 mod table;
 
+pub use ca::ca_export;
 pub use detach::detach;
 pub use exec::exec;
 pub use grants::{grant, grants_list, grants_revoke};

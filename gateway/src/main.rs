@@ -77,6 +77,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local CA used for TLS interception.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Cut off processes at once: new connections refused in the kernel, live sessions cut.
     Revoke {
         /// A process (and the children it starts).
@@ -117,6 +122,12 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) for agents' trust stores.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -214,6 +225,9 @@ fn real_main() -> anyhow::Result<()> {
     match &args.command {
         Command::Detach => return cli::detach(&config).map_err(Into::into),
         Command::Policy { command } => return policy(&config, command),
+        Command::Ca {
+            command: CaCommand::Export,
+        } => return cli::ca_export(&config).map_err(Into::into),
         _ => {}
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -276,7 +290,7 @@ fn real_main() -> anyhow::Result<()> {
                 command: Some(GrantsCommand::Revoke { id }),
                 ..
             } => cli::grants_revoke(&config, id).await?,
-            Command::Exec { .. } | Command::Detach | Command::Policy { .. } => {
+            Command::Exec { .. } | Command::Detach | Command::Policy { .. } | Command::Ca { .. } => {
                 unreachable!("handled above")
             }
         }

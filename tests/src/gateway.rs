@@ -228,6 +228,11 @@ impl Gateway {
         &self.config
     }
 
+    /// The gateway's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// The policy directory the gateway watches.
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.join("policies")

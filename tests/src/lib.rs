@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod client;
 pub mod events;
 pub mod gateway;
+pub mod https;
 pub mod server;
 
 pub use cgroup::TestCgroup;

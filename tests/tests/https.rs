@@ -1,0 +1,154 @@
+//! HTTPS through the gateway: TLS intercepted with the gateway's CA, policy
+//! per request, the real credential injected, verified TLS upstream.
+use std::path::PathBuf;
+
+use interlock_tests::{https::HttpsUpstream, unique, Client, Gateway, GatewayOptions, TestCgroup};
+use serde_json::Value;
+
+const HOST: &str = "api.example.test";
+const REAL_KEY: &str = "sk-real-0123456789";
+/// Where agents think the API is; nothing listens there (the redirect catches it).
+const API_IP: &str = "127.0.0.10";
+
+struct Setup {
+    cg: TestCgroup,
+    gw: Gateway,
+    _up: HttpsUpstream,
+    ca: PathBuf,
+    _key_dir: PathBuf,
+}
+
+fn setup(trust_upstream_ca: bool) -> Setup {
+    let cg = TestCgroup::new(&unique("https"));
+    let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
+    let key_dir = std::env::temp_dir().join(unique("key"));
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let key_file = key_dir.join("openai.key");
+    std::fs::write(&key_file, REAL_KEY).unwrap();
+    let ca_line = if trust_upstream_ca {
+        format!("ca_file = \"{}\"\n", up.ca_file.display())
+    } else {
+        String::new()
+    };
+    let target = format!(
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\n{ca_line}credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
+        up.addr,
+        key_file.display()
+    );
+    let policies = vec![
+        ("allow.cedar".to_owned(), interlock_tests::gateway::ALLOW_ALL.to_owned()),
+        (
+            "paths.cedar".to_owned(),
+            "@id(\"no-admin\")\n@reason(\"admin endpoints are off limits\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource == Interlock::Target::\"api\")\nwhen { context.path like \"/v1/admin*\" };\n".to_owned(),
+        ),
+    ];
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![target],
+            policies: Some(policies),
+            ..Default::default()
+        },
+    );
+    let ca = gw.state_dir().join("ca/ca.pem");
+    assert!(ca.exists(), "the gateway did not create its CA");
+    Setup {
+        cg,
+        gw,
+        _up: up,
+        ca,
+        _key_dir: key_dir,
+    }
+}
+
+fn curl(s: &Setup, extra: &[&str], path: &str) -> (u16, Value) {
+    let resolve = format!("{HOST}:443:{API_IP}");
+    let url = format!("https://{HOST}{path}");
+    let mut args = vec![
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        s.ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+    ];
+    args.extend_from_slice(&["-H", "Authorization: Bearer placeholder", "-w", "\n%{http_code}"]);
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let r = Client::new(&s.cg).run("curl", &args);
+    assert!(r.success, "curl failed: {}\n{}", r.stderr, s.gw.log());
+    let (body, code) = r.stdout.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn curl_http1_and_http2_get_the_real_key_injected() {
+    let s = setup(true);
+    for version in ["--http1.1", "--http2"] {
+        let (code, body) = curl(&s, &[version], "/v1/models");
+        assert_eq!(code, 200, "{version}: {body}");
+        assert_eq!(body["auth_ok"], true, "{body}");
+        assert_eq!(
+            body["authorization_headers"], 1,
+            "the placeholder was not stripped: {body}"
+        );
+        assert_eq!(body["path"], "/v1/models");
+    }
+    let (code, body) = curl(
+        &s,
+        &["--http1.1", "-X", "POST", "-d", "{\"model\":\"m\"}"],
+        "/v1/chat/completions",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(body["body"], "{\"model\":\"m\"}");
+    let ev =
+        s.gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "http_exchange" && e["path"] == "/v1/chat/completions")
+            .unwrap();
+    assert_eq!(ev["credential_injected"], true);
+    assert_eq!(ev["target"], "api");
+    assert_eq!(ev["status"], 200);
+    assert!(
+        !ev.to_string().contains(REAL_KEY),
+        "the secret leaked into the audit trail"
+    );
+}
+
+#[test]
+fn a_denied_path_gets_403_naming_the_policy() {
+    let s = setup(true);
+    let (code, body) = curl(&s, &[], "/v1/admin/keys");
+    assert_eq!(code, 403);
+    assert_eq!(body["error"]["policies"][0], "no-admin");
+    assert_eq!(body["error"]["message"], "admin endpoints are off limits");
+}
+
+#[test]
+fn an_untrusted_upstream_certificate_gives_502() {
+    let s = setup(false);
+    let (code, body) = curl(&s, &[], "/v1/models");
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["error"]["type"], "upstream");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("certificate"),
+        "{body}"
+    );
+}
+
+#[test]
+fn ca_export_prints_the_gateway_ca() {
+    let s = setup(true);
+    let out = s.gw.cli(&["ca", "export"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(&s.ca).unwrap()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.ca.with_file_name("ca.key")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
