@@ -11,6 +11,7 @@ import http.server
 import json
 import ssl
 import sys
+import time
 
 BIND, CERT, KEY, REAL = sys.argv[1:5]
 
@@ -37,7 +38,52 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(out)
 
     do_GET = _reply
-    do_POST = _reply
+
+    def do_POST(self):
+        if self.path != "/v1/chat/completions":
+            return self._reply()
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        if self.headers.get("Authorization", "") != f"Bearer {REAL}":
+            out = json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        model = request.get("model", "test-model")
+        if not request.get("stream"):
+            out = json.dumps({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hello from the test upstream"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6},
+            }).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        # Server-sent events, one chunk at a time, with pauses between them.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        parts = ["hel", "lo ", "stream"]
+        for i, part in enumerate(parts):
+            delta = {"content": part} if i else {"role": "assistant", "content": part}
+            chunk = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 0, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+            time.sleep(0.05)
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _chunk(self, data):
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def log_message(self, *args):
         pass

@@ -152,3 +152,60 @@ fn ca_export_prints_the_gateway_ca() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn the_openai_sdk_works_with_a_placeholder_key_streaming_and_not() {
+    let cg = TestCgroup::new(&unique("openai"));
+    let up = HttpsUpstream::start("127.0.0.9", "api.openai.com", REAL_KEY);
+    let dir = std::env::temp_dir().join(unique("openai"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, REAL_KEY).unwrap();
+    let target = format!(
+        "[[targets]]\nname = \"openai\"\nhosts = [\"api.openai.com\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\nca_file = \"{}\"\ncredential = {{ scheme = \"Bearer\", file = \"{}\" }}\n",
+        up.addr,
+        up.ca_file.display(),
+        key_file.display()
+    );
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    // api.openai.com resolves to a loopback address only inside the client's
+    // own mount namespace; nothing listens there, the redirect catches it.
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{API_IP} api.openai.com\n")).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/openai_client.py");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\"",
+    ])
+    .arg(&hosts)
+    .arg(&script)
+    .env("OPENAI_API_KEY", "sk-placeholder-not-a-secret")
+    .env("SSL_CERT_FILE", gw.state_dir().join("ca/ca.pem"))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let r = Client::new(&cg).run_cmd(cmd);
+    assert!(r.success, "openai client failed: {}\n{}", r.stderr, gw.log());
+    let out = r.json();
+    assert_eq!(out["content"], "hello from the test upstream");
+    assert_eq!(out["stream_parts"], serde_json::json!(["hel", "lo ", "stream"]));
+    let exchanges: Vec<Value> = gw
+        .events()
+        .all()
+        .into_iter()
+        .filter(|e| e["event"] == "http_exchange")
+        .collect();
+    assert_eq!(exchanges.len(), 2, "{exchanges:#?}");
+    assert!(exchanges
+        .iter()
+        .all(|e| e["target"] == "openai" && e["credential_injected"] == true && e["status"] == 200));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,7 +18,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Python packages for the test clients.
-const PIP_PACKAGES: &[(&str, &str)] = &[("httpx", "httpx==0.28.1")];
+const PIP_PACKAGES: &[(&str, &str)] = &[("httpx", "httpx==0.28.1"), ("openai", "openai==1.109.1")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
