@@ -16,6 +16,7 @@ pub mod detect;
 pub mod identity;
 pub mod kernel;
 pub mod listener;
+pub mod masking;
 pub mod policy;
 pub mod proxy;
 pub mod sql;

@@ -1,0 +1,124 @@
+//! The masking engine, shared by the HTTP and PostgreSQL paths: detectors
+//! for personal data and secrets, masking styles, and a streaming matcher
+//! that catches values split across chunk boundaries. Findings record which
+//! detector fired and where, never the value.
+use serde::{Deserialize, Serialize};
+
+mod detectors;
+mod stream;
+
+pub use detectors::{Detector, DetectorKind};
+pub use stream::StreamMasker;
+
+/// How a found value is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Style {
+    /// `[REDACTED:email]`.
+    #[default]
+    Redact,
+    /// Everything but the last four characters replaced by `*`.
+    KeepLast4,
+    /// Same length and shape: digits become `0`, letters `x`, other characters kept.
+    Placeholder,
+}
+
+/// One masked value: which detector, and where in the output it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Detector name.
+    pub detector: String,
+    /// Byte offset in the input where the value started.
+    pub offset: usize,
+    /// Length in bytes of the value.
+    pub len: usize,
+}
+
+/// A set of detectors with a masking style.
+#[derive(Debug, Clone)]
+pub struct Masker {
+    detectors: Vec<Detector>,
+    style: Style,
+}
+
+impl Masker {
+    /// Detectors by name (see [`DetectorKind`]) plus custom (name, regex) pairs.
+    pub fn new(names: &[String], custom: &[(String, String)], style: Style) -> Result<Self, String> {
+        let mut detectors = Vec::new();
+        for name in names {
+            detectors.push(Detector::builtin(name)?);
+        }
+        for (name, pattern) in custom {
+            detectors.push(Detector::custom(name, pattern)?);
+        }
+        Ok(Self { detectors, style })
+    }
+
+    /// The longest value a detector can match, in bytes (the streaming window).
+    pub fn window(&self) -> usize {
+        self.detectors.iter().map(Detector::max_len).max().unwrap_or(0)
+    }
+
+    /// Masks `input`; returns the output and what was masked.
+    pub fn mask(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
+        let mut spans = self.spans(input);
+        spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
+        let mut out = Vec::with_capacity(input.len());
+        let mut findings = Vec::new();
+        let mut at = 0;
+        for (start, end, name) in spans {
+            if start < at {
+                continue; // overlaps a value already masked
+            }
+            out.extend_from_slice(&input[at..start]);
+            out.extend_from_slice(&self.replace(&input[start..end], name));
+            findings.push(Finding {
+                detector: name.to_owned(),
+                offset: start,
+                len: end - start,
+            });
+            at = end;
+        }
+        out.extend_from_slice(&input[at..]);
+        (out, findings)
+    }
+
+    /// Every (start, end, detector) match in `input`.
+    pub(crate) fn spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str)> {
+        self.detectors
+            .iter()
+            .flat_map(|d| d.find_all(input).into_iter().map(move |(s, e)| (s, e, d.name())))
+            .collect()
+    }
+
+    fn replace(&self, value: &[u8], detector: &str) -> Vec<u8> {
+        match self.style {
+            Style::Redact => format!("[REDACTED:{detector}]").into_bytes(),
+            Style::KeepLast4 => {
+                let keep = value.len().saturating_sub(4);
+                value
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        if i < keep && b.is_ascii_alphanumeric() {
+                            b'*'
+                        } else {
+                            *b
+                        }
+                    })
+                    .collect()
+            }
+            Style::Placeholder => value
+                .iter()
+                .map(|b| match b {
+                    b'0'..=b'9' => b'0',
+                    b'a'..=b'z' | b'A'..=b'Z' => b'x',
+                    other => *other,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

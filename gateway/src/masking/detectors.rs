@@ -1,0 +1,188 @@
+//! Detectors: a regular expression for candidates, and for some a checksum
+//! (Luhn for cards, mod-97 for IBANs) so random digit runs are not masked.
+use regex::bytes::Regex;
+
+/// The built-in detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectorKind {
+    /// Payment card numbers (13-19 digits, Luhn-valid).
+    CreditCard,
+    /// Email addresses.
+    Email,
+    /// US social security numbers.
+    UsSsn,
+    /// IBANs (mod-97 valid).
+    Iban,
+    /// Phone numbers in international or common national forms.
+    Phone,
+    /// OpenAI-style `sk-...` keys.
+    OpenAiKey,
+    /// AWS access key ids.
+    AwsAccessKey,
+    /// JSON web tokens.
+    Jwt,
+    /// `Bearer ...` tokens.
+    BearerToken,
+    /// An operator's regular expression.
+    Custom,
+}
+
+/// A compiled detector.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    name: String,
+    kind: DetectorKind,
+    regex: Regex,
+    max_len: usize,
+}
+
+const BUILTINS: [(&str, DetectorKind, &str, usize); 9] = [
+    ("credit_card", DetectorKind::CreditCard, r"\b\d(?:[ -]?\d){12,18}\b", 40),
+    (
+        "email",
+        DetectorKind::Email,
+        r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
+        254,
+    ),
+    ("us_ssn", DetectorKind::UsSsn, r"\b\d{3}-\d{2}-\d{4}\b", 11),
+    (
+        "iban",
+        DetectorKind::Iban,
+        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+        42,
+    ),
+    (
+        "phone",
+        DetectorKind::Phone,
+        r"(?:\+\d{1,3}[ .-]?)?\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
+        20,
+    ),
+    ("api_key", DetectorKind::OpenAiKey, r"\bsk-[A-Za-z0-9_-]{20,200}", 204),
+    (
+        "aws_access_key",
+        DetectorKind::AwsAccessKey,
+        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+        20,
+    ),
+    (
+        "jwt",
+        DetectorKind::Jwt,
+        r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}",
+        4096,
+    ),
+    (
+        "bearer_token",
+        DetectorKind::BearerToken,
+        r"\bBearer [A-Za-z0-9._~+/-]{16,512}=*",
+        540,
+    ),
+];
+
+impl Detector {
+    /// A built-in detector by name.
+    pub fn builtin(name: &str) -> Result<Self, String> {
+        let (n, kind, pattern, max_len) = BUILTINS.iter().find(|(n, ..)| *n == name).copied().ok_or_else(|| {
+            let known: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
+            format!("unknown detector `{name}` (known: {})", known.join(", "))
+        })?;
+        let regex = Regex::new(pattern).map_err(|e| format!("detector {n}: {e}"))?;
+        Ok(Self {
+            name: n.to_owned(),
+            kind,
+            regex,
+            max_len,
+        })
+    }
+
+    /// An operator's detector; its matches are capped at 256 bytes for streaming.
+    pub fn custom(name: &str, pattern: &str) -> Result<Self, String> {
+        let regex = Regex::new(pattern).map_err(|e| format!("detector {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            kind: DetectorKind::Custom,
+            regex,
+            max_len: 256,
+        })
+    }
+
+    /// Its name, as findings report it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Longest value it matches.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Valid matches as (start, end).
+    pub fn find_all(&self, input: &[u8]) -> Vec<(usize, usize)> {
+        self.regex
+            .find_iter(input)
+            .filter(|m| m.len() <= self.max_len && self.valid(m.as_bytes()))
+            .map(|m| (m.start(), m.end()))
+            .collect()
+    }
+
+    fn valid(&self, value: &[u8]) -> bool {
+        match self.kind {
+            DetectorKind::CreditCard => luhn(value),
+            DetectorKind::Iban => iban_ok(value),
+            DetectorKind::UsSsn => {
+                let area = &value[..3];
+                area != b"000" && area != b"666" && area[0] != b'9' && &value[4..6] != b"00" && &value[7..] != b"0000"
+            }
+            _ => true,
+        }
+    }
+}
+
+fn luhn(value: &[u8]) -> bool {
+    let digits: Vec<u32> = value
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+        .collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                *d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+fn iban_ok(value: &[u8]) -> bool {
+    let compact: Vec<u8> = value.iter().copied().filter(|b| *b != b' ').collect();
+    if compact.len() < 15 {
+        return false;
+    }
+    let rearranged = compact[4..].iter().chain(&compact[..4]);
+    let mut rem: u32 = 0;
+    for b in rearranged {
+        let v = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}

@@ -1,0 +1,58 @@
+//! Masking a stream: bytes are released only once no value that could still
+//! be growing overlaps them, so a card number or key split across two
+//! chunks (or two reads) is caught whole.
+use super::{Finding, Masker};
+
+/// Streaming state over one direction of one exchange.
+pub struct StreamMasker<'a> {
+    masker: &'a Masker,
+    held: Vec<u8>,
+    /// Bytes already released (for finding offsets).
+    released: usize,
+}
+
+impl<'a> StreamMasker<'a> {
+    /// A fresh stream.
+    pub fn new(masker: &'a Masker) -> Self {
+        Self {
+            masker,
+            held: Vec::new(),
+            released: 0,
+        }
+    }
+
+    /// Feeds a chunk; returns the bytes safe to release now and their findings.
+    pub fn push(&mut self, chunk: &[u8]) -> (Vec<u8>, Vec<Finding>) {
+        self.held.extend_from_slice(chunk);
+        let window = self.masker.window();
+        if self.held.len() <= window {
+            return (Vec::new(), Vec::new());
+        }
+        // Release up to `cut`: everything but the last `window` bytes, moved
+        // back to the start of any match that reaches past that point.
+        let mut cut = self.held.len() - window;
+        for (start, end, _) in self.masker.spans(&self.held) {
+            if start < cut && end > cut {
+                cut = start;
+            }
+        }
+        self.release(cut)
+    }
+
+    /// Ends the stream: masks and releases everything held.
+    pub fn finish(&mut self) -> (Vec<u8>, Vec<Finding>) {
+        let all = self.held.len();
+        self.release(all)
+    }
+
+    fn release(&mut self, cut: usize) -> (Vec<u8>, Vec<Finding>) {
+        let rest = self.held.split_off(cut);
+        let head = std::mem::replace(&mut self.held, rest);
+        let (out, mut findings) = self.masker.mask(&head);
+        for f in &mut findings {
+            f.offset += self.released;
+        }
+        self.released += head.len();
+        (out, findings)
+    }
+}

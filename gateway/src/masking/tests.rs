@@ -1,0 +1,94 @@
+use super::*;
+
+fn masker(names: &[&str], style: Style) -> Masker {
+    Masker::new(&names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), &[], style).unwrap()
+}
+
+fn text(m: &Masker, s: &str) -> (String, Vec<String>) {
+    let (out, findings) = m.mask(s.as_bytes());
+    (
+        String::from_utf8(out).unwrap(),
+        findings.into_iter().map(|f| f.detector).collect(),
+    )
+}
+
+#[test]
+fn detectors_find_what_they_should_and_skip_lookalikes() {
+    let all = masker(
+        &[
+            "credit_card",
+            "email",
+            "us_ssn",
+            "iban",
+            "phone",
+            "api_key",
+            "aws_access_key",
+            "jwt",
+        ],
+        Style::Redact,
+    );
+    let cases = [
+        ("card 4111 1111 1111 1111 ok", "card [REDACTED:credit_card] ok"),
+        ("card 4111-1111-1111-1112 not luhn", "card 4111-1111-1111-1112 not luhn"),
+        ("mail alice.smith+x@example.co.uk now", "mail [REDACTED:email] now"),
+        ("ssn 123-45-6789 / 000-12-3456", "ssn [REDACTED:us_ssn] / 000-12-3456"),
+        ("iban GB82 WEST 1234 5698 7654 32 paid", "iban [REDACTED:iban] paid"),
+        ("iban GB83WEST12345698765432 bad", "iban GB83WEST12345698765432 bad"),
+        ("call +1 415-555-0132 today", "call [REDACTED:phone] today"),
+        ("key sk-proj-abcdefghijklmnopqrstuvwx end", "key [REDACTED:api_key] end"),
+        ("aws AKIAIOSFODNN7EXAMPLE.", "aws [REDACTED:aws_access_key]."),
+        (
+            "tok eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U x",
+            "tok [REDACTED:jwt] x",
+        ),
+        ("order 12345 of 2024", "order 12345 of 2024"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(text(&all, input).0, expected, "{input}");
+    }
+}
+
+#[test]
+fn styles() {
+    let card = "4111 1111 1111 1111";
+    assert_eq!(
+        text(&masker(&["credit_card"], Style::KeepLast4), card).0,
+        "**** **** **** 1111"
+    );
+    assert_eq!(
+        text(&masker(&["email"], Style::Placeholder), "bob@ex.io").0,
+        "xxx@xx.xx"
+    );
+    let custom = Masker::new(&[], &[("ticket".into(), r"TCK-\d{6}".into())], Style::Redact).unwrap();
+    assert_eq!(text(&custom, "see TCK-123456").0, "see [REDACTED:ticket]");
+    assert!(Masker::new(&["nope".into()], &[], Style::Redact)
+        .unwrap_err()
+        .contains("known:"));
+}
+
+#[test]
+fn a_value_split_across_chunks_is_caught_and_nothing_is_lost() {
+    let m = masker(&["credit_card", "email"], Style::Redact);
+    let input = "pay with 4111 1111 1111 1111 or mail bob@example.com, thanks. ".repeat(20);
+    // Every split point of the first 80 bytes, and many random-ish chunk sizes.
+    for chunk in [1usize, 2, 3, 5, 7, 13, 17, 64, 1000] {
+        let mut s = StreamMasker::new(&m);
+        let mut out = Vec::new();
+        let mut findings = Vec::new();
+        for piece in input.as_bytes().chunks(chunk) {
+            let (o, f) = s.push(piece);
+            out.extend(o);
+            findings.extend(f);
+        }
+        let (o, f) = s.finish();
+        out.extend(o);
+        findings.extend(f);
+        let (whole, whole_findings) = m.mask(input.as_bytes());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(whole).unwrap(),
+            "chunk {chunk}"
+        );
+        assert_eq!(findings, whole_findings, "chunk {chunk}");
+    }
+}
