@@ -5,9 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 mod detectors;
+mod sse;
 mod stream;
 
 pub use detectors::{Detector, DetectorKind};
+pub use sse::SseMasker;
 pub use stream::StreamMasker;
 
 /// How a found value is replaced.

@@ -1,19 +1,21 @@
 //! Masking a stream: bytes are released only once no value that could still
 //! be growing overlaps them, so a card number or key split across two
 //! chunks (or two reads) is caught whole.
+use std::sync::Arc;
+
 use super::{Finding, Masker};
 
 /// Streaming state over one direction of one exchange.
-pub struct StreamMasker<'a> {
-    masker: &'a Masker,
+pub struct StreamMasker {
+    masker: Arc<Masker>,
     held: Vec<u8>,
     /// Bytes already released (for finding offsets).
     released: usize,
 }
 
-impl<'a> StreamMasker<'a> {
+impl StreamMasker {
     /// A fresh stream.
-    pub fn new(masker: &'a Masker) -> Self {
+    pub fn new(masker: Arc<Masker>) -> Self {
         Self {
             masker,
             held: Vec::new(),
@@ -35,6 +37,10 @@ impl<'a> StreamMasker<'a> {
             if start < cut && end > cut {
                 cut = start;
             }
+        }
+        // Never split a UTF-8 character between two releases.
+        while cut > 0 && cut < self.held.len() && self.held[cut] & 0xC0 == 0x80 {
+            cut -= 1;
         }
         self.release(cut)
     }
