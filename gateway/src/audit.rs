@@ -101,6 +101,8 @@ pub struct HttpExchangeEvent {
     pub decision: Decision,
     /// Whether the gateway injected the target's credential.
     pub credential_injected: bool,
+    /// Detectors that masked something in the request body (never the values).
+    pub masked_request: Vec<String>,
     /// Why the upstream could not answer, when it could not (upstream side).
     pub upstream_error: Option<String>,
     /// Milliseconds until the response headers.
@@ -115,6 +117,23 @@ pub enum Event {
     Connection(Box<ConnectionEvent>),
     /// One HTTP request and its response (or refusal).
     HttpExchange(Box<HttpExchangeEvent>),
+    /// Values were masked in a response (which detectors; never the values).
+    Masked {
+        /// Time (RFC 3339).
+        time: String,
+        /// The connection.
+        conn_id: ConnId,
+        /// The agent.
+        agent: AgentName,
+        /// The target.
+        target: String,
+        /// Request path.
+        path: String,
+        /// `response` (request masking is on the exchange event).
+        direction: String,
+        /// Detectors that fired, in order.
+        detectors: Vec<String>,
+    },
     /// An operator changed the redirect rules.
     RulesChanged {
         /// Time (RFC 3339).

@@ -54,6 +54,7 @@ pub struct ProxyCtx {
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
     upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
+    maskers: Mutex<HashMap<Vec<String>, Arc<crate::masking::Masker>>>,
 }
 
 impl ProxyCtx {
@@ -72,7 +73,19 @@ impl ProxyCtx {
             gate,
             ca,
             upstream_tls: Mutex::new(HashMap::new()),
+            maskers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The masker for a set of detector names from `@mask` (built once).
+    pub fn masker(&self, names: &[String]) -> Result<Arc<crate::masking::Masker>, String> {
+        let mut cache = self.maskers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(names) {
+            return Ok(hit.clone());
+        }
+        let masker = Arc::new(crate::masking::Masker::new(names, &[], crate::masking::Style::Redact)?);
+        cache.insert(names.to_vec(), masker.clone());
+        Ok(masker)
     }
 
     /// The upstream TLS client config for a CA bundle (built once, then shared).

@@ -71,7 +71,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        parts = ["hel", "lo ", "stream"]
+        prompt = json.dumps(request.get("messages", []))
+        parts = ["Your card is 4111 1111", " 1111 1111, keep it safe."] if "card" in prompt else ["hel", "lo ", "stream"]
         for i, part in enumerate(parts):
             delta = {"content": part} if i else {"role": "assistant", "content": part}
             chunk = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 0, "model": model,

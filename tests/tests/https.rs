@@ -19,6 +19,10 @@ struct Setup {
 }
 
 fn setup(trust_upstream_ca: bool) -> Setup {
+    setup_with(trust_upstream_ca, None)
+}
+
+fn setup_with(trust_upstream_ca: bool, extra_policy: Option<&str>) -> Setup {
     let cg = TestCgroup::new(&unique("https"));
     let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
     let key_dir = std::env::temp_dir().join(unique("key"));
@@ -35,8 +39,9 @@ fn setup(trust_upstream_ca: bool) -> Setup {
         up.addr,
         key_file.display()
     );
+    let allow = extra_policy.unwrap_or(interlock_tests::gateway::ALLOW_ALL);
     let policies = vec![
-        ("allow.cedar".to_owned(), interlock_tests::gateway::ALLOW_ALL.to_owned()),
+        ("allow.cedar".to_owned(), allow.to_owned()),
         (
             "paths.cedar".to_owned(),
             "@id(\"no-admin\")\n@reason(\"admin endpoints are off limits\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource == Interlock::Target::\"api\")\nwhen { context.path like \"/v1/admin*\" };\n".to_owned(),
@@ -149,8 +154,10 @@ fn ca_export_prints_the_gateway_ca() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[test]
-fn the_openai_sdk_works_with_a_placeholder_key_streaming_and_not() {
+/// Runs the OpenAI SDK client (in its own mount namespace, where
+/// api.openai.com is a loopback address) through a gateway; returns its report
+/// and the gateway's events.
+fn openai_run(policies: Option<Vec<(String, String)>>, prompt: &str) -> (Value, Vec<Value>) {
     let cg = TestCgroup::new(&unique("openai"));
     let up = HttpsUpstream::start("127.0.0.9", "api.openai.com", REAL_KEY);
     let dir = std::env::temp_dir().join(unique("openai"));
@@ -167,6 +174,7 @@ fn the_openai_sdk_works_with_a_placeholder_key_streaming_and_not() {
         &cg,
         GatewayOptions {
             extra_toml: vec![target],
+            policies,
             ..Default::default()
         },
     );
@@ -180,28 +188,78 @@ fn the_openai_sdk_works_with_a_placeholder_key_streaming_and_not() {
         "--mount",
         "sh",
         "-c",
-        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\"",
+        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\" \"$2\"",
     ])
     .arg(&hosts)
     .arg(&script)
+    .arg(prompt)
     .env("OPENAI_API_KEY", "sk-placeholder-not-a-secret")
     .env("SSL_CERT_FILE", gw.state_dir().join("ca/ca.pem"))
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
     let r = Client::new(&cg).run_cmd(cmd);
     assert!(r.success, "openai client failed: {}\n{}", r.stderr, gw.log());
-    let out = r.json();
+    let events = interlock_tests::wait_for(5, || {
+        let all = gw.events().all();
+        (all.iter().filter(|e| e["event"] == "http_exchange").count() >= 2).then_some(all)
+    })
+    .expect("exchange events");
+    let _ = std::fs::remove_dir_all(&dir);
+    (r.json(), events)
+}
+
+#[test]
+fn the_openai_sdk_works_with_a_placeholder_key_streaming_and_not() {
+    let (out, events) = openai_run(None, "say hello");
     assert_eq!(out["content"], "hello from the test upstream");
     assert_eq!(out["stream_parts"], serde_json::json!(["hel", "lo ", "stream"]));
-    let exchanges: Vec<Value> = gw
-        .events()
-        .all()
-        .into_iter()
-        .filter(|e| e["event"] == "http_exchange")
-        .collect();
+    let exchanges: Vec<&Value> = events.iter().filter(|e| e["event"] == "http_exchange").collect();
     assert_eq!(exchanges.len(), 2, "{exchanges:#?}");
     assert!(exchanges
         .iter()
         .all(|e| e["target"] == "openai" && e["credential_injected"] == true && e["status"] == 200));
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const MASKING_POLICY: &str =
+    "@id(\"llm-masked\")\n@mask(\"email,credit_card\")\npermit (principal, action, resource);\n";
+
+#[test]
+fn a_card_split_across_sse_chunks_is_masked_and_prompts_are_redacted() {
+    let policies = Some(vec![("masked.cedar".to_owned(), MASKING_POLICY.to_owned())]);
+    let (out, events) = openai_run(policies, "my card please, and mail me at alice@example.com");
+    let streamed: String = out["stream_parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, "Your card is [REDACTED:credit_card], keep it safe.");
+    let exchanges: Vec<&Value> = events.iter().filter(|e| e["event"] == "http_exchange").collect();
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e["masked_request"] == serde_json::json!(["email"])),
+        "{exchanges:#?}"
+    );
+    let masked = events
+        .iter()
+        .find(|e| e["event"] == "masked")
+        .expect("no masking event");
+    assert_eq!(masked["detectors"], serde_json::json!(["credit_card"]));
+    assert!(
+        !serde_json::to_string(&events).unwrap().contains("4111"),
+        "a card number reached the audit trail"
+    );
+}
+
+#[test]
+fn the_upstream_receives_the_prompt_redacted() {
+    let s = setup_with(true, Some(MASKING_POLICY));
+    let (code, body) = curl(
+        &s,
+        &["-X", "POST", "-d", "{\"prompt\":\"write to bob@example.org\"}"],
+        "/v1/echo",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(body["body"], "{\"prompt\":\"write to [REDACTED:email]\"}");
 }

@@ -342,6 +342,12 @@ pub fn load_sources(
                         .collect()
                 })
                 .unwrap_or_default();
+            if let Some(bad) = mask
+                .iter()
+                .find(|name| crate::masking::Detector::builtin(name).is_err())
+            {
+                return Err(annotation_err(format!("@mask names unknown detector `{bad}`")));
+            }
             if !mask.is_empty() && policy.effect() != Effect::Permit {
                 return Err(annotation_err("@mask only makes sense on a permit".into()));
             }

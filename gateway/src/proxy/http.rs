@@ -26,7 +26,10 @@ use crate::{
     types::{AgentName, ConnId, OrigDst},
 };
 
-type Body = BoxBody<Bytes, hyper::Error>;
+mod mask;
+
+/// Bodies in both directions: streamed from the other side, or generated.
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Headers an agent might carry a placeholder secret in; all are removed.
 const SECRET_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
@@ -41,8 +44,8 @@ const HOP_BY_HOP: [&str; 6] = [
 ];
 
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Incoming>),
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
 }
 
 struct HttpSession {
@@ -146,7 +149,7 @@ where
     }
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let body = Full::new(Bytes::from(value.to_string()))
         .map_err(|never| match never {})
         .boxed();
@@ -177,30 +180,17 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
     let decision = s.ctx.gate.policies.decide(&query);
     let mut injected = false;
     let mut upstream_error = None;
+    let mut masked = Vec::new();
     let response = if decision.outcome != PolicyOutcome::Allow {
         refusal(&decision, s.conn_id)
     } else {
-        // Upstream request filter: credentials.
-        let mut req = req;
-        match prepare(&mut req, s) {
-            Err(message) => {
+        match allowed(req.map(|b| b.boxed()), s, &decision, &path, &mut injected, &mut masked).await {
+            Ok(resp) => resp,
+            Err((kind, message, status)) => {
+                tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
                 upstream_error = Some(message.clone());
-                json_response(
-                    StatusCode::BAD_GATEWAY,
-                    serde_json::json!({"error": {"type": "gateway", "message": message}}),
-                )
-            }
-            Ok(did_inject) => {
-                injected = did_inject;
-                match forward(req, s).await {
-                    Ok(resp) => resp.map(|b| b.boxed()),
-                    Err(message) => {
-                        tracing::info!(conn = %s.conn_id, target = %s.target.name, "upstream failed: {message}");
-                        upstream_error = Some(message.clone());
-                        let body = serde_json::json!({"error": {"type": "upstream", "target": s.target.name, "message": message}});
-                        json_response(StatusCode::BAD_GATEWAY, body)
-                    }
-                }
+                let body = serde_json::json!({"error": {"type": kind, "target": s.target.name, "message": message}});
+                json_response(status, body)
             }
         }
     };
@@ -215,6 +205,7 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         status: response.status().as_u16(),
         decision,
         credential_injected: injected,
+        masked_request: masked,
         upstream_error,
         duration_ms: started.elapsed().as_millis() as u64,
     };
@@ -222,6 +213,69 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         tracing::error!(conn = %s.conn_id, "exchange event lost: {e}");
     }
     response
+}
+
+/// The phases after an allow: credentials, request masking, upstream,
+/// response masking. Errors are (side, message, status).
+async fn allowed(
+    mut req: Request<Body>,
+    s: &Arc<HttpSession>,
+    decision: &Decision,
+    path: &str,
+    injected: &mut bool,
+    masked: &mut Vec<String>,
+) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
+    *injected = prepare(&mut req, s).map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
+    let masker = if decision.mask.is_empty() {
+        None
+    } else {
+        Some(
+            s.ctx
+                .masker(&decision.mask)
+                .map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?,
+        )
+    };
+    if let Some(m) = &masker {
+        // Compressed answers cannot be masked: ask for plain ones.
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
+        let (masked_req, fired) = match mask::request(req, m).await {
+            Ok(ok) => ok,
+            Err(resp) => return Ok(resp),
+        };
+        req = masked_req;
+        *masked = fired;
+    }
+    let resp = forward(req, s)
+        .await
+        .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
+    let resp = resp.map(|b| b.boxed());
+    let Some(m) = masker else { return Ok(resp) };
+    let (events, conn, agent, target, path) = (
+        s.ctx.events.clone(),
+        s.conn_id,
+        s.agent.clone(),
+        s.target.name.clone(),
+        path.to_owned(),
+    );
+    Ok(mask::response(resp, m, move |fired| {
+        if fired.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let event = Event::Masked {
+                time: audit::now(),
+                conn_id: conn,
+                agent,
+                target,
+                path,
+                direction: "response".into(),
+                detectors: fired,
+            };
+            if let Err(e) = events.record(event).await {
+                tracing::error!("masking event lost: {e}");
+            }
+        });
+    }))
 }
 
 /// 403 for a denial, or for a request held for review (until approvals exist).
@@ -241,7 +295,7 @@ fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
 }
 
 /// Strips placeholders and hop-by-hop headers and injects the credential.
-fn prepare(req: &mut Request<Incoming>, s: &HttpSession) -> Result<bool, String> {
+fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<bool, String> {
     let headers = req.headers_mut();
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -258,7 +312,7 @@ fn prepare(req: &mut Request<Incoming>, s: &HttpSession) -> Result<bool, String>
     Ok(true)
 }
 
-async fn forward(mut req: Request<Incoming>, s: &HttpSession) -> Result<Response<Incoming>, String> {
+async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Incoming>, String> {
     let mut guard = s.sender.lock().await;
     for attempt in 0..2 {
         if guard.is_none() {
@@ -298,7 +352,7 @@ async fn forward(mut req: Request<Incoming>, s: &HttpSession) -> Result<Response
 }
 
 /// Origin-form plus Host for HTTP/1.1 upstreams; absolute for HTTP/2.
-fn set_target_uri(req: &mut Request<Incoming>, host: &str, h2: bool) -> Result<(), String> {
+fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), String> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = req
         .headers()

@@ -1,0 +1,142 @@
+//! Masking phases of an HTTP exchange: the request body (prompt redaction,
+//! buffered up to a bound because its length must be known) and the response
+//! body (streamed, event-aware for server-sent events).
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
+
+use super::{json_response, Body};
+use crate::masking::{Masker, SseMasker, StreamMasker};
+
+/// Largest request body the gateway will buffer to mask.
+pub(super) const MAX_MASKED_REQUEST: usize = 8 * 1024 * 1024;
+
+fn full(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed()
+}
+
+/// Masks a request body; a body over the bound is refused with 413.
+pub(super) async fn request(
+    req: Request<Body>,
+    masker: &Masker,
+) -> Result<(Request<Body>, Vec<String>), Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let collected = match Limited::new(body, MAX_MASKED_REQUEST).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let (status, message) = if too_big {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {MAX_MASKED_REQUEST} bytes cannot be masked"),
+                )
+            } else {
+                (StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
+            };
+            return Err(json_response(
+                status,
+                serde_json::json!({"error": {"type": "agent", "message": message}}),
+            ));
+        }
+    };
+    let (masked, findings) = masker.mask(&collected);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+    Ok((
+        Request::from_parts(parts, full(masked)),
+        findings.into_iter().map(|f| f.detector).collect(),
+    ))
+}
+
+enum Mode {
+    Sse(SseMasker),
+    Raw(StreamMasker),
+}
+
+impl Mode {
+    fn push(&mut self, data: &[u8], fired: &mut Vec<String>) -> Vec<u8> {
+        match self {
+            Self::Sse(m) => m.push(data),
+            Self::Raw(m) => {
+                let (out, findings) = m.push(data);
+                fired.extend(findings.into_iter().map(|f| f.detector));
+                out
+            }
+        }
+    }
+
+    fn finish(&mut self, fired: &mut Vec<String>) -> Vec<u8> {
+        match self {
+            Self::Sse(m) => {
+                let out = m.finish();
+                fired.append(&mut m.fired);
+                out
+            }
+            Self::Raw(m) => {
+                let (out, findings) = m.finish();
+                fired.extend(findings.into_iter().map(|f| f.detector));
+                out
+            }
+        }
+    }
+}
+
+/// Masks a textual response body as it streams; other bodies pass untouched.
+/// `done` receives the detectors that fired when the body ends.
+pub(super) fn response(
+    resp: Response<Body>,
+    masker: Arc<Masker>,
+    done: impl FnOnce(Vec<String>) + Send + Sync + 'static,
+) -> Response<Body> {
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let textual = content_type.starts_with("text/") || content_type.contains("json") || content_type.is_empty();
+    if !textual || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let mode = if content_type.starts_with("text/event-stream") {
+        Mode::Sse(SseMasker::new(masker))
+    } else {
+        Mode::Raw(StreamMasker::new(masker))
+    };
+    let (mut parts, body) = resp.into_parts();
+    // The length changes with masking.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let state = (body, mode, Vec::<String>::new(), Some(done), false);
+    let stream = futures_util::stream::unfold(state, |(mut body, mut mode, mut fired, mut done, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = mode.push(&data, &mut fired);
+                        if !out.is_empty() {
+                            return Some((Ok(Frame::data(Bytes::from(out))), (body, mode, fired, done, false)));
+                        }
+                    }
+                    // Trailers pass through.
+                    Err(frame) => return Some((Ok(frame), (body, mode, fired, done, false))),
+                },
+                Some(Err(e)) => return Some((Err(e), (body, mode, fired, done, true))),
+                None => {
+                    let out = mode.finish(&mut fired);
+                    if let Some(done) = done.take() {
+                        done(std::mem::take(&mut fired));
+                    }
+                    return Some((Ok(Frame::data(Bytes::from(out))), (body, mode, fired, done, true)));
+                }
+            }
+        }
+    });
+    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)))
+}
