@@ -56,7 +56,8 @@ impl Credential {
         }
     }
 
-    fn secret(&self) -> Result<String, CredentialError> {
+    /// The secret itself, for scrubbing echoes of it from responses. Never log it.
+    pub(crate) fn secret(&self) -> Result<String, CredentialError> {
         match &self.source {
             Source::Env(var) => std::env::var(var).map_err(|_| CredentialError::MissingEnv(var.clone())),
             Source::File(path) => {

@@ -56,9 +56,21 @@ impl Masker {
         Ok(Self { detectors, style })
     }
 
-    /// The longest value a detector can match, in bytes (the streaming window).
+    /// Adds a detector for one exact value.
+    pub fn with_literal(mut self, name: &str, value: &str) -> Result<Self, String> {
+        self.detectors.push(Detector::literal(name, value)?);
+        Ok(self)
+    }
+
+    /// The longest value a detector can match, in bytes.
     pub fn window(&self) -> usize {
         self.detectors.iter().map(Detector::max_len).max().unwrap_or(0)
+    }
+
+    /// Bytes at the end of `held` that a stream must hold back (see
+    /// [`Detector::holdback`]).
+    pub fn holdback(&self, held: &[u8]) -> usize {
+        self.detectors.iter().map(|d| d.holdback(held)).max().unwrap_or(0)
     }
 
     /// Masks `input`; returns the output and what was masked.

@@ -54,7 +54,7 @@ pub struct ProxyCtx {
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
     upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
-    maskers: Mutex<HashMap<Vec<String>, Arc<crate::masking::Masker>>>,
+    maskers: Mutex<HashMap<(Vec<String>, Option<String>), Arc<crate::masking::Masker>>>,
 }
 
 impl ProxyCtx {
@@ -77,14 +77,23 @@ impl ProxyCtx {
         }
     }
 
-    /// The masker for a set of detector names from `@mask` (built once).
-    pub fn masker(&self, names: &[String]) -> Result<Arc<crate::masking::Masker>, String> {
+    /// The masker for a set of detector names from `@mask`, plus an exact
+    /// secret to scrub if the gateway injected one (built once per set).
+    pub fn masker(&self, names: &[String], secret: Option<&str>) -> Result<Arc<crate::masking::Masker>, String> {
+        let key = (names.to_vec(), secret.map(str::to_owned));
         let mut cache = self.maskers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(names) {
+        if let Some(hit) = cache.get(&key) {
             return Ok(hit.clone());
         }
-        let masker = Arc::new(crate::masking::Masker::new(names, &[], crate::masking::Style::Redact)?);
-        cache.insert(names.to_vec(), masker.clone());
+        let mut masker = crate::masking::Masker::new(names, &[], crate::masking::Style::Redact)?;
+        if let Some(secret) = secret {
+            masker = masker.with_literal("credential_echo", secret)?;
+        }
+        let masker = Arc::new(masker);
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(key, masker.clone());
         Ok(masker)
     }
 

@@ -30,6 +30,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "auth_ok": ok,
             "authorization_headers": len(self.headers.get_all("Authorization") or []),
             "body": body.decode(errors="replace"),
+            # A careless upstream that echoes the caller's credential.
+            "echoed_authorization": auth if self.path.startswith("/v1/echo-auth") else None,
         }).encode()
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")

@@ -263,3 +263,12 @@ fn the_upstream_receives_the_prompt_redacted() {
     assert_eq!(code, 200);
     assert_eq!(body["body"], "{\"prompt\":\"write to [REDACTED:email]\"}");
 }
+
+#[test]
+fn an_upstream_echo_of_the_real_key_is_scrubbed() {
+    let s = setup(true);
+    let (code, body) = curl(&s, &[], "/v1/echo-auth");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["auth_ok"], true);
+    assert_eq!(body["echoed_authorization"], "Bearer [REDACTED:credential_echo]");
+}

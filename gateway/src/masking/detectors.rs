@@ -34,6 +34,8 @@ pub struct Detector {
     kind: DetectorKind,
     regex: Regex,
     max_len: usize,
+    /// For exact-value detectors, the value.
+    literal: Option<Vec<u8>>,
 }
 
 const BUILTINS: [(&str, DetectorKind, &str, usize); 9] = [
@@ -91,6 +93,7 @@ impl Detector {
             kind,
             regex,
             max_len,
+            literal: None,
         })
     }
 
@@ -102,6 +105,20 @@ impl Detector {
             kind: DetectorKind::Custom,
             regex,
             max_len: 256,
+            literal: None,
+        })
+    }
+
+    /// Matches one exact value (e.g. a secret the gateway injected, so an
+    /// upstream echoing it back cannot hand it to the agent).
+    pub fn literal(name: &str, value: &str) -> Result<Self, String> {
+        let regex = Regex::new(&regex::escape(value)).map_err(|e| format!("detector {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            kind: DetectorKind::Custom,
+            regex,
+            max_len: value.len(),
+            literal: Some(value.as_bytes().to_vec()),
         })
     }
 
@@ -113,6 +130,34 @@ impl Detector {
     /// Longest value it matches.
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// How many bytes at the end of `held` could be the start of a value not
+    /// yet complete: a stream must hold them back. Every character a
+    /// detector's pattern can match is in its alphabet below, so a value that
+    /// crosses the end lies entirely inside that trailing run.
+    pub fn holdback(&self, held: &[u8]) -> usize {
+        if let Some(value) = &self.literal {
+            return (1..value.len())
+                .rev()
+                .find(|k| held.ends_with(&value[..*k]))
+                .unwrap_or(0);
+        }
+        let in_alphabet: fn(u8) -> bool = match self.kind {
+            DetectorKind::CreditCard => |b| b.is_ascii_digit() || b == b' ' || b == b'-',
+            DetectorKind::Email => |b| b.is_ascii_alphanumeric() || b"._%+-@".contains(&b),
+            DetectorKind::UsSsn => |b| b.is_ascii_digit() || b == b'-',
+            DetectorKind::Iban => |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ',
+            DetectorKind::Phone => |b| b.is_ascii_digit() || b" .()+-".contains(&b),
+            DetectorKind::OpenAiKey => |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
+            DetectorKind::AwsAccessKey => |b| b.is_ascii_uppercase() || b.is_ascii_digit(),
+            DetectorKind::Jwt => |b| b.is_ascii_alphanumeric() || b"_.-".contains(&b),
+            DetectorKind::BearerToken => |b| b.is_ascii_alphanumeric() || b"._~+/= -".contains(&b),
+            // An operator's pattern could match anything: hold a full window.
+            DetectorKind::Custom => |_| true,
+        };
+        let run = held.iter().rev().take_while(|b| in_alphabet(**b)).count();
+        run.min(self.max_len)
     }
 
     /// Valid matches as (start, end).

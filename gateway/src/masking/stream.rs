@@ -26,13 +26,10 @@ impl StreamMasker {
     /// Feeds a chunk; returns the bytes safe to release now and their findings.
     pub fn push(&mut self, chunk: &[u8]) -> (Vec<u8>, Vec<Finding>) {
         self.held.extend_from_slice(chunk);
-        let window = self.masker.window();
-        if self.held.len() <= window {
-            return (Vec::new(), Vec::new());
-        }
-        // Release up to `cut`: everything but the last `window` bytes, moved
-        // back to the start of any match that reaches past that point.
-        let mut cut = self.held.len() - window;
+        // Release up to `cut`: everything but a trailing run that could still
+        // grow into a value, moved back to the start of any match that reaches
+        // past that point.
+        let mut cut = self.held.len() - self.masker.holdback(&self.held);
         for (start, end, _) in self.masker.spans(&self.held) {
             if start < cut && end > cut {
                 cut = start;

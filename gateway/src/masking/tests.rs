@@ -92,3 +92,21 @@ fn a_value_split_across_chunks_is_caught_and_nothing_is_lost() {
         assert_eq!(findings, whole_findings, "chunk {chunk}");
     }
 }
+
+#[test]
+fn streams_hold_back_only_what_could_still_become_a_value() {
+    let only_secret = std::sync::Arc::new(
+        Masker::new(&[], &[], Style::Redact)
+            .unwrap()
+            .with_literal("credential_echo", "sk-real-123")
+            .unwrap(),
+    );
+    let mut s = StreamMasker::new(only_secret);
+    assert_eq!(s.push(b"hel").0, b"hel");
+    assert_eq!(s.push(b"lo sk-re").0, b"lo ");
+    assert_eq!(s.push(b"al-123 done").0, b"[REDACTED:credential_echo] done");
+    let cards = std::sync::Arc::new(masker(&["credit_card"], Style::Redact));
+    let mut s = StreamMasker::new(cards);
+    assert_eq!(s.push(b"word 4111 1111").0, b"word");
+    assert_eq!(s.push(b" 1111 1111, ok").0, b" [REDACTED:credit_card], ok");
+}

@@ -225,26 +225,28 @@ async fn allowed(
     injected: &mut bool,
     masked: &mut Vec<String>,
 ) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
-    *injected = prepare(&mut req, s).map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
-    let masker = if decision.mask.is_empty() {
-        None
-    } else {
-        Some(
-            s.ctx
-                .masker(&decision.mask)
-                .map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?,
-        )
-    };
-    if let Some(m) = &masker {
-        // Compressed answers cannot be masked: ask for plain ones.
-        req.headers_mut().remove(header::ACCEPT_ENCODING);
-        let (masked_req, fired) = match mask::request(req, m).await {
+    let secret = prepare(&mut req, s).map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
+    *injected = secret.is_some();
+    let gateway_err = |m: String| ("gateway", m, StatusCode::BAD_GATEWAY);
+    if !decision.mask.is_empty() {
+        // Prompt redaction: the request body, with the policy's detectors only.
+        let m = s.ctx.masker(&decision.mask, None).map_err(gateway_err)?;
+        let (masked_req, fired) = match mask::request(req, &m).await {
             Ok(ok) => ok,
             Err(resp) => return Ok(resp),
         };
         req = masked_req;
         *masked = fired;
     }
+    // Responses are masked with the policy's detectors, and scrubbed of the
+    // injected secret should the upstream echo it back.
+    let masker = if decision.mask.is_empty() && secret.is_none() {
+        None
+    } else {
+        // Compressed answers cannot be masked: ask for plain ones.
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
+        Some(s.ctx.masker(&decision.mask, secret.as_deref()).map_err(gateway_err)?)
+    };
     let resp = forward(req, s)
         .await
         .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
@@ -295,13 +297,14 @@ fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
 }
 
 /// Strips placeholders and hop-by-hop headers and injects the credential.
-fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<bool, String> {
+/// Returns the injected secret, if a credential was injected.
+fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, String> {
     let headers = req.headers_mut();
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
     let Some(credential) = &s.credential else {
-        return Ok(false);
+        return Ok(None);
     };
     for name in SECRET_HEADERS {
         headers.remove(name);
@@ -309,7 +312,7 @@ fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<bool, String> {
     let (name, value) = credential.header().map_err(|e| e.to_string())?;
     headers.remove(&name);
     headers.insert(name, value);
-    Ok(true)
+    credential.secret().map(Some).map_err(|e| e.to_string())
 }
 
 async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Incoming>, String> {
