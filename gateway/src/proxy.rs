@@ -41,6 +41,9 @@ pub struct ProxySettings {
     pub idle_timeout: std::time::Duration,
 }
 
+/// Detector names from `@mask`, and the injected secret to scrub, if any.
+type MaskerKey = (Vec<String>, Option<String>);
+
 /// What every session shares.
 pub struct ProxyCtx {
     /// Timeouts and the bypass mark.
@@ -54,7 +57,7 @@ pub struct ProxyCtx {
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
     upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
-    maskers: Mutex<HashMap<(Vec<String>, Option<String>), Arc<crate::masking::Masker>>>,
+    maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::Masker>>>,
 }
 
 impl ProxyCtx {
