@@ -315,10 +315,7 @@ fn policy(config: &gateway::config::Config, command: &PolicyCommand) -> anyhow::
                 (None, None) => anyhow::bail!("give --agent NAME or --pid PID"),
             };
             let action = match (http, sql) {
-                (Some(h), _) => ActionKind::HttpRequest {
-                    method: h[0].to_uppercase(),
-                    path: h[1].clone(),
-                },
+                (Some(h), _) => ActionKind::http(&h[0].to_uppercase(), &h[1]),
                 (None, Some(sql)) => gateway::sql::classify(sql)?,
                 (None, None) => ActionKind::Connect,
             };

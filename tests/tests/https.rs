@@ -35,7 +35,7 @@ fn setup_with(trust_upstream_ca: bool, extra_policy: Option<&str>) -> Setup {
         String::new()
     };
     let target = format!(
-        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\n{ca_line}credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nllm = true\nupstream = \"{}\"\n{ca_line}credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
         up.addr,
         key_file.display()
     );
@@ -44,7 +44,7 @@ fn setup_with(trust_upstream_ca: bool, extra_policy: Option<&str>) -> Setup {
         ("allow.cedar".to_owned(), allow.to_owned()),
         (
             "paths.cedar".to_owned(),
-            "@id(\"no-admin\")\n@reason(\"admin endpoints are off limits\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource == Interlock::Target::\"api\")\nwhen { context.path like \"/v1/admin*\" };\n".to_owned(),
+            "@id(\"no-expensive-models\")\n@reason(\"that model is not approved\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource == Interlock::Target::\"api\")\nwhen { context.model like \"*-expensive\" };\n@id(\"no-admin\")\n@reason(\"admin endpoints are off limits\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource == Interlock::Target::\"api\")\nwhen { context.path like \"/v1/admin*\" };\n".to_owned(),
         ),
     ];
     let gw = Gateway::start(
@@ -271,4 +271,36 @@ fn an_upstream_echo_of_the_real_key_is_scrubbed() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["auth_ok"], true);
     assert_eq!(body["echoed_authorization"], "Bearer [REDACTED:credential_echo]");
+}
+
+#[test]
+fn policy_sees_the_model_of_llm_requests() {
+    let s = setup(true);
+    let cheap = curl(
+        &s,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"model\":\"small\",\"x\":1}",
+        ],
+        "/v1/echo",
+    );
+    assert_eq!(cheap.0, 200, "{}", cheap.1);
+    assert_eq!(
+        cheap.1["body"], "{\"model\":\"small\",\"x\":1}",
+        "the buffered body was not forwarded intact"
+    );
+    let (code, body) = curl(
+        &s,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"model\":\"gpt-5-expensive\"}",
+        ],
+        "/v1/echo",
+    );
+    assert_eq!(code, 403);
+    assert_eq!(body["error"]["policies"][0], "no-expensive-models");
 }

@@ -52,6 +52,10 @@ pub struct TargetSpec {
     pub ca_file: Option<std::path::PathBuf>,
     /// The credential the gateway injects (the agent never holds it).
     pub credential: Option<CredentialSpec>,
+    /// An LLM API: JSON request bodies are read (up to 8 MiB) so policy sees
+    /// their `model`.
+    #[serde(default)]
+    pub llm: bool,
 }
 
 /// How traffic to a target is handled.

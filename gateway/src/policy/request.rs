@@ -41,6 +41,12 @@ pub enum ActionKind {
         method: String,
         /// Path (without the query).
         path: String,
+        /// `model` from the JSON body, for LLM targets (empty otherwise).
+        #[serde(default)]
+        model: String,
+        /// Body size in bytes when known (Content-Length or buffered), else -1.
+        #[serde(default = "unknown_size")]
+        body_size: i64,
     },
     /// Run a SQL statement.
     SqlStatement {
@@ -59,7 +65,21 @@ pub enum ActionKind {
     },
 }
 
+fn unknown_size() -> i64 {
+    -1
+}
+
 impl ActionKind {
+    /// An HTTP request with no body facts (model unknown, size unknown).
+    pub fn http(method: &str, path: &str) -> Self {
+        Self::HttpRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            model: String::new(),
+            body_size: -1,
+        }
+    }
+
     /// The Cedar action id.
     pub fn cedar_name(&self) -> &'static str {
         match self {
@@ -173,9 +193,16 @@ pub fn build_with(p: &LoadedPolicies, q: &Query<'_>, validate: bool) -> Result<(
     let mut ctx = time_context(q.now);
     match q.action {
         ActionKind::Connect => {}
-        ActionKind::HttpRequest { method, path } => {
+        ActionKind::HttpRequest {
+            method,
+            path,
+            model,
+            body_size,
+        } => {
             ctx.push(("method".into(), str_expr(method.clone())));
             ctx.push(("path".into(), str_expr(path.clone())));
+            ctx.push(("model".into(), str_expr(model.clone())));
+            ctx.push(("body_size".into(), RestrictedExpression::new_long(*body_size)));
         }
         ActionKind::SqlStatement {
             kind,

@@ -64,10 +64,7 @@ fn shipped_policies_decide_the_documented_cases() {
     let db = target("analytics-db", "10.20.0.5", 5432);
     let openai = target("openai", "127.0.0.2", 443);
     let metadata = target("metadata", "169.254.169.254", 80);
-    let http = |method: &str, path: &str| ActionKind::HttpRequest {
-        method: method.into(),
-        path: path.into(),
-    };
+    let http = ActionKind::http;
     let cases: Vec<(&str, &TargetRef, ActionKind, Outcome, &str)> = vec![
         (
             "db-reader",
@@ -263,14 +260,7 @@ fn requests_built_for_every_action_conform_to_the_schema() {
         systemd_unit: None,
     }));
     let t = target("analytics-db", "10.20.0.5", 5432);
-    let actions = [
-        ActionKind::Connect,
-        ActionKind::HttpRequest {
-            method: "GET".into(),
-            path: "/".into(),
-        },
-        sql("select", true),
-    ];
+    let actions = [ActionKind::Connect, ActionKind::http("GET", "/"), sql("select", true)];
     for action in &actions {
         let q = Query {
             agent: &agent,

@@ -165,10 +165,16 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
     let time = audit::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let (req, model, body_size) = match mask::body_facts(req.map(|b| b.boxed()), s.spec.llm).await {
+        Ok(facts) => facts,
+        Err(resp) => return resp,
+    };
     // Request filter: policy on this request.
     let action = ActionKind::HttpRequest {
         method: method.clone(),
         path: path.clone(),
+        model,
+        body_size,
     };
     let query = Query {
         agent: &s.agent,
@@ -184,7 +190,7 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
     let response = if decision.outcome != PolicyOutcome::Allow {
         refusal(&decision, s.conn_id)
     } else {
-        match allowed(req.map(|b| b.boxed()), s, &decision, &path, &mut injected, &mut masked).await {
+        match allowed(req, s, &decision, &path, &mut injected, &mut masked).await {
             Ok(resp) => resp,
             Err((kind, message, status)) => {
                 tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");

@@ -18,30 +18,62 @@ fn full(bytes: Vec<u8>) -> Body {
     Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed()
 }
 
+/// What policy needs from a request body: for LLM targets the JSON body is
+/// read (bounded) for its `model`; otherwise only Content-Length is used.
+/// Returns the request (with the body put back), the model, and the size.
+pub(super) async fn body_facts(req: Request<Body>, llm: bool) -> Result<(Request<Body>, String, i64), Response<Body>> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(-1);
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json"));
+    if !llm || !json || req.method() == http::Method::GET {
+        return Ok((req, String::new(), declared));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = read_bounded(body).await?;
+    let model = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let size = bytes.len() as i64;
+    Ok((Request::from_parts(parts, full(bytes.to_vec())), model, size))
+}
+
+async fn read_bounded(body: Body) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, MAX_MASKED_REQUEST).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let (status, message) = if too_big {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {MAX_MASKED_REQUEST} bytes cannot be inspected"),
+                )
+            } else {
+                (StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
+            };
+            Err(json_response(
+                status,
+                serde_json::json!({"error": {"type": "agent", "message": message}}),
+            ))
+        }
+    }
+}
+
 /// Masks a request body; a body over the bound is refused with 413.
 pub(super) async fn request(
     req: Request<Body>,
     masker: &Masker,
 ) -> Result<(Request<Body>, Vec<String>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
-    let collected = match Limited::new(body, MAX_MASKED_REQUEST).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            let (status, message) = if too_big {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_MASKED_REQUEST} bytes cannot be masked"),
-                )
-            } else {
-                (StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
-            };
-            return Err(json_response(
-                status,
-                serde_json::json!({"error": {"type": "agent", "message": message}}),
-            ));
-        }
-    };
+    let collected = read_bounded(body).await?;
     let (masked, findings) = masker.mask(&collected);
     parts
         .headers
