@@ -103,6 +103,10 @@ pub struct ListenerConfig {
     /// as raw TCP after this wait.
     #[serde(with = "humantime_serde")]
     pub detect_timeout: Duration,
+    /// Time allowed for an HTTP request head on inspected connections
+    /// (slow clients are cut off).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 impl Default for ListenerConfig {
@@ -115,6 +119,7 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(3600),
             max_connections: 4096,
             detect_timeout: Duration::from_millis(200),
+            header_timeout: Duration::from_secs(30),
         }
     }
 }

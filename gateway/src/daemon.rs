@@ -208,6 +208,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         bypass_mark: config.intercept.bypass_mark,
         connect_timeout: config.listener.connect_timeout,
         idle_timeout: config.listener.idle_timeout,
+        header_timeout: config.listener.header_timeout,
     };
     let handoff = Arc::new(handoff);
     let ca = Arc::new(LocalCa::load_or_create(&config.paths.state_dir.join("ca"))?);

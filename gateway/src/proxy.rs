@@ -39,6 +39,8 @@ pub struct ProxySettings {
     pub connect_timeout: std::time::Duration,
     /// Idle timeout for relays.
     pub idle_timeout: std::time::Duration,
+    /// Time allowed for an HTTP request head (and HTTP/2 keep-alive answers).
+    pub header_timeout: std::time::Duration,
 }
 
 /// Detector names from `@mask`, and the injected secret to scrub, if any.

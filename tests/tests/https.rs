@@ -304,3 +304,55 @@ fn policy_sees_the_model_of_llm_requests() {
     assert_eq!(code, 403);
     assert_eq!(body["error"]["policies"][0], "no-expensive-models");
 }
+
+#[test]
+fn a_slow_client_is_cut_off_and_others_are_unaffected() {
+    let cg = TestCgroup::new(&unique("slow"));
+    let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
+    let target = format!(
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\nca_file = \"{}\"\n",
+        up.addr,
+        up.ca_file.display()
+    );
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec!["header_timeout = \"1s\"".into()],
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    let ca = gw.state_dir().join("ca/ca.pem");
+    // A TLS client that sends half a request head and then nothing.
+    let script = format!(
+        "import socket, ssl, json\nctx = ssl.create_default_context(cafile='{}')\ns = ctx.wrap_socket(socket.create_connection(('{API_IP}', 443), timeout=15), server_hostname='{HOST}')\ns.sendall(b'GET /v1/models HTTP/1.1\\r\\nHost: {HOST}\\r\\n')\ntry:\n    got = s.recv(65536)\n    print(json.dumps({{'closed': True, 'got': got.decode(errors='replace')}}))\nexcept socket.timeout:\n    print(json.dumps({{'closed': False}}))\n",
+        ca.display()
+    );
+    let mut slow = std::process::Command::new("python3");
+    slow.args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut slow = cg.enter(&mut slow).spawn().unwrap();
+    // Meanwhile a normal client is served.
+    let resolve = format!("{HOST}:443:{API_IP}");
+    let ok = Client::new(&cg).run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &format!("https://{HOST}/v1/models"),
+        ],
+    );
+    assert!(ok.success, "{}", ok.stderr);
+    let status = slow.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(slow.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["closed"], true, "the slow client was never cut off: {v}");
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::Mutex};
 
 use super::{
@@ -134,11 +134,22 @@ async fn serve_conn<IO>(io: IO, session: Arc<HttpSession>, stats: &Arc<RelayStat
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = session.ctx.settings.header_timeout;
     let svc = service_fn(move |req| {
         let session = session.clone();
         async move { Ok::<_, Infallible>(handle(req, &session).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Slow or silent clients: a request head must arrive within the limit.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::select! {
         result = conn => match result {
