@@ -15,14 +15,28 @@ pub enum Protocol {
         /// ALPN protocols offered.
         alpn: Vec<String>,
     },
-    /// Plaintext HTTP/1.x.
-    Http1,
+    /// Plaintext HTTP/1.x, with the Host header of its first request.
+    Http1 {
+        /// The `Host` header (port removed), if present.
+        host: Option<String>,
+    },
     /// HTTP/2 with prior knowledge (the connection preface).
     Http2,
     /// A PostgreSQL SSLRequest, GSSENCRequest or StartupMessage.
     Postgres,
     /// Anything else, or nothing within the wait: relayed as raw TCP.
     Raw,
+}
+
+impl Protocol {
+    /// The host the agent named (TLS SNI or HTTP Host), if any.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Self::Tls { sni, .. } => sni.as_deref(),
+            Self::Http1 { host } => host.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The most bytes looked at (a ClientHello with many extensions fits).
@@ -46,7 +60,9 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     for m in METHODS {
         let n = buf.len().min(m.len());
         if buf[..n] == m.as_bytes()[..n] {
-            return (buf.len() >= m.len()).then_some(Protocol::Http1);
+            // Wait for the whole request head (or a full peek) to read Host.
+            let complete = buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PEEK;
+            return (buf.len() >= m.len() && complete).then(|| Protocol::Http1 { host: http_host(buf) });
         }
     }
     if buf.len() >= 8 {
@@ -59,6 +75,33 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         return Some(Protocol::Raw);
     }
     None
+}
+
+/// The Host header of a request head, without a port.
+fn http_host(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            if !name.trim().eq_ignore_ascii_case("host") {
+                return None;
+            }
+            let value = value.trim();
+            let host = if let Some(rest) = value.strip_prefix('[') {
+                rest.split(']').next().unwrap_or(rest)
+            } else {
+                value.rsplit_once(':').map_or(value, |(h, p)| {
+                    if p.chars().all(|c| c.is_ascii_digit()) {
+                        h
+                    } else {
+                        value
+                    }
+                })
+            };
+            (!host.is_empty()).then(|| host.to_ascii_lowercase())
+        })
 }
 
 fn tls(buf: &[u8]) -> Option<Protocol> {
@@ -148,7 +191,17 @@ mod tests {
 
     #[test]
     fn plaintext_protocols() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), None, "head not complete yet");
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: Api.Example.test:8080\r\n\r\n"),
+            Some(Protocol::Http1 {
+                host: Some("api.example.test".into())
+            })
+        );
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"),
+            Some(Protocol::Http1 { host: None })
+        );
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI * HT"), None);

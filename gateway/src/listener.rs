@@ -197,10 +197,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Sha
     let identity = shared.resolver.resolve(&record);
     let orig_dst = identity::orig_dst(&record);
     let protocol = detect::sniff(&stream, shared.detect_wait).await;
-    let host = match &protocol {
-        detect::Protocol::Tls { sni, .. } => sni.clone(),
-        _ => None,
-    };
+    let host = protocol.host().map(str::to_owned);
     let verdict = shared.ctx.gate.connect(&identity, orig_dst, host.as_deref());
     tracing::debug!(conn = %id, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");
     let start = SessionStart {

@@ -147,10 +147,7 @@ pub async fn run(mut agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) 
         record(&ctx.events, start, (0, 0), began, Outcome::Denied).await;
         return;
     }
-    let host = match &start.protocol {
-        Protocol::Tls { sni, .. } => sni.clone(),
-        _ => None,
-    };
+    let host = start.protocol.host().map(str::to_owned);
     let spec = ctx.gate.targets().find(start.orig_dst, host.as_deref()).cloned();
     let upstream_addr = OrigDst(spec.as_ref().and_then(|s| s.upstream).unwrap_or(start.orig_dst.0));
     let handle = ctx
@@ -159,8 +156,35 @@ pub async fn run(mut agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) 
     let inspect = matches!(
         (&start.protocol, spec.as_ref().map(|s| s.protocol)),
         (Protocol::Tls { .. }, Some(TargetProtocol::Https))
-            | (Protocol::Http1 | Protocol::Http2, Some(TargetProtocol::Http))
+            | (Protocol::Http1 { .. } | Protocol::Http2, Some(TargetProtocol::Http))
     );
+    let plaintext_to_tls = matches!(
+        (&start.protocol, spec.as_ref().map(|s| s.protocol)),
+        (Protocol::Http1 { .. } | Protocol::Http2, Some(TargetProtocol::Https))
+    );
+    if plaintext_to_tls {
+        // Plaintext HTTP to a TLS target: answer clearly instead of relaying
+        // bytes the upstream cannot parse.
+        let body = "this target requires TLS (https://)\n";
+        let reply = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut agent, reply.as_bytes()).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut agent).await;
+        ctx.live.remove(start.id);
+        record(
+            &ctx.events,
+            start,
+            (0, 0),
+            began,
+            Outcome::Refused {
+                reason: "plaintext HTTP to a TLS target".into(),
+            },
+        )
+        .await;
+        return;
+    }
     let outcome = if let (true, Some(spec)) = (inspect, spec) {
         http::serve(agent, &start, spec, upstream_addr, host, &ctx, &handle.stats).await
     } else {

@@ -356,3 +356,53 @@ fn a_slow_client_is_cut_off_and_others_are_unaffected() {
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["closed"], true, "the slow client was never cut off: {v}");
 }
+
+#[test]
+fn plaintext_http_on_the_tls_port_gets_a_clear_400() {
+    let s = setup(true);
+    let r = Client::new(&s.cg).run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Host: {HOST}"),
+            &format!("http://{API_IP}:443/v1/models"),
+        ],
+    );
+    assert!(r.success, "{}", r.stderr);
+    assert!(r.stdout.ends_with("400"), "{}", r.stdout);
+    assert!(r.stdout.contains("requires TLS"));
+}
+
+#[test]
+fn python_httpx_through_interception() {
+    let s = setup(true);
+    let dir = std::env::temp_dir().join(unique("httpx"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{API_IP} {HOST}\n")).unwrap();
+    let spec = serde_json::json!({"op": "httpx", "url": format!("https://{HOST}/v1/models")}).to_string();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\" \"$2\"",
+    ])
+    .arg(&hosts)
+    .arg(interlock_tests::client::netclient())
+    .arg(&spec)
+    .env("SSL_CERT_FILE", &s.ca)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let r = Client::new(&s.cg).run_cmd(cmd);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = r.json();
+    assert_eq!(out["status"], 200, "{out} {}", r.stderr);
+    let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["auth_ok"], true);
+}
