@@ -7,6 +7,8 @@ unless the request carries `Authorization: Bearer REAL_KEY`, and echoes what
 it saw as JSON, so a test can tell whether the gateway injected the key and
 stripped the agent's placeholder.
 """
+import base64
+import hashlib
 import http.server
 import json
 import ssl
@@ -39,7 +41,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
-    do_GET = _reply
+    def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self._websocket()
+        return self._reply()
+
+    def _websocket(self):
+        """A minimal WebSocket echo (RFC 6455): text frames come back as they went."""
+        if self.headers.get("Authorization", "") != f"Bearer {REAL}":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        sock = self.connection
+        while True:
+            head = self._read(sock, 2)
+            if not head:
+                return
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(self._read(sock, 2), "big")
+            mask = self._read(sock, 4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self._read(sock, length)))
+            if opcode == 8:
+                sock.sendall(b"\x88\x00")
+                return
+            reply = b"echo: " + data
+            sock.sendall(bytes([0x81, len(reply)]) + reply)
+
+    @staticmethod
+    def _read(sock, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                return b""
+            buf += chunk
+        return buf
 
     def do_POST(self):
         if self.path != "/v1/chat/completions":

@@ -406,3 +406,16 @@ fn python_httpx_through_interception() {
     let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["auth_ok"], true);
 }
+
+#[test]
+fn websocket_upgrades_pass_through_with_the_real_key() {
+    let s = setup(true);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/ws_client.py");
+    let r = Client::new(&s.cg).run(
+        "python3",
+        &[script.to_str().unwrap(), API_IP, HOST, s.ca.to_str().unwrap()],
+    );
+    let out = r.json();
+    assert!(out["status"].as_str().unwrap().contains(" 101 "), "{out} {}", r.stderr);
+    assert_eq!(out["echo"], "echo: hello ws");
+}

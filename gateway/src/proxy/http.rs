@@ -27,6 +27,7 @@ use crate::{
 };
 
 mod mask;
+mod upgrade;
 
 /// Bodies in both directions: streamed from the other side, or generated.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
@@ -244,6 +245,12 @@ async fn allowed(
 ) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
     let secret = prepare(&mut req, s).map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
     *injected = secret.is_some();
+    if upgrade::is_upgrade(&req) {
+        // WebSocket and other upgrades pass through once allowed.
+        return upgrade::forward(req, s)
+            .await
+            .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY));
+    }
     let gateway_err = |m: String| ("gateway", m, StatusCode::BAD_GATEWAY);
     if !decision.mask.is_empty() {
         // Prompt redaction: the request body, with the policy's detectors only.
@@ -316,8 +323,13 @@ fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
 /// Strips placeholders and hop-by-hop headers and injects the credential.
 /// Returns the injected secret, if a credential was injected.
 fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, String> {
+    let upgrading = upgrade::is_upgrade(req);
     let headers = req.headers_mut();
     for name in HOP_BY_HOP {
+        // An upgrade keeps the headers that ask for it.
+        if upgrading && (name == "connection" || name == "upgrade") {
+            continue;
+        }
         headers.remove(name);
     }
     let Some(credential) = &s.credential else {
@@ -336,7 +348,7 @@ async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Inc
     let mut guard = s.sender.lock().await;
     for attempt in 0..2 {
         if guard.is_none() {
-            *guard = Some(connect(s).await?);
+            *guard = Some(connect(s, false).await?);
         }
         let ready = match guard.as_mut() {
             Some(Sender::H1(tx)) => tx.ready().await.is_ok(),
@@ -399,7 +411,8 @@ fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), S
     Ok(())
 }
 
-async fn connect(s: &HttpSession) -> Result<Sender, String> {
+/// Opens an upstream connection; `h1_only` for upgrades (WebSocket).
+async fn connect(s: &HttpSession, h1_only: bool) -> Result<Sender, String> {
     let settings = &s.ctx.settings;
     let tcp = connect_upstream(s.upstream, settings.bypass_mark, settings.connect_timeout)
         .await
@@ -407,10 +420,15 @@ async fn connect(s: &HttpSession) -> Result<Sender, String> {
     if s.spec.protocol != TargetProtocol::Https {
         return h1(TokioIo::new(tcp)).await;
     }
-    let config = s
+    let mut config = s
         .ctx
         .upstream_tls(s.spec.ca_file.as_deref())
         .map_err(|e: TlsError| e.to_string())?;
+    if h1_only {
+        let mut only_h1 = (*config).clone();
+        only_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config = Arc::new(only_h1);
+    }
     let name = rustls::pki_types::ServerName::try_from(s.host.clone())
         .map_err(|e| format!("bad upstream name {}: {e}", s.host))?;
     let tls = tokio::time::timeout(
