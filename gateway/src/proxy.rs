@@ -60,6 +60,8 @@ pub struct ProxyCtx {
     pub ca: Arc<tls::LocalCa>,
     upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
     maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::Masker>>>,
+    /// Upstream HTTP connections kept for reuse.
+    pool: http::Pool,
 }
 
 impl ProxyCtx {
@@ -79,6 +81,7 @@ impl ProxyCtx {
             ca,
             upstream_tls: Mutex::new(HashMap::new()),
             maskers: Mutex::new(HashMap::new()),
+            pool: http::Pool::default(),
         }
     }
 

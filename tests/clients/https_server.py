@@ -18,8 +18,16 @@ import time
 BIND, CERT, KEY, REAL = sys.argv[1:5]
 
 
+CONNECTIONS = 0
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        global CONNECTIONS
+        CONNECTIONS += 1
+        super().setup()
 
     def _reply(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -32,6 +40,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "auth_ok": ok,
             "authorization_headers": len(self.headers.get_all("Authorization") or []),
             "body": body.decode(errors="replace"),
+            "connections": CONNECTIONS,
             # A careless upstream that echoes the caller's credential.
             "echoed_authorization": auth if self.path.startswith("/v1/echo-auth") else None,
         }).encode()

@@ -419,3 +419,19 @@ fn websocket_upgrades_pass_through_with_the_real_key() {
     assert!(out["status"].as_str().unwrap().contains(" 101 "), "{out} {}", r.stderr);
     assert_eq!(out["echo"], "echo: hello ws");
 }
+
+#[test]
+fn upstream_connections_are_reused_across_agent_connections() {
+    let s = setup(true);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (code, body) = curl(&s, &["--http1.1"], "/v1/models");
+        assert_eq!(code, 200);
+        seen.push(body["connections"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        vec![1, 1, 1],
+        "each agent connection opened its own upstream connection"
+    );
+}

@@ -27,7 +27,10 @@ use crate::{
 };
 
 mod mask;
+mod pool;
 mod upgrade;
+
+pub use pool::Pool;
 
 /// Bodies in both directions: streamed from the other side, or generated.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
@@ -61,6 +64,26 @@ struct HttpSession {
     host: String,
     credential: Option<Credential>,
     sender: Mutex<Option<Sender>>,
+}
+
+impl HttpSession {
+    fn pool_key(&self) -> pool::PoolKey {
+        pool::PoolKey {
+            upstream: self.upstream,
+            host: self.host.clone(),
+            tls: self.spec.protocol == TargetProtocol::Https,
+            ca_file: self.spec.ca_file.clone(),
+        }
+    }
+}
+
+impl Drop for HttpSession {
+    fn drop(&mut self) {
+        // The agent connection is over: keep its upstream connection for the next one.
+        if let Some(sender) = self.sender.get_mut().take() {
+            self.ctx.pool.checkin(self.pool_key(), sender);
+        }
+    }
 }
 
 /// Serves one inspected connection until it ends or is cut.
@@ -348,7 +371,10 @@ async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Inc
     let mut guard = s.sender.lock().await;
     for attempt in 0..2 {
         if guard.is_none() {
-            *guard = Some(connect(s, false).await?);
+            *guard = match s.ctx.pool.checkout(&s.pool_key()) {
+                Some(reused) => Some(reused),
+                None => Some(connect(s, false).await?),
+            };
         }
         let ready = match guard.as_mut() {
             Some(Sender::H1(tx)) => tx.ready().await.is_ok(),
