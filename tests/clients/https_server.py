@@ -110,6 +110,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(out)
             return
         model = request.get("model", "test-model")
+        if request.get("tools") and not request.get("stream"):
+            return self._tool_turn(request, model)
         if not request.get("stream"):
             out = json.dumps({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
@@ -138,6 +140,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(0.05)
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
+
+    def _tool_turn(self, request, model):
+        """First turn: ask for the first tool; once its result is in, answer with it."""
+        results = [m.get("content") for m in request.get("messages", []) if m.get("role") == "tool"]
+        if results:
+            message = {"role": "assistant", "content": f"Final answer: {results[-1]}"}
+            finish = "stop"
+        else:
+            tool = request["tools"][0]["function"]["name"]
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": json.dumps({"order_id": "42"})}}]}
+            finish = "tool_calls"
+        out = json.dumps({"id": "chatcmpl-3", "object": "chat.completion", "created": 0, "model": model,
+                          "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
 
     def _chunk(self, data):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

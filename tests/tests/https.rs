@@ -158,6 +158,10 @@ fn ca_export_prints_the_gateway_ca() {
 /// api.openai.com is a loopback address) through a gateway; returns its report
 /// and the gateway's events.
 fn openai_run(policies: Option<Vec<(String, String)>>, prompt: &str) -> (Value, Vec<Value>) {
+    openai_script_run("clients/openai_client.py", policies, prompt)
+}
+
+fn openai_script_run(script: &str, policies: Option<Vec<(String, String)>>, prompt: &str) -> (Value, Vec<Value>) {
     let cg = TestCgroup::new(&unique("openai"));
     let up = HttpsUpstream::start("127.0.0.9", "api.openai.com", REAL_KEY);
     let dir = std::env::temp_dir().join(unique("openai"));
@@ -182,7 +186,7 @@ fn openai_run(policies: Option<Vec<(String, String)>>, prompt: &str) -> (Value, 
     // own mount namespace; nothing listens there, the redirect catches it.
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost\n{API_IP} api.openai.com\n")).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/openai_client.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let mut cmd = std::process::Command::new("unshare");
     cmd.args([
         "--mount",
@@ -434,4 +438,16 @@ fn upstream_connections_are_reused_across_agent_connections() {
         vec![1, 1, 1],
         "each agent connection opened its own upstream connection"
     );
+}
+
+#[test]
+fn an_openai_agents_sdk_agent_runs_a_tool_call_end_to_end() {
+    let (out, events) = openai_script_run("clients/agents_client.py", None, "");
+    assert_eq!(out["tool_calls"], serde_json::json!(["42"]), "{out}");
+    assert_eq!(out["final"], "Final answer: order 42 has shipped");
+    let exchanges: Vec<&Value> = events.iter().filter(|e| e["event"] == "http_exchange").collect();
+    assert_eq!(exchanges.len(), 2, "model, tool result, model: {exchanges:#?}");
+    assert!(exchanges
+        .iter()
+        .all(|e| e["credential_injected"] == true && e["status"] == 200));
 }

@@ -18,7 +18,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Python packages for the test clients.
-const PIP_PACKAGES: &[(&str, &str)] = &[("httpx", "httpx==0.28.1"), ("openai", "openai==1.109.1")];
+/// Python packages for the test clients, pinned (distribution, version).
+const PIP_PACKAGES: &[(&str, &str)] = &[("httpx", "0.28.1"), ("openai", "3.57.0"), ("openai-agents", "0.24.0")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -128,16 +129,23 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn pip() -> Result<()> {
-    for (module, spec) in PIP_PACKAGES {
-        if shell::output("python3", &["-c", &format!("import {module}")]).is_some() {
-            continue;
-        }
-        shell::run(&mut cmd(
-            "python3",
-            &["-m", "pip", "install", "-q", "--disable-pip-version-check", spec],
-        ))?;
+    let wanted: Vec<String> = PIP_PACKAGES
+        .iter()
+        .filter(|(dist, version)| {
+            let check = format!("import importlib.metadata as m; print(m.version('{dist}'))");
+            shell::output("python3", &["-c", &check]).as_deref() != Some(*version)
+        })
+        .map(|(dist, version)| format!("{dist}=={version}"))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut install = cmd(
+        "python3",
+        &["-m", "pip", "install", "-q", "--disable-pip-version-check"],
+    );
+    install.args(&wanted);
+    shell::run(&mut install)
 }
 
 fn is_root() -> bool {
