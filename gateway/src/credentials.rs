@@ -23,6 +23,14 @@ pub enum CredentialError {
         message: String,
     },
     /// The secret cannot be sent in a header.
+    #[error("credential: command {program} {message}")]
+    Command {
+        /// The program.
+        program: String,
+        /// What happened (exit status or spawn error; never the output).
+        message: String,
+    },
+    /// The secret cannot be sent in a header.
     #[error("credential from {0} is not a valid header value")]
     Invalid(String),
 }
@@ -30,7 +38,11 @@ pub enum CredentialError {
 enum Source {
     Env(String),
     File(PathBuf),
+    Command(Vec<String>, std::time::Duration),
 }
+
+/// Longest a credential command may run.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One target's credential.
 pub struct Credential {
@@ -43,10 +55,11 @@ pub struct Credential {
 impl Credential {
     /// From validated config.
     pub fn new(spec: &CredentialSpec) -> Self {
-        let source = match (&spec.env, &spec.file) {
-            (Some(var), _) => Source::Env(var.clone()),
-            (None, Some(path)) => Source::File(path.clone()),
-            (None, None) => Source::Env(String::new()),
+        let source = match (&spec.env, &spec.file, &spec.command) {
+            (Some(var), _, _) => Source::Env(var.clone()),
+            (None, Some(path), _) => Source::File(path.clone()),
+            (None, None, Some(argv)) => Source::Command(argv.clone(), spec.refresh),
+            (None, None, None) => Source::Env(String::new()),
         };
         Self {
             header: spec.header.to_ascii_lowercase(),
@@ -60,6 +73,17 @@ impl Credential {
     pub(crate) fn secret(&self) -> Result<String, CredentialError> {
         match &self.source {
             Source::Env(var) => std::env::var(var).map_err(|_| CredentialError::MissingEnv(var.clone())),
+            Source::Command(argv, refresh) => {
+                let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((Some(at), secret)) = cached.as_ref() {
+                    if at.elapsed().is_ok_and(|age| age < *refresh) {
+                        return Ok(secret.clone());
+                    }
+                }
+                let secret = run_command(argv)?;
+                *cached = Some((Some(SystemTime::now()), secret.clone()));
+                Ok(secret)
+            }
             Source::File(path) => {
                 let err = |e: std::io::Error| CredentialError::File {
                     path: path.clone(),
@@ -83,6 +107,7 @@ impl Credential {
         match &self.source {
             Source::Env(var) => format!("environment variable {var}"),
             Source::File(path) => path.display().to_string(),
+            Source::Command(argv, _) => format!("command {}", argv.first().map_or("", String::as_str)),
         }
     }
 
@@ -101,6 +126,49 @@ impl Credential {
     }
 }
 
+/// Runs a credential command (no shell) with a time limit; returns its
+/// trimmed standard output.
+fn run_command(argv: &[String]) -> Result<String, CredentialError> {
+    let program = argv.first().cloned().unwrap_or_default();
+    let err = |message: String| CredentialError::Command {
+        program: program.clone(),
+        message,
+    };
+    let run = || -> Result<String, CredentialError> {
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("could not start: {}", e.kind())))?;
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            match child.try_wait().map_err(|e| err(e.kind().to_string()))? {
+                Some(status) if status.success() => break,
+                Some(status) => return Err(err(format!("failed: {status}"))),
+                None if std::time::Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(err(format!("timed out after {COMMAND_TIMEOUT:?}")));
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out).map_err(|e| err(e.kind().to_string()))?;
+        }
+        Ok(out.trim().to_owned())
+    };
+    // Inside the gateway's multi-threaded runtime, let other tasks move on
+    // while the command runs.
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +184,8 @@ mod tests {
             scheme: Some("Bearer".into()),
             env: None,
             file: Some(path.clone()),
+            command: None,
+            refresh: std::time::Duration::from_secs(300),
         };
         let c = Credential::new(&spec);
         assert_eq!(c.header().unwrap().1, "Bearer sk-first");
@@ -135,6 +205,8 @@ mod tests {
             scheme: None,
             env: Some("INTERLOCK_TEST_NO_SUCH_VAR".into()),
             file: None,
+            command: None,
+            refresh: std::time::Duration::from_secs(300),
         });
         assert!(env
             .header()
@@ -142,5 +214,34 @@ mod tests {
             .to_string()
             .contains("INTERLOCK_TEST_NO_SUCH_VAR"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn command_credentials_and_their_failures() {
+        let spec = |argv: &[&str]| CredentialSpec {
+            header: "x-api-key".into(),
+            scheme: None,
+            env: None,
+            file: None,
+            command: Some(argv.iter().map(|s| (*s).to_owned()).collect()),
+            refresh: std::time::Duration::from_secs(60),
+        };
+        assert_eq!(
+            Credential::new(&spec(&["/bin/echo", "sk-from-command"]))
+                .header()
+                .unwrap()
+                .1,
+            "sk-from-command"
+        );
+        let e = Credential::new(&spec(&["/bin/sh", "-c", "echo secret-out; exit 3"]))
+            .header()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("failed") && !e.contains("secret-out"), "{e}");
+        let e = Credential::new(&spec(&["/no/such/program"]))
+            .header()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("could not start"), "{e}");
     }
 }

@@ -85,6 +85,16 @@ pub struct CredentialSpec {
     pub env: Option<String>,
     /// Read the secret from this root-only file (re-read when it changes).
     pub file: Option<std::path::PathBuf>,
+    /// Run this command (program and arguments, no shell) and use its output;
+    /// it is run again after `refresh`.
+    pub command: Option<Vec<String>>,
+    /// How long a command's secret is used before the command runs again.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: std::time::Duration,
+}
+
+fn default_refresh() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
 }
 
 fn default_header() -> String {
@@ -152,11 +162,15 @@ impl TargetSpec {
             return Err(format!("target `{}` needs cidrs or hosts", self.name));
         }
         if let Some(c) = &self.credential {
-            if c.env.is_some() == c.file.is_some() {
+            let sources = [c.env.is_some(), c.file.is_some(), c.command.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
                 return Err(format!(
-                    "target `{}`: credential needs exactly one of `env` or `file`",
+                    "target `{}`: credential needs exactly one of `env`, `file` or `command`",
                     self.name
                 ));
+            }
+            if c.command.as_ref().is_some_and(|argv| argv.is_empty()) {
+                return Err(format!("target `{}`: credential `command` is empty", self.name));
             }
             if http::HeaderName::from_bytes(c.header.as_bytes()).is_err() {
                 return Err(format!("target `{}`: `{}` is not a header name", self.name, c.header));
