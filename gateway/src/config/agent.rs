@@ -181,6 +181,14 @@ impl TargetSpec {
                     self.name
                 ));
             }
+            // Plaintext HTTP cannot prove who the upstream is: matched by Host
+            // alone, an agent could aim the credential at any address.
+            if self.protocol == TargetProtocol::Http && self.cidrs.is_empty() && self.upstream.is_none() {
+                return Err(format!(
+                    "target `{}`: a credential on a plaintext target needs `cidrs` or `upstream`, or an agent could send it anywhere by naming the host",
+                    self.name
+                ));
+            }
         }
         Ok(())
     }

@@ -89,3 +89,18 @@ fn semantic_errors_name_the_field() {
         assert!(err.contains(&format!("field `{field}`")), "{text:?} -> {err}");
     }
 }
+
+#[test]
+fn credentials_on_plaintext_targets_need_a_verified_destination() {
+    let text =
+        "[[targets]]\nname = \"api\"\nhosts = [\"api.internal\"]\nprotocol = \"http\"\ncredential = { env = \"K\" }\n";
+    let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+    assert!(err.contains("targets[0]") && err.contains("anywhere"), "{err}");
+    let ok = "[[targets]]\nname = \"api\"\nhosts = [\"api.internal\"]\ncidrs = [\"10.0.0.0/24\"]\nprotocol = \"http\"\ncredential = { env = \"K\" }\n";
+    Config::parse(ok, Path::new("c.toml")).unwrap();
+    let two = "[[targets]]\nname = \"api\"\ncidrs = [\"10.0.0.0/24\"]\nprotocol = \"https\"\ncredential = { env = \"K\", file = \"/k\" }\n";
+    assert!(Config::parse(two, Path::new("c.toml"))
+        .unwrap_err()
+        .to_string()
+        .contains("exactly one"));
+}

@@ -358,6 +358,17 @@ fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, S
     let Some(credential) = &s.credential else {
         return Ok(None);
     };
+    // Only to an upstream whose identity is established: verified TLS, an
+    // operator-set address, or an address inside the target's networks.
+    let verified = s.spec.protocol == TargetProtocol::Https
+        || s.spec.upstream.is_some()
+        || s.spec.cidrs.iter().any(|c| c.contains(&s.upstream.0.ip()));
+    if !verified {
+        return Err(format!(
+            "credential withheld: {} is not an address of target {}",
+            s.upstream, s.target.name
+        ));
+    }
     for name in SECRET_HEADERS {
         headers.remove(name);
     }

@@ -1,0 +1,63 @@
+//! Plaintext HTTP targets: inspected per request, and a credential is only
+//! ever sent to an address of the target.
+use interlock_tests::{server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
+
+#[test]
+fn credentials_go_only_to_the_targets_own_addresses() {
+    let cg = TestCgroup::new(&unique("plain"));
+    let real = Upstream::start("127.0.0.2");
+    let elsewhere = Upstream::start("127.0.0.3");
+    let dir = std::env::temp_dir().join(unique("plainkey"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, "internal-secret").unwrap();
+    let target = format!(
+        "[[targets]]\nname = \"internal\"\nhosts = [\"api.internal\"]\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\ncredential = {{ header = \"x-api-key\", file = \"{}\" }}\n",
+        key.display()
+    );
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    let get = |addr: &std::net::SocketAddr| {
+        Client::new(&cg).run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                "Host: api.internal",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{addr}/x"),
+            ],
+        )
+    };
+    let ok = get(&real.addr);
+    assert!(
+        ok.stdout.starts_with(HTTP_BODY) && ok.stdout.ends_with("200"),
+        "{} {}",
+        ok.stdout,
+        ok.stderr
+    );
+    // Naming the host while dialling another address does not get the secret sent there.
+    let spoofed = get(&elsewhere.addr);
+    assert!(spoofed.stdout.ends_with("502"), "{}", spoofed.stdout);
+    assert!(spoofed.stdout.contains("credential withheld"), "{}", spoofed.stdout);
+    assert!(elsewhere.peers().is_empty(), "the spoofed upstream was contacted");
+    let both = interlock_tests::wait_for(5, || {
+        (gw.events()
+            .all()
+            .iter()
+            .filter(|e| e["event"] == "http_exchange")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    assert!(both.is_some(), "{:#?}", gw.events().all());
+    let _ = std::fs::remove_dir_all(&dir);
+}
