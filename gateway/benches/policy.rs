@@ -99,7 +99,14 @@ fn main() {
     // The data path's stage: agent naming, target naming, decision, with the
     // decision cache (the shipped policies do not read the request context).
     let gate = Gate::new(
-        PolicyStore::load(None).expect("shipped policies"),
+        PolicyStore::load(
+            None,
+            gateway::masking::BUILTIN_NAMES
+                .iter()
+                .map(|n| (*n).to_owned())
+                .collect(),
+        )
+        .expect("shipped policies"),
         AgentMatcher::new(&[]).expect("no agents"),
         TargetTable::default(),
     );

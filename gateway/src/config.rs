@@ -10,9 +10,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 mod agent;
+mod masking;
 mod rule;
 
 pub use agent::{AgentSpec, CredentialSpec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
+pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use rule::{PortRange, RuleAction, RuleSpec};
 
 /// Errors loading or validating configuration. All are the operator's input.
@@ -68,6 +70,8 @@ pub struct Config {
     pub targets: Vec<TargetSpec>,
     /// The policy files.
     pub policy: PolicyConfig,
+    /// Masking detectors and rules.
+    pub masking: MaskingConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -312,6 +316,9 @@ impl Config {
                 ));
             }
         }
+        self.masking
+            .validate()
+            .map_err(|(field, message)| invalid(&field, message))?;
         let mut names = std::collections::HashSet::new();
         for (n, rule) in self.rules.iter().enumerate() {
             rule.validate().map_err(|m| invalid(&format!("rules[{n}]"), m))?;

@@ -13,6 +13,7 @@ use crate::{
     identity::AgentMatcher,
     kernel::{self, Kernel, KernelError, LoadOptions},
     listener::{self, Shared},
+    masking::Catalog,
     policy::{Gate, PolicyStore},
     proxy::{tls::LocalCa, LiveTable, ProxyCtx, ProxySettings},
     targets::TargetTable,
@@ -132,8 +133,9 @@ fn settings(config: &Config, fork_child_pid_offset: u16, watch_exec: bool) -> Se
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let placement = placement(&config)?;
     let book = RuleBook::load(&config)?;
+    let catalog = Catalog::new(&config.masking);
     let gate = Arc::new(Gate::new(
-        PolicyStore::load(config.policy.dir.clone())?,
+        PolicyStore::load(config.policy.dir.clone(), catalog.names())?,
         AgentMatcher::new(&config.agents).map_err(DaemonError::Agents)?,
         TargetTable::new(&config.targets),
     ));
@@ -218,6 +220,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         events.clone(),
         gate.clone(),
         ca,
+        catalog,
     ));
     let shared = Arc::new(Shared::new(
         handoff.clone(),

@@ -4,11 +4,13 @@
 //! detector fired and where, never the value.
 use serde::{Deserialize, Serialize};
 
+mod catalog;
 mod detectors;
 mod sse;
 mod stream;
 
-pub use detectors::{Detector, DetectorKind};
+pub use catalog::{Catalog, FieldPath, MaskPlan};
+pub use detectors::{Detector, DetectorKind, BUILTIN_NAMES};
 pub use sse::SseMasker;
 pub use stream::StreamMasker;
 
@@ -36,56 +38,60 @@ pub struct Finding {
     pub len: usize,
 }
 
-/// A set of detectors with a masking style.
+/// Detectors, each with the style its values are replaced in.
 #[derive(Debug, Clone)]
 pub struct Masker {
-    detectors: Vec<Detector>,
-    style: Style,
+    detectors: Vec<(Detector, Style)>,
 }
 
 impl Masker {
-    /// Detectors by name (see [`DetectorKind`]) plus custom (name, regex) pairs.
+    /// Detectors by name (see [`DetectorKind`]) plus custom (name, regex) pairs, all in one style.
     pub fn new(names: &[String], custom: &[(String, String)], style: Style) -> Result<Self, String> {
         let mut detectors = Vec::new();
         for name in names {
-            detectors.push(Detector::builtin(name)?);
+            detectors.push((Detector::builtin(name)?, style));
         }
         for (name, pattern) in custom {
-            detectors.push(Detector::custom(name, pattern)?);
+            detectors.push((Detector::custom(name, pattern)?, style));
         }
-        Ok(Self { detectors, style })
+        Ok(Self { detectors })
     }
 
-    /// Adds a detector for one exact value.
+    /// From detectors with their styles.
+    pub fn from_parts(detectors: Vec<(Detector, Style)>) -> Self {
+        Self { detectors }
+    }
+
+    /// Adds a detector for one exact value (redacted).
     pub fn with_literal(mut self, name: &str, value: &str) -> Result<Self, String> {
-        self.detectors.push(Detector::literal(name, value)?);
+        self.detectors.push((Detector::literal(name, value)?, Style::Redact));
         Ok(self)
     }
 
     /// The longest value a detector can match, in bytes.
     pub fn window(&self) -> usize {
-        self.detectors.iter().map(Detector::max_len).max().unwrap_or(0)
+        self.detectors.iter().map(|(d, _)| d.max_len()).max().unwrap_or(0)
     }
 
     /// Bytes at the end of `held` that a stream must hold back (see
     /// [`Detector::holdback`]).
     pub fn holdback(&self, held: &[u8]) -> usize {
-        self.detectors.iter().map(|d| d.holdback(held)).max().unwrap_or(0)
+        self.detectors.iter().map(|(d, _)| d.holdback(held)).max().unwrap_or(0)
     }
 
     /// Masks `input`; returns the output and what was masked.
     pub fn mask(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
-        let mut spans = self.spans(input);
+        let mut spans = self.styled_spans(input);
         spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
         let mut out = Vec::with_capacity(input.len());
         let mut findings = Vec::new();
         let mut at = 0;
-        for (start, end, name) in spans {
+        for (start, end, name, style) in spans {
             if start < at {
                 continue; // overlaps a value already masked
             }
             out.extend_from_slice(&input[at..start]);
-            out.extend_from_slice(&self.replace(&input[start..end], name));
+            out.extend_from_slice(&replace(&input[start..end], name, style));
             findings.push(Finding {
                 detector: name.to_owned(),
                 offset: start,
@@ -97,40 +103,51 @@ impl Masker {
         (out, findings)
     }
 
-    /// Every (start, end, detector) match in `input`.
-    pub(crate) fn spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str)> {
+    fn styled_spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str, Style)> {
         self.detectors
             .iter()
-            .flat_map(|d| d.find_all(input).into_iter().map(move |(s, e)| (s, e, d.name())))
+            .flat_map(|(d, style)| {
+                d.find_all(input)
+                    .into_iter()
+                    .map(move |(s, e)| (s, e, d.name(), *style))
+            })
             .collect()
     }
 
-    fn replace(&self, value: &[u8], detector: &str) -> Vec<u8> {
-        match self.style {
-            Style::Redact => format!("[REDACTED:{detector}]").into_bytes(),
-            Style::KeepLast4 => {
-                let keep = value.len().saturating_sub(4);
-                value
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        if i < keep && b.is_ascii_alphanumeric() {
-                            b'*'
-                        } else {
-                            *b
-                        }
-                    })
-                    .collect()
-            }
-            Style::Placeholder => value
+    /// Every (start, end, detector) match in `input`.
+    pub(crate) fn spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str)> {
+        self.styled_spans(input)
+            .into_iter()
+            .map(|(s, e, n, _)| (s, e, n))
+            .collect()
+    }
+}
+
+fn replace(value: &[u8], detector: &str, style: Style) -> Vec<u8> {
+    match style {
+        Style::Redact => format!("[REDACTED:{detector}]").into_bytes(),
+        Style::KeepLast4 => {
+            let keep = value.len().saturating_sub(4);
+            value
                 .iter()
-                .map(|b| match b {
-                    b'0'..=b'9' => b'0',
-                    b'a'..=b'z' | b'A'..=b'Z' => b'x',
-                    other => *other,
+                .enumerate()
+                .map(|(i, b)| {
+                    if i < keep && b.is_ascii_alphanumeric() {
+                        b'*'
+                    } else {
+                        *b
+                    }
                 })
-                .collect(),
+                .collect()
         }
+        Style::Placeholder => value
+            .iter()
+            .map(|b| match b {
+                b'0'..=b'9' => b'0',
+                b'a'..=b'z' | b'A'..=b'Z' => b'x',
+                other => *other,
+            })
+            .collect(),
     }
 }
 

@@ -35,25 +35,30 @@ pub struct PolicyStore {
     current: RwLock<(u64, Arc<LoadedPolicies>)>,
     state: RwLock<(Sources, Vec<(String, String)>)>,
     dir: Option<PathBuf>,
+    mask_names: Vec<String>,
 }
 
 impl PolicyStore {
-    /// Loads from `dir`, or the embedded policies when `None`.
-    pub fn load(dir: Option<PathBuf>) -> Result<Self, PolicyError> {
-        let sources = Self::read(dir.as_deref())?;
+    /// Loads from `dir`, or the embedded policies when `None`; `mask_names`
+    /// are the detectors and masking rules `@mask` may name.
+    pub fn load(dir: Option<PathBuf>, mask_names: Vec<String>) -> Result<Self, PolicyError> {
+        let sources = Self::read(dir.as_deref(), &mask_names)?;
         let set = sources.load_with(&[])?;
         Ok(Self {
             current: RwLock::new((1, Arc::new(set))),
             state: RwLock::new((sources, Vec::new())),
             dir,
+            mask_names,
         })
     }
 
-    fn read(dir: Option<&std::path::Path>) -> Result<Sources, PolicyError> {
-        match dir {
-            Some(d) => read_dir_sources(d),
-            None => Ok(embedded_sources()),
-        }
+    fn read(dir: Option<&std::path::Path>, mask_names: &[String]) -> Result<Sources, PolicyError> {
+        let mut sources = match dir {
+            Some(d) => read_dir_sources(d)?,
+            None => embedded_sources(),
+        };
+        sources.mask_names = mask_names.to_vec();
+        Ok(sources)
     }
 
     /// The policy directory, if policies come from files.
@@ -80,7 +85,7 @@ impl PolicyStore {
 
     /// Re-reads the files; on error the old set stays in force and the error is returned.
     pub fn reload(&self) -> Result<Arc<LoadedPolicies>, PolicyError> {
-        let sources = Self::read(self.dir.as_deref())?;
+        let sources = Self::read(self.dir.as_deref(), &self.mask_names)?;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let set = sources.load_with(&state.1)?;
         state.0 = sources;

@@ -59,7 +59,9 @@ pub struct ProxyCtx {
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
     upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
-    maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::Masker>>>,
+    maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::MaskPlan>>>,
+    /// Masking detectors and rules from config.
+    catalog: crate::masking::Catalog,
     /// Upstream HTTP connections kept for reuse.
     pool: http::Pool,
 }
@@ -72,6 +74,7 @@ impl ProxyCtx {
         events: EventSink,
         gate: Arc<Gate>,
         ca: Arc<tls::LocalCa>,
+        catalog: crate::masking::Catalog,
     ) -> Self {
         Self {
             settings,
@@ -79,25 +82,22 @@ impl ProxyCtx {
             events,
             gate,
             ca,
+            catalog,
             upstream_tls: Mutex::new(HashMap::new()),
             maskers: Mutex::new(HashMap::new()),
             pool: http::Pool::default(),
         }
     }
 
-    /// The masker for a set of detector names from `@mask`, plus an exact
-    /// secret to scrub if the gateway injected one (built once per set).
-    pub fn masker(&self, names: &[String], secret: Option<&str>) -> Result<Arc<crate::masking::Masker>, String> {
+    /// The masking plan for `@mask` names, plus an exact secret to scrub if
+    /// the gateway injected one (built once per set).
+    pub fn mask_plan(&self, names: &[String], secret: Option<&str>) -> Result<Arc<crate::masking::MaskPlan>, String> {
         let key = (names.to_vec(), secret.map(str::to_owned));
         let mut cache = self.maskers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = cache.get(&key) {
             return Ok(hit.clone());
         }
-        let mut masker = crate::masking::Masker::new(names, &[], crate::masking::Style::Redact)?;
-        if let Some(secret) = secret {
-            masker = masker.with_literal("credential_echo", secret)?;
-        }
-        let masker = Arc::new(masker);
+        let masker = Arc::new(self.catalog.plan(names, secret)?);
         if cache.len() >= 256 {
             cache.clear();
         }

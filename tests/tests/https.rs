@@ -23,6 +23,10 @@ fn setup(trust_upstream_ca: bool) -> Setup {
 }
 
 fn setup_with(trust_upstream_ca: bool, extra_policy: Option<&str>) -> Setup {
+    setup_full(trust_upstream_ca, extra_policy, "")
+}
+
+fn setup_full(trust_upstream_ca: bool, extra_policy: Option<&str>, extra_toml: &str) -> Setup {
     let cg = TestCgroup::new(&unique("https"));
     let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
     let key_dir = std::env::temp_dir().join(unique("key"));
@@ -50,7 +54,7 @@ fn setup_with(trust_upstream_ca: bool, extra_policy: Option<&str>) -> Setup {
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
-            extra_toml: vec![target],
+            extra_toml: vec![target, extra_toml.to_owned()],
             policies: Some(policies),
             ..Default::default()
         },
@@ -450,4 +454,25 @@ fn an_openai_agents_sdk_agent_runs_a_tool_call_end_to_end() {
     assert!(exchanges
         .iter()
         .all(|e| e["credential_injected"] == true && e["status"] == 200));
+}
+
+#[test]
+fn masking_rules_apply_to_their_json_fields_in_responses() {
+    let rules = "[[masking.rules]]\nname = \"echoed-contacts\"\ndetectors = [\"email\"]\nstyle = \"placeholder\"\nfields = [\"body\"]\n";
+    let policy = "@id(\"masked-fields\")\n@mask(\"echoed-contacts\")\npermit (principal, action, resource);\n";
+    let s = setup_full(true, Some(policy), rules);
+    let (code, body) = curl(
+        &s,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"prompt\":\"mail bob@ex.io\"}",
+        ],
+        "/v1/echo",
+    );
+    assert_eq!(code, 200, "{body}");
+    // The field rule masks only `body` of the response, in the rule's style.
+    assert_eq!(body["body"], "{\"prompt\":\"mail xxx@xx.xx\"}");
+    assert_eq!(body["path"], "/v1/echo");
 }

@@ -6,17 +6,18 @@ use super::CliError;
 use crate::{
     config::Config,
     identity::{self, AgentMatcher, Identity},
-    policy::{decide, load_dir, load_embedded, ActionKind, LoadedPolicies, Query},
+    policy::{decide, embedded_sources, read_dir_sources, ActionKind, LoadedPolicies, Query},
     targets::TargetTable,
     types::{AgentName, OrigDst},
 };
 
 fn load(config: &Config, dir: Option<&Path>) -> Result<LoadedPolicies, CliError> {
-    let result = match dir.or(config.policy.dir.as_deref()) {
-        Some(d) => load_dir(d),
-        None => load_embedded(),
+    let mut sources = match dir.or(config.policy.dir.as_deref()) {
+        Some(d) => read_dir_sources(d).map_err(|e| CliError::Other(e.to_string()))?,
+        None => embedded_sources(),
     };
-    result.map_err(|e| CliError::Other(e.to_string()))
+    sources.mask_names = crate::masking::Catalog::new(&config.masking).names();
+    sources.load_with(&[]).map_err(|e| CliError::Other(e.to_string()))
 }
 
 /// Validates a policy directory (default: the configured one) and lists it.

@@ -80,6 +80,19 @@ const BUILTINS: [(&str, DetectorKind, &str, usize); 9] = [
     ),
 ];
 
+/// Names of the built-in detectors.
+pub const BUILTIN_NAMES: [&str; 9] = [
+    BUILTINS[0].0,
+    BUILTINS[1].0,
+    BUILTINS[2].0,
+    BUILTINS[3].0,
+    BUILTINS[4].0,
+    BUILTINS[5].0,
+    BUILTINS[6].0,
+    BUILTINS[7].0,
+    BUILTINS[8].0,
+];
+
 impl Detector {
     /// A built-in detector by name.
     pub fn builtin(name: &str) -> Result<Self, String> {

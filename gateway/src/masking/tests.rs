@@ -110,3 +110,75 @@ fn streams_hold_back_only_what_could_still_become_a_value() {
     assert_eq!(s.push(b"word 4111 1111").0, b"word");
     assert_eq!(s.push(b" 1111 1111, ok").0, b" [REDACTED:credit_card], ok");
 }
+
+#[test]
+fn catalog_rules_choose_detectors_styles_and_fields() {
+    let config: crate::config::Config = crate::config::Config::parse(
+        r#"
+[[masking.detectors]]
+name = "ticket"
+regex = "TCK-[0-9]{6}"
+
+[[masking.rules]]
+name = "cards-last4"
+detectors = ["credit_card"]
+style = "keep_last4"
+
+[[masking.rules]]
+name = "contact-fields"
+detectors = ["email", "ticket"]
+style = "placeholder"
+fields = ["user.email", "messages[].content"]
+"#,
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let catalog = Catalog::new(&config.masking);
+    assert!(catalog.names().contains(&"contact-fields".to_owned()) && catalog.names().contains(&"ticket".to_owned()));
+    let plan = catalog
+        .plan(&["cards-last4".into(), "contact-fields".into()], None)
+        .unwrap();
+    let mut doc = serde_json::json!({
+        "user": {"email": "bob@example.com", "note": "bob@example.com"},
+        "messages": [{"content": "ticket TCK-123456 for bob@example.com"}],
+        "card": "4111 1111 1111 1111"
+    });
+    let findings = plan.mask_json(&mut doc);
+    assert_eq!(doc["user"]["email"], "xxx@xxxxxxx.xxx");
+    assert_eq!(
+        doc["user"]["note"], "bob@example.com",
+        "field rules apply only to their fields"
+    );
+    assert_eq!(doc["messages"][0]["content"], "ticket xxx-000000 for xxx@xxxxxxx.xxx");
+    assert_eq!(doc["card"], "**** **** **** 1111");
+    assert_eq!(findings.len(), 4);
+    assert!(catalog.plan(&["nope".into()], None).is_err());
+}
+
+#[test]
+fn masking_config_errors_name_the_entry() {
+    let cases = [
+        (
+            "[[masking.detectors]]\nname = \"email\"\nregex = \"x\"\n",
+            "masking.detectors[0]",
+        ),
+        (
+            "[[masking.detectors]]\nname = \"t\"\nregex = \"(\"\n",
+            "masking.detectors[0]",
+        ),
+        (
+            "[[masking.rules]]\nname = \"r\"\ndetectors = [\"nope\"]\n",
+            "masking.rules[0]",
+        ),
+        (
+            "[[masking.rules]]\nname = \"r\"\ndetectors = [\"email\"]\nfields = [\"a..b\"]\n",
+            "masking.rules[0]",
+        ),
+    ];
+    for (text, field) in cases {
+        let err = crate::config::Config::parse(text, std::path::Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{text} -> {err}");
+    }
+}

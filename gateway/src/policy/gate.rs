@@ -151,7 +151,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.join("p.cedar"), "permit (principal, action, resource);").unwrap();
         let gate = Gate::new(
-            PolicyStore::load(Some(dir.clone())).unwrap(),
+            PolicyStore::load(Some(dir.clone()), Vec::new()).unwrap(),
             AgentMatcher::new(&[]).unwrap(),
             TargetTable::default(),
         );

@@ -149,7 +149,8 @@ const SCHEMA: &str = include_str!("../../../policies/interlock.cedarschema");
 
 fn load(files: &[(&str, &str)]) -> Result<LoadedPolicies, PolicyError> {
     let files: Vec<(String, String)> = files.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
-    load_sources(("s.cedarschema".into(), SCHEMA.into()), &files, "test".into())
+    let known: Vec<String> = crate::masking::BUILTIN_NAMES.iter().map(|n| (*n).to_owned()).collect();
+    load_sources(("s.cedarschema".into(), SCHEMA.into()), &files, "test".into(), &known)
 }
 
 #[test]

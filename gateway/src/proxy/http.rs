@@ -277,8 +277,8 @@ async fn allowed(
     let gateway_err = |m: String| ("gateway", m, StatusCode::BAD_GATEWAY);
     if !decision.mask.is_empty() {
         // Prompt redaction: the request body, with the policy's detectors only.
-        let m = s.ctx.masker(&decision.mask, None).map_err(gateway_err)?;
-        let (masked_req, fired) = match mask::request(req, &m).await {
+        let plan = s.ctx.mask_plan(&decision.mask, None).map_err(gateway_err)?;
+        let (masked_req, fired) = match mask::request(req, &plan).await {
             Ok(ok) => ok,
             Err(resp) => return Ok(resp),
         };
@@ -292,7 +292,11 @@ async fn allowed(
     } else {
         // Compressed answers cannot be masked: ask for plain ones.
         req.headers_mut().remove(header::ACCEPT_ENCODING);
-        Some(s.ctx.masker(&decision.mask, secret.as_deref()).map_err(gateway_err)?)
+        Some(
+            s.ctx
+                .mask_plan(&decision.mask, secret.as_deref())
+                .map_err(gateway_err)?,
+        )
     };
     let resp = forward(req, s)
         .await
@@ -324,7 +328,8 @@ async fn allowed(
                 tracing::error!("masking event lost: {e}");
             }
         });
-    }))
+    })
+    .await)
 }
 
 /// 403 for a denial, or for a request held for review (until approvals exist).

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
 
 use super::{json_response, Body};
-use crate::masking::{Masker, SseMasker, StreamMasker};
+use crate::masking::{MaskPlan, SseMasker, StreamMasker};
 
 /// Largest request body the gateway will buffer to mask.
 pub(super) const MAX_MASKED_REQUEST: usize = 8 * 1024 * 1024;
@@ -67,21 +67,45 @@ async fn read_bounded(body: Body) -> Result<Bytes, Response<Body>> {
     }
 }
 
-/// Masks a request body; a body over the bound is refused with 413.
+/// Masks a request body (JSON field by field when it is JSON); a body over
+/// the bound is refused with 413.
 pub(super) async fn request(
     req: Request<Body>,
-    masker: &Masker,
+    plan: &MaskPlan,
 ) -> Result<(Request<Body>, Vec<String>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let collected = read_bounded(body).await?;
-    let (masked, findings) = masker.mask(&collected);
+    let (masked, fired) = mask_bytes(&collected, plan, is_json(&parts.headers));
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
-    Ok((
-        Request::from_parts(parts, full(masked)),
-        findings.into_iter().map(|f| f.detector).collect(),
-    ))
+    Ok((Request::from_parts(parts, full(masked)), fired))
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json"))
+}
+
+/// Masks a whole body: a JSON document value by value (field rules apply),
+/// anything else as text (only the any-value detectors apply).
+fn mask_bytes(bytes: &[u8], plan: &MaskPlan, json: bool) -> (Vec<u8>, Vec<String>) {
+    if json {
+        if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            let findings = plan.mask_json(&mut value);
+            let out = serde_json::to_vec(&value).unwrap_or_else(|_| bytes.to_vec());
+            return (out, findings.into_iter().map(|f| f.detector).collect());
+        }
+    }
+    match &plan.any {
+        Some(m) => {
+            let (out, findings) = m.mask(bytes);
+            (out, findings.into_iter().map(|f| f.detector).collect())
+        }
+        None => (bytes.to_vec(), Vec::new()),
+    }
 }
 
 enum Mode {
@@ -117,11 +141,13 @@ impl Mode {
     }
 }
 
-/// Masks a textual response body as it streams; other bodies pass untouched.
-/// `done` receives the detectors that fired when the body ends.
-pub(super) fn response(
+/// Masks a textual response body; other bodies pass untouched. Event streams
+/// and plain text are masked as they stream; JSON documents, when field rules
+/// apply, are read whole (bounded) and masked field by field. `done`
+/// receives the detectors that fired when the body ends.
+pub(super) async fn response(
     resp: Response<Body>,
-    masker: Arc<Masker>,
+    plan: Arc<MaskPlan>,
     done: impl FnOnce(Vec<String>) + Send + Sync + 'static,
 ) -> Response<Body> {
     let content_type = resp
@@ -134,7 +160,29 @@ pub(super) fn response(
     if !textual || resp.headers().contains_key(header::CONTENT_ENCODING) {
         return resp;
     }
-    let mode = if content_type.starts_with("text/event-stream") {
+    let sse = content_type.starts_with("text/event-stream");
+    if !plan.fields.is_empty() && content_type.contains("json") && !sse {
+        // Field rules need the whole document.
+        let (mut parts, body) = resp.into_parts();
+        let bytes = match Limited::new(body, MAX_MASKED_REQUEST).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let message = format!("response could not be masked: {e}");
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"error": {"type": "upstream", "message": message}}),
+                );
+            }
+        };
+        let (masked, fired) = mask_bytes(&bytes, &plan, true);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
+        done(fired);
+        return Response::from_parts(parts, full(masked));
+    }
+    let Some(masker) = plan.any.clone() else { return resp };
+    let mode = if sse {
         Mode::Sse(SseMasker::new(masker))
     } else {
         Mode::Raw(StreamMasker::new(masker))
