@@ -13,7 +13,7 @@ mod agent;
 mod masking;
 mod rule;
 
-pub use agent::{AgentSpec, CredentialSpec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
+pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use rule::{PortRange, RuleAction, RuleSpec};
 

@@ -22,6 +22,9 @@ pub enum CredentialError {
         /// Why (an I/O error; never the content).
         message: String,
     },
+    /// No unexpired OAuth2 token is held (fetch one first).
+    #[error("credential: no valid token from {0}")]
+    TokenMissing(String),
     /// The secret cannot be sent in a header.
     #[error("credential: command {program} {message}")]
     Command {
@@ -39,6 +42,7 @@ enum Source {
     Env(String),
     File(PathBuf),
     Command(Vec<String>, std::time::Duration),
+    OAuth2(crate::config::OAuth2Spec),
 }
 
 /// Longest a credential command may run.
@@ -59,7 +63,10 @@ impl Credential {
             (Some(var), _, _) => Source::Env(var.clone()),
             (None, Some(path), _) => Source::File(path.clone()),
             (None, None, Some(argv)) => Source::Command(argv.clone(), spec.refresh),
-            (None, None, None) => Source::Env(String::new()),
+            (None, None, None) => match &spec.oauth2 {
+                Some(o) => Source::OAuth2(o.clone()),
+                None => Source::Env(String::new()),
+            },
         };
         Self {
             header: spec.header.to_ascii_lowercase(),
@@ -73,6 +80,15 @@ impl Credential {
     pub(crate) fn secret(&self) -> Result<String, CredentialError> {
         match &self.source {
             Source::Env(var) => std::env::var(var).map_err(|_| CredentialError::MissingEnv(var.clone())),
+            Source::OAuth2(o) => {
+                // Tokens are fetched by the proxy (it owns the network path);
+                // here only an unexpired one is handed out.
+                let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+                match cached.as_ref() {
+                    Some((Some(expires), token)) if SystemTime::now() < *expires => Ok(token.clone()),
+                    _ => Err(CredentialError::TokenMissing(o.token_url.clone())),
+                }
+            }
             Source::Command(argv, refresh) => {
                 let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((Some(at), secret)) = cached.as_ref() {
@@ -108,13 +124,35 @@ impl Credential {
             Source::Env(var) => format!("environment variable {var}"),
             Source::File(path) => path.display().to_string(),
             Source::Command(argv, _) => format!("command {}", argv.first().map_or("", String::as_str)),
+            Source::OAuth2(o) => format!("token endpoint {}", o.token_url),
         }
+    }
+
+    /// The OAuth2 source, when the secret is a token the gateway must fetch and
+    /// no unexpired one is held.
+    pub fn needs_token(&self) -> Option<&crate::config::OAuth2Spec> {
+        let Source::OAuth2(o) = &self.source else { return None };
+        let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        // Refresh 30 s before expiry.
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(exp, _)| exp.is_some_and(|e| SystemTime::now() + std::time::Duration::from_secs(30) < e));
+        (!fresh).then_some(o)
+    }
+
+    /// Stores a fetched token and its lifetime.
+    pub fn store_token(&self, token: String, lifetime: std::time::Duration) {
+        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Some(SystemTime::now() + lifetime), token));
     }
 
     /// The header to inject.
     pub fn header(&self) -> Result<(HeaderName, HeaderValue), CredentialError> {
         let secret = self.secret()?;
-        let value = match &self.scheme {
+        let scheme = self
+            .scheme
+            .as_deref()
+            .or(matches!(self.source, Source::OAuth2(_)).then_some("Bearer"));
+        let value = match scheme {
             Some(scheme) => format!("{scheme} {secret}"),
             None => secret,
         };
@@ -185,6 +223,7 @@ mod tests {
             env: None,
             file: Some(path.clone()),
             command: None,
+            oauth2: None,
             refresh: std::time::Duration::from_secs(300),
         };
         let c = Credential::new(&spec);
@@ -206,6 +245,7 @@ mod tests {
             env: Some("INTERLOCK_TEST_NO_SUCH_VAR".into()),
             file: None,
             command: None,
+            oauth2: None,
             refresh: std::time::Duration::from_secs(300),
         });
         assert!(env
@@ -224,6 +264,7 @@ mod tests {
             env: None,
             file: None,
             command: Some(argv.iter().map(|s| (*s).to_owned()).collect()),
+            oauth2: None,
             refresh: std::time::Duration::from_secs(60),
         };
         assert_eq!(

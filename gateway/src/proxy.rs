@@ -64,6 +64,8 @@ pub struct ProxyCtx {
     catalog: crate::masking::Catalog,
     /// Upstream HTTP connections kept for reuse.
     pool: http::Pool,
+    /// Credentials per target, shared so caches (file reads, tokens) are too.
+    credentials: Mutex<HashMap<String, (crate::config::CredentialSpec, Arc<crate::credentials::Credential>)>>,
 }
 
 impl ProxyCtx {
@@ -86,6 +88,7 @@ impl ProxyCtx {
             upstream_tls: Mutex::new(HashMap::new()),
             maskers: Mutex::new(HashMap::new()),
             pool: http::Pool::default(),
+            credentials: Mutex::new(HashMap::new()),
         }
     }
 
@@ -103,6 +106,24 @@ impl ProxyCtx {
         }
         cache.insert(key, masker.clone());
         Ok(masker)
+    }
+
+    /// The credential of a target, shared across its connections (replaced
+    /// when the target's credential spec changes on reload).
+    pub fn credential(
+        &self,
+        target: &str,
+        spec: &crate::config::CredentialSpec,
+    ) -> Arc<crate::credentials::Credential> {
+        let mut all = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get(target) {
+            Some((known, credential)) if known == spec => credential.clone(),
+            _ => {
+                let credential = Arc::new(crate::credentials::Credential::new(spec));
+                all.insert(target.to_owned(), (spec.clone(), credential.clone()));
+                credential
+            }
+        }
     }
 
     /// The upstream TLS client config for a CA bundle (built once, then shared).

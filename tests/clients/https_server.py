@@ -19,6 +19,8 @@ BIND, CERT, KEY, REAL = sys.argv[1:5]
 
 
 CONNECTIONS = 0
+TOKEN_REQUESTS = 0
+CLIENT = ("interlock-test", "client-secret-xyz")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -41,6 +43,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "authorization_headers": len(self.headers.get_all("Authorization") or []),
             "body": body.decode(errors="replace"),
             "connections": CONNECTIONS,
+            "token_requests": TOKEN_REQUESTS,
             # A careless upstream that echoes the caller's credential.
             "echoed_authorization": auth if self.path.startswith("/v1/echo-auth") else None,
         }).encode()
@@ -97,6 +100,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return buf
 
     def do_POST(self):
+        if self.path == "/oauth/token":
+            return self._token()
         if self.path != "/v1/chat/completions":
             return self._reply()
         length = int(self.headers.get("Content-Length") or 0)
@@ -140,6 +145,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(0.05)
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
+
+    def _token(self):
+        """OAuth2 client-credentials endpoint: hands out REAL as the access token."""
+        global TOKEN_REQUESTS
+        length = int(self.headers.get("Content-Length") or 0)
+        form = self.rfile.read(length).decode()
+        expected = "Basic " + base64.b64encode(f"{CLIENT[0]}:{CLIENT[1]}".encode()).decode()
+        if "grant_type=client_credentials" not in form or self.headers.get("Authorization") != expected:
+            out, status = json.dumps({"error": "invalid_client"}).encode(), 401
+        else:
+            TOKEN_REQUESTS += 1
+            out, status = json.dumps({"access_token": REAL, "token_type": "bearer", "expires_in": 3600}).encode(), 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
 
     def _tool_turn(self, request, model):
         """First turn: ask for the first tool; once its result is in, answer with it."""

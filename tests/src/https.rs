@@ -31,7 +31,7 @@ impl HttpsUpstream {
             .push(rcgen::DnType::CommonName, "test upstream CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![host.to_owned()])
+        let leaf = CertificateParams::new(vec![host.to_owned(), ip.to_owned()])
             .unwrap()
             .signed_by(&key, &ca, &ca_key)
             .unwrap();

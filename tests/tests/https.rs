@@ -476,3 +476,39 @@ fn masking_rules_apply_to_their_json_fields_in_responses() {
     assert_eq!(body["body"], "{\"prompt\":\"mail xxx@xx.xx\"}");
     assert_eq!(body["path"], "/v1/echo");
 }
+
+#[test]
+fn oauth2_client_credentials_tokens_are_fetched_cached_and_injected() {
+    let cg = TestCgroup::new(&unique("oauth"));
+    let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
+    let dir = std::env::temp_dir().join(unique("oauth"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("client-secret");
+    std::fs::write(&secret, "client-secret-xyz\n").unwrap();
+    let target = format!(
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{up}\"\nca_file = \"{ca}\"\n[targets.credential.oauth2]\ntoken_url = \"https://{up}/oauth/token\"\nclient_id = \"interlock-test\"\nclient_secret_file = \"{secret}\"\nca_file = \"{ca}\"\n",
+        up = up.addr,
+        ca = up.ca_file.display(),
+        secret = secret.display()
+    );
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    let s = Setup {
+        cg,
+        ca: gw.state_dir().join("ca/ca.pem"),
+        gw,
+        _up: up,
+        _key_dir: dir,
+    };
+    for _ in 0..2 {
+        let (code, body) = curl(&s, &[], "/v1/models");
+        assert_eq!(code, 200, "{body}\n{}", s.gw.log());
+        assert_eq!(body["auth_ok"], true, "the fetched token was not injected: {body}");
+        assert_eq!(body["token_requests"], 1, "the token was not cached: {body}");
+    }
+}

@@ -88,9 +88,28 @@ pub struct CredentialSpec {
     /// Run this command (program and arguments, no shell) and use its output;
     /// it is run again after `refresh`.
     pub command: Option<Vec<String>>,
+    /// Fetch short-lived tokens with the OAuth2 client-credentials grant.
+    pub oauth2: Option<OAuth2Spec>,
     /// How long a command's secret is used before the command runs again.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh: std::time::Duration,
+}
+
+/// An OAuth2 client-credentials token source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Spec {
+    /// Token endpoint.
+    pub token_url: String,
+    /// Client id.
+    pub client_id: String,
+    /// Root-only file holding the client secret.
+    pub client_secret_file: std::path::PathBuf,
+    /// Scopes to ask for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Extra CA bundle for the token endpoint's TLS.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_refresh() -> std::time::Duration {
@@ -162,12 +181,21 @@ impl TargetSpec {
             return Err(format!("target `{}` needs cidrs or hosts", self.name));
         }
         if let Some(c) = &self.credential {
-            let sources = [c.env.is_some(), c.file.is_some(), c.command.is_some()];
+            let sources = [
+                c.env.is_some(),
+                c.file.is_some(),
+                c.command.is_some(),
+                c.oauth2.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() != 1 {
                 return Err(format!(
-                    "target `{}`: credential needs exactly one of `env`, `file` or `command`",
+                    "target `{}`: credential needs exactly one of `env`, `file`, `command` or `oauth2`",
                     self.name
                 ));
+            }
+            if let Some(o) = &c.oauth2 {
+                oauth2::TokenUrl::new(o.token_url.clone())
+                    .map_err(|e| format!("target `{}`: oauth2 token_url: {e}", self.name))?;
             }
             if c.command.as_ref().is_some_and(|argv| argv.is_empty()) {
                 return Err(format!("target `{}`: credential `command` is empty", self.name));

@@ -26,6 +26,7 @@ use crate::{
     types::{AgentName, ConnId, OrigDst},
 };
 
+pub(crate) mod fetch;
 mod mask;
 mod pool;
 mod upgrade;
@@ -62,7 +63,7 @@ struct HttpSession {
     upstream: OrigDst,
     /// Host to name upstream (SNI and :authority).
     host: String,
-    credential: Option<Credential>,
+    credential: Option<Arc<Credential>>,
     sender: Mutex<Option<Sender>>,
 }
 
@@ -107,7 +108,7 @@ pub(super) async fn serve(
         agent: start.verdict.agent.clone(),
         identity: start.identity.clone(),
         target,
-        credential: spec.credential.as_ref().map(Credential::new),
+        credential: spec.credential.as_ref().map(|c| ctx.credential(&spec.name, c)),
         spec,
         upstream,
         host,
@@ -266,7 +267,9 @@ async fn allowed(
     injected: &mut bool,
     masked: &mut Vec<String>,
 ) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
-    let secret = prepare(&mut req, s).map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
+    let secret = prepare(&mut req, s)
+        .await
+        .map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
     *injected = secret.is_some();
     if upgrade::is_upgrade(&req) {
         // WebSocket and other upgrades pass through once allowed.
@@ -350,7 +353,7 @@ fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
 
 /// Strips placeholders and hop-by-hop headers and injects the credential.
 /// Returns the injected secret, if a credential was injected.
-fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, String> {
+async fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, String> {
     let upgrading = upgrade::is_upgrade(req);
     let headers = req.headers_mut();
     for name in HOP_BY_HOP {
@@ -376,6 +379,10 @@ fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, S
     }
     for name in SECRET_HEADERS {
         headers.remove(name);
+    }
+    if let Some(oauth) = credential.needs_token() {
+        let (token, lifetime) = fetch::client_credentials(&s.ctx, oauth).await?;
+        credential.store_token(token, lifetime);
     }
     let (name, value) = credential.header().map_err(|e| e.to_string())?;
     headers.remove(&name);
