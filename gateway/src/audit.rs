@@ -101,8 +101,8 @@ pub struct HttpExchangeEvent {
     pub decision: Decision,
     /// Whether the gateway injected the target's credential.
     pub credential_injected: bool,
-    /// Detectors that masked something in the request body (never the values).
-    pub masked_request: Vec<String>,
+    /// What was masked in the request body: detector and field (never the values).
+    pub masked_request: Vec<crate::masking::MaskedValue>,
     /// Why the upstream could not answer, when it could not (upstream side).
     pub upstream_error: Option<String>,
     /// Milliseconds until the response headers.
@@ -131,8 +131,8 @@ pub enum Event {
         path: String,
         /// `response` (request masking is on the exchange event).
         direction: String,
-        /// Detectors that fired, in order.
-        detectors: Vec<String>,
+        /// What was masked: detector and field or offset, in order (never the values).
+        detectors: Vec<crate::masking::MaskedValue>,
     },
     /// An operator changed the redirect rules.
     RulesChanged {

@@ -36,6 +36,27 @@ pub struct Finding {
     pub offset: usize,
     /// Length in bytes of the value.
     pub len: usize,
+    /// The JSON field it was in, when masking a JSON document.
+    pub field: Option<String>,
+}
+
+/// Where something was masked, for the audit trail (never the value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedValue {
+    /// Detector that fired.
+    pub detector: String,
+    /// JSON field path, or `byte N` in a text body.
+    pub at: String,
+}
+
+impl From<Finding> for MaskedValue {
+    fn from(f: Finding) -> Self {
+        let at = f.field.unwrap_or_else(|| format!("byte {}", f.offset));
+        Self {
+            detector: f.detector,
+            at,
+        }
+    }
 }
 
 /// Detectors, each with the style its values are replaced in.
@@ -96,6 +117,7 @@ impl Masker {
                 detector: name.to_owned(),
                 offset: start,
                 len: end - start,
+                field: None,
             });
             at = end;
         }

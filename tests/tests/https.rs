@@ -246,14 +246,17 @@ fn a_card_split_across_sse_chunks_is_masked_and_prompts_are_redacted() {
     assert!(
         exchanges
             .iter()
-            .all(|e| e["masked_request"] == serde_json::json!(["email"])),
+            .all(|e| e["masked_request"] == serde_json::json!([{"detector": "email", "at": "messages[].content"}])),
         "{exchanges:#?}"
     );
     let masked = events
         .iter()
         .find(|e| e["event"] == "masked")
         .expect("no masking event");
-    assert_eq!(masked["detectors"], serde_json::json!(["credit_card"]));
+    assert_eq!(
+        masked["detectors"],
+        serde_json::json!([{"detector": "credit_card", "at": "choices[0].delta.content"}])
+    );
     assert!(
         !serde_json::to_string(&events).unwrap().contains("4111"),
         "a card number reached the audit trail"
@@ -511,4 +514,23 @@ fn oauth2_client_credentials_tokens_are_fetched_cached_and_injected() {
         assert_eq!(body["auth_ok"], true, "the fetched token was not injected: {body}");
         assert_eq!(body["token_requests"], 1, "the token was not cached: {body}");
     }
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_400_and_431() {
+    let s = setup(true);
+    let script = format!(
+        "import socket, ssl, json\nctx = ssl.create_default_context(cafile='{}')\nctx.set_alpn_protocols(['http/1.1'])\ndef ask(raw):\n    s = ctx.wrap_socket(socket.create_connection(('{API_IP}', 443), timeout=10), server_hostname='{HOST}')\n    s.sendall(raw)\n    data = b''\n    while b'\\r\\n' not in data:\n        chunk = s.recv(4096)\n        if not chunk:\n            break\n        data += chunk\n    return data.split(b'\\r\\n')[0].decode()\nbig = b'GET / HTTP/1.1\\r\\nHost: {HOST}\\r\\nX-Big: ' + b'a' * 600000 + b'\\r\\n\\r\\n'\nprint(json.dumps({{'malformed': ask(b'GARBAGE\\x00\\x01 / HTTP/1.1\\r\\n\\r\\n'), 'big': ask(big)}}))\n",
+        s.ca.display()
+    );
+    let r = Client::new(&s.cg).run("python3", &["-c", &script]);
+    let out = r.json();
+    assert!(
+        out["malformed"].as_str().unwrap().contains(" 400 "),
+        "{out} {}",
+        r.stderr
+    );
+    assert!(out["big"].as_str().unwrap().contains(" 431 "), "{out}");
+    // The gateway still serves others.
+    assert_eq!(curl(&s, &[], "/v1/models").0, 200);
 }

@@ -74,7 +74,11 @@ impl MaskPlan {
                 for masker in self.any.iter().chain(field) {
                     let (out, found) = masker.mask(&text);
                     text = out;
-                    findings.extend(found);
+                    let at = render(path);
+                    findings.extend(found.into_iter().map(|f| Finding {
+                        field: Some(at.clone()),
+                        ..f
+                    }));
                 }
                 *s = String::from_utf8_lossy(&text).into_owned();
             }
@@ -95,6 +99,23 @@ impl MaskPlan {
             _ => {}
         }
     }
+}
+
+/// `messages[].content` for a walk path.
+fn render(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Any => out.push_str("[]"),
+        }
+    }
+    out
 }
 
 /// The operator's detectors and rules.

@@ -16,8 +16,8 @@ pub struct SseMasker {
     buf: Vec<u8>,
     choices: BTreeMap<u64, StreamMasker>,
     last_chunk: Option<Value>,
-    /// Detectors that fired, in order.
-    pub fired: Vec<String>,
+    /// What was masked, in order.
+    pub fired: Vec<super::MaskedValue>,
 }
 
 impl SseMasker {
@@ -77,7 +77,11 @@ impl SseMasker {
                     .entry(index)
                     .or_insert_with(|| StreamMasker::new(self.masker.clone()));
                 let (released, findings) = masker.push(piece.as_bytes());
-                self.fired.extend(findings.into_iter().map(|f| f.detector));
+                let at = format!("choices[{index}].delta.content");
+                self.fired.extend(findings.into_iter().map(|f| super::MaskedValue {
+                    detector: f.detector,
+                    at: at.clone(),
+                }));
                 *content = Value::String(String::from_utf8_lossy(&released).into_owned());
                 touched = true;
             }
@@ -94,7 +98,11 @@ impl SseMasker {
         let mut pieces = Vec::new();
         for (index, masker) in &mut self.choices {
             let (released, findings) = masker.finish();
-            self.fired.extend(findings.into_iter().map(|f| f.detector));
+            let at = format!("choices[{index}].delta.content");
+            self.fired.extend(findings.into_iter().map(|f| super::MaskedValue {
+                detector: f.detector,
+                at: at.clone(),
+            }));
             if !released.is_empty() {
                 let content = String::from_utf8_lossy(&released).into_owned();
                 pieces.push(serde_json::json!({"index": index, "delta": {"content": content}, "finish_reason": null}));
@@ -164,6 +172,10 @@ mod tests {
         assert_eq!(contents(&out), "Your card is [REDACTED:credit_card], keep it safe.");
         assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
         assert!(!String::from_utf8_lossy(&out).contains("4111"));
-        assert_eq!(sse.fired, vec!["credit_card"]);
+        assert_eq!(
+            sse.fired.iter().map(|f| f.detector.as_str()).collect::<Vec<_>>(),
+            vec!["credit_card"]
+        );
+        assert_eq!(sse.fired[0].at, "choices[0].delta.content");
     }
 }

@@ -265,7 +265,7 @@ async fn allowed(
     decision: &Decision,
     path: &str,
     injected: &mut bool,
-    masked: &mut Vec<String>,
+    masked: &mut Vec<crate::masking::MaskedValue>,
 ) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
     let secret = prepare(&mut req, s)
         .await

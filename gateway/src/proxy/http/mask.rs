@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
 
 use super::{json_response, Body};
-use crate::masking::{MaskPlan, SseMasker, StreamMasker};
+use crate::masking::{MaskPlan, MaskedValue, SseMasker, StreamMasker};
 
 /// Largest request body the gateway will buffer to mask.
 pub(super) const MAX_MASKED_REQUEST: usize = 8 * 1024 * 1024;
@@ -72,7 +72,7 @@ async fn read_bounded(body: Body) -> Result<Bytes, Response<Body>> {
 pub(super) async fn request(
     req: Request<Body>,
     plan: &MaskPlan,
-) -> Result<(Request<Body>, Vec<String>), Response<Body>> {
+) -> Result<(Request<Body>, Vec<MaskedValue>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let collected = read_bounded(body).await?;
     let (masked, fired) = mask_bytes(&collected, plan, is_json(&parts.headers));
@@ -91,18 +91,18 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 
 /// Masks a whole body: a JSON document value by value (field rules apply),
 /// anything else as text (only the any-value detectors apply).
-fn mask_bytes(bytes: &[u8], plan: &MaskPlan, json: bool) -> (Vec<u8>, Vec<String>) {
+fn mask_bytes(bytes: &[u8], plan: &MaskPlan, json: bool) -> (Vec<u8>, Vec<MaskedValue>) {
     if json {
         if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
             let findings = plan.mask_json(&mut value);
             let out = serde_json::to_vec(&value).unwrap_or_else(|_| bytes.to_vec());
-            return (out, findings.into_iter().map(|f| f.detector).collect());
+            return (out, findings.into_iter().map(MaskedValue::from).collect());
         }
     }
     match &plan.any {
         Some(m) => {
             let (out, findings) = m.mask(bytes);
-            (out, findings.into_iter().map(|f| f.detector).collect())
+            (out, findings.into_iter().map(MaskedValue::from).collect())
         }
         None => (bytes.to_vec(), Vec::new()),
     }
@@ -114,18 +114,18 @@ enum Mode {
 }
 
 impl Mode {
-    fn push(&mut self, data: &[u8], fired: &mut Vec<String>) -> Vec<u8> {
+    fn push(&mut self, data: &[u8], fired: &mut Vec<MaskedValue>) -> Vec<u8> {
         match self {
             Self::Sse(m) => m.push(data),
             Self::Raw(m) => {
                 let (out, findings) = m.push(data);
-                fired.extend(findings.into_iter().map(|f| f.detector));
+                fired.extend(findings.into_iter().map(MaskedValue::from));
                 out
             }
         }
     }
 
-    fn finish(&mut self, fired: &mut Vec<String>) -> Vec<u8> {
+    fn finish(&mut self, fired: &mut Vec<MaskedValue>) -> Vec<u8> {
         match self {
             Self::Sse(m) => {
                 let out = m.finish();
@@ -134,7 +134,7 @@ impl Mode {
             }
             Self::Raw(m) => {
                 let (out, findings) = m.finish();
-                fired.extend(findings.into_iter().map(|f| f.detector));
+                fired.extend(findings.into_iter().map(MaskedValue::from));
                 out
             }
         }
@@ -148,7 +148,7 @@ impl Mode {
 pub(super) async fn response(
     resp: Response<Body>,
     plan: Arc<MaskPlan>,
-    done: impl FnOnce(Vec<String>) + Send + Sync + 'static,
+    done: impl FnOnce(Vec<MaskedValue>) + Send + Sync + 'static,
 ) -> Response<Body> {
     let content_type = resp
         .headers()
@@ -190,7 +190,7 @@ pub(super) async fn response(
     let (mut parts, body) = resp.into_parts();
     // The length changes with masking.
     parts.headers.remove(header::CONTENT_LENGTH);
-    let state = (body, mode, Vec::<String>::new(), Some(done), false);
+    let state = (body, mode, Vec::<MaskedValue>::new(), Some(done), false);
     let stream = futures_util::stream::unfold(state, |(mut body, mut mode, mut fired, mut done, ended)| async move {
         if ended {
             return None;
