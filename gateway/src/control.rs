@@ -9,6 +9,7 @@ mod revocations;
 mod revoke_ops;
 mod rulebook;
 mod server;
+mod state;
 
 pub use client::{request, ClientError};
 pub use grant_ops::{apply as apply_grants, now_unix, sweep as sweep_grants};

@@ -106,19 +106,10 @@ impl GrantBook {
     /// Loads the persisted grants.
     pub fn load(config: &Config) -> Result<Self, GrantError> {
         let path = config.paths.state_dir.join("grants.json");
-        let state = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| GrantError::State {
-                path: path.clone(),
-                message: format!("line {} column {}: {e}", e.line(), e.column()),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
-            Err(e) => {
-                return Err(GrantError::State {
-                    path,
-                    message: e.to_string(),
-                })
-            }
-        };
+        let state = super::state::load_json(&path).map_err(|message| GrantError::State {
+            path: path.clone(),
+            message,
+        })?;
         Ok(Self { state, path })
     }
 
@@ -210,12 +201,10 @@ impl GrantBook {
 
     /// Writes the grants to the state file (atomically).
     pub fn persist(&self) -> Result<(), GrantError> {
-        let err = |message: String| GrantError::State {
+        super::state::save_json(&self.path, &self.state).map_err(|message| GrantError::State {
             path: self.path.clone(),
             message,
-        };
-        let text = serde_json::to_string_pretty(&self.state).map_err(|e| err(e.to_string()))?;
-        super::rulebook::write_atomic(&self.path, text.as_bytes()).map_err(|e| err(e.to_string()))
+        })
     }
 }
 

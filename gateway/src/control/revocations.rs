@@ -118,19 +118,10 @@ impl RevocationBook {
     /// Loads the persisted revocations.
     pub fn load(config: &Config) -> Result<Self, RevocationError> {
         let path = config.paths.state_dir.join("revocations.json");
-        let state = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| RevocationError::State {
-                path: path.clone(),
-                message: format!("line {} column {}: {e}", e.line(), e.column()),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
-            Err(e) => {
-                return Err(RevocationError::State {
-                    path,
-                    message: e.to_string(),
-                })
-            }
-        };
+        let state = super::state::load_json(&path).map_err(|message| RevocationError::State {
+            path: path.clone(),
+            message,
+        })?;
         Ok(Self { state, path })
     }
 
@@ -191,11 +182,9 @@ impl RevocationBook {
 
     /// Writes the revocations to the state file (atomically).
     pub fn persist(&self) -> Result<(), RevocationError> {
-        let err = |message: String| RevocationError::State {
+        super::state::save_json(&self.path, &self.state).map_err(|message| RevocationError::State {
             path: self.path.clone(),
             message,
-        };
-        let text = serde_json::to_string_pretty(&self.state).map_err(|e| err(e.to_string()))?;
-        super::rulebook::write_atomic(&self.path, text.as_bytes()).map_err(|e| err(e.to_string()))
+        })
     }
 }

@@ -1,10 +1,7 @@
 //! The redirect rules: built-in, from the config file, and added at runtime.
 //! Runtime rules persist in the state directory. Every change is compiled and
 //! checked before it replaces what the kernel has.
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, path::PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -106,22 +103,12 @@ impl RuleBook {
     /// Builds the book from config and the persisted runtime rules.
     pub fn load(config: &Config) -> Result<Self, RuleBookError> {
         let state_file = config.paths.state_dir.join("rules.json");
-        let runtime = match std::fs::read_to_string(&state_file) {
-            Ok(text) => {
-                let state: StateFile = serde_json::from_str(&text).map_err(|e| RuleBookError::State {
-                    path: state_file.clone(),
-                    message: format!("line {} column {}: {e}", e.line(), e.column()),
-                })?;
-                state.rules
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(RuleBookError::State {
-                    path: state_file,
-                    message: e.to_string(),
-                })
-            }
-        };
+        let runtime = super::state::load_json::<StateFile>(&state_file)
+            .map_err(|message| RuleBookError::State {
+                path: state_file.clone(),
+                message,
+            })?
+            .rules;
         let mut book = Self {
             runtime,
             config: config.rules.clone(),
@@ -261,36 +248,21 @@ impl RuleBook {
 
     /// Writes the runtime rules to the state file (atomically).
     pub fn persist(&self) -> Result<(), RuleBookError> {
-        let err = |message: String| RuleBookError::State {
+        let state = StateFile {
+            rules: self.runtime.clone(),
+        };
+        super::state::save_json(&self.state_file, &state).map_err(|message| RuleBookError::State {
             path: self.state_file.clone(),
             message,
-        };
-        let text = serde_json::to_string_pretty(&StateFile {
-            rules: self.runtime.clone(),
         })
-        .map_err(|e| err(e.to_string()))?;
-        write_atomic(&self.state_file, text.as_bytes()).map_err(|e| err(e.to_string()))
     }
-}
-
-/// Writes a file so readers see the old or the new content, never a mix.
-pub(super) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn book(dir: &Path) -> RuleBook {
+    fn book(dir: &std::path::Path) -> RuleBook {
         let mut config = Config::default();
         config.paths.state_dir = dir.to_owned();
         RuleBook::load(&config).unwrap()
