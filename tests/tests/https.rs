@@ -319,7 +319,7 @@ fn policy_sees_the_model_of_llm_requests() {
 #[test]
 fn a_slow_client_is_cut_off_and_others_are_unaffected() {
     let cg = TestCgroup::new(&unique("slow"));
-    let (gw, _up, ca) = short_header_timeout(&cg);
+    let (_gw, _up, ca) = short_header_timeout(&cg);
     // A TLS client that sends half a request head and then nothing.
     let script = format!(
         "import socket, ssl, json\nctx = ssl.create_default_context(cafile='{}')\ns = ctx.wrap_socket(socket.create_connection(('{API_IP}', 443), timeout=15), server_hostname='{HOST}')\ns.sendall(b'GET /v1/models HTTP/1.1\\r\\nHost: {HOST}\\r\\n')\ntry:\n    got = s.recv(65536)\n    print(json.dumps({{'closed': True, 'got': got.decode(errors='replace')}}))\nexcept socket.timeout:\n    print(json.dumps({{'closed': False}}))\n",
@@ -524,7 +524,7 @@ fn malformed_and_oversized_requests_get_400_and_431() {
 #[test]
 fn an_idle_keep_alive_connection_is_closed() {
     let cg = TestCgroup::new(&unique("idlekeep"));
-    let (gw, _up, ca) = short_header_timeout(&cg);
+    let (_gw, _up, ca) = short_header_timeout(&cg);
     // One whole request and response, then silence on the kept-alive connection.
     let script = format!(
         "import socket, ssl, json\nctx = ssl.create_default_context(cafile='{}')\nctx.set_alpn_protocols(['http/1.1'])\ns = ctx.wrap_socket(socket.create_connection(('{API_IP}', 443), timeout=15), server_hostname='{HOST}')\ns.sendall(b'GET /v1/models HTTP/1.1\\r\\nHost: {HOST}\\r\\n\\r\\n')\nhead = b''\nwhile b'\\r\\n\\r\\n' not in head:\n    head += s.recv(1)\nlength = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])\nbody = b''\nwhile len(body) < length:\n    body += s.recv(length - len(body))\ntry:\n    print(json.dumps({{'first': head.split(b' ')[1].decode(), 'closed': s.recv(1) == b''}}))\nexcept socket.timeout:\n    print(json.dumps({{'closed': False}}))\n",
