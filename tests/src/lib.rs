@@ -13,6 +13,7 @@ pub mod client;
 pub mod events;
 pub mod gateway;
 pub mod https;
+pub mod postgres;
 pub mod server;
 
 pub use cgroup::TestCgroup;

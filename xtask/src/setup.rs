@@ -15,6 +15,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // Debian's own python runs the clients that tests start as other users.
     ("/usr/bin/python3", "python3"),
+    // A real PostgreSQL server (tests start their own clusters) and its clients.
+    ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+    ("psql", "postgresql-client"),
+    ("pgbench", "postgresql-contrib"),
 ];
 
 /// Python packages for the test clients.
@@ -36,7 +40,8 @@ pub fn run(_root: &Path) -> Result<()> {
 fn apt() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
-        .filter(|(bin, _)| output("sh", &["-c", &format!("command -v {bin}")]).is_none())
+        // A name is looked up on PATH; a path (which may hold a glob) must exist.
+        .filter(|(bin, _)| output("sh", &["-c", &format!("command -v {bin} || ls {bin}")]).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
