@@ -20,6 +20,7 @@ use crate::{
     types::{ConnId, OrigDst},
 };
 
+mod counted;
 mod http;
 mod live;
 mod relay;

@@ -120,6 +120,23 @@ fn curl_http1_and_http2_get_the_real_key_injected() {
         !ev.to_string().contains(REAL_KEY),
         "the secret leaked into the audit trail"
     );
+    // Inspected connections count their bytes like relayed ones.
+    let conns = interlock_tests::wait_for(5, || {
+        let c: Vec<Value> =
+            s.gw.events()
+                .connections()
+                .into_iter()
+                .filter(|e| e["target"] == "api")
+                .collect();
+        (c.len() >= 3).then_some(c)
+    })
+    .expect("connection events for the inspected sessions");
+    assert!(
+        conns
+            .iter()
+            .all(|c| c["bytes_up"].as_u64().unwrap() > 0 && c["bytes_down"].as_u64().unwrap() > 0),
+        "{conns:#?}"
+    );
 }
 
 #[test]

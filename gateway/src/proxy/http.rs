@@ -14,6 +14,7 @@ use tokio::{net::TcpStream, sync::Mutex};
 
 use super::{
     connect_upstream,
+    counted::Counted,
     tls::{LeafResolver, TlsError},
     ProxyCtx, RelayStats, SessionStart,
 };
@@ -133,7 +134,7 @@ pub(super) async fn serve(
             }
         };
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(agent);
+        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(Counted::new(agent, stats.clone()));
         let tls = match tokio::time::timeout(ctx.settings.connect_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -151,7 +152,7 @@ pub(super) async fn serve(
         };
         serve_conn(tls, session, stats).await
     } else {
-        serve_conn(agent, session, stats).await
+        serve_conn(Counted::new(agent, stats.clone()), session, stats).await
     }
 }
 

@@ -35,6 +35,16 @@ impl RelayStats {
         self.cut.notify_one();
     }
 
+    /// Counts bytes from the agent.
+    pub fn add_up(&self, n: u64) {
+        self.up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts bytes to the agent.
+    pub fn add_down(&self, n: u64) {
+        self.down.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Resolves when the connection is cut.
     pub async fn cut_notified(&self) {
         self.cut.notified().await;
