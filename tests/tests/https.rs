@@ -570,3 +570,44 @@ fn short_header_timeout(cg: &TestCgroup) -> (Gateway, HttpsUpstream, PathBuf) {
     let ca = gw.state_dir().join("ca/ca.pem");
     (gw, up, ca)
 }
+
+#[test]
+fn an_open_connection_gets_the_new_policy_on_its_next_request() {
+    let s = setup(true);
+    // Requests on one kept-alive connection until one is refused (bounded).
+    let script = format!(
+        "import http.client, ssl, json, time\nctx = ssl.create_default_context(cafile='{}')\nc = http.client.HTTPSConnection('{API_IP}', 443, context=ctx, timeout=10)\nstatuses, socks = [], set()\ndeadline = time.time() + 15\nwhile time.time() < deadline:\n    c.request('GET', '/v1/models', headers={{'Host': '{HOST}'}})\n    r = c.getresponse(); r.read()\n    statuses.append(r.status); socks.add(id(c.sock))\n    if len(statuses) == 1:\n        print(json.dumps({{'held': True}}), flush=True)\n    if r.status == 403:\n        break\n    time.sleep(0.2)\nprint(json.dumps({{'statuses': statuses, 'connections': len(socks)}}))\n",
+        s.ca.display()
+    );
+    // Dial the API address, with SNI naming the host.
+    let script = script.replace(
+        "c = http.client.HTTPSConnection",
+        "class C(http.client.HTTPSConnection):\n    def connect(self):\n        import socket\n        self.sock = ctx.wrap_socket(socket.create_connection((self.host, self.port), timeout=10), server_hostname='api.example.test')\nc = C",
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = s.cg.enter(&mut cmd).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.contains("held"), "{first}");
+    std::fs::write(
+        s.gw.policy_dir().join("late.cedar"),
+        "@id(\"late-forbid\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource) when { context.path == \"/v1/models\" };\n",
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = child.wait();
+    let report: Value = serde_json::from_str(rest.trim()).unwrap_or_else(|e| panic!("{rest:?}: {e}"));
+    let statuses = report["statuses"].as_array().unwrap();
+    assert_eq!(statuses.first().unwrap(), 200, "{report}");
+    assert_eq!(
+        statuses.last().unwrap(),
+        403,
+        "the new policy never reached the open connection: {report}"
+    );
+    assert_eq!(report["connections"], 1, "the connection was not kept: {report}");
+}
