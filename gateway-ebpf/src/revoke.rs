@@ -1,10 +1,8 @@
 //! Is the caller revoked? Checked by every connect and UDP send hook before
 //! anything else (only the gateway's own marked sockets come first): a
 //! revoked process reaches nothing, redirected or not, agent or not.
-use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id,
-};
-use gateway_common::{Settings, MAX_CGROUP_DEPTH, SLOT_REVOKED};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
+use gateway_common::{Settings, SLOT_REVOKED};
 
 use crate::maps::{count, Counter, EXEC_PENDING, REVOKED_CGROUPS, REVOKED_PIDS, REVOKED_UIDS};
 
@@ -32,15 +30,5 @@ fn check(settings: &Settings) -> bool {
     if REVOKED_UIDS.get_ptr(uid).is_some() {
         return true;
     }
-    for level in 0..MAX_CGROUP_DEPTH {
-        // SAFETY: plain helper call, valid in cgroup sock_addr programs.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            break;
-        }
-        if REVOKED_CGROUPS.get_ptr(id).is_some() {
-            return true;
-        }
-    }
-    false
+    crate::select::in_cgroup_of(&REVOKED_CGROUPS)
 }

@@ -205,23 +205,12 @@ fn openai_script_run(script: &str, policies: Option<Vec<(String, String)>>, prom
     );
     // api.openai.com resolves to a loopback address only inside the client's
     // own mount namespace; nothing listens there, the redirect catches it.
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{API_IP} api.openai.com\n")).unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\" \"$2\"",
-    ])
-    .arg(&hosts)
-    .arg(&script)
-    .arg(prompt)
-    .env("OPENAI_API_KEY", "sk-placeholder-not-a-secret")
-    .env("SSL_CERT_FILE", gw.state_dir().join("ca/ca.pem"))
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    let mut cmd = python_with_hosts(&dir, "api.openai.com", &script, prompt);
+    cmd.env("OPENAI_API_KEY", "sk-placeholder-not-a-secret")
+        .env("SSL_CERT_FILE", gw.state_dir().join("ca/ca.pem"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let r = Client::new(&cg).run_cmd(cmd);
     assert!(r.success, "openai client failed: {}\n{}", r.stderr, gw.log());
     let events = interlock_tests::wait_for(5, || {
@@ -397,22 +386,11 @@ fn python_httpx_through_interception() {
     let s = setup(true);
     let dir = std::env::temp_dir().join(unique("httpx"));
     std::fs::create_dir_all(&dir).unwrap();
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{API_IP} {HOST}\n")).unwrap();
     let spec = serde_json::json!({"op": "httpx", "url": format!("https://{HOST}/v1/models")}).to_string();
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "sh",
-        "-c",
-        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\" \"$2\"",
-    ])
-    .arg(&hosts)
-    .arg(interlock_tests::client::netclient())
-    .arg(&spec)
-    .env("SSL_CERT_FILE", &s.ca)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    let mut cmd = python_with_hosts(&dir, HOST, &interlock_tests::client::netclient(), &spec);
+    cmd.env("SSL_CERT_FILE", &s.ca)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let r = Client::new(&s.cg).run_cmd(cmd);
     let _ = std::fs::remove_dir_all(&dir);
     let out = r.json();
@@ -610,4 +588,24 @@ fn an_open_connection_gets_the_new_policy_on_its_next_request() {
         "the new policy never reached the open connection: {report}"
     );
     assert_eq!(report["connections"], 1, "the connection was not kept: {report}");
+}
+
+/// `python3 SCRIPT ARG` in its own mount namespace, where /etc/hosts (a file
+/// in `dir`, bind-mounted) maps `name` to the API address; output piped.
+fn python_with_hosts(dir: &std::path::Path, name: &str, script: &std::path::Path, arg: &str) -> std::process::Command {
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{API_IP} {name}\n")).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec python3 \"$1\" \"$2\"",
+    ])
+    .arg(&hosts)
+    .arg(script)
+    .arg(arg)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    cmd
 }
