@@ -89,11 +89,6 @@ impl Masker {
         Ok(self)
     }
 
-    /// The longest value a detector can match, in bytes.
-    pub fn window(&self) -> usize {
-        self.detectors.iter().map(|(d, _)| d.max_len()).max().unwrap_or(0)
-    }
-
     /// Bytes at the end of `held` that a stream must hold back (see
     /// [`Detector::holdback`]).
     pub fn holdback(&self, held: &[u8]) -> usize {

@@ -77,6 +77,11 @@ fn boot_ns() -> u64 {
 /// Checks processes held longer than expected.
 async fn check_held(state: &ControlState) {
     let book = state.revocations.lock().await;
+    if !book.watches_exec() {
+        // Nothing is held while no exe/agent revocation exists (the hooks
+        // ignore leftover entries then, and the LRU map ages them out).
+        return;
+    }
     let mut kernel = state.kernel.lock().await;
     let now = boot_ns();
     let stale: Vec<u32> = kernel

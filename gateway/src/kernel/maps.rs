@@ -281,32 +281,9 @@ impl KernelMaps {
 
     /// Removes every kernel entry of one revocation; returns how many.
     pub fn unrevoke(&mut self, revocation: u32) -> usize {
-        let pids: Vec<u32> = self
-            .revoked_pids
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, r)| *r == revocation)
-            .map(|(k, _)| k)
-            .collect();
-        let uids: Vec<u32> = self
-            .revoked_uids
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, r)| *r == revocation)
-            .map(|(k, _)| k)
-            .collect();
-        let cgroups: Vec<u64> = self
-            .revoked_cgroups
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, r)| *r == revocation)
-            .map(|(k, _)| k)
-            .collect();
-        let n = pids.len() + uids.len() + cgroups.len();
-        pids.iter().for_each(|k| drop(self.revoked_pids.remove(k)));
-        uids.iter().for_each(|k| drop(self.revoked_uids.remove(k)));
-        cgroups.iter().for_each(|k| drop(self.revoked_cgroups.remove(k)));
-        n
+        remove_valued(&mut self.revoked_pids, revocation)
+            + remove_valued(&mut self.revoked_uids, revocation)
+            + remove_valued(&mut self.revoked_cgroups, revocation)
     }
 
     /// (tgid, revocation) of every revoked process entry.
@@ -333,4 +310,15 @@ impl KernelMaps {
     pub fn tracked_sockets(&self) -> usize {
         self.sockets.keys().filter(Result::is_ok).count()
     }
+}
+
+/// Removes the entries of `map` whose value is `value`; returns how many.
+fn remove_valued<K: aya::Pod>(map: &mut HashMap<MapData, K, u32>, value: u32) -> usize {
+    let keys: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| *v == value)
+        .map(|(k, _)| k)
+        .collect();
+    keys.iter().filter(|k| map.remove(k).is_ok()).count()
 }

@@ -140,11 +140,6 @@ impl Detector {
         &self.name
     }
 
-    /// Longest value it matches.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     /// How many bytes at the end of `held` could be the start of a value not
     /// yet complete: a stream must hold them back. Every character a
     /// detector's pattern can match is in its alphabet below, so a value that

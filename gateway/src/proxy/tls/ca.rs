@@ -23,7 +23,6 @@ use super::TlsError;
 pub struct LocalCa {
     cert: rcgen::Certificate,
     key: KeyPair,
-    pem: String,
     leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
@@ -59,7 +58,6 @@ impl LocalCa {
             return Ok(Self {
                 cert,
                 key,
-                pem,
                 leaves: Mutex::new(HashMap::new()),
             });
         }
@@ -97,14 +95,8 @@ impl LocalCa {
         Ok(Self {
             cert,
             key,
-            pem,
             leaves: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The CA certificate (PEM), for trust stores.
-    pub fn cert_pem(&self) -> &str {
-        &self.pem
     }
 
     /// A leaf for `name` (a DNS name or an IP address), minted once and cached.
