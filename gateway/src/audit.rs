@@ -12,8 +12,10 @@ use crate::{
 };
 
 mod jsonl;
+mod sql;
 
 pub use jsonl::{EventSink, SinkError};
+pub use sql::{MaskCount, PgSessionEvent, SqlStatementEvent};
 
 /// How a connection ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -117,6 +119,10 @@ pub enum Event {
     Connection(Box<ConnectionEvent>),
     /// One HTTP request and its response (or refusal).
     HttpExchange(Box<HttpExchangeEvent>),
+    /// One SQL statement on a PostgreSQL session (or its refusal).
+    SqlStatement(Box<SqlStatementEvent>),
+    /// A PostgreSQL session started or ended.
+    PgSession(Box<PgSessionEvent>),
     /// Values were masked in a response (which detectors; never the values).
     Masked {
         /// Time (RFC 3339).

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 mod agent;
 mod masking;
+mod postgres;
 mod rule;
 
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
+pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
 pub use rule::{PortRange, RuleAction, RuleSpec};
 
 /// Errors loading or validating configuration. All are the operator's input.
@@ -307,8 +309,11 @@ impl Config {
             agents.push(&agent.name);
         }
         let mut targets = std::collections::HashSet::new();
+        let custom: Vec<&str> = self.masking.detectors.iter().map(|d| d.name.as_str()).collect();
         for (n, target) in self.targets.iter().enumerate() {
-            target.validate().map_err(|m| invalid(&format!("targets[{n}]"), m))?;
+            target
+                .validate(&custom)
+                .map_err(|m| invalid(&format!("targets[{n}]"), m))?;
             if !targets.insert(target.name.as_str()) {
                 return Err(invalid(
                     &format!("targets[{n}].name"),

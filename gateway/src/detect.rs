@@ -68,8 +68,8 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf.len() >= 8 {
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let code = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        // SSLRequest, GSSENCRequest, protocol 3.0 StartupMessage.
-        if (8..=10_000).contains(&len) && matches!(code, 80_877_103 | 80_877_104 | 196_608) {
+        // SSLRequest, GSSENCRequest, CancelRequest, protocol 3.x StartupMessage.
+        if (8..=10_000).contains(&len) && (matches!(code, 80_877_102..=80_877_104) || code >> 16 == 3) {
             return Some(Protocol::Postgres);
         }
         return Some(Protocol::Raw);

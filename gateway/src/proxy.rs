@@ -23,6 +23,7 @@ use crate::{
 mod counted;
 mod http;
 mod live;
+mod pg;
 mod relay;
 pub mod tls;
 mod upstream;
@@ -67,6 +68,8 @@ pub struct ProxyCtx {
     pool: http::Pool,
     /// Credentials per target, shared so caches (file reads, tokens) are too.
     credentials: Mutex<HashMap<String, (crate::config::CredentialSpec, Arc<crate::credentials::Credential>)>>,
+    /// Cancel keys handed to agents by PostgreSQL sessions.
+    pg_cancels: pg::CancelTable,
 }
 
 impl ProxyCtx {
@@ -90,6 +93,7 @@ impl ProxyCtx {
             maskers: Mutex::new(HashMap::new()),
             pool: http::Pool::default(),
             credentials: Mutex::new(HashMap::new()),
+            pg_cancels: pg::CancelTable::default(),
         }
     }
 
@@ -210,7 +214,11 @@ pub async fn run(mut agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) 
         .await;
         return;
     }
-    let outcome = if let (true, Some(spec)) = (inspect, spec) {
+    let postgres = spec.as_ref().is_some_and(|s| s.protocol == TargetProtocol::Postgres);
+    let outcome = if let (true, Some(spec)) = (postgres, spec.clone()) {
+        // Whatever the first bytes looked like: a PostgreSQL target is never relayed blind.
+        pg::serve(agent, &start, spec, upstream_addr, &ctx, &handle.stats).await
+    } else if let (true, Some(spec)) = (inspect, spec) {
         http::serve(agent, &start, spec, upstream_addr, host, &ctx, &handle.stats).await
     } else {
         relay_tcp(&mut agent, upstream_addr, &ctx.settings, &handle.stats, start.id).await

@@ -6,7 +6,10 @@
 use std::{collections::BTreeSet, ops::ControlFlow};
 
 use sqlparser::{
-    ast::{visit_relations, visit_statements, FromTable, Statement, TableFactor, TableObject, TableWithJoins},
+    ast::{
+        visit_relations, visit_statements, CopyLegacyOption, CopyOption, CopySource, CopyTarget, FromTable, Statement,
+        TableFactor, TableObject, TableWithJoins,
+    },
     dialect::PostgreSqlDialect,
     parser::Parser,
 };
@@ -66,6 +69,17 @@ fn classify_one(stmt: &Statement) -> (&'static str, Vec<String>, bool) {
             ("delete", written, delete.selection.is_some())
         }
         Statement::Drop { names, .. } => ("ddl", names.iter().map(ToString::to_string).collect(), true),
+        Statement::Copy { source, to, target, .. } => {
+            let to_client = matches!(target, CopyTarget::Stdin | CopyTarget::Stdout);
+            match (to, source, to_client) {
+                // COPY FROM STDIN loads rows into the table.
+                (false, CopySource::Table { table_name, .. }, true) => ("insert", vec![table_name.to_string()], true),
+                // COPY TO STDOUT reads; its tables are counted as read below.
+                (true, _, true) => ("select", Vec::new(), true),
+                // Server-side files and programs.
+                _ => ("other", Vec::new(), true),
+            }
+        }
         other => {
             // Everything else by its leading keyword, which is stable across
             // parser versions (the AST has dozens of DDL variants).
@@ -97,16 +111,118 @@ fn relations(stmt: &Statement) -> Vec<String> {
     names
 }
 
+/// `on`/`off` as a COPY option value (`(freeze on, header off)`).
+static COPY_BOOL: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"(?i)([(,]\s*[a-z_]+\s+)(on|off)(\s*[,)])").expect("static regex"));
+
+/// `VACUUM`/`ANALYZE` with options and table names only, which the parser
+/// does not read: a schema-level change (`ddl`) of the tables named.
+static MAINTENANCE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(?i)^\s*(vacuum|analyze)\b(\s*\([a-z_\s,]*\))?((?:\s+(?:full|freeze|verbose|analyze))*)\s*([a-z_][a-z0-9_.]*(?:\s*,\s*[a-z_][a-z0-9_.]*)*)?\s*;?\s*$")
+        .expect("static regex")
+});
+
+fn maintenance(sql: &str) -> Option<(ActionKind, Extras)> {
+    let m = MAINTENANCE.captures(sql)?;
+    let tables: Vec<String> = m
+        .get(4)
+        .map(|t| t.as_str().split(',').map(|n| n.trim().to_ascii_lowercase()).collect())
+        .unwrap_or_default();
+    let action = ActionKind::SqlStatement {
+        kind: "ddl".into(),
+        tables_read: Vec::new(),
+        tables_written: tables,
+        has_where: true,
+        statements: 1,
+        sql: sql.to_owned(),
+    };
+    Some((action, Extras::default()))
+}
+
+/// What a string does beyond its policy facts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// It copies rows out to the client (`COPY ... TO STDOUT`); `Some(true)`
+    /// when in binary format.
+    pub copy_out: Option<bool>,
+}
+
+/// Tables a `COPY ... TO` reads directly.
+fn copy_source(stmt: &Statement) -> Option<String> {
+    match stmt {
+        Statement::Copy {
+            source: CopySource::Table { table_name, .. },
+            to: true,
+            ..
+        } => Some(table_name.to_string()),
+        _ => None,
+    }
+}
+
+fn copy_out(stmt: &Statement) -> Option<bool> {
+    match stmt {
+        Statement::Copy {
+            to: true,
+            target: CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } => Some(
+            options
+                .iter()
+                .any(|o| matches!(o, CopyOption::Format(f) if f.value.eq_ignore_ascii_case("binary")))
+                || legacy_options.iter().any(|o| matches!(o, CopyLegacyOption::Binary)),
+        ),
+        _ => None,
+    }
+}
+
 /// Classifies a SQL string into the `sql_statement` action for policy.
 pub fn classify(sql: &str) -> Result<ActionKind, SqlError> {
-    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| SqlError(e.to_string()))?;
+    classify_with_extras(sql).map(|(action, _)| action)
+}
+
+/// [`classify`], plus what the proxy needs to know besides.
+pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError> {
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements,
+        Err(first) => {
+            // PostgreSQL's COPY options take on/off as booleans (pgbench sends
+            // `WITH (freeze on)`); the parser knows only true/false. Only the
+            // option values change, so the statement's facts stay the same.
+            let copy = sql
+                .trim_start()
+                .get(..4)
+                .is_some_and(|w| w.eq_ignore_ascii_case("copy"));
+            let fixed = copy.then(|| {
+                COPY_BOOL.replace_all(sql, |c: &regex::Captures<'_>| {
+                    let value = if c[2].eq_ignore_ascii_case("on") {
+                        "true"
+                    } else {
+                        "false"
+                    };
+                    format!("{}{value}{}", &c[1], &c[3])
+                })
+            });
+            match fixed.map(|f| Parser::parse_sql(&PostgreSqlDialect {}, &f)) {
+                Some(Ok(statements)) => statements,
+                _ => return maintenance(sql).ok_or_else(|| SqlError(first.to_string())),
+            }
+        }
+    };
     if statements.is_empty() {
         return Err(SqlError("no statement".into()));
     }
     let mut kind = "select";
     let mut written = BTreeSet::new();
     let mut has_where = true;
+    let mut extras = Extras::default();
+    let mut read = BTreeSet::new();
     let _ = visit_statements(&statements, |stmt| {
+        if let Some(binary) = copy_out(stmt) {
+            extras.copy_out = Some(extras.copy_out.unwrap_or(false) || binary);
+        }
+        read.extend(copy_source(stmt));
         let (k, w, bounded) = classify_one(stmt);
         if rank(k) > rank(kind) {
             kind = k;
@@ -117,20 +233,20 @@ pub fn classify(sql: &str) -> Result<ActionKind, SqlError> {
         written.extend(w);
         ControlFlow::<()>::Continue(())
     });
-    let mut read = BTreeSet::new();
     let _ = visit_relations(&statements, |name| {
         read.insert(name.to_string());
         ControlFlow::<()>::Continue(())
     });
     let read: Vec<String> = read.difference(&written).cloned().collect();
-    Ok(ActionKind::SqlStatement {
+    let action = ActionKind::SqlStatement {
         kind: kind.to_owned(),
         tables_read: read,
         tables_written: written.into_iter().collect(),
         has_where,
         statements: statements.len() as i64,
         sql: sql.to_owned(),
-    })
+    };
+    Ok((action, extras))
 }
 
 #[cfg(test)]
@@ -182,6 +298,17 @@ mod tests {
             ("BEGIN", ("transaction", s(&[]), s(&[]), true, 1)),
             ("SET search_path = public", ("session", s(&[]), s(&[]), true, 1)),
             ("SELECT 1; DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 2)),
+            ("COPY items FROM STDIN", ("insert", s(&[]), s(&["items"]), true, 1)),
+            ("COPY items TO STDOUT", ("select", s(&["items"]), s(&[]), true, 1)),
+            (
+                "COPY (SELECT * FROM users) TO STDOUT",
+                ("select", s(&["users"]), s(&[]), true, 1),
+            ),
+            ("COPY items FROM '/etc/passwd'", ("other", s(&[]), s(&[]), true, 1)),
+            (
+                "vacuum analyze pgbench_branches",
+                ("ddl", s(&[]), s(&["pgbench_branches"]), true, 1),
+            ),
             (
                 "WITH gone AS (DELETE FROM users RETURNING id) SELECT count(*) FROM gone",
                 ("delete", s(&["gone"]), s(&["users"]), false, 1),
@@ -196,6 +323,20 @@ mod tests {
             assert_eq!(n, en, "{sql}");
             assert_eq!(read, er, "{sql}");
         }
+    }
+
+    #[test]
+    fn copy_out_is_flagged_with_its_format() {
+        let extras = |sql: &str| classify_with_extras(sql).unwrap().1.copy_out;
+        assert_eq!(extras("COPY items TO STDOUT"), Some(false));
+        assert_eq!(extras("COPY items TO STDOUT WITH (FORMAT binary)"), Some(true));
+        assert_eq!(extras("COPY items FROM STDIN"), None);
+        assert_eq!(extras("SELECT 1"), None);
+        assert_eq!(
+            facts("copy pgbench_accounts from stdin with (freeze on)").0,
+            "insert",
+            "pgbench's COPY options"
+        );
     }
 
     #[test]

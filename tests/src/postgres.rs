@@ -109,3 +109,69 @@ impl Drop for PgServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The password of the `app` role, which only the gateway holds.
+pub const APP_PASSWORD: &str = "app-real-pw-7f3a9c";
+
+impl PgServer {
+    /// Runs SQL as the superuser, directly (not through any gateway).
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", &self.addr.ip().to_string(), "-p", &self.addr.port().to_string()])
+            .args(["-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            .env("PGPASSWORD", SUPERUSER_PASSWORD)
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Creates the `app` role and its `shop` database: customers (with
+    /// emails, SSNs and card numbers) and items.
+    pub fn shop(&self) {
+        self.psql("postgres", &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"));
+        self.psql("postgres", "CREATE DATABASE shop OWNER app");
+        self.psql(
+            "shop",
+            "SET ROLE app;
+             CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text, note text, card_no bigint);
+             INSERT INTO customers VALUES
+               (1, 'Jane Doe', 'jane.doe@example.com', '123-45-6789', 'card 4111 1111 1111 1111 on file', 4111111111111111),
+               (2, 'John Roe', 'john@example.org', '987-65-4321', 'no card', 42);
+             CREATE TABLE items (id int, label text);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g;",
+        );
+    }
+
+    /// A `[[targets]]` entry for the `shop` database through the gateway,
+    /// logging in as `app` with the password from a root-only file;
+    /// `postgres` adds lines to its `[targets.postgres]` table.
+    pub fn target(&self, postgres: &[&str]) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = self.dir.join("shop-db.password");
+        std::fs::write(&secret, APP_PASSWORD).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        format!(
+            "[[targets]]\nname = \"shop-db\"\ncidrs = [\"{}/32\"]\nports = \"{}\"\nprotocol = \"postgres\"\ncredential = {{ file = \"{}\" }}\n[targets.postgres]\nuser = \"app\"\ntls = \"disable\"\n{}\n",
+            self.addr.ip(),
+            self.addr.port(),
+            secret.display(),
+            postgres.join("\n")
+        )
+    }
+
+    /// A libpq connection string for `shop` as an agent would write it: the
+    /// database's own address, and a password the gateway ignores.
+    pub fn agent_dsn(&self) -> String {
+        format!(
+            "host={} port={} dbname=shop user=agent password=not-the-real-one connect_timeout=10",
+            self.addr.ip(),
+            self.addr.port()
+        )
+    }
+}

@@ -21,9 +21,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("pgbench", "postgresql-contrib"),
 ];
 
-/// Python packages for the test clients.
 /// Python packages for the test clients, pinned (distribution, version).
-const PIP_PACKAGES: &[(&str, &str)] = &[("httpx", "0.28.1"), ("openai", "3.57.0"), ("openai-agents", "0.24.0")];
+const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("httpx", "0.28.1"),
+    ("openai", "3.57.0"),
+    ("openai-agents", "0.24.0"),
+    ("psycopg", "3.3.9"),
+    ("psycopg-binary", "3.3.9"),
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

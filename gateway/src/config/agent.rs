@@ -56,6 +56,8 @@ pub struct TargetSpec {
     /// their `model`.
     #[serde(default)]
     pub llm: bool,
+    /// PostgreSQL settings; required with `protocol = "postgres"`.
+    pub postgres: Option<super::PostgresSpec>,
 }
 
 /// How traffic to a target is handled.
@@ -70,6 +72,9 @@ pub enum TargetProtocol {
     /// HTTPS: TLS is terminated with a certificate from the local CA,
     /// inspected per request, and re-encrypted (verified) upstream.
     Https,
+    /// PostgreSQL: the gateway logs in upstream with the held credential and
+    /// inspects every statement.
+    Postgres,
 }
 
 /// Where a secret comes from and how it is sent.
@@ -169,8 +174,8 @@ impl AgentSpec {
 }
 
 impl TargetSpec {
-    /// Checks the spec.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the spec; `custom` are the operator's own detector names.
+    pub fn validate(&self, custom: &[&str]) -> Result<(), String> {
         if !valid_name(&self.name) {
             return Err(format!(
                 "target name `{}` must use letters, digits, '-', '_' or '.'",
@@ -179,6 +184,25 @@ impl TargetSpec {
         }
         if self.cidrs.is_empty() && self.hosts.is_empty() {
             return Err(format!("target `{}` needs cidrs or hosts", self.name));
+        }
+        match (&self.postgres, self.protocol) {
+            (Some(pg), TargetProtocol::Postgres) => {
+                pg.validate(custom)
+                    .map_err(|e| format!("target `{}`: {e}", self.name))?;
+            }
+            (None, TargetProtocol::Postgres) => {
+                return Err(format!(
+                    "target `{}`: protocol postgres needs a [targets.postgres] section (at least `user`)",
+                    self.name
+                ))
+            }
+            (Some(_), _) => {
+                return Err(format!(
+                    "target `{}`: a [targets.postgres] section needs protocol = \"postgres\"",
+                    self.name
+                ))
+            }
+            (None, _) => {}
         }
         if let Some(c) = &self.credential {
             let sources = [
@@ -205,7 +229,13 @@ impl TargetSpec {
             }
             if self.protocol == TargetProtocol::Tcp {
                 return Err(format!(
-                    "target `{}`: credentials need protocol http or https",
+                    "target `{}`: credentials need protocol http, https or postgres",
+                    self.name
+                ));
+            }
+            if self.protocol == TargetProtocol::Postgres && c.oauth2.is_some() {
+                return Err(format!(
+                    "target `{}`: a PostgreSQL password comes from `env`, `file` or `command`, not `oauth2`",
                     self.name
                 ));
             }

@@ -1,0 +1,296 @@
+//! The response filter of a PostgreSQL session (upstream -> agent). Every
+//! message the agent sent that expects an answer was queued by the request
+//! side, in order; each answer is matched to its entry. That is how a
+//! DataRow is tied to its statement's columns and masking, how a refusal's
+//! parse error is turned into the policy's 42501, and how a statement's
+//! audit event gets its rows, errors and duration. Messages the gateway
+//! does not change are copied through as they came.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use bytes::BytesMut;
+use postgres_protocol::message::backend::Message;
+
+use super::{
+    columns::Shape,
+    login::error_text,
+    wire::{self, complete_len, WireError},
+    Expect, Run, Session,
+};
+
+const SIDE: &str = "upstream";
+
+/// A statement that finished, with how.
+pub type Finished = (Box<Run>, &'static str);
+
+/// Result shapes and session status, as the response side knows them.
+#[derive(Default)]
+pub struct Responses {
+    /// Columns of the result a simple query is sending.
+    shape: Option<Arc<Shape>>,
+    /// Columns of each described portal.
+    portals: HashMap<String, Arc<Shape>>,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+}
+
+fn parse(buf: &mut BytesMut) -> Result<Message, WireError> {
+    match Message::parse(buf) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(WireError::malformed(SIDE, "incomplete message")),
+        Err(e) => Err(WireError::malformed(SIDE, e.to_string())),
+    }
+}
+
+/// Rows a CommandComplete tag reports (`INSERT 0 5`, `UPDATE 3`, `SELECT 7`).
+fn tag_rows(tag: &str) -> Option<u64> {
+    tag.rsplit(' ').next()?.parse().ok()
+}
+
+fn front_run(pending: &mut VecDeque<Expect>) -> Option<&mut Run> {
+    match pending.front_mut() {
+        Some(Expect::Query(run) | Expect::Execute(run)) => Some(run),
+        _ => None,
+    }
+}
+
+impl Responses {
+    /// Handles every whole message in `buf`, appending what the agent gets
+    /// to `out` and finished statements to `done`.
+    pub fn handle(
+        &mut self,
+        s: &Session,
+        buf: &mut BytesMut,
+        pending: &Mutex<VecDeque<Expect>>,
+        out: &mut BytesMut,
+        done: &mut Vec<Finished>,
+    ) -> Result<(), WireError> {
+        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(total) = complete_len(buf, SIDE)? {
+            let tag = buf[0];
+            match tag {
+                b'D' => self.data_row(s, buf, total, &mut pending, out)?,
+                b'T' => {
+                    let Message::RowDescription(body) = parse(buf)? else {
+                        unreachable!("tag T")
+                    };
+                    match pending.pop_front() {
+                        Some(Expect::DescribePortal { portal, swallow }) => {
+                            let mut scratch = BytesMut::new();
+                            let target = if swallow { &mut scratch } else { &mut *out };
+                            let shape = Shape::describe(&body, &s.masked, target)?;
+                            self.portals.insert(portal, Arc::new(shape));
+                        }
+                        Some(Expect::DescribeStatement) => {
+                            Shape::describe(&body, &s.masked, out)?;
+                        }
+                        Some(q @ Expect::Query(_)) => {
+                            pending.push_front(q);
+                            self.shape = Some(Arc::new(Shape::describe(&body, &s.masked, out)?));
+                        }
+                        _ => return Err(WireError::malformed(SIDE, "RowDescription nobody asked for")),
+                    }
+                }
+                b'n' => match pending.pop_front() {
+                    Some(Expect::DescribePortal { portal, swallow }) => {
+                        self.portals.insert(portal, Arc::new(Shape::default()));
+                        let raw = buf.split_to(total);
+                        if !swallow {
+                            out.extend_from_slice(&raw);
+                        }
+                    }
+                    Some(Expect::DescribeStatement) => out.extend_from_slice(&buf.split_to(total)),
+                    _ => return Err(WireError::malformed(SIDE, "NoData nobody asked for")),
+                },
+                b'1' | b'2' | b'3' => {
+                    let ok = matches!(
+                        (tag, pending.pop_front()),
+                        (b'1', Some(Expect::Parse(None))) | (b'2', Some(Expect::Bind)) | (b'3', Some(Expect::Close))
+                    );
+                    if !ok {
+                        return Err(WireError::malformed(SIDE, format!("{:?} out of order", tag as char)));
+                    }
+                    out.extend_from_slice(&buf.split_to(total));
+                }
+                b'C' | b'I' | b's' => {
+                    let raw = buf.split_to(total);
+                    let rows = (tag == b'C')
+                        .then(|| std::str::from_utf8(&raw[5..total - 1]).ok().and_then(tag_rows))
+                        .flatten();
+                    match pending.front_mut() {
+                        Some(Expect::Query(run)) => {
+                            self.shape = None;
+                            if let Some(n) = rows {
+                                run.affected = Some(run.affected.unwrap_or(0) + n);
+                            }
+                        }
+                        Some(Expect::Execute(_)) => {
+                            let Some(Expect::Execute(mut run)) = pending.pop_front() else {
+                                unreachable!()
+                            };
+                            run.affected = rows;
+                            done.push((run, if tag == b's' { "suspended" } else { "ok" }));
+                        }
+                        _ => return Err(WireError::malformed(SIDE, "command completion nobody asked for")),
+                    }
+                    out.extend_from_slice(&raw);
+                }
+                b'E' => self.error(s, buf, &mut pending, out, done)?,
+                b'Z' => {
+                    let raw = buf.split_to(total);
+                    self.status = raw.get(5).copied().unwrap_or(b'I');
+                    // Whatever was outstanding before the Sync was answered or skipped.
+                    loop {
+                        match pending.pop_front() {
+                            Some(Expect::Query(run)) => {
+                                let how = match (&run.statement.denial, &run.error) {
+                                    (Some(_), _) => "denied",
+                                    (None, Some(_)) => "error",
+                                    (None, None) => "ok",
+                                };
+                                done.push((run, how));
+                                break;
+                            }
+                            Some(Expect::Sync) | None => break,
+                            Some(_) => {}
+                        }
+                    }
+                    out.extend_from_slice(&raw);
+                }
+                b'H' => {
+                    let binary = buf.get(5).copied() == Some(1);
+                    if binary && front_run(&mut pending).is_some_and(|r| r.statement.detectors.is_some()) {
+                        return Err(WireError::malformed(SIDE, "binary COPY out of a masked session"));
+                    }
+                    out.extend_from_slice(&buf.split_to(total));
+                }
+                b'd' => match front_run(&mut pending) {
+                    Some(run) if run.statement.detectors.is_some() => {
+                        let raw = buf.split_to(total);
+                        let masker = run.statement.detectors.clone();
+                        let (masked, found) = masker
+                            .as_deref()
+                            .map_or((raw[5..].to_vec(), Vec::new()), |m| m.mask(&raw[5..]));
+                        for f in found {
+                            *run.masked.entry(format!("detector {}", f.detector)).or_default() += 1;
+                        }
+                        wire::message(out, b'd', |b| b.extend_from_slice(&masked));
+                    }
+                    _ => out.extend_from_slice(&buf.split_to(total)),
+                },
+                // Copy start/end, parameter changes, notices, notifications.
+                b'G' | b'c' | b'S' | b'N' | b'A' | b't' => out.extend_from_slice(&buf.split_to(total)),
+                other => {
+                    return Err(WireError::malformed(
+                        SIDE,
+                        format!("unexpected message type {:?} in a session", other as char),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn data_row(
+        &mut self,
+        s: &Session,
+        buf: &mut BytesMut,
+        total: usize,
+        pending: &mut VecDeque<Expect>,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        let (shape, run) = match pending.front_mut() {
+            Some(Expect::Query(run)) => (self.shape.clone(), run),
+            Some(Expect::Execute(run)) => (self.portals.get(&run.portal).cloned(), run),
+            _ => return Err(WireError::malformed(SIDE, "DataRow nobody asked for")),
+        };
+        run.rows += 1;
+        let detectors = run.statement.detectors.clone();
+        let must_mask = detectors.is_some() || !s.masked.is_empty();
+        match shape {
+            Some(shape) if !shape.passes(detectors.as_deref()) => {
+                let Message::DataRow(row) = parse(buf)? else {
+                    unreachable!("tag D")
+                };
+                shape.mask_row(&row, detectors.as_deref(), &mut run.masked, out)
+            }
+            Some(_) => {
+                out.extend_from_slice(&buf.split_to(total));
+                Ok(())
+            }
+            None if !must_mask => {
+                out.extend_from_slice(&buf.split_to(total));
+                Ok(())
+            }
+            // Rows whose columns were never described cannot be masked: fail closed.
+            None => Err(WireError::malformed(
+                SIDE,
+                "rows without a description in a masked session",
+            )),
+        }
+    }
+
+    fn error(
+        &mut self,
+        s: &Session,
+        buf: &mut BytesMut,
+        pending: &mut VecDeque<Expect>,
+        out: &mut BytesMut,
+        done: &mut Vec<Finished>,
+    ) -> Result<(), WireError> {
+        let total = complete_len(buf, SIDE)?.unwrap_or(0);
+        let raw = buf.split_to(total);
+        let Message::ErrorResponse(body) = parse(&mut BytesMut::from(&raw[..]))? else {
+            unreachable!("tag E")
+        };
+        let (code, message) = error_text(body.fields());
+        let ours = message.contains(&s.nonce);
+        let forward = |denial: Option<&wire::ErrorFields>, out: &mut BytesMut| match denial {
+            Some(d) if ours => d.write(out),
+            _ => out.extend_from_slice(&raw),
+        };
+        let text = format!("{code}: {message}");
+        match pending.pop_front() {
+            Some(Expect::Query(mut run)) => {
+                // A simple query goes on to its ReadyForQuery.
+                forward(run.statement.denial.as_ref(), out);
+                self.shape = None;
+                run.error = Some(text);
+                pending.push_front(Expect::Query(run));
+                return Ok(());
+            }
+            Some(Expect::Parse(Some(run))) => {
+                forward(run.statement.denial.as_ref(), out);
+                done.push((run, "denied"));
+            }
+            Some(Expect::Execute(mut run)) => {
+                forward(None, out);
+                run.error = Some(text);
+                done.push((run, "error"));
+            }
+            Some(Expect::Sync) => {
+                forward(None, out);
+                pending.push_front(Expect::Sync);
+                return Ok(());
+            }
+            Some(_) => forward(None, out),
+            None => {
+                // Not an answer to anything: a FATAL the server sends on its own.
+                forward(None, out);
+                return Ok(());
+            }
+        }
+        // After an error the server skips everything up to the next Sync.
+        while let Some(next) = pending.front() {
+            if matches!(next, Expect::Sync) {
+                break;
+            }
+            if let Some(Expect::Parse(Some(run))) = pending.pop_front() {
+                done.push((run, "denied"));
+            }
+        }
+        Ok(())
+    }
+}

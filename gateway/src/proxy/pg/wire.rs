@@ -1,0 +1,346 @@
+//! The PostgreSQL v3 wire format for the gateway's two roles. Towards the
+//! upstream the gateway is a client, and postgres-protocol covers that role
+//! whole (frontend writers, backend parser, SCRAM, md5). Towards the agent it
+//! is a server, a role postgres-protocol leaves out: frames are still cut
+//! with its `Header`, and this file reads the few frontend bodies policy
+//! needs and writes the few backend messages the gateway originates.
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use postgres_protocol::message::backend::Header;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest message accepted from either side (PostgreSQL's own limit is 1 GiB
+/// for a field; the gateway keeps memory per session bounded).
+pub const MAX_MESSAGE: usize = 256 << 20;
+/// Largest untagged startup-phase message.
+const MAX_STARTUP: usize = 10_000;
+
+/// A protocol error on the wire; `side` tells who sent the bad bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed or closed mid-message.
+    #[error("{side}: connection lost mid-message: {source}")]
+    Io {
+        /// `agent` or `upstream`.
+        side: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A message broke the protocol.
+    #[error("{side} broke the PostgreSQL protocol: {message}")]
+    Malformed {
+        /// `agent` or `upstream`.
+        side: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl WireError {
+    /// A malformed-message error.
+    pub fn malformed(side: &'static str, message: impl Into<String>) -> Self {
+        Self::Malformed {
+            side,
+            message: message.into(),
+        }
+    }
+
+    /// Which side caused it.
+    pub fn side(&self) -> &'static str {
+        match self {
+            Self::Io { side, .. } | Self::Malformed { side, .. } => side,
+        }
+    }
+}
+
+/// One tagged message, whole (tag, length and body), as it arrived.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The message type byte.
+    pub tag: u8,
+    /// The whole message.
+    pub raw: Bytes,
+}
+
+impl Frame {
+    /// The body after tag and length.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+}
+
+/// The length of the next whole message in `buf`, if it is all there.
+pub fn complete_len(buf: &[u8], side: &'static str) -> Result<Option<usize>, WireError> {
+    let header = Header::parse(buf).map_err(|e| WireError::malformed(side, e.to_string()))?;
+    let Some(header) = header else { return Ok(None) };
+    let total = header.len() as usize + 1;
+    if total > MAX_MESSAGE {
+        return Err(WireError::malformed(
+            side,
+            format!("message of {total} bytes exceeds the gateway's limit of {MAX_MESSAGE}"),
+        ));
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Reads one untagged startup-phase message (length, then body).
+pub async fn read_startup<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<Bytes>, WireError> {
+    let side = "agent";
+    let io_err = |source| WireError::Io { side, source };
+    let mut len = [0u8; 4];
+    match io.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if !(8..=MAX_STARTUP).contains(&len) {
+        return Err(WireError::malformed(side, format!("startup message length {len}")));
+    }
+    let mut body = vec![0u8; len - 4];
+    io.read_exact(&mut body).await.map_err(io_err)?;
+    Ok(Some(Bytes::from(body)))
+}
+
+/// A reader over a message body that reports truncation as the agent's error.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    side: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    /// Over `buf`, sent by `side`.
+    pub fn new(buf: &'a [u8], side: &'static str) -> Self {
+        Self { buf, side }
+    }
+
+    fn short(&self, what: &str) -> WireError {
+        WireError::malformed(self.side, format!("message too short for its {what}"))
+    }
+
+    /// A NUL-terminated string (UTF-8 checked).
+    pub fn cstr(&mut self) -> Result<&'a str, WireError> {
+        let end = self
+            .buf
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| self.short("string"))?;
+        let s = std::str::from_utf8(&self.buf[..end])
+            .map_err(|_| WireError::malformed(self.side, "string is not UTF-8"))?;
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    /// A big-endian i16.
+    pub fn i16(&mut self) -> Result<i16, WireError> {
+        if self.buf.len() < 2 {
+            return Err(self.short("16-bit field"));
+        }
+        Ok(self.buf.get_i16())
+    }
+
+    /// A big-endian i32.
+    pub fn i32(&mut self) -> Result<i32, WireError> {
+        if self.buf.len() < 4 {
+            return Err(self.short("32-bit field"));
+        }
+        Ok(self.buf.get_i32())
+    }
+
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, WireError> {
+        if self.buf.is_empty() {
+            return Err(self.short("type byte"));
+        }
+        Ok(self.buf.get_u8())
+    }
+
+    /// `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(self.short("value"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// Fails unless the body was consumed exactly.
+    pub fn end(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::malformed(self.side, "trailing bytes after the message"))
+        }
+    }
+}
+
+/// Writes one backend message: tag, length (patched), body.
+pub fn message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_i32(0);
+    body(out);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Writes a NUL-terminated string.
+pub fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(s);
+    out.put_u8(0);
+}
+
+/// `AuthenticationOk`.
+pub fn authentication_ok(out: &mut BytesMut) {
+    message(out, b'R', |b| b.put_i32(0));
+}
+
+/// `BackendKeyData`.
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, key: i32) {
+    message(out, b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(key);
+    });
+}
+
+/// `ReadyForQuery` with a transaction status (`I`, `T` or `E`).
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    message(out, b'Z', |b| b.put_u8(status));
+}
+
+/// `NegotiateProtocolVersion`: the newest minor version served (0) and the
+/// protocol options not recognised.
+pub fn negotiate_protocol_version(out: &mut BytesMut, unrecognised: &[String]) {
+    message(out, b'v', |b| {
+        b.put_i32(196_608);
+        b.put_i32(unrecognised.len() as i32);
+        for option in unrecognised {
+            put_cstr(b, option.as_bytes());
+        }
+    });
+}
+
+/// An ErrorResponse (or, with `tag = b'N'`, a NoticeResponse).
+#[derive(Debug, Clone)]
+pub struct ErrorFields {
+    /// ERROR or FATAL.
+    pub severity: &'static str,
+    /// SQLSTATE.
+    pub code: &'static str,
+    /// Primary message.
+    pub message: String,
+    /// Detail line, if any.
+    pub detail: Option<String>,
+    /// Hint line, if any.
+    pub hint: Option<String>,
+}
+
+impl ErrorFields {
+    /// An ERROR.
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "ERROR",
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// A FATAL error (the session ends).
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "FATAL",
+            ..Self::error(code, message)
+        }
+    }
+
+    /// Appends it as an ErrorResponse.
+    pub fn write(&self, out: &mut BytesMut) {
+        message(out, b'E', |b| {
+            for (kind, value) in [
+                (b'S', Some(self.severity)),
+                (b'V', Some(self.severity)),
+                (b'C', Some(self.code)),
+                (b'M', Some(self.message.as_str())),
+                (b'D', self.detail.as_deref()),
+                (b'H', self.hint.as_deref()),
+            ] {
+                if let Some(value) = value {
+                    b.put_u8(kind);
+                    put_cstr(b, value.as_bytes());
+                }
+            }
+            b.put_u8(0);
+        });
+    }
+
+    /// The message as bytes, ready to send.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.write(&mut out);
+        out.freeze()
+    }
+}
+
+/// The agent's StartupMessage, or the request that came in its place.
+#[derive(Debug)]
+pub enum Hello {
+    /// SSLRequest.
+    Ssl,
+    /// GSSENCRequest.
+    Gss,
+    /// CancelRequest with the key the agent was given.
+    Cancel {
+        /// Process id the agent saw.
+        pid: i32,
+        /// Secret key the agent saw.
+        key: i32,
+    },
+    /// StartupMessage.
+    Startup {
+        /// Minor protocol version asked for.
+        minor: u16,
+        /// Parameters, in order.
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Reads one startup-phase body (after its length).
+pub fn parse_hello(body: &[u8]) -> Result<Hello, WireError> {
+    let mut c = Cursor::new(body, "agent");
+    let code = c.i32()?;
+    match code {
+        80_877_103 => Ok(Hello::Ssl),
+        80_877_104 => Ok(Hello::Gss),
+        80_877_102 => {
+            let pid = c.i32()?;
+            let key = c.i32()?;
+            // Protocol 3.2 allows longer keys; the gateway hands out 4 bytes.
+            Ok(Hello::Cancel { pid, key })
+        }
+        v if (v >> 16) == 3 => {
+            let mut params = Vec::new();
+            loop {
+                let name = c.cstr()?;
+                if name.is_empty() {
+                    break;
+                }
+                params.push((name.to_owned(), c.cstr()?.to_owned()));
+            }
+            c.end()?;
+            Ok(Hello::Startup {
+                minor: (v & 0xffff) as u16,
+                params,
+            })
+        }
+        other => Err(WireError::malformed(
+            "agent",
+            format!(
+                "unsupported protocol version {}.{} (the gateway speaks 3.0)",
+                other >> 16,
+                other & 0xffff
+            ),
+        )),
+    }
+}
