@@ -49,6 +49,21 @@ fn run(mut cmd: Command, what: &str) {
 impl PgServer {
     /// Creates and starts a cluster on `ip` (any free port).
     pub fn start(ip: &str) -> Self {
+        Self::start_with(ip, false)
+    }
+
+    /// A cluster that takes TCP logins only over TLS, with md5 passwords for
+    /// new roles; its certificate is for `ip`, from the CA in [`Self::ca_file`].
+    pub fn start_tls_md5(ip: &str) -> Self {
+        Self::start_with(ip, true)
+    }
+
+    /// The CA of a TLS cluster's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn start_with(ip: &str, tls_md5: bool) -> Self {
         let bin = pg_bin();
         let dir = std::env::temp_dir().join(crate::unique("pg"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -70,10 +85,17 @@ impl PgServer {
             .args(["-U", "postgres", "-A", "scram-sha-256", "--pwfile"])
             .arg(&pwfile);
         run(initdb, "initdb");
-        let conf = format!(
+        let mut conf = format!(
             "listen_addresses = '{ip}'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nlog_connections = on\n",
             dir.display()
         );
+        if tls_md5 {
+            conf.push_str(&tls_files(ip, &dir, &data));
+            conf.push_str("ssl = on\npassword_encryption = md5\n");
+            let hba =
+                "local all all scram-sha-256\nhostssl all all 127.0.0.0/8 md5\nhostnossl all all 127.0.0.0/8 reject\n";
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
         let conf_path = data.join("postgresql.conf");
         let mut all = std::fs::read_to_string(&conf_path).unwrap();
         all.push_str(&conf);
@@ -93,10 +115,48 @@ impl PgServer {
         }
     }
 
+    /// A `[[targets]]` entry whose upstream hop requires verified TLS.
+    pub fn tls_target(&self, postgres: &[&str]) -> String {
+        let mut lines = vec!["tls = \"require\""];
+        lines.extend_from_slice(postgres);
+        self.target(&lines).replace(
+            "[targets.postgres]",
+            &format!("ca_file = \"{}\"\n[targets.postgres]", self.ca_file().display()),
+        )
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
+}
+
+/// Writes a CA (in `dir`) and a server certificate for `ip` (in the data
+/// directory, readable by `postgres` only); returns the config lines.
+fn tls_files(ip: &str, dir: &Path, data: &Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test database CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![ip.to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let (cert, key_file) = (data.join("server.crt"), data.join("server.key"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut chown = Command::new("chown");
+    chown.arg("postgres:postgres").arg(&cert).arg(&key_file);
+    run(chown, "chown");
+    "ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_owned()
 }
 
 impl Drop for PgServer {
@@ -156,8 +216,13 @@ impl PgServer {
         let secret = self.dir.join("shop-db.password");
         std::fs::write(&secret, APP_PASSWORD).unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let tls = if postgres.iter().any(|l| l.starts_with("tls ")) {
+            ""
+        } else {
+            "tls = \"disable\"\n"
+        };
         format!(
-            "[[targets]]\nname = \"shop-db\"\ncidrs = [\"{}/32\"]\nports = \"{}\"\nprotocol = \"postgres\"\ncredential = {{ file = \"{}\" }}\n[targets.postgres]\nuser = \"app\"\ntls = \"disable\"\n{}\n",
+            "[[targets]]\nname = \"shop-db\"\ncidrs = [\"{}/32\"]\nports = \"{}\"\nprotocol = \"postgres\"\ncredential = {{ file = \"{}\" }}\n[targets.postgres]\nuser = \"app\"\n{tls}{}\n",
             self.addr.ip(),
             self.addr.port(),
             secret.display(),

@@ -397,6 +397,14 @@ def answer(sock):
         if not chunk:
             return data
         data += chunk
+# GSS encryption is refused with 'N', and the startup goes on in plaintext.
+sock = socket.create_connection(addr, timeout=10)
+sock.sendall(struct.pack("!ii", 8, 80877104))
+print("gss:", sock.recv(1))
+params = b"user\0agent\0database\0shop\0\0"
+sock.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+print("then startup:", b"Z\0\0\0\x05I" in sock.recv(4096))
+sock.close()
 # Garbage before the startup message.
 sock = socket.create_connection(addr, timeout=10)
 sock.sendall(b"this is not postgres at all\r\n")
@@ -420,6 +428,8 @@ print("other session:", good.execute("SELECT 7").fetchone()[0])
     assert_eq!(
         r.stdout.lines().collect::<Vec<_>>(),
         [
+            "gss: b'N'",
+            "then startup: True",
             "garbage first: True",
             "unknown type: True",
             "bad length: True",
@@ -502,4 +512,46 @@ with psycopg.connect(sys.argv[1] + " sslmode=require", autocommit=True) as conn:
     let copy = wait_statement(&s, |e| e["sql"].as_str().unwrap_or("").starts_with("COPY items"));
     assert_eq!(copy["kind"], "insert");
     assert_eq!(copy["rows_affected"], 10);
+}
+
+#[test]
+fn the_upstream_hop_is_verified_tls_with_an_md5_login() {
+    let cg = TestCgroup::new(&unique("pgtls"));
+    let pg = PgServer::start_tls_md5("127.0.0.21");
+    pg.shop();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![pg.tls_target(&[])],
+            ..Default::default()
+        },
+    );
+    let mut cmd = std::process::Command::new("psql");
+    cmd.arg(pg.agent_dsn())
+        .args([
+            "-w",
+            "-tA",
+            "-c",
+            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = Client::new(&cg).run_cmd(cmd);
+    assert!(r.success, "psql failed: {}\n{}", r.stderr, pg.log());
+    assert_eq!(r.stdout.trim(), "app|t");
+    let start = interlock_tests::wait_for(10, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "pg_session" && e["phase"] == "start")
+    })
+    .expect("session start");
+    assert_eq!(start["upstream_tls"], true);
+    let log = pg.log();
+    assert!(log.contains("identity=\"app\" method=md5"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("authorized: user=app database=shop") && l.contains("SSL enabled")),
+        "{log}"
+    );
 }

@@ -104,3 +104,36 @@ fn credentials_on_plaintext_targets_need_a_verified_destination() {
         .to_string()
         .contains("exactly one"));
 }
+
+#[test]
+fn postgres_targets_are_checked_at_load() {
+    let target = |extra: &str| {
+        format!(
+            "[[targets]]\nname = \"db\"\ncidrs = [\"10.0.0.5/32\"]\nports = \"5432\"\nprotocol = \"postgres\"\n{extra}"
+        )
+    };
+    let ok = target(
+        "credential = { file = \"/etc/interlock/db.pw\" }\n[targets.postgres]\nuser = \"app\"\ncolumns = [{ column = \"*.ssn\", style = \"null\" }]\n",
+    );
+    let c = Config::parse(&ok, Path::new("t.toml")).unwrap();
+    let pg = c.targets[0].postgres.as_ref().unwrap();
+    assert_eq!(pg.columns[0].style, ColumnStyle::Null);
+    assert_eq!(pg.tls, UpstreamTls::Prefer);
+    let cases = [
+        ("", "needs a [targets.postgres] section"),
+        ("[targets.postgres]\nuser = \"app\"\ncolumns = [{ column = \"email\" }]\n", "postgres.columns[0]"),
+        ("[targets.postgres]\nuser = \"app\"\ndetectors = [\"nope\"]\n", "unknown detector `nope`"),
+        ("[targets.postgres]\nuser = \"app\"\ntls = \"maybe\"\n", "maybe"),
+        (
+            "credential = { oauth2 = { token_url = \"https://x/t\", client_id = \"c\", client_secret_file = \"/s\" } }\n[targets.postgres]\nuser = \"app\"\n",
+            "not `oauth2`",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let err = Config::parse(&target(extra), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(err.contains("t.toml"), "{err}");
+    }
+}
