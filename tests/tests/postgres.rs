@@ -276,22 +276,37 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     assert!(masked.contains(&"column customers.email".to_owned()), "{masked:?}");
     assert!(masked.contains(&"column *.ssn".to_owned()), "{masked:?}");
     assert!(masked.contains(&"detector credit_card".to_owned()), "{masked:?}");
-    // COPY TO would bypass the column description: refused on a masked table.
+    // Values computed from a table with masked columns are masked when they
+    // can carry text; errors do not echo the values; COPY TO is refused on
+    // a masked table (it has no column description) and allowed elsewhere.
     let script = r#"
-import sys, psycopg
+import sys, json, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    print(json.dumps(conn.execute(
+        "SELECT upper(email), count(*) OVER (), row_to_json(c)::text FROM customers c ORDER BY id").fetchone()))
     try:
-        with conn.cursor().copy("COPY customers TO STDOUT") as copy:
-            print(b"".join(bytes(b) for b in copy))
+        conn.execute("SELECT ssn::int FROM customers")
     except psycopg.Error as e:
-        print(e.sqlstate, e)
+        print(e.sqlstate, e.diag.message_primary)
+    for table in ("customers", "items"):
+        try:
+            with conn.cursor().copy(f"COPY {table} TO STDOUT") as copy:
+                print(table, len(list(copy.rows())))
+        except psycopg.Error as e:
+            print(table, e.sqlstate, e.diag.message_primary)
 "#;
     let r = python(&s, script);
-    assert!(
-        r.stdout.starts_with("42501") && r.stdout.contains("masked columns"),
-        "{}",
-        r.stdout
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], r#"["[REDACTED]", 2, "[REDACTED]"]"#, "{lines:?}");
+    assert_eq!(
+        lines[1], r#"22P02 invalid input syntax for type integer: "[REDACTED]""#,
+        "{lines:?}"
     );
+    assert!(
+        lines[2].starts_with("customers 42501") && lines[2].contains("masked columns"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[3], "items 10", "{lines:?}");
 }
 
 #[test]
@@ -356,6 +371,12 @@ try:
 except psycopg.errors.QueryCanceled:
     print("stream canceled after", rows >= 9000)
 print("still usable:", slow.execute("SELECT 1").fetchone()[0])
+# NOTIFY from one session reaches a LISTENing one through the gateway.
+slow.execute("LISTEN jobs")
+other.execute("NOTIFY jobs, 'ready'")
+for n in slow.notifies(timeout=10):
+    print("notified:", n.channel, n.payload)
+    break
 "#;
     let r = python(&s, script);
     let lines: Vec<&str> = r.stdout.lines().collect();
@@ -366,7 +387,8 @@ print("still usable:", slow.execute("SELECT 1").fetchone()[0])
             "slow: canceled other: finished",
             "at 9000 rows the query is active",
             "stream canceled after True",
-            "still usable: 1"
+            "still usable: 1",
+            "notified: jobs ready"
         ],
         "{}",
         r.stderr
@@ -554,4 +576,30 @@ fn the_upstream_hop_is_verified_tls_with_an_md5_login() {
             .any(|l| l.contains("authorized: user=app database=shop") && l.contains("SSL enabled")),
         "{log}"
     );
+}
+
+#[test]
+fn unparsable_sql_can_be_left_to_policy() {
+    let forbid = "@id(\"no-unparsed-ddl\")\nforbid (principal, action == Interlock::Action::\"sql_statement\", resource)\nwhen { context.kind == \"unparsed\" && context.sql like \"*DROP*\" };\n";
+    let policies = vec![
+        ("allow.cedar".to_owned(), ALLOW_ALL.to_owned()),
+        ("unparsed.cedar".to_owned(), forbid.to_owned()),
+    ];
+    let s = setup("pgunparsed", "127.0.0.22", &["unparsed = \"policy\""], Some(policies));
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    for sql in ("SELEKT 1", "SELEKT 1; DROP TABLE items"):
+        try:
+            conn.execute(sql)
+        except psycopg.Error as e:
+            print(e.sqlstate)
+"#;
+    let r = python(&s, script);
+    // The first reaches the server (its own syntax error); the second is refused.
+    assert_eq!(r.stdout.lines().collect::<Vec<_>>(), ["42601", "42501"]);
+    let ev = wait_statement(&s, |e| e["sql"] == "SELEKT 1");
+    assert_eq!(ev["kind"], "unparsed");
+    assert_eq!(ev["outcome"], "error");
+    assert_eq!(s.pg.psql("shop", "SELECT count(*) FROM items"), "10");
 }

@@ -20,6 +20,9 @@ const TEXT_OID: u32 = 25;
 const TEXTUAL: [u32; 6] = [25, 1043, 1042, 19, 114, 705];
 /// Numeric types: a detector hit keeps the digits' shape so the value still parses.
 const NUMERIC: [u32; 4] = [20, 21, 23, 1700];
+/// Types a computed column may keep when its statement touches masked
+/// columns: counts, sums, flags and times carry no masked text.
+const SAFE_COMPUTED: [u32; 11] = [16, 20, 21, 23, 26, 700, 701, 1082, 1114, 1184, 1700];
 /// The first oid PostgreSQL gives to user objects.
 const FIRST_USER_OID: u32 = 16_384;
 
@@ -85,6 +88,8 @@ impl ColumnRules {
 pub struct MaskedColumns {
     rules: ColumnRules,
     by_attr: HashMap<(u32, i16), (ColumnStyle, Arc<str>)>,
+    /// Tables with masked columns, as `table` and `schema.table`.
+    tables: std::collections::HashSet<String>,
     /// Highest relation oid when the catalog was read; newer tables are
     /// judged by column name alone.
     max_oid: u32,
@@ -94,6 +99,8 @@ impl MaskedColumns {
     /// From the lookup's rows: oid, attnum, schema, table, column, max oid.
     pub fn from_rows(rules: ColumnRules, rows: &[Vec<Option<String>>]) -> Result<Self, String> {
         let mut by_attr = HashMap::new();
+        let mut tables: std::collections::HashSet<String> =
+            rules.0.iter().filter_map(|(p, _, _)| p.table.clone()).collect();
         let mut max_oid = u32::MAX;
         for row in rows {
             let field = |i: usize| row.get(i).and_then(|v| v.as_deref()).unwrap_or_default();
@@ -102,13 +109,23 @@ impl MaskedColumns {
             max_oid = field(5).parse().map_err(|_| format!("bad max oid `{}`", field(5)))?;
             if let Some(hit) = rules.rule_for(Some(field(2)), Some(field(3)), field(4)) {
                 by_attr.insert((oid, attnum), hit);
+                tables.insert(field(3).to_owned());
+                tables.insert(format!("{}.{}", field(2), field(3)));
             }
         }
         Ok(Self {
             rules,
             by_attr,
+            tables,
             max_oid,
         })
+    }
+
+    /// Whether a table named in SQL (`customers`, `public."Customers"`) has masked columns.
+    pub fn covers(&self, name: &str) -> bool {
+        let name = name.replace('"', "").to_ascii_lowercase();
+        let last = name.rsplit('.').next().unwrap_or(&name);
+        self.tables.contains(&name) || self.tables.contains(last)
     }
 
     /// No rules apply to this database.
@@ -146,13 +163,26 @@ impl Shape {
     /// Reads a RowDescription and writes the one the agent gets: masked
     /// columns (except NULL style) turn into `text`, since their values no
     /// longer parse as the original type.
-    pub fn describe(body: &RowDescriptionBody, masked: &MaskedColumns, out: &mut BytesMut) -> Result<Self, WireError> {
+    /// With `computed`, the statement touches masked columns: a computed
+    /// column (no table behind it) is masked whole unless its type cannot
+    /// carry text (`upper(email)`, `row_to_json(c)` are; `count(*)` is not).
+    pub fn describe(
+        body: &RowDescriptionBody,
+        masked: &MaskedColumns,
+        computed: bool,
+        out: &mut BytesMut,
+    ) -> Result<Self, WireError> {
         let bad = |e: std::io::Error| WireError::malformed("upstream", format!("RowDescription: {e}"));
         let mut fields = body.fields();
         let mut cols = Vec::new();
         let mut rewritten = BytesMut::new();
         while let Some(f) = fields.next().map_err(bad)? {
-            let rule = masked.rule(f.table_oid(), f.column_id(), f.name());
+            let derived = computed && f.table_oid() == 0 && !SAFE_COMPUTED.contains(&f.type_oid());
+            let rule = if derived {
+                Some((ColumnStyle::Full, Arc::from("computed from masked columns")))
+            } else {
+                masked.rule(f.table_oid(), f.column_id(), f.name())
+            };
             let as_text = matches!(rule, Some((style, _)) if style != ColumnStyle::Null);
             wire::put_cstr(&mut rewritten, f.name().as_bytes());
             rewritten.put_u32(f.table_oid());

@@ -103,6 +103,8 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
             now: std::time::SystemTime::now(),
         }),
     };
+    let (_, read, written) = kind_facts(&action);
+    let touches_masked = read.iter().chain(&written).any(|t| s.masked.covers(t));
     let mut detectors = None;
     if decision.outcome == PolicyOutcome::Allow {
         let mut names = s.pg.detectors.clone();
@@ -114,8 +116,8 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         // COPY TO STDOUT sends rows without a column description: masked
         // columns could not be found in them, and binary rows cannot be read.
         match extras.copy_out {
-            Some(_) if !s.masked.is_empty() => {
-                decision = denied("COPY TO STDOUT from a target with masked columns; use SELECT".into());
+            Some(_) if touches_masked => {
+                decision = denied("COPY TO STDOUT from a table with masked columns; use SELECT".into());
             }
             Some(true) if detectors.is_some() => {
                 decision = denied("binary COPY TO STDOUT cannot be masked; use text format".into());
@@ -151,6 +153,7 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         decision,
         detectors,
         denial,
+        computed: touches_masked,
     }
 }
 
@@ -248,14 +251,21 @@ impl Prepared {
                 let name = c.cstr()?.to_owned();
                 c.end()?;
                 match which {
-                    b'S' => push(Expect::DescribeStatement),
+                    b'S' => push(Expect::DescribeStatement {
+                        computed: self.statements.get(&name).is_some_and(|st| st.computed),
+                    }),
                     b'P' => {
-                        if let Some(p) = self.portals.get_mut(&name) {
-                            p.described = true;
-                        }
+                        let computed = match self.portals.get_mut(&name) {
+                            Some(p) => {
+                                p.described = true;
+                                p.statement.computed
+                            }
+                            None => false,
+                        };
                         push(Expect::DescribePortal {
                             portal: name,
                             swallow: false,
+                            computed,
                         });
                     }
                     other => return Err(WireError::malformed("agent", format!("Describe of kind {other}"))),
@@ -279,6 +289,7 @@ impl Prepared {
                     push(Expect::DescribePortal {
                         portal: portal.clone(),
                         swallow: true,
+                        computed: statement.computed,
                     });
                     frontend::describe(b'P', &portal, out).map_err(io)?;
                 }
@@ -317,6 +328,7 @@ impl Prepared {
                         mask: Vec::new(),
                     },
                     detectors: None,
+                    computed: false,
                     denial: Some(ErrorFields::error(
                         "42501",
                         "interlock denied this call: the function-call protocol is not allowed through the gateway",
@@ -364,6 +376,7 @@ fn unknown_statement(name: &str) -> Statement {
         },
         detectors: None,
         denial: None,
+        computed: false,
     }
 }
 

@@ -17,7 +17,7 @@ use super::{
     columns::Shape,
     login::error_text,
     wire::{self, complete_len, WireError},
-    Expect, Run, Session,
+    Expect, Run, Session, Statement,
 };
 
 const SIDE: &str = "upstream";
@@ -49,6 +49,51 @@ fn tag_rows(tag: &str) -> Option<u64> {
     tag.rsplit(' ').next()?.parse().ok()
 }
 
+/// Rewrites an ErrorResponse or NoticeResponse so it cannot carry what the
+/// results would have masked: detectors run on its text, and for a statement
+/// that touches masked columns quoted values are withheld along with the
+/// detail line (`Key (email)=(...) already exists`).
+fn scrub_notice(
+    tag: u8,
+    mut fields: postgres_protocol::message::backend::ErrorFields<'_>,
+    st: &Statement,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    use fallible_iterator::FallibleIterator;
+    let mut kept: Vec<(u8, Vec<u8>)> = Vec::new();
+    while let Some(f) = fields.next().map_err(|e| WireError::malformed(SIDE, e.to_string()))? {
+        let mut value = f.value_bytes().to_vec();
+        if matches!(f.type_(), b'M' | b'D' | b'H' | b'W' | b'q') {
+            if let Some(m) = &st.detectors {
+                value = m.mask(&value).0;
+            }
+            if st.computed {
+                if f.type_() == b'D' {
+                    value = b"(detail withheld: the statement touches masked columns)".to_vec();
+                } else {
+                    value = QUOTED.replace_all(&value, &b"\"[REDACTED]\""[..]).into_owned();
+                }
+            }
+        }
+        kept.push((f.type_(), value));
+    }
+    wire::message(out, tag, |b| {
+        for (kind, value) in &kept {
+            b.extend_from_slice(&[*kind]);
+            wire::put_cstr(b, value);
+        }
+        b.extend_from_slice(&[0]);
+    });
+    Ok(())
+}
+
+static QUOTED: std::sync::LazyLock<regex::bytes::Regex> =
+    std::sync::LazyLock::new(|| regex::bytes::Regex::new(r#""[^"]*""#).expect("static regex"));
+
+fn mismatch(tag: char) -> WireError {
+    WireError::malformed(SIDE, format!("message {tag:?} did not parse as itself"))
+}
+
 fn front_run(pending: &mut VecDeque<Expect>) -> Option<&mut Run> {
     match pending.front_mut() {
         Some(Expect::Query(run) | Expect::Execute(run)) => Some(run),
@@ -74,34 +119,39 @@ impl Responses {
                 b'D' => self.data_row(s, buf, total, &mut pending, out)?,
                 b'T' => {
                     let Message::RowDescription(body) = parse(buf)? else {
-                        unreachable!("tag T")
+                        return Err(mismatch('T'));
                     };
                     match pending.pop_front() {
-                        Some(Expect::DescribePortal { portal, swallow }) => {
+                        Some(Expect::DescribePortal {
+                            portal,
+                            swallow,
+                            computed,
+                        }) => {
                             let mut scratch = BytesMut::new();
                             let target = if swallow { &mut scratch } else { &mut *out };
-                            let shape = Shape::describe(&body, &s.masked, target)?;
+                            let shape = Shape::describe(&body, &s.masked, computed, target)?;
                             self.portals.insert(portal, Arc::new(shape));
                         }
-                        Some(Expect::DescribeStatement) => {
-                            Shape::describe(&body, &s.masked, out)?;
+                        Some(Expect::DescribeStatement { computed }) => {
+                            Shape::describe(&body, &s.masked, computed, out)?;
                         }
-                        Some(q @ Expect::Query(_)) => {
-                            pending.push_front(q);
-                            self.shape = Some(Arc::new(Shape::describe(&body, &s.masked, out)?));
+                        Some(Expect::Query(run)) => {
+                            let computed = run.statement.computed;
+                            pending.push_front(Expect::Query(run));
+                            self.shape = Some(Arc::new(Shape::describe(&body, &s.masked, computed, out)?));
                         }
                         _ => return Err(WireError::malformed(SIDE, "RowDescription nobody asked for")),
                     }
                 }
                 b'n' => match pending.pop_front() {
-                    Some(Expect::DescribePortal { portal, swallow }) => {
+                    Some(Expect::DescribePortal { portal, swallow, .. }) => {
                         self.portals.insert(portal, Arc::new(Shape::default()));
                         let raw = buf.split_to(total);
                         if !swallow {
                             out.extend_from_slice(&raw);
                         }
                     }
-                    Some(Expect::DescribeStatement) => out.extend_from_slice(&buf.split_to(total)),
+                    Some(Expect::DescribeStatement { .. }) => out.extend_from_slice(&buf.split_to(total)),
                     _ => return Err(WireError::malformed(SIDE, "NoData nobody asked for")),
                 },
                 b'1' | b'2' | b'3' => {
@@ -127,11 +177,10 @@ impl Responses {
                             }
                         }
                         Some(Expect::Execute(_)) => {
-                            let Some(Expect::Execute(mut run)) = pending.pop_front() else {
-                                unreachable!()
-                            };
-                            run.affected = rows;
-                            done.push((run, if tag == b's' { "suspended" } else { "ok" }));
+                            if let Some(Expect::Execute(mut run)) = pending.pop_front() {
+                                run.affected = rows;
+                                done.push((run, if tag == b's' { "suspended" } else { "ok" }));
+                            }
                         }
                         _ => return Err(WireError::malformed(SIDE, "command completion nobody asked for")),
                     }
@@ -180,8 +229,17 @@ impl Responses {
                     }
                     _ => out.extend_from_slice(&buf.split_to(total)),
                 },
-                // Copy start/end, parameter changes, notices, notifications.
-                b'G' | b'c' | b'S' | b'N' | b'A' | b't' => out.extend_from_slice(&buf.split_to(total)),
+                b'N' => match front_run(&mut pending).map(|r| r.statement.clone()) {
+                    Some(st) if st.detectors.is_some() || st.computed => {
+                        let Message::NoticeResponse(body) = parse(buf)? else {
+                            return Err(mismatch('N'));
+                        };
+                        scrub_notice(b'N', body.fields(), &st, out)?;
+                    }
+                    _ => out.extend_from_slice(&buf.split_to(total)),
+                },
+                // Copy start/end, parameter changes, notifications.
+                b'G' | b'c' | b'S' | b'A' | b't' => out.extend_from_slice(&buf.split_to(total)),
                 other => {
                     return Err(WireError::malformed(
                         SIDE,
@@ -212,7 +270,7 @@ impl Responses {
         match shape {
             Some(shape) if !shape.passes(detectors.as_deref()) => {
                 let Message::DataRow(row) = parse(buf)? else {
-                    unreachable!("tag D")
+                    return Err(mismatch('D'));
                 };
                 shape.mask_row(&row, detectors.as_deref(), &mut run.masked, out)
             }
@@ -243,42 +301,50 @@ impl Responses {
         let total = complete_len(buf, SIDE)?.unwrap_or(0);
         let raw = buf.split_to(total);
         let Message::ErrorResponse(body) = parse(&mut BytesMut::from(&raw[..]))? else {
-            unreachable!("tag E")
+            return Err(mismatch('E'));
         };
         let (code, message) = error_text(body.fields());
         let ours = message.contains(&s.nonce);
-        let forward = |denial: Option<&wire::ErrorFields>, out: &mut BytesMut| match denial {
-            Some(d) if ours => d.write(out),
-            _ => out.extend_from_slice(&raw),
+        let scrub = front_run(pending).map(|r| r.statement.clone());
+        let forward = |denial: Option<&wire::ErrorFields>, out: &mut BytesMut| match (denial, &scrub) {
+            (Some(d), _) if ours => {
+                d.write(out);
+                Ok(())
+            }
+            (_, Some(st)) if st.detectors.is_some() || st.computed => scrub_notice(b'E', body.fields(), st, out),
+            _ => {
+                out.extend_from_slice(&raw);
+                Ok::<_, WireError>(())
+            }
         };
         let text = format!("{code}: {message}");
         match pending.pop_front() {
             Some(Expect::Query(mut run)) => {
                 // A simple query goes on to its ReadyForQuery.
-                forward(run.statement.denial.as_ref(), out);
+                forward(run.statement.denial.as_ref(), out)?;
                 self.shape = None;
                 run.error = Some(text);
                 pending.push_front(Expect::Query(run));
                 return Ok(());
             }
             Some(Expect::Parse(Some(run))) => {
-                forward(run.statement.denial.as_ref(), out);
+                forward(run.statement.denial.as_ref(), out)?;
                 done.push((run, "denied"));
             }
             Some(Expect::Execute(mut run)) => {
-                forward(None, out);
+                forward(None, out)?;
                 run.error = Some(text);
                 done.push((run, "error"));
             }
             Some(Expect::Sync) => {
-                forward(None, out);
+                forward(None, out)?;
                 pending.push_front(Expect::Sync);
                 return Ok(());
             }
-            Some(_) => forward(None, out),
+            Some(_) => forward(None, out)?,
             None => {
                 // Not an answer to anything: a FATAL the server sends on its own.
-                forward(None, out);
+                forward(None, out)?;
                 return Ok(());
             }
         }
