@@ -18,31 +18,36 @@ pub struct HttpsUpstream {
     dir: PathBuf,
 }
 
+/// A fresh CA and a leaf certificate for `names` signed by it, as PEM:
+/// (CA certificate, leaf certificate, leaf key).
+pub fn test_pki(ca_name: &str, names: Vec<String>) -> (String, String, String) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
 impl HttpsUpstream {
     /// Starts a server for `host` on `ip`, accepting only `Bearer real_key`.
     pub fn start(ip: &str, host: &str, real_key: &str) -> Self {
         let dir = std::env::temp_dir().join(crate::unique("https"));
         std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "test upstream CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![host.to_owned(), ip.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
+        let (ca, leaf, key) = test_pki("test upstream CA", vec![host.to_owned(), ip.to_owned()]);
         let write = |name: &str, text: String| {
             let p = dir.join(name);
             std::fs::write(&p, text).unwrap();
             p
         };
-        let ca_file = write("ca.pem", ca.pem());
-        let cert = write("cert.pem", leaf.pem());
-        let key_file = write("key.pem", key.serialize_pem());
+        let ca_file = write("ca.pem", ca);
+        let cert = write("cert.pem", leaf);
+        let key_file = write("key.pem", key);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/https_server.py");
         let mut child = Command::new("python3")
             .arg(script)

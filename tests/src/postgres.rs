@@ -134,24 +134,12 @@ impl PgServer {
 /// Writes a CA (in `dir`) and a server certificate for `ip` (in the data
 /// directory, readable by `postgres` only); returns the config lines.
 fn tls_files(ip: &str, dir: &Path, data: &Path) -> String {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use std::os::unix::fs::PermissionsExt;
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test database CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![ip.to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let (ca, leaf, key) = crate::https::test_pki("test database CA", vec![ip.to_owned()]);
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
     let (cert, key_file) = (data.join("server.crt"), data.join("server.key"));
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&cert, leaf).unwrap();
+    std::fs::write(&key_file, key).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut chown = Command::new("chown");
     chown.arg("postgres:postgres").arg(&cert).arg(&key_file);
