@@ -11,10 +11,14 @@ use crate::{
     types::{AgentName, ConnId, OrigDst},
 };
 
-mod jsonl;
+pub mod keys;
+pub mod record;
+mod sink;
 mod sql;
+pub mod store;
+pub mod verify;
 
-pub use jsonl::{EventSink, SinkError};
+pub use sink::{append_direct, EventSink, SinkError};
 pub use sql::{MaskCount, PgSessionEvent, SqlStatementEvent};
 
 /// How a connection ended.

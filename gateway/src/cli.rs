@@ -9,6 +9,7 @@ use crate::{
     kernel::KernelError,
 };
 
+mod audit;
 mod ca;
 mod detach;
 mod exec;
@@ -19,6 +20,7 @@ mod rules;
 mod status;
 mod table;
 
+pub use audit::{audit, AuditCommand};
 pub use ca::ca_export;
 pub use detach::detach;
 pub use exec::exec;

@@ -10,11 +10,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 mod agent;
+mod audit;
 mod masking;
 mod postgres;
 mod rule;
 
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
+pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
 pub use rule::{PortRange, RuleAction, RuleSpec};
@@ -74,6 +76,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Masking detectors and rules.
     pub masking: MaskingConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -190,6 +194,16 @@ impl Default for PathsConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/interlock"),
             events: None,
         }
+    }
+}
+
+impl Config {
+    /// The SQLite audit store's file.
+    pub fn audit_db(&self) -> PathBuf {
+        self.audit
+            .path
+            .clone()
+            .unwrap_or_else(|| self.paths.state_dir.join("audit.db"))
     }
 }
 
@@ -322,6 +336,9 @@ impl Config {
             }
         }
         self.masking
+            .validate()
+            .map_err(|(field, message)| invalid(&field, message))?;
+        self.audit
             .validate()
             .map_err(|(field, message)| invalid(&field, message))?;
         let mut names = std::collections::HashSet::new();

@@ -147,7 +147,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut revocations = RevocationBook::load(&config)?;
     revocations.expire(control::now_unix());
     let compiled = book.compile()?;
-    let events = EventSink::open(&config.paths.events_file()).await?;
+    let events = EventSink::open(&config).await?;
 
     // Bind before attaching, so redirected connections find a listener at once.
     let addrs = [

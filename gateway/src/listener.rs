@@ -193,6 +193,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Sha
         proxy::record_refusal(&shared.ctx.events, id, peer, "connection limit reached").await;
         return;
     };
+    if let Err(e) = shared.ctx.events.accepting() {
+        // Fail closed: what cannot be recorded is not served.
+        tracing::warn!(conn = %id, %peer, "refused: {e}");
+        refuse(stream);
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let identity = shared.resolver.resolve(&record);
     let orig_dst = identity::orig_dst(&record);

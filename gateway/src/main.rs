@@ -122,6 +122,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Verify, search, follow and export the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: cli::AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +230,7 @@ fn real_main() -> anyhow::Result<()> {
     match &args.command {
         Command::Detach => return cli::detach(&config).map_err(Into::into),
         Command::Policy { command } => return policy(&config, command),
+        Command::Audit { command } => return cli::audit(&config, command).map_err(Into::into),
         Command::Ca {
             command: CaCommand::Export,
         } => return cli::ca_export(&config).map_err(Into::into),
@@ -290,7 +296,11 @@ fn real_main() -> anyhow::Result<()> {
                 command: Some(GrantsCommand::Revoke { id }),
                 ..
             } => cli::grants_revoke(&config, id).await?,
-            Command::Exec { .. } | Command::Detach | Command::Policy { .. } | Command::Ca { .. } => {
+            Command::Exec { .. }
+            | Command::Detach
+            | Command::Policy { .. }
+            | Command::Ca { .. }
+            | Command::Audit { .. } => {
                 unreachable!("handled above")
             }
         }

@@ -35,6 +35,9 @@ pub fn detach(config: &Config) -> Result<(), CliError> {
     if let Err(e) = written {
         tracing::error!("could not record the detach in {}: {e}", path.display());
     }
+    if let Err(e) = audit::append_direct(config, &event) {
+        tracing::error!("could not record the detach in the audit trail: {e}");
+    }
     for r in removed {
         println!("removed {r}");
     }

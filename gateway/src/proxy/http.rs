@@ -220,7 +220,11 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         action: &action,
         now: std::time::SystemTime::now(),
     };
-    let decision = s.ctx.gate.policies.decide(&query);
+    let mut decision = s.ctx.gate.policies.decide(&query);
+    if let Err(e) = s.ctx.events.accepting() {
+        // What cannot be recorded is not served.
+        decision = unrecordable(&e);
+    }
     let mut injected = false;
     let mut upstream_error = None;
     let mut masked = Vec::new();
@@ -253,9 +257,22 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         duration_ms: started.elapsed().as_millis() as u64,
     };
     if let Err(e) = s.ctx.events.record(Event::HttpExchange(Box::new(event))).await {
-        tracing::error!(conn = %s.conn_id, "exchange event lost: {e}");
+        // The exchange is not in the audit trail: the agent does not get its answer.
+        tracing::error!(conn = %s.conn_id, "exchange event not recorded, response withheld: {e}");
+        let body = serde_json::json!({"error": {"type": "gateway", "message": e.to_string()}});
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, body);
     }
     response
+}
+
+/// The decision for a request made while the audit trail is unavailable.
+pub(super) fn unrecordable(e: &crate::audit::SinkError) -> Decision {
+    Decision {
+        outcome: PolicyOutcome::Deny,
+        policies: Vec::new(),
+        reason: e.to_string(),
+        mask: Vec::new(),
+    }
 }
 
 /// The phases after an allow: credentials, request masking, upstream,

@@ -109,7 +109,8 @@ pub enum Expect {
 }
 
 impl Session {
-    async fn record(&self, run: Box<Run>, how: &'static str) {
+    /// Records a finished statement; the agent gets its answer only after this.
+    async fn record(&self, run: Box<Run>, how: &'static str) -> Result<(), crate::audit::SinkError> {
         let st = &run.statement;
         let mut masked: Vec<MaskCount> = run
             .masked
@@ -139,9 +140,7 @@ impl Session {
             error: if how == "denied" { None } else { run.error },
             masked,
         };
-        if let Err(e) = self.ctx.events.record(Event::SqlStatement(Box::new(event))).await {
-            tracing::error!(conn = %self.conn_id, "statement event lost: {e}");
-        }
+        self.ctx.events.record(Event::SqlStatement(Box::new(event))).await
     }
 }
 

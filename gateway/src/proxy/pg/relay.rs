@@ -55,27 +55,37 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
         let mut out = BytesMut::new();
         let mut done = Vec::new();
         loop {
-            state.handle(s, &mut up_buf, &pending, &mut out, &mut done)?;
+            state
+                .handle(s, &mut up_buf, &pending, &mut out, &mut done)
+                .map_err(Ended::Wire)?;
+            // Statements are in the audit trail before the agent learns they finished.
+            for (run, how) in done.drain(..) {
+                if let Err(e) = s.record(run, how).await {
+                    return Err(Ended::Unrecorded(e.to_string()));
+                }
+            }
             if !out.is_empty() {
-                agent_w.write_all(&out).await.map_err(|e| io_err("agent", e))?;
+                agent_w
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| Ended::Wire(io_err("agent", e)))?;
                 out.clear();
             }
-            for (run, how) in done.drain(..) {
-                s.record(run, how).await;
-            }
-            if up_r.read_buf(&mut up_buf).await.map_err(|e| io_err("upstream", e))? == 0 {
+            let n = up_r
+                .read_buf(&mut up_buf)
+                .await
+                .map_err(|e| Ended::Wire(io_err("upstream", e)))?;
+            if n == 0 {
                 if up_buf.is_empty() {
-                    return Ok::<_, wire::WireError>(());
+                    return Ok::<_, Ended>(());
                 }
-                return Err(wire::WireError::malformed(
-                    "upstream",
-                    "connection closed inside a message",
-                ));
+                let e = wire::WireError::malformed("upstream", "connection closed inside a message");
+                return Err(Ended::Wire(e));
             }
         }
     };
     let ended = tokio::select! {
-        r = requests => r,
+        r = requests => r.map_err(Ended::Wire),
         r = responses => r,
         () = stats.cut_notified() => {
             let reason = stats.cut_reason().unwrap_or_default();
@@ -86,7 +96,15 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
     };
     let outcome = match ended {
         Ok(()) => Outcome::Closed,
-        Err(e) => {
+        Err(Ended::Unrecorded(e)) => {
+            let fatal = wire::ErrorFields::fatal("58000", format!("interlock ended this session: {e}"));
+            let _ = agent_w.write_all(&fatal.to_bytes()).await;
+            Outcome::Error {
+                side: "gateway".into(),
+                error: e,
+            }
+        }
+        Err(Ended::Wire(e)) => {
             if e.side() == "agent" || matches!(e, wire::WireError::Malformed { .. }) {
                 let fatal = wire::ErrorFields::fatal("08P01", format!("interlock: {e}"));
                 let _ = agent_w.write_all(&fatal.to_bytes()).await;
@@ -100,6 +118,14 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
     let mut agent = agent_r.unsplit(agent_w);
     close_gently(&mut agent).await;
     (outcome, statements.into_inner())
+}
+
+/// Why a relay ended before either side closed.
+enum Ended {
+    /// A side broke the protocol or its connection failed.
+    Wire(wire::WireError),
+    /// A statement could not be recorded, so its answer was withheld.
+    Unrecorded(String),
 }
 
 fn io_err(side: &'static str, source: std::io::Error) -> wire::WireError {

@@ -94,6 +94,16 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         }
     };
     let mut decision = match (&parse_error, s.pg.unparsed) {
+        _ if s.ctx.events.accepting().is_err() => {
+            let e = s
+                .ctx
+                .events
+                .accepting()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            denied(e)
+        }
         (Some(e), Unparsed::Deny) => denied(format!("{e}; unparsable SQL is denied")),
         _ => s.ctx.gate.policies.decide(&Query {
             agent: &s.agent,

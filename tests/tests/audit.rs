@@ -1,0 +1,400 @@
+//! The audit trail: every kind of event from real traffic lands in the
+//! store, searches return exactly what matches, verification catches each
+//! kind of tampering, acknowledged events survive kill -9, and a failing
+//! store makes the gateway refuse work until it recovers.
+use std::process::Command;
+
+use interlock_tests::{
+    gateway::{shipped, ALLOW_ALL},
+    postgres::PgServer,
+    unique, wait_for, Client, Gateway, GatewayOptions, TestCgroup, Upstream,
+};
+use serde_json::Value;
+
+fn web_target(up: &Upstream) -> String {
+    format!(
+        "[[targets]]\nname = \"web\"\ncidrs = [\"{}/32\"]\nprotocol = \"http\"\n",
+        up.addr.ip()
+    )
+}
+
+/// `interlock audit search --json` with extra arguments.
+fn search(gw: &Gateway, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["audit", "search", "--json"];
+    all.extend_from_slice(args);
+    let out = gw.cli(&all);
+    assert!(
+        out.status.success(),
+        "audit search failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+fn ids(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| e["id"].as_i64().unwrap()).collect()
+}
+
+fn curl(cg: &TestCgroup, url: &str) -> String {
+    let r = Client::new(cg).run("curl", &["-sS", "--max-time", "10", "-w", "\n%{http_code}", url]);
+    r.stdout + &r.stderr
+}
+
+#[test]
+fn events_from_real_traffic_land_in_the_store_and_searches_match_exactly() {
+    let cg = TestCgroup::new(&unique("auditall"));
+    let web = Upstream::start("127.0.0.40");
+    let pg = PgServer::start("127.0.0.41");
+    pg.shop();
+    let policies = vec![
+        ("allow.cedar".to_owned(), ALLOW_ALL.to_owned()),
+        ("db.cedar".to_owned(), shipped("read-only-db.cedar")),
+    ];
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![web_target(&web), pg.target(&[])],
+            policies: Some(policies),
+            ..Default::default()
+        },
+    );
+    assert!(curl(&cg, &format!("http://{}/hello", web.addr)).ends_with("200"));
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    conn.execute("SELECT count(*) FROM items")
+    try:
+        conn.execute("DELETE FROM items")
+    except psycopg.Error:
+        pass
+"#;
+    let py = Client::new(&cg).run("python3", &["-c", script, &pg.agent_dsn()]);
+    assert!(py.success, "{}", py.stderr);
+    let grant = gw.cli(&[
+        "grant",
+        "--agent",
+        "unknown",
+        "--target",
+        "web",
+        "--for",
+        "10m",
+        "--reason",
+        "audit test",
+    ]);
+    assert!(grant.status.success(), "{}", String::from_utf8_lossy(&grant.stderr));
+    let revoke = gw.cli(&["revoke", "--uid", "65534", "--reason", "audit test"]);
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    let kinds = [
+        "gateway_started",
+        "connection",
+        "http_exchange",
+        "sql_statement",
+        "pg_session",
+        "grant",
+        "revocation",
+    ];
+    let all = wait_for(10, || {
+        let all = search(&gw, &[]);
+        kinds
+            .iter()
+            .all(|k| all.iter().any(|e| e["event"] == *k && e["seq"].as_i64().is_some()))
+            .then_some(all)
+    })
+    .unwrap_or_else(|| panic!("not every kind arrived: {:#?}", search(&gw, &[])));
+    // Each filter returns exactly the events that match it.
+    let denied_sql = all
+        .iter()
+        .find(|e| e["event"] == "sql_statement" && e["decision"]["outcome"] == "deny")
+        .expect("the denied DELETE");
+    let pid = denied_sql["identity"]["pid"].as_i64().unwrap();
+    let pid_s = pid.to_string();
+    let middle = all[all.len() / 2]["time"].as_str().unwrap().to_owned();
+    let curl_exe = all
+        .iter()
+        .find(|e| e["event"] == "http_exchange")
+        .and_then(|e| e["identity"]["process"]["exe"].as_str())
+        .expect("curl's exchange")
+        .to_owned();
+    type Pred = Box<dyn Fn(&Value) -> bool>;
+    let cases: Vec<(Vec<&str>, Pred)> = vec![
+        (
+            vec!["--kind", "sql_statement"],
+            Box::new(|e| e["event"] == "sql_statement"),
+        ),
+        (
+            vec!["--decision", "deny"],
+            Box::new(|e| e["decision"]["outcome"] == "deny"),
+        ),
+        (
+            vec!["--policy", "no-unbounded-writes"],
+            Box::new(|e| {
+                e["decision"]["policies"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x == "no-unbounded-writes"))
+            }),
+        ),
+        (
+            vec!["--target", "web"],
+            Box::new(|e| e["target"] == "web" || e["target"]["name"] == "web"),
+        ),
+        (vec!["--pid", &pid_s], Box::new(move |e| e["identity"]["pid"] == pid)),
+        (vec!["--agent", "unknown"], Box::new(|e| e["agent"] == "unknown")),
+        (
+            vec!["--text", "DELETE FROM items"],
+            Box::new(|e| e.to_string().contains("DELETE FROM items")),
+        ),
+        (
+            vec!["--since", &middle],
+            Box::new({
+                let m = middle.clone();
+                move |e| e["time"].as_str().unwrap() >= m.as_str()
+            }),
+        ),
+        (
+            vec!["--exe", &curl_exe, "--kind", "http_exchange"],
+            Box::new({
+                let exe = curl_exe.clone();
+                move |e| e["identity"]["process"]["exe"] == exe.as_str() && e["event"] == "http_exchange"
+            }),
+        ),
+    ];
+    for (args, pred) in cases {
+        let expected: Vec<i64> = ids(&all.iter().filter(|e| pred(e)).cloned().collect::<Vec<_>>());
+        assert!(!expected.is_empty(), "{args:?} matches nothing in {all:#?}");
+        assert_eq!(ids(&search(&gw, &args)), expected, "{args:?}");
+    }
+    // The other ways of reading it.
+    let out = gw.cli(&["audit", "export", "--format", "cef", "--kind", "sql_statement"]);
+    let cef = String::from_utf8_lossy(&out.stdout);
+    assert!(cef.lines().all(|l| l.starts_with("CEF:0|Interlock|gateway|")), "{cef}");
+    assert!(
+        cef.contains("act=deny") && cef.contains("cs1=no-unbounded-writes"),
+        "{cef}"
+    );
+    let out = gw.cli(&["audit", "show", &denied_sql["id"].to_string()]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["sql"], "DELETE FROM items");
+    assert!(shown["hash"].as_str().unwrap().len() == 64);
+    let out = gw.cli(&["audit", "tail", "-n", "3"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs Python's sqlite3 on the store.
+fn sql(db: &std::path::Path, script: &str) {
+    let code = format!(
+        "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.executescript({script:?})\nc.commit()\nc.execute('PRAGMA wal_checkpoint(TRUNCATE)')\nc.close()"
+    );
+    let out = Command::new("python3").args(["-c", &code]).arg(db).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn verify_names_the_first_modified_deleted_or_reordered_record() {
+    let cg = TestCgroup::new(&unique("auditverify"));
+    let web = Upstream::start("127.0.0.42");
+    let mut gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![web_target(&web), "[audit]\ncheckpoint_every = 5\n".into()],
+            ..Default::default()
+        },
+    );
+    for i in 0..8 {
+        assert!(curl(&cg, &format!("http://{}/r{i}", web.addr)).ends_with("200"));
+    }
+    wait_for(10, || {
+        (search(&gw, &["--kind", "http_exchange"]).len() == 8).then_some(())
+    });
+    assert!(gw.stop().success());
+    let db = gw.state_dir().join("audit.db");
+    sql(&db, "SELECT 1;");
+    let backup = gw.state_dir().join("audit.db.good");
+    std::fs::copy(&db, &backup).unwrap();
+    let verify = |gw: &Gateway| {
+        let out = gw.cli(&["audit", "verify"]);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert!(verify(&gw).0, "{}", verify(&gw).1);
+    let total = search(&gw, &[]).len() as i64;
+    assert!(total >= 16, "{total}");
+    let rehash = "
+import hashlib, sqlite3, sys
+def h(parts):
+    m = hashlib.sha256()
+    for p in parts:
+        b = p.encode()
+        m.update(len(b).to_bytes(8, 'big')); m.update(b)
+    return m.hexdigest()
+";
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("modified", "UPDATE events SET body = replace(body, '/r3', '/r9') WHERE body LIKE '%/r3%' AND kind = 'http_exchange';".into(), "modified"),
+        ("deleted", "DELETE FROM events WHERE seq = 9;".into(), "seq 9: missing"),
+        (
+            "reordered",
+            "UPDATE events SET seq = -1 WHERE seq = 6; UPDATE events SET seq = 6 WHERE seq = 7; UPDATE events SET seq = 7 WHERE seq = -1;".into(),
+            "seq 6",
+        ),
+        ("tail removed", format!("DELETE FROM events WHERE seq > {};", total - 3), "deleted"),
+        ("checkpoint forged", "UPDATE checkpoints SET signature = replace(signature, substr(signature, 1, 2), 'ff') WHERE seq = 10;".into(), "signature"),
+    ];
+    for (what, script, expected) in cases {
+        std::fs::copy(&backup, &db).unwrap();
+        sql(&db, &script);
+        let (ok, err) = verify(&gw);
+        assert!(!ok, "{what}: verify passed");
+        assert!(err.contains(expected), "{what}: {err}");
+    }
+    // Rewriting a record and re-hashing the rest of the chain is caught by
+    // the next signed checkpoint.
+    std::fs::copy(&backup, &db).unwrap();
+    let code = format!(
+        "{rehash}
+c = sqlite3.connect(sys.argv[1])
+rows = c.execute('SELECT id, instance, seq, time, kind, body, prev_hash FROM events WHERE seq >= 3 ORDER BY seq').fetchall()
+prev = None
+for (id, inst, seq, time, kind, body, prev_hash) in rows:
+    if seq == 3:
+        body = body.replace('\"time\"', '\"time\" ')
+        prev = prev_hash
+    new = h([inst, str(seq), time, kind, body, prev])
+    c.execute('UPDATE events SET body = ?, prev_hash = ?, hash = ? WHERE id = ?', (body, prev, new, id))
+    prev = new
+c.commit()
+"
+    );
+    let out = Command::new("python3").args(["-c", &code]).arg(&db).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, err) = verify(&gw);
+    assert!(!ok && err.contains("signed checkpoint"), "{err}");
+    std::fs::copy(&backup, &db).unwrap();
+    assert!(verify(&gw).0);
+}
+
+#[test]
+fn events_acknowledged_before_kill_9_are_in_the_store_after_restart() {
+    let cg = TestCgroup::new(&unique("auditkill"));
+    let web = Upstream::start("127.0.0.43");
+    let mut gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![web_target(&web)],
+            ..Default::default()
+        },
+    );
+    // Bounded load: at most 20000 requests or 30 s, and it stops at the first failure.
+    let script = r#"
+import sys, time, httpx
+deadline = time.time() + 30
+with httpx.Client(timeout=5) as c:
+    for i in range(20000):
+        if time.time() > deadline:
+            break
+        try:
+            r = c.get(f"{sys.argv[1]}/load/{i}")
+        except Exception:
+            break
+        if r.status_code != 200:
+            break
+        print(i, flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &format!("http://{}", web.addr)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let client = std::thread::spawn({
+        let cg_client = Client::new(&cg);
+        move || cg_client.run_cmd(cmd)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    gw.kill9();
+    let r = client.join().unwrap();
+    let acknowledged: Vec<String> = r.stdout.lines().map(|i| format!("/load/{i}")).collect();
+    assert!(acknowledged.len() > 10, "too little load: {} {}", r.stdout, r.stderr);
+    gw.spawn();
+    let stored: std::collections::HashSet<String> = search(&gw, &["--kind", "http_exchange"])
+        .iter()
+        .filter_map(|e| e["path"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = acknowledged.iter().filter(|p| !stored.contains(*p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged exchanges missing: {missing:?}",
+        missing.len()
+    );
+    let out = gw.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("auditfs"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "interlock-test", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs");
+        Self(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_store_makes_the_gateway_refuse_until_it_has_room_again() {
+    let cg = TestCgroup::new(&unique("auditfull"));
+    let web = Upstream::start("127.0.0.44");
+    let fs = SmallFs::new();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![
+                web_target(&web),
+                format!("[audit]\npath = \"{}\"\n", fs.0.join("audit.db").display()),
+            ],
+            ..Default::default()
+        },
+    );
+    let url = format!("http://{}/x", web.addr);
+    assert!(curl(&cg, &url).ends_with("200"));
+    // Fill the file system.
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", fs.0.join("filler").display()),
+            "bs=4k",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let refused = curl(&cg, &url);
+    assert!(
+        !refused.ends_with("200"),
+        "served while the audit store is full: {refused}"
+    );
+    assert!(
+        refused.contains("audit trail is unavailable")
+            || refused.contains("Connection reset")
+            || refused.contains("refused"),
+        "{refused}"
+    );
+    let again = curl(&cg, &url);
+    assert!(!again.ends_with("200"), "{again}");
+    assert!(gw.log().contains("audit store failing"), "{}", gw.log());
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    let back = wait_for(15, || curl(&cg, &url).ends_with("200").then_some(()));
+    assert!(back.is_some(), "the gateway did not recover:\n{}", gw.log());
+    assert!(gw.log().contains("audit store is back"), "{}", gw.log());
+}
