@@ -125,6 +125,27 @@ impl PgServer {
         )
     }
 
+    /// Stops the server (fast shutdown); [`Self::start_again`] brings it back.
+    pub fn stop(&self) {
+        let mut stop = as_postgres(&self.bin.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"]);
+        run(stop, "pg_ctl stop");
+    }
+
+    /// Starts a stopped server again.
+    pub fn start_again(&self) {
+        let mut start = as_postgres(&self.bin.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "30", "start"]);
+        run(start, "pg_ctl start");
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()

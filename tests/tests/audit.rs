@@ -398,3 +398,96 @@ fn a_full_store_makes_the_gateway_refuse_until_it_has_room_again() {
     assert!(back.is_some(), "the gateway did not recover:\n{}", gw.log());
     assert!(gw.log().contains("audit store is back"), "{}", gw.log());
 }
+
+#[test]
+fn two_gateways_write_one_postgresql_store_and_it_verifies() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgServer::start("127.0.0.45");
+    pg.psql("postgres", "CREATE ROLE auditor LOGIN PASSWORD 'audit-pw'");
+    pg.psql("postgres", "CREATE DATABASE audit OWNER auditor");
+    let dir = std::env::temp_dir().join(unique("auditpg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "audit-pw").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let audit = format!(
+        "[audit]\nbackend = \"postgres\"\ncheckpoint_every = 3\n[audit.postgres]\nhost = \"{}\"\nport = {}\ndbname = \"audit\"\nuser = \"auditor\"\npassword_file = \"{}\"\ntls = \"disable\"\n",
+        pg.addr.ip(),
+        pg.addr.port(),
+        pw.display()
+    );
+    let web = Upstream::start("127.0.0.46");
+    let (cg1, cg2) = (
+        TestCgroup::new(&unique("auditpg1")),
+        TestCgroup::new(&unique("auditpg2")),
+    );
+    let opts = || GatewayOptions {
+        extra_toml: vec![web_target(&web), audit.clone()],
+        ..Default::default()
+    };
+    let (gw1, gw2) = (Gateway::start(&cg1, opts()), Gateway::start(&cg2, opts()));
+    let url = format!("http://{}/fleet", web.addr);
+    std::thread::scope(|s| {
+        for cg in [&cg1, &cg2] {
+            let url = url.clone();
+            s.spawn(move || {
+                for _ in 0..6 {
+                    assert!(curl(cg, &url).ends_with("200"));
+                }
+            });
+        }
+    });
+    let all = wait_for(10, || {
+        let all = search(&gw1, &["--kind", "http_exchange"]);
+        (all.len() == 12).then_some(all)
+    })
+    .unwrap_or_else(|| panic!("{:#?}", search(&gw1, &[])));
+    let instances: std::collections::HashSet<&str> = all.iter().filter_map(|e| e["instance"].as_str()).collect();
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    let key1 = gw1.state_dir().join("audit-signing.pub");
+    let key2 = gw2.state_dir().join("audit-signing.pub");
+    let out = gw1.cli(&[
+        "audit",
+        "verify",
+        "--key",
+        key1.to_str().unwrap(),
+        "--key",
+        key2.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the other gateway's key its checkpoints are not trusted.
+    let out = gw1.cli(&["audit", "verify", "--key", key1.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not trusted"));
+    // The store goes down: new requests are refused; it comes back: served again.
+    pg.stop();
+    let refused = curl(&cg1, &url);
+    assert!(
+        !refused.ends_with("200"),
+        "served while the audit store is down: {refused}"
+    );
+    pg.start_again();
+    let back = wait_for(20, || curl(&cg1, &url).ends_with("200").then_some(()));
+    assert!(back.is_some(), "no recovery:\n{}", gw1.log());
+    // Tampering in the shared store is caught too.
+    pg.psql("audit", "UPDATE interlock_audit_events SET body = replace(body, '/fleet', '/other') WHERE id = (SELECT min(id) FROM interlock_audit_events WHERE kind = 'http_exchange')");
+    let out = gw1.cli(&[
+        "audit",
+        "verify",
+        "--key",
+        key1.to_str().unwrap(),
+        "--key",
+        key2.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("modified"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

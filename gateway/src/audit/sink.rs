@@ -19,10 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     keys::{Identity, KeyError},
     record::{Record, GENESIS},
-    store::{Checkpoint, SqliteStore, Store, StoreError},
+    store::{open_writer, Checkpoint, Store, StoreError},
     Event,
 };
-use crate::config::{AuditBackend, Config, OnFailure};
+use crate::config::{Config, OnFailure};
 
 /// Errors of the event sink (gateway side).
 #[derive(Debug, thiserror::Error)]
@@ -99,19 +99,6 @@ impl EventSink {
     /// Opens the configured store and starts the writer.
     pub async fn open(config: &Config) -> Result<Self, SinkError> {
         let audit = &config.audit;
-        let store: Box<dyn Store> = match audit.backend {
-            AuditBackend::Sqlite => {
-                let path = config.audit_db();
-                Box::new(
-                    tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-                        .await
-                        .map_err(|e| SinkError::Backend(format!("store open task: {e}")))??,
-                )
-            }
-            AuditBackend::Postgres => {
-                return Err(SinkError::Backend("the PostgreSQL audit store is not built yet".into()))
-            }
-        };
         let identity = Identity::load_or_create(&config.paths.state_dir)?;
         let mirror = std::fs::OpenOptions::new()
             .create(true)
@@ -121,22 +108,6 @@ impl EventSink {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
-        let mut writer = Writer {
-            store,
-            identity,
-            host,
-            mirror: Some(mirror),
-            head_file: config.paths.state_dir.join("audit-head"),
-            checkpoint_every: audit.checkpoint_every,
-            max_age: audit.max_age,
-            max_records: audit.max_records,
-            seq: 0,
-            prev: GENESIS.to_owned(),
-        };
-        if let Some((seq, hash)) = writer.store.head(&writer.identity.instance)? {
-            writer.seq = seq;
-            writer.prev = hash;
-        }
         let (tx, rx) = mpsc::channel(audit.queue);
         let health = Arc::new(Health {
             ok: AtomicBool::new(true),
@@ -144,12 +115,37 @@ impl EventSink {
             error: Mutex::new(String::new()),
             dropped: AtomicU64::new(0),
         });
-        tracing::info!(instance = %writer.identity.instance, seq = writer.seq, "audit trail open");
         let h = health.clone();
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx, &h))
-            .map_err(|e| SinkError::Backend(format!("writer thread: {e}")))?;
+        let config = config.clone();
+        // The store may run a runtime of its own (PostgreSQL): it is opened,
+        // used and dropped only off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let audit = &config.audit;
+            let mut writer = Writer {
+                store: open_writer(&config)?,
+                identity,
+                host,
+                mirror: Some(mirror),
+                head_file: config.paths.state_dir.join("audit-head"),
+                checkpoint_every: audit.checkpoint_every,
+                max_age: audit.max_age,
+                max_records: audit.max_records,
+                seq: 0,
+                prev: GENESIS.to_owned(),
+            };
+            if let Some((seq, hash)) = writer.store.head(&writer.identity.instance)? {
+                writer.seq = seq;
+                writer.prev = hash;
+            }
+            tracing::info!(instance = %writer.identity.instance, seq = writer.seq, "audit trail open");
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || writer.run(rx, &h))
+                .map(|_| ())
+                .map_err(|e| SinkError::Backend(format!("writer thread: {e}")))
+        })
+        .await
+        .map_err(|e| SinkError::Backend(format!("store open task: {e}")))??;
         let sink = Self { tx, health };
         sink.spawn_prober();
         Ok(sink)
@@ -310,12 +306,7 @@ impl Writer {
 /// own chain, `<instance>-cli`, signed at once, so it never races the
 /// daemon's chain.
 pub fn append_direct(config: &Config, event: &Event) -> Result<(), SinkError> {
-    if config.audit.backend != AuditBackend::Sqlite {
-        return Err(SinkError::Backend(
-            "direct appends need the SQLite store; the event went to the mirror file only".into(),
-        ));
-    }
-    let mut store = SqliteStore::open(&config.audit_db())?;
+    let mut store = open_writer(config)?;
     let identity = Identity::load_or_create(&config.paths.state_dir)?;
     let instance = format!("{}-cli", identity.instance);
     let (seq, prev) = store.head(&instance)?.unwrap_or((0, GENESIS.to_owned()));

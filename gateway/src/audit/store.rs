@@ -4,8 +4,10 @@
 //! default; PostgreSQL serves a fleet.
 use super::record::Record;
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A store failure (gateway side: the audit store).
@@ -91,4 +93,37 @@ pub trait Reader {
     fn checkpoints(&mut self, instance: &str) -> Result<Vec<Checkpoint>, StoreError>;
     /// The last seq removed by retention (0 when none).
     fn pruned_to(&mut self, instance: &str) -> Result<i64, StoreError>;
+}
+
+/// Opens the configured store for reading (`interlock audit ...`).
+pub fn open_reader(config: &crate::config::Config) -> Result<Box<dyn Reader>, StoreError> {
+    match (&config.audit.backend, &config.audit.postgres) {
+        (crate::config::AuditBackend::Postgres, Some(spec)) => {
+            Ok(Box::new(PgStore::connect(spec, config.intercept.bypass_mark)?))
+        }
+        _ => {
+            let path = config.audit_db();
+            if !path.exists() {
+                return Err(StoreError::Failed {
+                    path: path.display().to_string(),
+                    message: "no audit store here (has the gateway run with this config?)".into(),
+                });
+            }
+            Ok(Box::new(SqliteStore::open_read_only(&path)?))
+        }
+    }
+}
+
+/// Opens the configured store for writing.
+pub fn open_writer(config: &crate::config::Config) -> Result<Box<dyn Store>, StoreError> {
+    match (&config.audit.backend, &config.audit.postgres) {
+        (crate::config::AuditBackend::Postgres, Some(spec)) => {
+            Ok(Box::new(PgStore::connect(spec, config.intercept.bypass_mark)?))
+        }
+        (crate::config::AuditBackend::Postgres, None) => Err(StoreError::Failed {
+            path: "audit.postgres".into(),
+            message: "backend = \"postgres\" needs [audit.postgres]".into(),
+        }),
+        _ => Ok(Box::new(SqliteStore::open(&config.audit_db())?)),
+    }
 }

@@ -54,8 +54,9 @@ pub struct Head {
     pub seq: i64,
 }
 
-/// Verifies every chain against the signing key `public`.
-pub fn verify(reader: &mut dyn Reader, public: &[u8], head: Option<&Head>) -> Result<Report, StoreError> {
+/// Verifies every chain; checkpoints must be signed by one of the trusted `keys`.
+pub fn verify(reader: &mut dyn Reader, keys: &[Vec<u8>], head: Option<&Head>) -> Result<Report, StoreError> {
+    let trusted: HashMap<String, &[u8]> = keys.iter().map(|k| (keys::key_id(k), k.as_slice())).collect();
     let mut report = Report::default();
     let mut instances = reader.instances()?;
     if let Some(h) = head {
@@ -64,7 +65,7 @@ pub fn verify(reader: &mut dyn Reader, public: &[u8], head: Option<&Head>) -> Re
         }
     }
     for instance in instances {
-        let (checked, cps, problem) = chain(reader, &instance, public, head)?;
+        let (checked, cps, problem) = chain(reader, &instance, &trusted, head)?;
         report.chains.push((instance, checked, cps));
         if problem.is_some() {
             report.problem = problem;
@@ -79,7 +80,7 @@ type ChainResult = (i64, usize, Option<Problem>);
 fn chain(
     reader: &mut dyn Reader,
     instance: &str,
-    public: &[u8],
+    trusted: &HashMap<String, &[u8]>,
     head: Option<&Head>,
 ) -> Result<ChainResult, StoreError> {
     let cps: HashMap<i64, _> = reader.checkpoints(instance)?.into_iter().map(|c| (c.seq, c)).collect();
@@ -89,7 +90,16 @@ fn chain(
         id,
         reason,
     };
-    for c in cps.values() {
+    let mut sorted: Vec<_> = cps.values().collect();
+    sorted.sort_by_key(|c| c.seq);
+    for c in sorted {
+        let Some(public) = trusted.get(&c.key_id) else {
+            let reason = format!(
+                "its checkpoint is signed by key {}, which is not trusted (pass it with --key)",
+                c.key_id
+            );
+            return Ok((0, cps.len(), Some(problem(c.seq, None, reason))));
+        };
         if !keys::verify(public, &c.instance, c.seq, &c.hash, &c.signature) {
             return Ok((
                 0,

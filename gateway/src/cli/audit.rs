@@ -9,10 +9,10 @@ use super::CliError;
 use crate::{
     audit::{
         record::Record,
-        store::{Filter, Reader, SqliteStore},
+        store::{open_reader, Filter, Reader},
         verify::{self, Head},
     },
-    config::{AuditBackend, Config},
+    config::Config,
 };
 
 /// `interlock audit ...`.
@@ -20,9 +20,10 @@ use crate::{
 pub enum AuditCommand {
     /// Check the hash chains and signed checkpoints; names the first bad record.
     Verify {
-        /// Public key file (default: `<state_dir>/audit-signing.pub`).
+        /// Trusted public key files, one per gateway writing to the store
+        /// (default: this gateway's `<state_dir>/audit-signing.pub`).
         #[arg(long)]
-        key: Option<std::path::PathBuf>,
+        key: Vec<std::path::PathBuf>,
     },
     /// Find events.
     Search {
@@ -135,15 +136,8 @@ impl FilterArgs {
     }
 }
 
-fn open(config: &Config) -> Result<SqliteStore, CliError> {
-    if config.audit.backend != AuditBackend::Sqlite {
-        return Err(CliError::Other("this command reads the SQLite audit store".into()));
-    }
-    let path = config.audit_db();
-    if !path.exists() {
-        return Err(CliError::Other(format!("no audit store at {}", path.display())));
-    }
-    SqliteStore::open_read_only(&path).map_err(|e| CliError::Other(e.to_string()))
+fn open(config: &Config) -> Result<Box<dyn Reader>, CliError> {
+    open_reader(config).map_err(|e| CliError::Other(e.to_string()))
 }
 
 fn store_err(e: impl std::fmt::Display) -> CliError {
@@ -156,10 +150,15 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {
         AuditCommand::Verify { key } => {
-            let key_path = key
-                .clone()
-                .unwrap_or_else(|| config.paths.state_dir.join("audit-signing.pub"));
-            let public = crate::audit::keys::read_public(&key_path).map_err(store_err)?;
+            let paths = if key.is_empty() {
+                vec![config.paths.state_dir.join("audit-signing.pub")]
+            } else {
+                key.clone()
+            };
+            let keys = paths
+                .iter()
+                .map(|p| crate::audit::keys::read_public(p).map_err(store_err))
+                .collect::<Result<Vec<_>, _>>()?;
             let head = std::fs::read_to_string(config.paths.state_dir.join("audit-head"))
                 .ok()
                 .and_then(|t| {
@@ -169,7 +168,7 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
                         seq: parts.next()?.parse().ok()?,
                     })
                 });
-            let report = verify::verify(&mut store, &public, head.as_ref()).map_err(store_err)?;
+            let report = verify::verify(store.as_mut(), &keys, head.as_ref()).map_err(store_err)?;
             for (instance, records, checkpoints) in &report.chains {
                 let _ = writeln!(
                     out,
@@ -196,7 +195,7 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
             json,
         } => {
             let f = filter.filter()?;
-            let mut last = latest(&mut store, &f, *lines)?;
+            let mut last = latest(store.as_mut(), &f, *lines)?;
             loop {
                 let records = store.search(&f, last, 1000).map_err(store_err)?;
                 if let Some(r) = records.last() {
@@ -243,7 +242,7 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
 }
 
 /// The id just before the last `n` matching events.
-fn latest(store: &mut SqliteStore, f: &Filter, n: i64) -> Result<i64, CliError> {
+fn latest(store: &mut dyn Reader, f: &Filter, n: i64) -> Result<i64, CliError> {
     let mut ids = Vec::new();
     let mut after = 0;
     loop {

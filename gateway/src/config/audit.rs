@@ -84,6 +84,11 @@ pub struct AuditPostgres {
     pub user: String,
     /// Root-only file with the role's password.
     pub password_file: Option<PathBuf>,
+    /// TLS to the database: disable, prefer or require (verified when used).
+    #[serde(default)]
+    pub tls: super::UpstreamTls,
+    /// Extra CA bundle for the database's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_pg_port() -> u16 {
