@@ -13,13 +13,14 @@ use crate::{
 
 pub mod keys;
 pub mod record;
+pub mod seal;
 mod sink;
 mod sql;
 pub mod store;
 pub mod verify;
 
 pub use sink::{append_direct, EventSink, SinkError};
-pub use sql::{MaskCount, PgSessionEvent, SqlStatementEvent};
+pub use sql::{HttpBodyEvent, MaskCount, PgSessionEvent, SqlStatementEvent};
 
 /// How a connection ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,6 +102,8 @@ pub struct HttpExchangeEvent {
     pub method: String,
     /// Request path (without the query).
     pub path: String,
+    /// Exchange number on the connection (links its `http_body` event).
+    pub exchange: u64,
     /// Status returned to the agent.
     pub status: u16,
     /// The policy decision on the request.
@@ -123,6 +126,8 @@ pub enum Event {
     Connection(Box<ConnectionEvent>),
     /// One HTTP request and its response (or refusal).
     HttpExchange(Box<HttpExchangeEvent>),
+    /// The bodies of an HTTP exchange (capped), when its response ended.
+    HttpBody(Box<HttpBodyEvent>),
     /// One SQL statement on a PostgreSQL session (or its refusal).
     SqlStatement(Box<SqlStatementEvent>),
     /// A PostgreSQL session started or ended.

@@ -58,6 +58,9 @@ pub enum DaemonError {
     /// The event log could not be opened.
     #[error(transparent)]
     Events(#[from] audit::SinkError),
+    /// The audit sealing key is unusable.
+    #[error(transparent)]
+    AuditKey(#[from] audit::keys::KeyError),
     /// The local CA could not be loaded or created.
     #[error(transparent)]
     Tls(#[from] crate::proxy::tls::TlsError),
@@ -211,6 +214,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         connect_timeout: config.listener.connect_timeout,
         idle_timeout: config.listener.idle_timeout,
         header_timeout: config.listener.header_timeout,
+        body_cap: config.audit.body_cap,
     };
     let handoff = Arc::new(handoff);
     let ca = Arc::new(LocalCa::load_or_create(&config.paths.state_dir.join("ca"))?);
@@ -221,6 +225,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         gate.clone(),
         ca,
         catalog,
+        Arc::new(crate::audit::seal::Sealer::load_or_create(&config.paths.state_dir)?),
     ));
     let shared = Arc::new(Shared::new(
         handoff.clone(),

@@ -38,15 +38,23 @@ pub struct Finding {
     pub len: usize,
     /// The JSON field it was in, when masking a JSON document.
     pub field: Option<String>,
+    /// The value itself, only for detectors whose rule keeps originals
+    /// (to be sealed before it is stored; never serialized).
+    #[serde(skip)]
+    pub original: Option<Vec<u8>>,
 }
 
-/// Where something was masked, for the audit trail (never the value).
+/// Where something was masked, for the audit trail (never the value in
+/// plaintext: only sealed, where its rule keeps originals).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedValue {
     /// Detector that fired.
     pub detector: String,
     /// JSON field path, or `byte N` in a text body.
     pub at: String,
+    /// The original, encrypted with the gateway's sealing key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 impl From<Finding> for MaskedValue {
@@ -55,6 +63,18 @@ impl From<Finding> for MaskedValue {
         Self {
             detector: f.detector,
             at,
+            sealed: None,
+        }
+    }
+}
+
+impl MaskedValue {
+    /// From a finding, sealing its original (if kept) with `seal`.
+    pub fn sealed_with(f: Finding, seal: impl Fn(&[u8]) -> Option<String>) -> Self {
+        let sealed = f.original.as_deref().and_then(seal);
+        Self {
+            sealed,
+            ..Self::from(f)
         }
     }
 }
@@ -63,6 +83,8 @@ impl From<Finding> for MaskedValue {
 #[derive(Debug, Clone)]
 pub struct Masker {
     detectors: Vec<(Detector, Style)>,
+    /// Detectors whose originals are kept (sealed) in the audit trail.
+    keep: Vec<String>,
 }
 
 impl Masker {
@@ -75,12 +97,24 @@ impl Masker {
         for (name, pattern) in custom {
             detectors.push((Detector::custom(name, pattern)?, style));
         }
-        Ok(Self { detectors })
+        Ok(Self {
+            detectors,
+            keep: Vec::new(),
+        })
     }
 
     /// From detectors with their styles.
     pub fn from_parts(detectors: Vec<(Detector, Style)>) -> Self {
-        Self { detectors }
+        Self {
+            detectors,
+            keep: Vec::new(),
+        }
+    }
+
+    /// Keeps the originals of these detectors' values (for sealing).
+    pub fn keeping(mut self, detectors: Vec<String>) -> Self {
+        self.keep = detectors;
+        self
     }
 
     /// Adds a detector for one exact value (redacted).
@@ -113,6 +147,7 @@ impl Masker {
                 offset: start,
                 len: end - start,
                 field: None,
+                original: self.keep.iter().any(|k| k == name).then(|| input[start..end].to_vec()),
             });
             at = end;
         }

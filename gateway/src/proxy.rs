@@ -43,6 +43,8 @@ pub struct ProxySettings {
     pub idle_timeout: std::time::Duration,
     /// Time allowed for an HTTP request head (and HTTP/2 keep-alive answers).
     pub header_timeout: std::time::Duration,
+    /// Bytes of each body and SQL text kept in the audit trail.
+    pub body_cap: usize,
 }
 
 /// Detector names from `@mask`, and the injected secret to scrub, if any.
@@ -70,6 +72,8 @@ pub struct ProxyCtx {
     credentials: Mutex<HashMap<String, (crate::config::CredentialSpec, Arc<crate::credentials::Credential>)>>,
     /// Cancel keys handed to agents by PostgreSQL sessions.
     pg_cancels: pg::CancelTable,
+    /// Encrypts masked originals that masking rules keep.
+    pub sealer: Arc<crate::audit::seal::Sealer>,
 }
 
 impl ProxyCtx {
@@ -81,6 +85,7 @@ impl ProxyCtx {
         gate: Arc<Gate>,
         ca: Arc<tls::LocalCa>,
         catalog: crate::masking::Catalog,
+        sealer: Arc<crate::audit::seal::Sealer>,
     ) -> Self {
         Self {
             settings,
@@ -94,6 +99,7 @@ impl ProxyCtx {
             pool: http::Pool::default(),
             credentials: Mutex::new(HashMap::new()),
             pg_cancels: pg::CancelTable::default(),
+            sealer,
         }
     }
 

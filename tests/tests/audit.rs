@@ -491,3 +491,118 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A plain HTTP server on `ip` that answers every POST with the body it got.
+struct EchoServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl EchoServer {
+    fn start(ip: &str) -> Self {
+        use std::io::BufRead;
+        let script = r#"
+import sys, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, ip])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = format!("{ip}:{}", line.trim()).parse().unwrap();
+        Self { child, addr }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bodies_are_kept_capped_and_masked_originals_only_sealed() {
+    let cg = TestCgroup::new(&unique("auditbody"));
+    let echo = EchoServer::start("127.0.0.47");
+    let config = format!(
+        "[[targets]]\nname = \"echo\"\ncidrs = [\"{}/32\"]\nprotocol = \"http\"\n\
+         [[masking.rules]]\nname = \"keep-emails\"\ndetectors = [\"email\"]\nkeep_original = true\n\
+         [audit]\nbody_cap = 64\n",
+        echo.addr.ip()
+    );
+    let policy = "@id(\"echo\")\n@mask(\"keep-emails\")\npermit (principal, action, resource);\n";
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![config],
+            policies: Some(vec![("p.cedar".into(), policy.into())]),
+            ..Default::default()
+        },
+    );
+    let long_tail = "x".repeat(200);
+    let body = format!("{{\"prompt\": \"mail jane.doe@example.com now\", \"pad\": \"{long_tail}\"}}");
+    // From a file: the agent's command line (which the trail records) must not hold it.
+    let body_file = gw.state_dir().join("../prompt.json");
+    std::fs::write(&body_file, body).unwrap();
+    let data = format!("@{}", body_file.display());
+    let r = Client::new(&cg).run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &data,
+            &format!("http://{}/v1/echo", echo.addr),
+        ],
+    );
+    assert!(
+        r.stdout.contains("[REDACTED:email]") && !r.stdout.contains("jane.doe"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let exchange = wait_for(10, || search(&gw, &["--kind", "http_exchange"]).into_iter().next()).expect("exchange");
+    let masked = &exchange["masked_request"][0];
+    assert_eq!(masked["detector"], "email");
+    assert!(masked["sealed"].as_str().is_some_and(|s| s.len() > 40), "{masked}");
+    wait_for(10, || search(&gw, &["--kind", "http_body"]).into_iter().next()).expect("body event");
+    let out = gw.cli(&["audit", "show", &exchange["id"].to_string()]);
+    let shown: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(shown["masked_request"][0]["original"], "jane.doe@example.com");
+    let bodies = &shown["bodies"];
+    assert_eq!(bodies["request_body"].as_str().unwrap().len(), 64, "{bodies}");
+    assert!(bodies["request_body"].as_str().unwrap().contains("[REDACTED:email]"));
+    assert!(bodies["request_bytes"].as_u64().unwrap() > 200);
+    assert_eq!(bodies["response_complete"], true);
+    // The original is nowhere in plaintext: not in the store, not in the mirror file.
+    gw.cli(&["audit", "verify"]);
+    for file in ["audit.db", "audit.db-wal", "events.jsonl"] {
+        let bytes = std::fs::read(gw.state_dir().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(8).any(|w| w == b"jane.doe"),
+            "{file} holds the original in plaintext"
+        );
+    }
+}

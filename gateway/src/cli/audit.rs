@@ -235,9 +235,60 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
             if let Some(defect) = r.defect() {
                 v["integrity"] = Value::String(defect);
             }
+            if r.kind == "http_exchange" {
+                if let Some(bodies) = bodies_of(store.as_mut(), &r, &v)? {
+                    v["bodies"] = bodies;
+                }
+            }
+            let sealer =
+                crate::audit::seal::Sealer::load(&config.paths.state_dir.join(crate::audit::seal::Sealer::FILE)).ok();
+            unseal(&mut v, sealer.as_ref());
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
         }
+    }
+}
+
+/// The `http_body` event of an exchange (same connection and exchange number).
+fn bodies_of(store: &mut dyn Reader, r: &Record, v: &Value) -> Result<Option<Value>, CliError> {
+    let f = Filter {
+        kind: Some("http_body".into()),
+        since: Some(r.time.clone()),
+        ..Filter::default()
+    };
+    let mut after = r.id;
+    for _ in 0..20 {
+        let page = store.search(&f, after, 500).map_err(store_err)?;
+        let Some(last) = page.last() else { return Ok(None) };
+        after = last.id;
+        for b in &page {
+            let body: Value = serde_json::from_str(&b.body).unwrap_or(Value::Null);
+            if body["conn_id"] == v["conn_id"] && body["exchange"] == v["exchange"] {
+                return Ok(Some(body));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Opens every sealed original in an event, for whoever holds the key.
+fn unseal(v: &mut Value, sealer: Option<&crate::audit::seal::Sealer>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(sealed) = map.get("sealed").and_then(Value::as_str).map(str::to_owned) {
+                let original = match sealer.map(|s| s.open(&sealed)) {
+                    Some(Some(plain)) => Value::String(String::from_utf8_lossy(&plain).into_owned()),
+                    Some(None) => Value::String("(sealed; does not open with this key: altered?)".into()),
+                    None => Value::String("(sealed; the sealing key is not readable here)".into()),
+                };
+                map.insert("original".into(), original);
+            }
+            for item in map.values_mut() {
+                unseal(item, sealer);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| unseal(i, sealer)),
+        _ => {}
     }
 }
 

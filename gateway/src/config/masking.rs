@@ -38,6 +38,10 @@ pub struct MaskRule {
     /// JSON field paths (`messages[].content`); empty means any string value.
     #[serde(default)]
     pub fields: Vec<String>,
+    /// Keep the values this rule masks in the audit trail, encrypted with
+    /// the gateway's sealing key (never in plaintext).
+    #[serde(default)]
+    pub keep_original: bool,
 }
 
 impl MaskingConfig {

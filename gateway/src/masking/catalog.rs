@@ -156,10 +156,14 @@ impl Catalog {
     /// The plan for `@mask` names, plus an exact secret to scrub everywhere.
     pub fn plan(&self, names: &[String], secret: Option<&str>) -> Result<MaskPlan, String> {
         let mut any: Vec<(Detector, Style)> = Vec::new();
+        let mut keep: Vec<String> = Vec::new();
         let mut fields = Vec::new();
         for name in names {
             match self.rules.get(name) {
                 Some(rule) => {
+                    if rule.keep_original {
+                        keep.extend(rule.detectors.iter().cloned());
+                    }
                     let detectors = rule
                         .detectors
                         .iter()
@@ -168,7 +172,7 @@ impl Catalog {
                     if rule.fields.is_empty() {
                         any.extend(detectors);
                     } else {
-                        let masker = Arc::new(Masker::from_parts(detectors));
+                        let masker = Arc::new(Masker::from_parts(detectors).keeping(keep.clone()));
                         for f in &rule.fields {
                             fields.push((FieldPath::parse(f)?, masker.clone()));
                         }
@@ -180,7 +184,7 @@ impl Catalog {
         if let Some(secret) = secret {
             any.push((Detector::literal("credential_echo", secret)?, Style::Redact));
         }
-        let any = (!any.is_empty()).then(|| Arc::new(Masker::from_parts(any)));
+        let any = (!any.is_empty()).then(|| Arc::new(Masker::from_parts(any).keeping(keep)));
         Ok(MaskPlan { any, fields })
     }
 }

@@ -81,6 +81,7 @@ impl SseMasker {
                 self.fired.extend(findings.into_iter().map(|f| super::MaskedValue {
                     detector: f.detector,
                     at: at.clone(),
+                    sealed: None,
                 }));
                 *content = Value::String(String::from_utf8_lossy(&released).into_owned());
                 touched = true;
@@ -102,6 +103,7 @@ impl SseMasker {
             self.fired.extend(findings.into_iter().map(|f| super::MaskedValue {
                 detector: f.detector,
                 at: at.clone(),
+                sealed: None,
             }));
             if !released.is_empty() {
                 let content = String::from_utf8_lossy(&released).into_owned();

@@ -27,6 +27,7 @@ use crate::{
     types::{AgentName, ConnId, OrigDst},
 };
 
+mod capture;
 pub(crate) mod fetch;
 mod mask;
 mod pool;
@@ -66,6 +67,8 @@ struct HttpSession {
     host: String,
     credential: Option<Arc<Credential>>,
     sender: Mutex<Option<Sender>>,
+    /// Exchanges so far on this connection.
+    exchanges: std::sync::atomic::AtomicU64,
 }
 
 impl HttpSession {
@@ -114,6 +117,7 @@ pub(super) async fn serve(
         upstream,
         host,
         sender: Mutex::new(None),
+        exchanges: std::sync::atomic::AtomicU64::new(0),
     });
     if session.spec.protocol == TargetProtocol::Https {
         let resolver = LeafResolver {
@@ -200,6 +204,7 @@ pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Res
 async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> {
     let started = Instant::now();
     let time = audit::now();
+    let exchange = s.exchanges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let (req, model, body_size) = match mask::body_facts(req.map(|b| b.boxed()), s.spec.llm).await {
@@ -231,7 +236,8 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
     let response = if decision.outcome != PolicyOutcome::Allow {
         refusal(&decision, s.conn_id)
     } else {
-        match allowed(req, s, &decision, &path, &mut injected, &mut masked).await {
+        let bodies = capture::Bodies::new(s, exchange, &path);
+        match allowed(req, s, &decision, bodies, &mut injected, &mut masked).await {
             Ok(resp) => resp,
             Err((kind, message, status)) => {
                 tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
@@ -249,6 +255,7 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         target: s.target.name.clone(),
         method,
         path,
+        exchange,
         status: response.status().as_u16(),
         decision,
         credential_injected: injected,
@@ -281,7 +288,7 @@ async fn allowed(
     mut req: Request<Body>,
     s: &Arc<HttpSession>,
     decision: &Decision,
-    path: &str,
+    bodies: capture::Bodies,
     injected: &mut bool,
     masked: &mut Vec<crate::masking::MaskedValue>,
 ) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
@@ -299,7 +306,8 @@ async fn allowed(
     if !decision.mask.is_empty() {
         // Prompt redaction: the request body, with the policy's detectors only.
         let plan = s.ctx.mask_plan(&decision.mask, None).map_err(gateway_err)?;
-        let (masked_req, fired) = match mask::request(req, &plan).await {
+        let seal = |v: &[u8]| s.ctx.sealer.seal(v);
+        let (masked_req, fired) = match mask::request(req, &plan, &seal).await {
             Ok(ok) => ok,
             Err(resp) => return Ok(resp),
         };
@@ -319,19 +327,22 @@ async fn allowed(
                 .map_err(gateway_err)?,
         )
     };
+    let req = req.map(|b| bodies.request(b));
     let resp = forward(req, s)
         .await
         .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
     let resp = resp.map(|b| b.boxed());
-    let Some(m) = masker else { return Ok(resp) };
+    let Some(m) = masker else {
+        return Ok(resp.map(|b| bodies.response(b)));
+    };
     let (events, conn, agent, target, path) = (
         s.ctx.events.clone(),
         s.conn_id,
         s.agent.clone(),
         s.target.name.clone(),
-        path.to_owned(),
+        bodies.path().to_owned(),
     );
-    Ok(mask::response(resp, m, move |fired| {
+    let resp = mask::response(resp, m, move |fired| {
         if fired.is_empty() {
             return;
         }
@@ -350,7 +361,8 @@ async fn allowed(
             }
         });
     })
-    .await)
+    .await;
+    Ok(resp.map(|b| bodies.response(b)))
 }
 
 /// 403 for a denial, or for a request held for review (until approvals exist).

@@ -72,10 +72,11 @@ async fn read_bounded(body: Body) -> Result<Bytes, Response<Body>> {
 pub(super) async fn request(
     req: Request<Body>,
     plan: &MaskPlan,
+    seal: &(dyn Fn(&[u8]) -> Option<String> + Sync),
 ) -> Result<(Request<Body>, Vec<MaskedValue>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let collected = read_bounded(body).await?;
-    let (masked, fired) = mask_bytes(&collected, plan, is_json(&parts.headers));
+    let (masked, fired) = mask_bytes(&collected, plan, is_json(&parts.headers), seal);
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
@@ -91,18 +92,30 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 
 /// Masks a whole body: a JSON document value by value (field rules apply),
 /// anything else as text (only the any-value detectors apply).
-fn mask_bytes(bytes: &[u8], plan: &MaskPlan, json: bool) -> (Vec<u8>, Vec<MaskedValue>) {
+/// Originals of rules that keep them are sealed with `seal`; others are dropped.
+fn mask_bytes(
+    bytes: &[u8],
+    plan: &MaskPlan,
+    json: bool,
+    seal: &(dyn Fn(&[u8]) -> Option<String> + Sync),
+) -> (Vec<u8>, Vec<MaskedValue>) {
+    let record = |findings: Vec<crate::masking::Finding>| {
+        findings
+            .into_iter()
+            .map(|f| MaskedValue::sealed_with(f, seal))
+            .collect()
+    };
     if json {
         if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
             let findings = plan.mask_json(&mut value);
             let out = serde_json::to_vec(&value).unwrap_or_else(|_| bytes.to_vec());
-            return (out, findings.into_iter().map(MaskedValue::from).collect());
+            return (out, record(findings));
         }
     }
     match &plan.any {
         Some(m) => {
             let (out, findings) = m.mask(bytes);
-            (out, findings.into_iter().map(MaskedValue::from).collect())
+            (out, record(findings))
         }
         None => (bytes.to_vec(), Vec::new()),
     }
@@ -174,7 +187,8 @@ pub(super) async fn response(
                 );
             }
         };
-        let (masked, fired) = mask_bytes(&bytes, &plan, true);
+        // Response originals are not kept.
+        let (masked, fired) = mask_bytes(&bytes, &plan, true, &|_| None);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));

@@ -20,8 +20,6 @@ use crate::{
     policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query},
 };
 
-/// Longest SQL text kept in an audit event.
-const SQL_CAP: usize = 16 << 10;
 /// Longest parameter value kept in an audit event.
 const PARAM_CAP: usize = 1 << 10;
 
@@ -156,7 +154,7 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         None => sql.to_owned(),
     };
     Statement {
-        sql: cap(&audit_sql, SQL_CAP),
+        sql: cap(&audit_sql, s.ctx.settings.body_cap),
         kind,
         tables_read,
         tables_written,

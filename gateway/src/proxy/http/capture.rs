@@ -1,0 +1,172 @@
+//! Keeping the first bytes of each body for the audit trail. Bodies stream
+//! through untouched; up to the configured cap of each (as sent upstream,
+//! after request masking, and as delivered, after response masking, so no
+//! credential or masked value is kept) is copied aside, and when the
+//! response body ends an `http_body` event records both.
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+
+use super::{Body, HttpSession};
+use crate::audit::{self, Event, HttpBodyEvent};
+
+/// What was seen of one body.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    bytes: Vec<u8>,
+    total: u64,
+    complete: bool,
+}
+
+type Done = Box<dyn FnOnce(Seen) + Send + Sync>;
+
+/// A body that copies its first `cap` bytes aside.
+struct Capture {
+    inner: Body,
+    cap: usize,
+    seen: Seen,
+    done: Option<Done>,
+}
+
+impl Capture {
+    fn finish(&mut self, complete: bool) {
+        if let Some(done) = self.done.take() {
+            self.seen.complete = complete;
+            done(std::mem::take(&mut self.seen));
+        }
+    }
+}
+
+impl hyper::body::Body for Capture {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = this.cap.saturating_sub(this.seen.bytes.len());
+                    this.seen.bytes.extend_from_slice(&data[..room.min(data.len())]);
+                    this.seen.total += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // Cut short (the agent or upstream went away): recorded as incomplete.
+        self.finish(false);
+    }
+}
+
+/// The bodies of one exchange.
+pub(super) struct Bodies {
+    request: Arc<Mutex<Option<Seen>>>,
+    session: Arc<HttpSession>,
+    exchange: u64,
+    path: String,
+}
+
+fn text(seen: &Seen) -> String {
+    String::from_utf8_lossy(&seen.bytes).into_owned()
+}
+
+impl Bodies {
+    /// For exchange number `exchange` of a session.
+    pub(super) fn new(session: &Arc<HttpSession>, exchange: u64, path: &str) -> Self {
+        Self {
+            request: Arc::new(Mutex::new(None)),
+            session: session.clone(),
+            exchange,
+            path: path.to_owned(),
+        }
+    }
+
+    /// The request path.
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn cap(&self) -> usize {
+        self.session.ctx.settings.body_cap
+    }
+
+    /// Wraps the request body as it goes upstream.
+    pub(super) fn request(&self, body: Body) -> Body {
+        let slot = self.request.clone();
+        Capture {
+            inner: body,
+            cap: self.cap(),
+            seen: Seen::default(),
+            done: Some(Box::new(move |seen| {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
+            })),
+        }
+        .boxed()
+    }
+
+    /// Wraps the response body as it goes to the agent; its end records the event.
+    pub(super) fn response(self, body: Body) -> Body {
+        let cap = self.cap();
+        Capture {
+            inner: body,
+            cap,
+            seen: Seen::default(),
+            done: Some(Box::new(move |response| {
+                let request = self
+                    .request
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_default();
+                let s = &self.session;
+                let event = HttpBodyEvent {
+                    time: audit::now(),
+                    conn_id: s.conn_id,
+                    exchange: self.exchange,
+                    agent: s.agent.clone(),
+                    identity: s.identity.clone(),
+                    target: s.target.name.clone(),
+                    path: self.path,
+                    request_body: text(&request),
+                    request_bytes: request.total,
+                    response_body: text(&response),
+                    response_bytes: response.total,
+                    response_complete: response.complete,
+                };
+                let events = s.ctx.events.clone();
+                // Dropped bodies finish outside any task: only spawn on a runtime.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Err(e) = events.record(Event::HttpBody(Box::new(event))).await {
+                            tracing::error!("body event lost: {e}");
+                        }
+                    });
+                }
+            })),
+        }
+        .boxed()
+    }
+}
