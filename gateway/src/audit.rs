@@ -17,6 +17,8 @@ pub mod seal;
 mod sink;
 mod sql;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod verify;
 
 pub use sink::{append_direct, EventSink, SinkError};

@@ -180,6 +180,28 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     assert!(shown["hash"].as_str().unwrap().len() == 64);
     let out = gw.cli(&["audit", "tail", "-n", "3"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // tail -f prints what arrives after it started.
+    let mut follow = Command::new(interlock_tests::gateway::binary())
+        .arg("--config")
+        .arg(gw.config_path())
+        .args(["audit", "tail", "-f", "-n", "0", "--json", "--kind", "http_exchange"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert!(curl(&cg, &format!("http://{}/followed", web.addr)).ends_with("200"));
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line = line.expect("tail -f printed nothing");
+    assert!(line.contains("/followed"), "{line}");
     let out = gw.cli(&["audit", "verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -417,12 +439,14 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
         pw.display()
     );
     let web = Upstream::start("127.0.0.46");
+    // The same server also holds a database agents reach through the gateways.
+    pg.shop();
     let (cg1, cg2) = (
         TestCgroup::new(&unique("auditpg1")),
         TestCgroup::new(&unique("auditpg2")),
     );
     let opts = || GatewayOptions {
-        extra_toml: vec![web_target(&web), audit.clone()],
+        extra_toml: vec![web_target(&web), pg.target(&[]), audit.clone()],
         ..Default::default()
     };
     let (gw1, gw2) = (Gateway::start(&cg1, opts()), Gateway::start(&cg2, opts()));
@@ -444,6 +468,20 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
     .unwrap_or_else(|| panic!("{:#?}", search(&gw1, &[])));
     let instances: std::collections::HashSet<&str> = all.iter().filter_map(|e| e["instance"].as_str()).collect();
     assert_eq!(instances.len(), 2, "{instances:?}");
+    // SQL through the gateway lands in the PostgreSQL store as well.
+    let mut psql = Command::new("psql");
+    psql.arg(pg.agent_dsn())
+        .args(["-w", "-tAc", "SELECT count(*) FROM items"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = Client::new(&cg1).run_cmd(psql);
+    assert_eq!(r.stdout.trim(), "10", "{}", r.stderr);
+    let sql = wait_for(10, || search(&gw1, &["--kind", "sql_statement"]).into_iter().next()).expect("sql event");
+    assert_eq!(sql["sql"], "SELECT count(*) FROM items");
+    assert_eq!(sql["rows_returned"], 1);
+    assert!(wait_for(10, || (!search(&gw2, &["--kind", "pg_session"]).is_empty())
+        .then_some(()))
+    .is_some());
     let key1 = gw1.state_dir().join("audit-signing.pub");
     let key2 = gw2.state_dir().join("audit-signing.pub");
     let out = gw1.cli(&[

@@ -83,6 +83,9 @@ fn semantic_errors_name_the_field() {
         ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.1/8\"\naction = \"deny\"\n", "rules[0]"),
         ("[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"deny\"\n[[rules]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"pass\"\n", "rules[1].name"),
         ("[[rules]]\nname = \"x\"\ncidr = \"::ffff:10.0.0.0/104\"\naction = \"deny\"\n", "rules[0]"),
+        ("[audit]\nqueue = 0\n", "audit.queue"),
+        ("[audit]\nbackend = \"postgres\"\n", "audit.postgres"),
+        ("[audit]\ncheckpoint_every = 0\n", "audit.checkpoint_every"),
     ];
     for (text, field) in cases {
         let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
