@@ -209,6 +209,17 @@ pub enum Event {
         /// Why the new files were refused (the old set stays in force).
         error: Option<String>,
     },
+    /// A review was opened, approved (in part), denied, expired or failed.
+    Review {
+        /// Time (RFC 3339).
+        time: String,
+        /// `opened`, `approval`, `approved`, `denied`, `expired` or `failed`.
+        change: String,
+        /// The review after the change.
+        review: Box<crate::review::ReviewRecord>,
+        /// The person who made the change.
+        by: Option<crate::review::Person>,
+    },
     /// The gateway stopped (agents are refused until it returns).
     GatewayStopped {
         /// Time (RFC 3339).

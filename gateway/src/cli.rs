@@ -9,6 +9,7 @@ use crate::{
     kernel::KernelError,
 };
 
+mod approvals;
 mod audit;
 mod ca;
 mod detach;
@@ -20,6 +21,7 @@ mod rules;
 mod status;
 mod table;
 
+pub use approvals::{approvals_approve, approvals_deny, approvals_list, approvals_show};
 pub use audit::{audit, AuditCommand};
 pub use ca::ca_export;
 pub use detach::detach;

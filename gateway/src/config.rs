@@ -13,12 +13,14 @@ mod agent;
 mod audit;
 mod masking;
 mod postgres;
+mod review;
 mod rule;
 
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
+pub use review::{ControlConfig, ReviewConfig};
 pub use rule::{PortRange, RuleAction, RuleSpec};
 
 /// Errors loading or validating configuration. All are the operator's input.
@@ -78,6 +80,10 @@ pub struct Config {
     pub masking: MaskingConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Held requests.
+    pub review: ReviewConfig,
+    /// The operator socket.
+    pub control: ControlConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -341,6 +347,9 @@ impl Config {
         self.audit
             .validate()
             .map_err(|(field, message)| invalid(&field, message))?;
+        self.control
+            .admin_gid()
+            .map_err(|message| invalid("control.admin_group", message))?;
         let mut names = std::collections::HashSet::new();
         for (n, rule) in self.rules.iter().enumerate() {
             rule.validate().map_err(|m| invalid(&format!("rules[{n}]"), m))?;

@@ -151,6 +151,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     revocations.expire(control::now_unix());
     let compiled = book.compile()?;
     let events = EventSink::open(&config).await?;
+    let reviews = Arc::new(crate::review::Reviews::new(
+        events.clone(),
+        &config.paths.state_dir,
+        config.review.timeout,
+        config.review.public_url.clone(),
+    ));
+    reviews.recover().await;
 
     // Bind before attaching, so redirected connections find a listener at once.
     let addrs = [
@@ -218,15 +225,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     };
     let handoff = Arc::new(handoff);
     let ca = Arc::new(LocalCa::load_or_create(&config.paths.state_dir.join("ca"))?);
-    let ctx = Arc::new(ProxyCtx::new(
-        proxy_settings,
-        live.clone(),
-        events.clone(),
-        gate.clone(),
+    let ctx = Arc::new(ProxyCtx::new(crate::proxy::ProxyParts {
+        settings: proxy_settings,
+        live: live.clone(),
+        events: events.clone(),
+        gate: gate.clone(),
         ca,
         catalog,
-        Arc::new(crate::audit::seal::Sealer::load_or_create(&config.paths.state_dir)?),
-    ));
+        sealer: Arc::new(crate::audit::seal::Sealer::load_or_create(&config.paths.state_dir)?),
+        reviews: reviews.clone(),
+    }));
     let shared = Arc::new(Shared::new(
         handoff.clone(),
         ctx,
@@ -254,6 +262,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         events: events.clone(),
         listeners,
         pin_dir: config.paths.pin_dir.display().to_string(),
+        reviews: reviews.clone(),
+        admin_gid: config.control.admin_gid().unwrap_or(None),
     });
     let socket = config.paths.control_socket();
     {
@@ -271,6 +281,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }
     maintenance::spawn(&mut tasks, &state, exec_events);
     reload::wait_for_shutdown(config_path.as_deref(), &state, &gate).await?;
+    // Held requests fail now, cleanly, and their records say why.
+    reviews.fail_all("the gateway stopped while the request was held").await;
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);
     events.record(Event::GatewayStopped { time: audit::now() }).await?;

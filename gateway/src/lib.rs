@@ -19,6 +19,7 @@ pub mod listener;
 pub mod masking;
 pub mod policy;
 pub mod proxy;
+pub mod review;
 pub mod sql;
 pub mod targets;
 pub mod types;

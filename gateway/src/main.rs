@@ -9,6 +9,7 @@ use gateway::{
     control::RevokeRequest,
     daemon,
     policy::ActionKind,
+    review,
 };
 
 #[derive(Parser)]
@@ -122,10 +123,49 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Requests held for review: list, show, approve, deny.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Verify, search, follow and export the audit trail.
     Audit {
         #[command(subcommand)]
         command: cli::AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Reviews of this run.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One review, whole.
+    Show {
+        /// Review id (rv-N).
+        id: String,
+    },
+    /// Approve a held request (this one only, unless a scope is given).
+    Approve {
+        /// Review id (rv-N).
+        id: String,
+        /// Also let the agent's identical requests through for this long (e.g. 30m).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "grant_for")]
+        identical_for: Option<std::time::Duration>,
+        /// Turn the approval into a grant for the agent on the target for this long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grant_for: Option<std::time::Duration>,
+    },
+    /// Deny a held request.
+    Deny {
+        /// Review id (rv-N).
+        id: String,
+        /// Why (shown to the agent and recorded).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -240,6 +280,24 @@ fn real_main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match args.command {
             Command::Run => daemon::run(config, args.config).await?,
+            Command::Approvals { command } => match command {
+                ApprovalsCommand::List { json } => cli::approvals_list(&config, json).await?,
+                ApprovalsCommand::Show { id } => cli::approvals_show(&config, id).await?,
+                ApprovalsCommand::Approve {
+                    id,
+                    identical_for,
+                    grant_for,
+                } => {
+                    let minutes = |d: std::time::Duration| d.as_secs().div_ceil(60).max(1);
+                    let scope = match (identical_for, grant_for) {
+                        (Some(d), _) => review::Scope::Identical { minutes: minutes(d) },
+                        (None, Some(d)) => review::Scope::Grant { minutes: minutes(d) },
+                        (None, None) => review::Scope::Once,
+                    };
+                    cli::approvals_approve(&config, id, scope).await?
+                }
+                ApprovalsCommand::Deny { id, reason } => cli::approvals_deny(&config, id, reason).await?,
+            },
             Command::Status { json } => cli::status(&config, json).await?,
             Command::Rules { command } => match command {
                 RulesCommand::List { json } => cli::rules_list(&config, json).await?,

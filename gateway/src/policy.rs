@@ -23,7 +23,7 @@ pub use decide::{decide, Decision, Outcome};
 pub use gate::{ConnectVerdict, Gate};
 pub use load::{
     embedded_sources, load_dir, load_embedded, load_sources, read_dir_sources, LoadedPolicies, PolicyError, PolicyMeta,
-    Sources,
+    ReviewRules, Sources,
 };
 pub use request::{ActionKind, Query, RequestError, TargetRef};
 

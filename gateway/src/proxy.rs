@@ -28,6 +28,7 @@ mod relay;
 pub mod tls;
 mod upstream;
 
+pub(crate) use http::fetch::fetch;
 pub use live::{LiveConn, LiveTable};
 pub use relay::{relay, RelayEnd, RelayError, RelayStats};
 pub use upstream::{connect_upstream, UpstreamError};
@@ -74,19 +75,43 @@ pub struct ProxyCtx {
     pg_cancels: pg::CancelTable,
     /// Encrypts masked originals that masking rules keep.
     pub sealer: Arc<crate::audit::seal::Sealer>,
+    /// Requests held for review.
+    pub reviews: Arc<crate::review::Reviews>,
+}
+
+/// What a proxy context is built from.
+pub struct ProxyParts {
+    /// Timeouts, the bypass mark and the audit body cap.
+    pub settings: ProxySettings,
+    /// Live connections.
+    pub live: Arc<LiveTable>,
+    /// Event stream.
+    pub events: EventSink,
+    /// Agents, targets, policy.
+    pub gate: Arc<Gate>,
+    /// The local CA.
+    pub ca: Arc<tls::LocalCa>,
+    /// Masking detectors and rules.
+    pub catalog: crate::masking::Catalog,
+    /// The sealing key for kept originals.
+    pub sealer: Arc<crate::audit::seal::Sealer>,
+    /// Held requests.
+    pub reviews: Arc<crate::review::Reviews>,
 }
 
 impl ProxyCtx {
     /// Bundles the parts.
-    pub fn new(
-        settings: ProxySettings,
-        live: Arc<LiveTable>,
-        events: EventSink,
-        gate: Arc<Gate>,
-        ca: Arc<tls::LocalCa>,
-        catalog: crate::masking::Catalog,
-        sealer: Arc<crate::audit::seal::Sealer>,
-    ) -> Self {
+    pub fn new(parts: ProxyParts) -> Self {
+        let ProxyParts {
+            settings,
+            live,
+            events,
+            gate,
+            ca,
+            catalog,
+            sealer,
+            reviews,
+        } = parts;
         Self {
             settings,
             live,
@@ -100,6 +125,7 @@ impl ProxyCtx {
             credentials: Mutex::new(HashMap::new()),
             pg_cancels: pg::CancelTable::default(),
             sealer,
+            reviews,
         }
     }
 

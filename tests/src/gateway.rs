@@ -196,6 +196,20 @@ impl Gateway {
             .expect("run interlock cli")
     }
 
+    /// Runs an `interlock` subcommand as another user (uid and gid `uid`,
+    /// or `gid` when given), as a member of an admin group would.
+    pub fn cli_as(&self, uid: u32, gid: u32, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .expect("run interlock cli")
+    }
+
     /// `interlock status --json`, if the daemon answers.
     pub fn status(&self) -> Option<serde_json::Value> {
         let out = self.cli(&["status", "--json"]);

@@ -213,9 +213,17 @@ fn openai_script_run(script: &str, policies: Option<Vec<(String, String)>>, prom
         .stderr(std::process::Stdio::piped());
     let r = Client::new(&cg).run_cmd(cmd);
     assert!(r.success, "openai client failed: {}\n{}", r.stderr, gw.log());
-    let events = interlock_tests::wait_for(5, || {
+    // Exchange events come first; body and masking events follow when the
+    // streams end: wait until both bodies are in and nothing more arrives.
+    let events = interlock_tests::wait_for(10, || {
         let all = gw.events().all();
-        (all.iter().filter(|e| e["event"] == "http_exchange").count() >= 2).then_some(all)
+        let count = |kind: &str| all.iter().filter(|e| e["event"] == kind).count();
+        if count("http_exchange") < 2 || count("http_body") < 2 {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let later = gw.events().all();
+        (later.len() == all.len()).then_some(later)
     })
     .expect("exchange events");
     let _ = std::fs::remove_dir_all(&dir);

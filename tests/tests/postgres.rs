@@ -27,7 +27,8 @@ fn setup(tag: &str, ip: &str, postgres: &[&str], policies: Option<Vec<(String, S
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
-            extra_toml: vec![pg.target(postgres)],
+            // Held statements (DDL under the shipped policy) wait briefly.
+            extra_toml: vec![pg.target(postgres), "[review]\ntimeout = \"2s\"\n".into()],
             policies,
             ..Default::default()
         },
@@ -209,7 +210,8 @@ print("\n".join(out))
     assert_eq!(ev["outcome"], "denied");
     assert_eq!(ev["kind"], "delete");
     assert_eq!(ev["decision"]["policies"][0], "no-unbounded-writes");
-    // DDL needs review (refused until approvals exist), unparsable SQL is denied.
+    // DDL is held for review (refused here when nobody approves in time);
+    // unparsable SQL is denied.
     let script = r#"
 import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
@@ -225,7 +227,7 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
         lines[0].starts_with("42501") && lines[0].contains("ddl-needs-review"),
         "{lines:?}"
     );
-    assert!(lines[0].contains("needs review"), "{lines:?}");
+    assert!(lines[0].contains("review timed out"), "{lines:?}");
     assert!(
         lines[1].starts_with("42501") && lines[1].contains("does not parse"),
         "{lines:?}"

@@ -58,6 +58,8 @@ pub struct TargetSpec {
     pub llm: bool,
     /// PostgreSQL settings; required with `protocol = "postgres"`.
     pub postgres: Option<super::PostgresSpec>,
+    /// Announce reviews of requests to this target here (Slack-compatible JSON).
+    pub review_webhook: Option<String>,
 }
 
 /// How traffic to a target is handled.

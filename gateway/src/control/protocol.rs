@@ -50,6 +50,27 @@ pub enum Request {
         /// Revocation id.
         id: String,
     },
+    /// Reviews (held requests) of this run.
+    ApprovalsList,
+    /// One review.
+    ApprovalShow {
+        /// Review id.
+        id: String,
+    },
+    /// Approve a held request.
+    Approve {
+        /// Review id.
+        id: String,
+        /// What the approval covers.
+        scope: crate::review::Scope,
+    },
+    /// Deny a held request.
+    Deny {
+        /// Review id.
+        id: String,
+        /// Why (shown to the agent and recorded).
+        reason: String,
+    },
 }
 
 /// What the daemon answers.
@@ -67,6 +88,16 @@ pub enum Response {
     Revocations {
         /// The revocations.
         revocations: Vec<Revocation>,
+    },
+    /// Reviews.
+    Reviews {
+        /// The reviews.
+        reviews: Vec<crate::review::ReviewRecord>,
+    },
+    /// One review.
+    Review {
+        /// The review.
+        review: Box<crate::review::ReviewRecord>,
     },
     /// Grants in force.
     Grants {

@@ -41,6 +41,10 @@ pub struct ControlState {
     pub listeners: Vec<String>,
     /// Pin directory, for status.
     pub pin_dir: String,
+    /// Held requests.
+    pub reviews: Arc<crate::review::Reviews>,
+    /// Members of this group may operate the gateway besides root.
+    pub admin_gid: Option<u32>,
 }
 
 /// Largest request accepted.
@@ -53,7 +57,12 @@ pub async fn serve(path: &Path, state: Arc<ControlState>) -> std::io::Result<()>
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // Root, and the admin group when one is configured.
+    let mode = if state.admin_gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    if let Some(gid) = state.admin_gid {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         let state = state.clone();
@@ -68,17 +77,17 @@ pub async fn serve(path: &Path, state: Arc<ControlState>) -> std::io::Result<()>
 async fn session(stream: UnixStream, state: Arc<ControlState>) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
-    let response = if cred.uid() != 0 {
-        tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control request refused: not root");
+    let response = if !admitted(cred.uid(), cred.gid(), state.admin_gid) {
+        tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control request refused: not root nor in the admin group");
         Response::Error {
-            message: "only root may operate the gateway".into(),
+            message: "only root and the configured admin group may operate the gateway".into(),
         }
     } else {
         let mut line = String::new();
         let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
         reader.read_line(&mut line).await?;
         match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle(request, &state, &operator(cred.uid())).await,
+            Ok(request) => handle(request, &state, cred.uid()).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
             },
@@ -100,8 +109,36 @@ fn operator(uid: u32) -> String {
     format!("{} (uid {uid})", name.unwrap_or_else(|| "?".into()))
 }
 
-async fn handle(request: Request, state: &ControlState, by: &str) -> Response {
+/// Root, or a member of the admin group (by the peer's group or the
+/// supplementary groups of its user).
+fn admitted(uid: u32, gid: u32, admin_gid: Option<u32>) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Some(admin) = admin_gid else { return false };
+    if gid == admin {
+        return true;
+    }
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    nix::unistd::getgrouplist(&name, user.gid).is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == admin))
+}
+
+async fn handle(request: Request, state: &ControlState, uid: u32) -> Response {
+    let by = &operator(uid);
     match request {
+        Request::ApprovalsList => super::review_ops::list(state),
+        Request::ApprovalShow { id } => super::review_ops::show(state, &id),
+        Request::Approve { id, scope } => {
+            super::review_ops::approve(state, &id, scope, super::review_ops::unix_person(uid)).await
+        }
+        Request::Deny { id, reason } => {
+            super::review_ops::deny(state, &id, reason, super::review_ops::unix_person(uid)).await
+        }
         Request::Status => match status(state).await {
             Ok(report) => Response::Status(Box::new(report)),
             Err(message) => Response::Error { message },

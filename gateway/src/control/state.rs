@@ -15,7 +15,7 @@ pub(super) fn load_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T,
 }
 
 /// Writes a state file atomically.
-pub(super) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
 }

@@ -60,6 +60,18 @@ fn reasons(p: &LoadedPolicies, ids: &[String], fallback: &str) -> String {
     }
 }
 
+/// The masking rules of the allowing policies.
+fn masks(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
+    let mut mask: Vec<String> = ids
+        .iter()
+        .filter_map(|id| p.meta(id))
+        .flat_map(|m| m.mask.clone())
+        .collect();
+    mask.sort();
+    mask.dedup();
+    mask
+}
+
 /// Decides one query.
 pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
     let (request, entities) = match build(p, q) {
@@ -92,22 +104,17 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
                 .filter(|id| p.meta(id).is_some_and(|m| m.review))
                 .cloned()
                 .collect();
+            let mask = masks(p, &deciding);
             if !review.is_empty() {
                 let reason = reasons(p, &review, "held for review by");
                 return Decision {
                     outcome: Outcome::Review,
                     policies: review,
                     reason,
-                    mask: Vec::new(),
+                    // What applies once a person approves it.
+                    mask,
                 };
             }
-            let mut mask: Vec<String> = deciding
-                .iter()
-                .filter_map(|id| p.meta(id))
-                .flat_map(|m| m.mask.clone())
-                .collect();
-            mask.sort();
-            mask.dedup();
             let reason = reasons(p, &deciding, "permitted by");
             Decision {
                 outcome: Outcome::Allow,
@@ -133,11 +140,12 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
             let rest = authorizer.is_authorized(&request, &p.without_review, &entities);
             if rest.decision() == CedarDecision::Allow {
                 let reason = reasons(p, &deciding, "held for review by");
+                let permits = sorted_ids(rest.diagnostics().reason());
                 Decision {
                     outcome: Outcome::Review,
                     policies: deciding,
                     reason,
-                    mask: Vec::new(),
+                    mask: masks(p, &permits),
                 }
             } else {
                 Decision::deny(Vec::new(), "no policy permits this (default deny)".into())

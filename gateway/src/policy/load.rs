@@ -102,6 +102,58 @@ pub struct PolicyMeta {
     pub reason: Option<String>,
     /// `@mask("a,b")`: masking rules that apply when this policy allows.
     pub mask: Vec<String>,
+    /// How a review this policy opens is run (`@review` policies only).
+    pub review_rules: ReviewRules,
+}
+
+/// `@approvers("2")`, `@no_self_approval`, `@review_timeout("10m")` and
+/// `@webhook("https://...")` on a `@review` policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReviewRules {
+    /// Distinct people who must approve (at least 1).
+    pub approvers: u32,
+    /// A person may not approve requests of agents running as themselves.
+    pub no_self_approval: bool,
+    /// How long the request is held before it is refused.
+    pub timeout: Option<std::time::Duration>,
+    /// Where to announce the review.
+    pub webhook: Option<String>,
+}
+
+fn review_rules(policy: &cedar_policy::Policy, review: bool) -> Result<ReviewRules, String> {
+    let mut rules = ReviewRules {
+        approvers: 1,
+        ..ReviewRules::default()
+    };
+    let given = ["approvers", "no_self_approval", "review_timeout", "webhook"]
+        .iter()
+        .filter(|a| policy.annotation(a).is_some())
+        .count();
+    if given > 0 && !review {
+        return Err("@approvers, @no_self_approval, @review_timeout and @webhook need @review".into());
+    }
+    if let Some(n) = policy.annotation("approvers") {
+        rules.approvers = n
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1 && *n <= 10)
+            .ok_or_else(|| format!("@approvers takes a number from 1 to 10, not {n:?}"))?;
+    }
+    rules.no_self_approval = match policy.annotation("no_self_approval") {
+        None => false,
+        Some("" | "true") => true,
+        Some(other) => return Err(format!("@no_self_approval takes no value, not {other:?}")),
+    };
+    if let Some(t) = policy.annotation("review_timeout") {
+        rules.timeout = Some(humantime::parse_duration(t).map_err(|e| format!("@review_timeout {t:?}: {e}"))?);
+    }
+    if let Some(url) = policy.annotation("webhook") {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("@webhook must be an http(s) URL, not {url:?}"));
+        }
+        rules.webhook = Some(url.to_owned());
+    }
+    Ok(rules)
 }
 
 /// A validated policy set, ready for decisions.
@@ -137,6 +189,27 @@ impl LoadedPolicies {
     /// Metadata of a policy.
     pub fn meta(&self, id: &str) -> Option<&PolicyMeta> {
         self.meta.get(id)
+    }
+
+    /// The review rules of a held decision's policies, combined: the most
+    /// approvers any asks for, self-approval barred if any bars it, the
+    /// shortest timeout, every webhook.
+    pub fn review_rules(&self, ids: &[String]) -> (ReviewRules, Vec<String>) {
+        let mut merged = ReviewRules {
+            approvers: 1,
+            ..ReviewRules::default()
+        };
+        let mut webhooks = Vec::new();
+        for r in ids.iter().filter_map(|id| self.meta(id)).map(|m| &m.review_rules) {
+            merged.approvers = merged.approvers.max(r.approvers);
+            merged.no_self_approval |= r.no_self_approval;
+            merged.timeout = match (merged.timeout, r.timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            webhooks.extend(r.webhook.clone());
+        }
+        (merged, webhooks)
     }
 }
 
@@ -355,6 +428,7 @@ pub fn load_sources(
             if !mask.is_empty() && policy.effect() != Effect::Permit {
                 return Err(annotation_err("@mask only makes sense on a permit".into()));
             }
+            let review_rules = review_rules(policy, review).map_err(annotation_err)?;
             reads_context |= policy.to_string().contains("context") && may_apply_to_connect(policy);
             let renamed = policy.new_id(PolicyId::new(id.clone()));
             if !(review && policy.effect() == Effect::Forbid) {
@@ -372,6 +446,7 @@ pub fn load_sources(
                     review,
                     reason: policy.annotation("reason").map(str::to_owned),
                     mask,
+                    review_rules,
                 },
             );
         }

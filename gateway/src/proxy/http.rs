@@ -230,11 +230,22 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         // What cannot be recorded is not served.
         decision = unrecordable(&e);
     }
+    if decision.outcome == PolicyOutcome::Review {
+        // Held: the agent's call waits for a person.
+        let held = crate::review::HeldRequest {
+            agent: &s.agent,
+            identity: &s.identity,
+            target: &s.target,
+            action: &action,
+            decision: &decision,
+        };
+        decision = crate::review::settle(&s.ctx, held, s.spec.review_webhook.as_deref()).await;
+    }
     let mut injected = false;
     let mut upstream_error = None;
     let mut masked = Vec::new();
     let response = if decision.outcome != PolicyOutcome::Allow {
-        refusal(&decision, s.conn_id)
+        refusal(&decision)
     } else {
         let bodies = capture::Bodies::new(s, exchange, &path);
         match allowed(req, s, &decision, bodies, &mut injected, &mut masked).await {
@@ -365,9 +376,9 @@ async fn allowed(
     Ok(resp.map(|b| bodies.response(b)))
 }
 
-/// 403 for a denial, or for a request held for review (until approvals exist).
-fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
-    let mut body = serde_json::json!({
+/// 403 for a denial (by policy, by a reviewer, or a review that timed out).
+fn refusal(decision: &Decision) -> Response<Body> {
+    let body = serde_json::json!({
         "error": {
             "type": "policy",
             "outcome": decision.outcome,
@@ -375,9 +386,6 @@ fn refusal(decision: &Decision, conn: ConnId) -> Response<Body> {
             "message": decision.reason,
         }
     });
-    if decision.outcome == PolicyOutcome::Review {
-        body["error"]["review_id"] = serde_json::json!(format!("rv-{conn}"));
-    }
     json_response(StatusCode::FORBIDDEN, body)
 }
 

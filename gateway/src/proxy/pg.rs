@@ -45,6 +45,8 @@ pub struct Session {
     masked: columns::MaskedColumns,
     /// Marks the statements the gateway substitutes for denied ones.
     nonce: String,
+    /// The target's review webhook.
+    review_webhook: Option<String>,
 }
 
 /// A judged SQL string.
@@ -142,6 +144,18 @@ impl Session {
         };
         self.ctx.events.record(Event::SqlStatement(Box::new(event))).await
     }
+}
+
+/// Holds a statement for review and returns the settled decision.
+async fn settle(s: &Session, action: &crate::policy::ActionKind, decision: &Decision) -> Decision {
+    let held = crate::review::HeldRequest {
+        agent: &s.agent,
+        identity: &s.identity,
+        target: &s.target,
+        action,
+        decision,
+    };
+    crate::review::settle(&s.ctx, held, s.review_webhook.as_deref()).await
 }
 
 /// Serves one PostgreSQL connection to a `protocol = "postgres"` target.

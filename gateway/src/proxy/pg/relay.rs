@@ -28,7 +28,17 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
                 if matches!(frame.tag, b'Q' | b'E' | b'F') {
                     statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                let step = prepared.handle(s, &frame, &pending, &mut out)?;
+                let mut step = prepared.handle(s, &frame, &pending, &mut out, None)?;
+                if let request::Step::Hold(held) = step {
+                    // What came before it goes on; this statement waits for a person.
+                    if !out.is_empty() {
+                        up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
+                        out.clear();
+                    }
+                    let (action, decision) = *held;
+                    let settled = super::settle(s, &action, &decision).await;
+                    step = prepared.handle(s, &frame, &pending, &mut out, Some(settled))?;
+                }
                 if matches!(step, request::Step::Terminate) {
                     up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
                     let _ = up_w.shutdown().await;

@@ -41,6 +41,9 @@ struct Portal {
 pub enum Step {
     /// Keep reading.
     More,
+    /// Policy holds this statement for review: settle it, then hand the
+    /// message back with the settled decision.
+    Hold(Box<(ActionKind, Decision)>),
     /// Terminate was forwarded.
     Terminate,
 }
@@ -68,8 +71,9 @@ fn cap(text: &str, limit: usize) -> String {
     format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
-/// Classifies and judges one SQL string.
-pub fn judge(s: &Session, sql: &str) -> Statement {
+/// Classifies and judges one SQL string; `given` is a decision already
+/// made for it (a settled review).
+pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, ActionKind) {
     let denied = |reason: String| Decision {
         outcome: PolicyOutcome::Deny,
         policies: Vec::new(),
@@ -92,6 +96,7 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         }
     };
     let mut decision = match (&parse_error, s.pg.unparsed) {
+        _ if given.is_some() => given.unwrap_or_else(|| denied(String::new())),
         _ if s.ctx.events.accepting().is_err() => {
             let e = s
                 .ctx
@@ -153,7 +158,7 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         Some(m) => String::from_utf8_lossy(&m.mask(sql.as_bytes()).0).into_owned(),
         None => sql.to_owned(),
     };
-    Statement {
+    let statement = Statement {
         sql: cap(&audit_sql, s.ctx.settings.body_cap),
         kind,
         tables_read,
@@ -162,7 +167,8 @@ pub fn judge(s: &Session, sql: &str) -> Statement {
         detectors,
         denial,
         computed: touches_masked,
-    }
+    };
+    (statement, action)
 }
 
 /// A statement the server refuses at parse time, naming the session's nonce
@@ -180,7 +186,10 @@ impl Prepared {
         frame: &Frame,
         pending: &std::sync::Mutex<std::collections::VecDeque<Expect>>,
         out: &mut BytesMut,
+        settled: Option<Decision>,
     ) -> Result<Step, WireError> {
+        let reviewed = settled.is_some();
+        let mut settled = settled;
         let push = |e: Expect| pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(e);
         let io = |e: std::io::Error| WireError::malformed("agent", e.to_string());
         let mut c = Cursor::new(frame.body(), "agent");
@@ -188,7 +197,11 @@ impl Prepared {
             b'Q' => {
                 let sql = c.cstr()?;
                 c.end()?;
-                let statement = Arc::new(judge(s, sql));
+                let (statement, action) = judge(s, sql, settled.take());
+                if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
+                    return Ok(Step::Hold(Box::new((action, statement.decision))));
+                }
+                let statement = Arc::new(statement);
                 let denied = statement.denial.is_some();
                 push(Expect::Query(Box::new(Run::new(statement, "simple", Vec::new()))));
                 if denied {
@@ -204,7 +217,11 @@ impl Prepared {
                     c.i32()?;
                 }
                 c.end()?;
-                let statement = Arc::new(judge(s, sql));
+                let (statement, action) = judge(s, sql, settled.take());
+                if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
+                    return Ok(Step::Hold(Box::new((action, statement.decision))));
+                }
+                let statement = Arc::new(statement);
                 self.statements.insert(name.clone(), statement.clone());
                 if statement.denial.is_some() {
                     push(Expect::Parse(Some(Box::new(Run::new(

@@ -193,6 +193,7 @@ impl SessionSetup<'_> {
             database,
             masked,
             nonce,
+            review_webhook: self.spec.review_webhook.clone(),
         };
         let application_name = param(&params, "application_name").unwrap_or_default().to_owned();
         let upstream_tls = up.tls;

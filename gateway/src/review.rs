@@ -1,0 +1,563 @@
+//! Just-in-time review: a request whose decision is `review` is held (the
+//! agent's call simply waits) until enough distinct people approve it, one
+//! denies it, or it times out. Approvals may cover this request only, the
+//! agent's identical requests for some minutes, or become a grant. Reviews
+//! are persisted, so after a restart the record shows what became of the
+//! requests that were held. Every step is in the audit trail with the
+//! person who took it.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{
+    audit::{self, Event, EventSink},
+    identity::Identity,
+    policy::{ActionKind, Decision, ReviewRules, TargetRef},
+    types::AgentName,
+};
+
+mod webhook;
+
+pub use webhook::announce;
+
+/// A person acting on a review, as the API or socket authenticated them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// Who vouches for them: an OIDC issuer, or `unix` for the local socket.
+    pub issuer: String,
+    /// Their id at that issuer (`uid:0` on the socket).
+    pub subject: String,
+    /// Display name.
+    pub name: String,
+    /// E-mail, when the issuer gives one.
+    pub email: Option<String>,
+    /// Their user name on this host, when known (for the self-approval rule).
+    pub unix_user: Option<String>,
+}
+
+/// What an approval covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum Scope {
+    /// This request only.
+    Once,
+    /// This agent's identical requests for some minutes.
+    Identical {
+        /// For how long.
+        minutes: u64,
+    },
+    /// A time-limited grant for the agent on the target.
+    Grant {
+        /// For how long.
+        minutes: u64,
+    },
+}
+
+/// How a held request ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Approved: it proceeds.
+    Approved(Person, Scope),
+    /// Denied by a person.
+    Denied(Person, String),
+    /// Nobody decided in time.
+    Expired,
+    /// The gateway stopped or could not keep the review.
+    Failed(String),
+}
+
+/// A review, as operators and the audit trail see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    /// `rv-N`.
+    pub id: String,
+    /// Opened (RFC 3339).
+    pub opened: String,
+    /// Expires (unix seconds).
+    pub expires_unix: u64,
+    /// The agent.
+    pub agent: String,
+    /// Its pid.
+    pub pid: u32,
+    /// The user it runs as.
+    pub user: Option<String>,
+    /// Its executable.
+    pub exe: Option<String>,
+    /// The target.
+    pub target: String,
+    /// The request, exactly (`POST /v1/chat/completions`, or the SQL).
+    pub request: String,
+    /// `http_request` or `sql_statement`.
+    pub action: String,
+    /// The policies that asked for review, and why.
+    pub policies: Vec<String>,
+    /// Their reason.
+    pub reason: String,
+    /// Distinct approvals needed.
+    pub approvals_needed: u32,
+    /// Whether people may approve their own agents' requests.
+    pub no_self_approval: bool,
+    /// Approvals so far.
+    pub approvals: Vec<Person>,
+    /// `pending`, `approved`, `denied`, `expired` or `failed`.
+    pub state: String,
+    /// Who denied it, or gave the last approval.
+    pub decided_by: Option<Person>,
+    /// The approval's scope.
+    pub scope: Option<Scope>,
+    /// A denial's reason, or why it failed.
+    pub note: Option<String>,
+}
+
+/// Why an operator's action on a review was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// No such review.
+    #[error("no review {0}")]
+    Unknown(String),
+    /// It is no longer pending.
+    #[error("review {0} is already {1}")]
+    Closed(String, String),
+    /// This person already approved it.
+    #[error("{0} has already approved {1}; it needs a different person")]
+    Twice(String, String),
+    /// The policy bars approving one's own agent's requests.
+    #[error("{0} runs the agent of {1}; its policy forbids approving one's own agent's requests")]
+    OwnAgent(String, String),
+}
+
+struct Pending {
+    record: ReviewRecord,
+    key: String,
+    waiter: Option<oneshot::Sender<Verdict>>,
+}
+
+/// A standing approval of an agent's identical requests.
+struct Standing {
+    agent: String,
+    key: String,
+    until: u64,
+    by: Person,
+}
+
+#[derive(Default)]
+struct State {
+    next: u64,
+    reviews: BTreeMap<u64, Pending>,
+    standing: Vec<Standing>,
+}
+
+/// The reviews of one gateway.
+pub struct Reviews {
+    state: Mutex<State>,
+    events: EventSink,
+    file: PathBuf,
+    default_timeout: Duration,
+    /// Where people open reviews (webhook links).
+    pub link_base: Option<String>,
+}
+
+/// What is held.
+pub struct HeldRequest<'a> {
+    /// The agent.
+    pub agent: &'a AgentName,
+    /// The caller.
+    pub identity: &'a Identity,
+    /// The target.
+    pub target: &'a TargetRef,
+    /// The request.
+    pub action: &'a ActionKind,
+    /// The review decision.
+    pub decision: &'a Decision,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The exact request, in words.
+pub fn describe(action: &ActionKind) -> String {
+    match action {
+        ActionKind::HttpRequest {
+            method, path, model, ..
+        } if !model.is_empty() => format!("{method} {path} (model {model})"),
+        ActionKind::HttpRequest { method, path, .. } => format!("{method} {path}"),
+        ActionKind::SqlStatement { sql, .. } => sql.clone(),
+        ActionKind::Connect => "connect".into(),
+    }
+}
+
+impl Reviews {
+    /// Reviews kept in `state_dir`; held requests are refused after `default_timeout`.
+    pub fn new(
+        events: EventSink,
+        state_dir: &std::path::Path,
+        default_timeout: Duration,
+        link_base: Option<String>,
+    ) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            events,
+            file: state_dir.join("reviews.json"),
+            default_timeout,
+            link_base,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, state: &State) {
+        let records: Vec<&ReviewRecord> = state.reviews.values().map(|p| &p.record).collect();
+        let body = serde_json::json!({"next": state.next, "reviews": records});
+        if let Err(e) = crate::control::save_json(&self.file, &body) {
+            tracing::error!("reviews file {}: {e}", self.file.display());
+        }
+    }
+
+    async fn record(&self, change: &str, review: ReviewRecord, by: Option<Person>) {
+        let event = Event::Review {
+            time: audit::now(),
+            change: change.into(),
+            review: Box::new(review),
+            by,
+        };
+        if let Err(e) = self.events.record(event).await {
+            tracing::error!("review event lost: {e}");
+        }
+    }
+
+    /// At start: reviews left pending by the previous run failed with it.
+    pub async fn recover(&self) {
+        let Ok(text) = std::fs::read_to_string(&self.file) else {
+            return;
+        };
+        let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text) else {
+            tracing::error!("reviews file {} is unreadable; starting afresh", self.file.display());
+            return;
+        };
+        let records: Vec<ReviewRecord> = serde_json::from_value(saved["reviews"].clone()).unwrap_or_default();
+        let mut failed = Vec::new();
+        {
+            let mut state = self.lock();
+            state.next = saved["next"].as_u64().unwrap_or(0);
+            for mut r in records {
+                if r.state == "pending" {
+                    r.state = "failed".into();
+                    r.note = Some("the gateway restarted while the request was held; the agent's call failed".into());
+                    failed.push(r.clone());
+                }
+            }
+            state.reviews.clear();
+            self.persist(&state);
+        }
+        for r in failed {
+            tracing::warn!(review = %r.id, "held request failed: the gateway restarted");
+            self.record("failed", r, None).await;
+        }
+    }
+
+    /// Holds a request until it is decided. Returns how it ended.
+    pub async fn hold(
+        &self,
+        held: HeldRequest<'_>,
+        rules: &ReviewRules,
+        webhooks: &[String],
+        ctx: &std::sync::Arc<crate::proxy::ProxyCtx>,
+    ) -> Verdict {
+        let key = format!(
+            "{}\n{}\n{}",
+            held.target.name,
+            held.action.cedar_name(),
+            describe(held.action)
+        );
+        let now = now_unix();
+        let (rx, record) = {
+            let mut state = self.lock();
+            state.standing.retain(|s| s.until > now);
+            if let Some(s) = state.standing.iter().find(|s| s.agent == held.agent.0 && s.key == key) {
+                let remaining = (s.until - now).div_ceil(60);
+                return Verdict::Approved(s.by.clone(), Scope::Identical { minutes: remaining });
+            }
+            state.next += 1;
+            let id = state.next;
+            let timeout = rules.timeout.unwrap_or(self.default_timeout);
+            let record = ReviewRecord {
+                id: format!("rv-{id}"),
+                opened: audit::now(),
+                expires_unix: now + timeout.as_secs(),
+                agent: held.agent.0.clone(),
+                pid: held.identity.pid,
+                user: held.identity.user.clone(),
+                exe: held
+                    .identity
+                    .process
+                    .as_ref()
+                    .and_then(|p| p.exe.as_ref())
+                    .map(|e| e.display().to_string()),
+                target: held.target.name.clone(),
+                request: describe(held.action),
+                action: held.action.cedar_name().into(),
+                policies: held.decision.policies.clone(),
+                reason: held.decision.reason.clone(),
+                approvals_needed: rules.approvers.max(1),
+                no_self_approval: rules.no_self_approval,
+                approvals: Vec::new(),
+                state: "pending".into(),
+                decided_by: None,
+                scope: None,
+                note: None,
+            };
+            let (tx, rx) = oneshot::channel();
+            state.reviews.insert(
+                id,
+                Pending {
+                    record: record.clone(),
+                    key,
+                    waiter: Some(tx),
+                },
+            );
+            self.persist(&state);
+            (rx, record)
+        };
+        tracing::info!(review = %record.id, agent = %record.agent, target = %record.target, "request held for review");
+        self.record("opened", record.clone(), None).await;
+        for url in webhooks {
+            announce(ctx.clone(), url.clone(), record.clone(), self.link_base.clone());
+        }
+        let wait = Duration::from_secs(record.expires_unix.saturating_sub(now_unix()));
+        // If the agent goes away (or its session is cut) while held, the
+        // review is closed as failed rather than left pending.
+        let mut guard = Abandoned {
+            reviews: self,
+            id: Some(record.id.clone()),
+        };
+        let verdict = match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(_)) => Verdict::Failed("the review was dropped".into()),
+            Err(_) => Verdict::Expired,
+        };
+        guard.id = None;
+        if verdict == Verdict::Expired {
+            if let Some(r) = self.close(&record.id, "expired", None, None, Some("nobody decided in time".into())) {
+                self.record("expired", r, None).await;
+            }
+        }
+        verdict
+    }
+
+    /// Marks a pending review closed and returns its record.
+    fn close(
+        &self,
+        id: &str,
+        how: &str,
+        by: Option<Person>,
+        scope: Option<Scope>,
+        note: Option<String>,
+    ) -> Option<ReviewRecord> {
+        let mut state = self.lock();
+        let n = id.strip_prefix("rv-")?.parse().ok()?;
+        let pending = state.reviews.get_mut(&n)?;
+        if pending.record.state != "pending" {
+            return None;
+        }
+        pending.record.state = how.into();
+        pending.record.decided_by = by;
+        pending.record.scope = scope;
+        pending.record.note = note;
+        let record = pending.record.clone();
+        self.persist(&state);
+        Some(record)
+    }
+
+    /// All reviews this run has seen, newest last.
+    pub fn list(&self) -> Vec<ReviewRecord> {
+        self.lock().reviews.values().map(|p| p.record.clone()).collect()
+    }
+
+    /// One review.
+    pub fn get(&self, id: &str) -> Option<ReviewRecord> {
+        let n: u64 = id.strip_prefix("rv-")?.parse().ok()?;
+        self.lock().reviews.get(&n).map(|p| p.record.clone())
+    }
+
+    /// An approval by `person`. Returns the record and whether it is now approved.
+    pub async fn approve(&self, id: &str, person: Person, scope: Scope) -> Result<(ReviewRecord, bool), ReviewError> {
+        let (record, done) = {
+            let mut state = self.lock();
+            let n: u64 = id
+                .strip_prefix("rv-")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            let pending = state
+                .reviews
+                .get_mut(&n)
+                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            let r = &mut pending.record;
+            if r.state != "pending" {
+                return Err(ReviewError::Closed(id.into(), r.state.clone()));
+            }
+            if r.approvals
+                .iter()
+                .any(|p| p.issuer == person.issuer && p.subject == person.subject)
+            {
+                return Err(ReviewError::Twice(person.name.clone(), id.into()));
+            }
+            if r.no_self_approval && owns(&person, r.user.as_deref()) {
+                return Err(ReviewError::OwnAgent(person.name.clone(), id.into()));
+            }
+            r.approvals.push(person.clone());
+            let done = r.approvals.len() as u32 >= r.approvals_needed;
+            if done {
+                r.state = "approved".into();
+                r.decided_by = Some(person.clone());
+                r.scope = Some(scope);
+                if let Some(tx) = pending.waiter.take() {
+                    let _ = tx.send(Verdict::Approved(person.clone(), scope));
+                }
+                if let Scope::Identical { minutes } = scope {
+                    let (agent, key) = (pending.record.agent.clone(), pending.key.clone());
+                    state.standing.push(Standing {
+                        agent,
+                        key,
+                        until: now_unix() + minutes * 60,
+                        by: person.clone(),
+                    });
+                }
+            }
+            let record = state.reviews.get(&n).map(|p| p.record.clone());
+            self.persist(&state);
+            (record.ok_or_else(|| ReviewError::Unknown(id.into()))?, done)
+        };
+        let change = if done { "approved" } else { "approval" };
+        self.record(change, record.clone(), Some(person)).await;
+        Ok((record, done))
+    }
+
+    /// A denial by `person`.
+    pub async fn deny(&self, id: &str, person: Person, reason: String) -> Result<ReviewRecord, ReviewError> {
+        let record = {
+            let mut state = self.lock();
+            let n: u64 = id
+                .strip_prefix("rv-")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            let pending = state
+                .reviews
+                .get_mut(&n)
+                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            if pending.record.state != "pending" {
+                return Err(ReviewError::Closed(id.into(), pending.record.state.clone()));
+            }
+            pending.record.state = "denied".into();
+            pending.record.decided_by = Some(person.clone());
+            pending.record.note = Some(reason.clone());
+            if let Some(tx) = pending.waiter.take() {
+                let _ = tx.send(Verdict::Denied(person.clone(), reason));
+            }
+            let record = pending.record.clone();
+            self.persist(&state);
+            record
+        };
+        self.record("denied", record.clone(), Some(person)).await;
+        Ok(record)
+    }
+
+    /// At shutdown: every held request fails now, and the records say so.
+    pub async fn fail_all(&self, why: &str) {
+        let failed: Vec<ReviewRecord> = {
+            let mut state = self.lock();
+            let mut failed = Vec::new();
+            for p in state.reviews.values_mut().filter(|p| p.record.state == "pending") {
+                p.record.state = "failed".into();
+                p.record.note = Some(why.to_owned());
+                if let Some(tx) = p.waiter.take() {
+                    let _ = tx.send(Verdict::Failed(why.to_owned()));
+                }
+                failed.push(p.record.clone());
+            }
+            self.persist(&state);
+            failed
+        };
+        for r in failed {
+            self.record("failed", r, None).await;
+        }
+    }
+}
+
+/// Closes a review whose held request went away before it was settled.
+struct Abandoned<'a> {
+    reviews: &'a Reviews,
+    id: Option<String>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let note = Some("the agent's request went away while it was held".into());
+        if let Some(record) = self.reviews.close(&id, "failed", None, None, note) {
+            let events = self.reviews.events.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let event = Event::Review {
+                        time: audit::now(),
+                        change: "failed".into(),
+                        review: Box::new(record),
+                        by: None,
+                    };
+                    if let Err(e) = events.record(event).await {
+                        tracing::error!("review event lost: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Whether `person` is the user the agent runs as.
+fn owns(person: &Person, agent_user: Option<&str>) -> bool {
+    let Some(user) = agent_user else { return false };
+    person.unix_user.as_deref() == Some(user)
+        || person
+            .email
+            .as_deref()
+            .and_then(|e| e.split('@').next())
+            .is_some_and(|local| local == user)
+}
+
+/// Holds a `review` decision until it is settled, and turns the outcome into
+/// the decision the request proceeds (or is refused) with.
+pub async fn settle(
+    ctx: &std::sync::Arc<crate::proxy::ProxyCtx>,
+    held: HeldRequest<'_>,
+    target_webhook: Option<&str>,
+) -> Decision {
+    use crate::policy::Outcome;
+    let policies = ctx.gate.policies.current();
+    let (rules, mut webhooks) = policies.review_rules(&held.decision.policies);
+    webhooks.extend(target_webhook.map(str::to_owned));
+    let decision = held.decision.clone();
+    let verdict = ctx.reviews.hold(held, &rules, &webhooks, ctx).await;
+    let (outcome, reason) = match verdict {
+        Verdict::Approved(by, Scope::Once) => (Outcome::Allow, format!("approved by {}", by.name)),
+        Verdict::Approved(by, scope) => (Outcome::Allow, format!("approved by {} ({scope:?})", by.name)),
+        Verdict::Denied(by, why) => (Outcome::Deny, format!("denied by {}: {why}", by.name)),
+        Verdict::Expired => (
+            Outcome::Deny,
+            format!("review timed out: nobody approved it in time ({})", decision.reason),
+        ),
+        Verdict::Failed(why) => (Outcome::Deny, why),
+    };
+    Decision {
+        outcome,
+        reason,
+        ..decision
+    }
+}

@@ -1,0 +1,358 @@
+//! Just-in-time review on the operator socket: held requests wait for a
+//! person, proceed on approval, are refused on denial or timeout; several
+//! approvers must be distinct people, nobody approves their own agent's
+//! requests when the policy says so, only root and the admin group may act,
+//! webhooks announce reviews, and a restart fails held requests cleanly.
+use std::{process::Command, thread};
+
+use interlock_tests::{
+    gateway::{shipped, ALLOW_ALL},
+    postgres::PgServer,
+    server::HTTP_BODY,
+    unique, wait_for, Client, ClientResult, Gateway, GatewayOptions, TestCgroup, Upstream,
+};
+use serde_json::Value;
+
+/// `nobody` and `nogroup` on Debian.
+const NOBODY: u32 = 65534;
+
+fn held_web(tag: &str, ip: &str, annotations: &str, extra: &str) -> (TestCgroup, Upstream, Gateway) {
+    let cg = TestCgroup::new(&unique(tag));
+    let web = Upstream::start(ip);
+    let review = format!(
+        "@id(\"held-paths\")\n@review\n{annotations}\nforbid (principal, action == Interlock::Action::\"http_request\", resource)\nwhen {{ context.path like \"/held*\" }};\n"
+    );
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![
+                format!("[[targets]]\nname = \"web\"\ncidrs = [\"{ip}/32\"]\nprotocol = \"http\"\n"),
+                format!("[control]\nadmin_group = \"{NOBODY}\"\n{extra}"),
+            ],
+            policies: Some(vec![
+                ("allow.cedar".into(), ALLOW_ALL.into()),
+                ("review.cedar".into(), review),
+            ]),
+            ..Default::default()
+        },
+    );
+    (cg, web, gw)
+}
+
+fn curl_in_background(cg: &TestCgroup, url: String, uid: Option<u32>) -> thread::JoinHandle<ClientResult> {
+    let client = match uid {
+        Some(uid) => Client::new(cg).as_uid(uid),
+        None => Client::new(cg),
+    };
+    thread::spawn(move || client.run("curl", &["-sS", "--max-time", "60", "-w", "\n%{http_code}", &url]))
+}
+
+fn reviews(gw: &Gateway) -> Vec<Value> {
+    let out = gw.cli(&["approvals", "list", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits for the first pending review and returns its id.
+fn pending(gw: &Gateway) -> String {
+    wait_for(15, || {
+        reviews(gw)
+            .into_iter()
+            .find(|r| r["state"] == "pending")
+            .and_then(|r| r["id"].as_str().map(str::to_owned))
+    })
+    .expect("no review opened")
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_held_request_proceeds_once_approved_and_the_trail_names_the_approver() {
+    let (cg, web, gw) = held_web("apok", "127.0.0.50", "", "");
+    let agent = curl_in_background(&cg, format!("http://{}/held/1", web.addr), None);
+    let id = pending(&gw);
+    let review = &reviews(&gw)[0];
+    assert_eq!(review["request"], "GET /held/1");
+    assert_eq!(review["target"], "web");
+    assert!(ok(&gw.cli(&["approvals", "approve", &id])).contains("approved"));
+    let r = agent.join().unwrap();
+    assert!(
+        r.stdout.starts_with(HTTP_BODY) && r.stdout.ends_with("200"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let approved = wait_for(10, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "review" && e["change"] == "approved")
+    })
+    .expect("approval event");
+    assert_eq!(approved["by"]["issuer"], "unix");
+    assert_eq!(approved["by"]["subject"], "uid:0");
+    let exchange = gw
+        .events()
+        .all()
+        .into_iter()
+        .find(|e| e["event"] == "http_exchange" && e["path"] == "/held/1")
+        .unwrap();
+    assert_eq!(exchange["decision"]["outcome"], "allow");
+    assert!(exchange["decision"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("approved by root"));
+    // An approval for identical requests lets the next one through without a new review.
+    let agent = curl_in_background(&cg, format!("http://{}/held/2", web.addr), None);
+    let id = pending(&gw);
+    ok(&gw.cli(&["approvals", "approve", &id, "--identical-for", "10m"]));
+    assert!(agent.join().unwrap().stdout.ends_with("200"));
+    let again = Client::new(&cg).run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}/held/2", web.addr),
+        ],
+    );
+    assert!(again.stdout.ends_with("200"), "{}", again.stdout);
+    assert_eq!(reviews(&gw).len(), 2, "the identical request opened no review");
+}
+
+#[test]
+fn denial_and_timeout_refuse_and_restart_fails_held_requests_cleanly() {
+    let (cg, web, mut gw) = held_web("apdeny", "127.0.0.51", "@review_timeout(\"2s\")", "");
+    let agent = curl_in_background(&cg, format!("http://{}/held/deny", web.addr), None);
+    let id = pending(&gw);
+    ok(&gw.cli(&["approvals", "deny", &id, "--reason", "not during the freeze"]));
+    let r = agent.join().unwrap();
+    assert!(
+        r.stdout.ends_with("403") && r.stdout.contains("not during the freeze"),
+        "{}",
+        r.stdout
+    );
+    // Nobody decides: refused when the policy's timeout passes.
+    let r = Client::new(&cg).run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}/held/late", web.addr),
+        ],
+    );
+    assert!(
+        r.stdout.ends_with("403") && r.stdout.contains("timed out"),
+        "{}",
+        r.stdout
+    );
+    // Operators cannot act on closed reviews.
+    assert!(refused(&gw.cli(&["approvals", "approve", &id])).contains("already denied"));
+    // Stopped while a request is held: the request fails, the record says why.
+    let agent = curl_in_background(&cg, format!("http://{}/held/stop", web.addr), None);
+    let _ = wait_for(15, || {
+        reviews(&gw)
+            .into_iter()
+            .find(|r| r["state"] == "pending" && r["request"] == "GET /held/stop")
+    });
+    assert!(gw.stop().success());
+    let r = agent.join().unwrap();
+    assert!(!r.stdout.ends_with("200"), "{}", r.stdout);
+    let failed = gw
+        .events()
+        .all()
+        .into_iter()
+        .find(|e| e["event"] == "review" && e["change"] == "failed")
+        .expect("failed review event");
+    assert!(failed["review"]["note"].as_str().unwrap().contains("gateway stopped"));
+    // kill -9 while held: on the next start the record shows it failed.
+    gw.spawn();
+    let agent = curl_in_background(&cg, format!("http://{}/held/crash", web.addr), None);
+    let _ = wait_for(15, || reviews(&gw).into_iter().find(|r| r["state"] == "pending"));
+    gw.kill9();
+    let _ = agent.join();
+    gw.spawn();
+    let restarted = wait_for(10, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "review" && e["change"] == "failed" && e["review"]["request"] == "GET /held/crash")
+    })
+    .expect("the crashed review's record");
+    assert!(restarted["review"]["note"].as_str().unwrap().contains("restarted"));
+}
+
+#[test]
+fn two_approvers_must_be_distinct_people_and_nobody_approves_their_own_agent() {
+    let (cg, web, gw) = held_web("aptwo", "127.0.0.52", "@approvers(\"2\")\n@no_self_approval", "");
+    // An agent running as nobody: nobody (an admin-group member) may not approve it.
+    let own = curl_in_background(&cg, format!("http://{}/held/own", web.addr), Some(NOBODY));
+    let id = pending(&gw);
+    assert!(refused(&gw.cli_as(NOBODY, NOBODY, &["approvals", "approve", &id])).contains("forbids approving"));
+    ok(&gw.cli(&["approvals", "deny", &id, "--reason", "no second person"]));
+    assert!(own.join().unwrap().stdout.ends_with("403"));
+    // An agent running as daemon (uid 1): two distinct people must approve.
+    let agent = curl_in_background(&cg, format!("http://{}/held/two", web.addr), Some(1));
+    let id = wait_for(15, || {
+        reviews(&gw)
+            .into_iter()
+            .find(|r| r["state"] == "pending" && r["request"] == "GET /held/two")
+            .and_then(|r| r["id"].as_str().map(str::to_owned))
+    })
+    .unwrap();
+    assert!(ok(&gw.cli(&["approvals", "approve", &id])).contains("1 more"));
+    assert!(refused(&gw.cli(&["approvals", "approve", &id])).contains("already approved"));
+    assert!(ok(&gw.cli_as(NOBODY, NOBODY, &["approvals", "approve", &id])).contains("approved"));
+    let r = agent.join().unwrap();
+    assert!(r.stdout.ends_with("200"), "{} {}", r.stdout, r.stderr);
+    let shown: Value = serde_json::from_slice(&gw.cli(&["approvals", "show", &id]).stdout).unwrap();
+    let approvers: Vec<&str> = shown["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["subject"].as_str())
+        .collect();
+    assert_eq!(approvers, ["uid:0", "uid:65534"]);
+}
+
+#[test]
+fn the_socket_refuses_users_outside_root_and_the_admin_group() {
+    let (_cg, _web, gw) = held_web("apsock", "127.0.0.53", "", "");
+    let err = refused(&gw.cli_as(12345, 12345, &["approvals", "list"]));
+    assert!(
+        err.contains("only root and the configured admin group") || err.contains("Permission denied"),
+        "{err}"
+    );
+    ok(&gw.cli_as(NOBODY, NOBODY, &["approvals", "list"]));
+}
+
+/// A webhook receiver: records each POST body in a file, one per line.
+struct Hook {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Hook {
+    fn start(ip: &str) -> Self {
+        use std::io::BufRead;
+        let log = std::env::temp_dir().join(unique("hook"));
+        let script = r#"
+import sys, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open(sys.argv[2], "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, ip, log.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Self {
+            child,
+            port: line.trim().parse().unwrap(),
+            log,
+        }
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[test]
+fn a_held_sql_statement_is_announced_and_fails_with_42501_after_denial() {
+    let cg = TestCgroup::new(&unique("apsql"));
+    let pg = PgServer::start("127.0.0.54");
+    pg.shop();
+    let hook = Hook::start("127.0.0.55");
+    let target = pg.target(&[]).replace(
+        "[targets.postgres]",
+        &format!(
+            "review_webhook = \"http://127.0.0.55:{}/hook\"\n[targets.postgres]",
+            hook.port
+        ),
+    );
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![
+                target,
+                "[review]\npublic_url = \"https://interlock.example/ui\"\n".into(),
+            ],
+            policies: Some(vec![
+                ("allow.cedar".into(), ALLOW_ALL.into()),
+                ("db.cedar".into(), shipped("read-only-db.cedar")),
+            ]),
+            ..Default::default()
+        },
+    );
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    try:
+        conn.execute("CREATE TABLE audit_me (x int)")
+        print("created")
+    except psycopg.Error as e:
+        print(e.sqlstate, e.diag.message_primary)
+    print("after:", conn.execute("SELECT count(*) FROM items").fetchone()[0])
+"#;
+    let dsn = pg.agent_dsn();
+    let client = Client::new(&cg);
+    let agent = thread::spawn(move || client.run("python3", &["-c", script, &dsn]));
+    let id = pending(&gw);
+    let announced =
+        wait_for(10, || std::fs::read_to_string(&hook.log).ok().filter(|t| !t.is_empty())).expect("webhook");
+    let hooked: Value = serde_json::from_str(announced.lines().next().unwrap()).unwrap();
+    assert_eq!(hooked["review"]["request"], "CREATE TABLE audit_me (x int)");
+    assert_eq!(hooked["review"]["target"], "shop-db");
+    assert!(hooked["text"].as_str().unwrap().contains(&id));
+    assert_eq!(hooked["link"], format!("https://interlock.example/ui/reviews/{id}"));
+    ok(&gw.cli(&["approvals", "deny", &id, "--reason", "no schema changes today"]));
+    let r = agent.join().unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("42501") && lines[0].contains("no schema changes today"),
+        "{lines:?} {}",
+        r.stderr
+    );
+    assert_eq!(lines[1], "after: 10");
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM pg_tables WHERE tablename = 'audit_me'"),
+        "0"
+    );
+}
