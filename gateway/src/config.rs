@@ -10,6 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 mod agent;
+mod api;
 mod audit;
 mod masking;
 mod postgres;
@@ -17,6 +18,7 @@ mod review;
 mod rule;
 
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
+pub use api::{ApiConfig, Roles};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
@@ -84,6 +86,8 @@ pub struct Config {
     pub review: ReviewConfig,
     /// The operator socket.
     pub control: ControlConfig,
+    /// The operator HTTP API.
+    pub api: ApiConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -345,6 +349,9 @@ impl Config {
             .validate()
             .map_err(|(field, message)| invalid(&field, message))?;
         self.audit
+            .validate()
+            .map_err(|(field, message)| invalid(&field, message))?;
+        self.api
             .validate()
             .map_err(|(field, message)| invalid(&field, message))?;
         self.control

@@ -19,5 +19,5 @@ pub use protocol::{Request, Response, RuleView, StatusReport};
 pub use revocations::{Revocation, RevocationBook, RevocationError, Selector};
 pub use revoke_ops::{apply as apply_revocation, check_exec, sweep as sweep_revocations, RevokeRequest};
 pub use rulebook::{RuleBook, RuleBookError, RuleSource};
-pub use server::{serve, ControlState};
+pub use server::{handle_as, label, serve, ControlState};
 pub(crate) use state::save_json;

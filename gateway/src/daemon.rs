@@ -237,7 +237,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     }));
     let shared = Arc::new(Shared::new(
         handoff.clone(),
-        ctx,
+        ctx.clone(),
         config.listener.max_connections,
         config.listener.detect_timeout,
     ));
@@ -278,6 +278,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     {
         let (gate, events) = (gate.clone(), events.clone());
         tasks.spawn(async move { reload::watch_policies(&gate, &events).await });
+    }
+    if config.api.listen.is_some() {
+        let (api, state, ctx) = (config.api.clone(), state.clone(), ctx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(api, state, ctx).await {
+                tracing::error!("operator API stopped: {e}");
+            }
+        });
     }
     maintenance::spawn(&mut tasks, &state, exec_events);
     reload::wait_for_shutdown(config_path.as_deref(), &state, &gate).await?;

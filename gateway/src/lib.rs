@@ -5,6 +5,7 @@
 //! record) -> `identity` (who is calling) -> `proxy` (upstream connect and
 //! relay) -> `audit` (one typed event). `control` owns operator state,
 //! `config` the file, `daemon` wires it together, `cli` is the command line.
+pub mod api;
 pub mod audit;
 pub mod cgroup;
 pub mod cli;

@@ -29,6 +29,7 @@ pub mod tls;
 mod upstream;
 
 pub(crate) use http::fetch::fetch;
+pub use http::fetch::GatewayHttp;
 pub use live::{LiveConn, LiveTable};
 pub use relay::{relay, RelayEnd, RelayError, RelayStats};
 pub use upstream::{connect_upstream, UpstreamError};

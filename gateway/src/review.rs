@@ -5,132 +5,23 @@
 //! are persisted, so after a restart the record shows what became of the
 //! requests that were held. Every step is in the audit trail with the
 //! person who took it.
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, time::Duration};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::{
     audit::{self, Event, EventSink},
-    identity::Identity,
-    policy::{ActionKind, Decision, ReviewRules, TargetRef},
-    types::AgentName,
+    policy::ReviewRules,
 };
 
+mod settle;
+mod types;
 mod webhook;
 
+pub use settle::{describe, settle, HeldRequest};
+use settle::{now_unix, Abandoned};
+pub use types::{Person, ReviewError, ReviewRecord, Scope, Verdict};
 pub use webhook::announce;
-
-/// A person acting on a review, as the API or socket authenticated them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Person {
-    /// Who vouches for them: an OIDC issuer, or `unix` for the local socket.
-    pub issuer: String,
-    /// Their id at that issuer (`uid:0` on the socket).
-    pub subject: String,
-    /// Display name.
-    pub name: String,
-    /// E-mail, when the issuer gives one.
-    pub email: Option<String>,
-    /// Their user name on this host, when known (for the self-approval rule).
-    pub unix_user: Option<String>,
-}
-
-/// What an approval covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "scope", rename_all = "snake_case")]
-pub enum Scope {
-    /// This request only.
-    Once,
-    /// This agent's identical requests for some minutes.
-    Identical {
-        /// For how long.
-        minutes: u64,
-    },
-    /// A time-limited grant for the agent on the target.
-    Grant {
-        /// For how long.
-        minutes: u64,
-    },
-}
-
-/// How a held request ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Approved: it proceeds.
-    Approved(Person, Scope),
-    /// Denied by a person.
-    Denied(Person, String),
-    /// Nobody decided in time.
-    Expired,
-    /// The gateway stopped or could not keep the review.
-    Failed(String),
-}
-
-/// A review, as operators and the audit trail see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReviewRecord {
-    /// `rv-N`.
-    pub id: String,
-    /// Opened (RFC 3339).
-    pub opened: String,
-    /// Expires (unix seconds).
-    pub expires_unix: u64,
-    /// The agent.
-    pub agent: String,
-    /// Its pid.
-    pub pid: u32,
-    /// The user it runs as.
-    pub user: Option<String>,
-    /// Its executable.
-    pub exe: Option<String>,
-    /// The target.
-    pub target: String,
-    /// The request, exactly (`POST /v1/chat/completions`, or the SQL).
-    pub request: String,
-    /// `http_request` or `sql_statement`.
-    pub action: String,
-    /// The policies that asked for review, and why.
-    pub policies: Vec<String>,
-    /// Their reason.
-    pub reason: String,
-    /// Distinct approvals needed.
-    pub approvals_needed: u32,
-    /// Whether people may approve their own agents' requests.
-    pub no_self_approval: bool,
-    /// Approvals so far.
-    pub approvals: Vec<Person>,
-    /// `pending`, `approved`, `denied`, `expired` or `failed`.
-    pub state: String,
-    /// Who denied it, or gave the last approval.
-    pub decided_by: Option<Person>,
-    /// The approval's scope.
-    pub scope: Option<Scope>,
-    /// A denial's reason, or why it failed.
-    pub note: Option<String>,
-}
-
-/// Why an operator's action on a review was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
-    /// No such review.
-    #[error("no review {0}")]
-    Unknown(String),
-    /// It is no longer pending.
-    #[error("review {0} is already {1}")]
-    Closed(String, String),
-    /// This person already approved it.
-    #[error("{0} has already approved {1}; it needs a different person")]
-    Twice(String, String),
-    /// The policy bars approving one's own agent's requests.
-    #[error("{0} runs the agent of {1}; its policy forbids approving one's own agent's requests")]
-    OwnAgent(String, String),
-}
 
 struct Pending {
     record: ReviewRecord,
@@ -161,36 +52,6 @@ pub struct Reviews {
     default_timeout: Duration,
     /// Where people open reviews (webhook links).
     pub link_base: Option<String>,
-}
-
-/// What is held.
-pub struct HeldRequest<'a> {
-    /// The agent.
-    pub agent: &'a AgentName,
-    /// The caller.
-    pub identity: &'a Identity,
-    /// The target.
-    pub target: &'a TargetRef,
-    /// The request.
-    pub action: &'a ActionKind,
-    /// The review decision.
-    pub decision: &'a Decision,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The exact request, in words.
-pub fn describe(action: &ActionKind) -> String {
-    match action {
-        ActionKind::HttpRequest {
-            method, path, model, ..
-        } if !model.is_empty() => format!("{method} {path} (model {model})"),
-        ActionKind::HttpRequest { method, path, .. } => format!("{method} {path}"),
-        ActionKind::SqlStatement { sql, .. } => sql.clone(),
-        ActionKind::Connect => "connect".into(),
-    }
 }
 
 impl Reviews {
@@ -492,35 +353,6 @@ impl Reviews {
     }
 }
 
-/// Closes a review whose held request went away before it was settled.
-struct Abandoned<'a> {
-    reviews: &'a Reviews,
-    id: Option<String>,
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        let Some(id) = self.id.take() else { return };
-        let note = Some("the agent's request went away while it was held".into());
-        if let Some(record) = self.reviews.close(&id, "failed", None, None, note) {
-            let events = self.reviews.events.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let event = Event::Review {
-                        time: audit::now(),
-                        change: "failed".into(),
-                        review: Box::new(record),
-                        by: None,
-                    };
-                    if let Err(e) = events.record(event).await {
-                        tracing::error!("review event lost: {e}");
-                    }
-                });
-            }
-        }
-    }
-}
-
 /// Whether `person` is the user the agent runs as.
 fn owns(person: &Person, agent_user: Option<&str>) -> bool {
     let Some(user) = agent_user else { return false };
@@ -530,34 +362,4 @@ fn owns(person: &Person, agent_user: Option<&str>) -> bool {
             .as_deref()
             .and_then(|e| e.split('@').next())
             .is_some_and(|local| local == user)
-}
-
-/// Holds a `review` decision until it is settled, and turns the outcome into
-/// the decision the request proceeds (or is refused) with.
-pub async fn settle(
-    ctx: &std::sync::Arc<crate::proxy::ProxyCtx>,
-    held: HeldRequest<'_>,
-    target_webhook: Option<&str>,
-) -> Decision {
-    use crate::policy::Outcome;
-    let policies = ctx.gate.policies.current();
-    let (rules, mut webhooks) = policies.review_rules(&held.decision.policies);
-    webhooks.extend(target_webhook.map(str::to_owned));
-    let decision = held.decision.clone();
-    let verdict = ctx.reviews.hold(held, &rules, &webhooks, ctx).await;
-    let (outcome, reason) = match verdict {
-        Verdict::Approved(by, Scope::Once) => (Outcome::Allow, format!("approved by {}", by.name)),
-        Verdict::Approved(by, scope) => (Outcome::Allow, format!("approved by {} ({scope:?})", by.name)),
-        Verdict::Denied(by, why) => (Outcome::Deny, format!("denied by {}: {why}", by.name)),
-        Verdict::Expired => (
-            Outcome::Deny,
-            format!("review timed out: nobody approved it in time ({})", decision.reason),
-        ),
-        Verdict::Failed(why) => (Outcome::Deny, why),
-    };
-    Decision {
-        outcome,
-        reason,
-        ..decision
-    }
 }

@@ -356,3 +356,137 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
         "0"
     );
 }
+
+/// The test OIDC issuer (Python, PyJWT): its URL and ready-made tokens.
+struct Issuer {
+    child: std::process::Child,
+    url: String,
+    tokens: Value,
+}
+
+impl Issuer {
+    fn start(ip: &str, audience: &str) -> Self {
+        use std::io::BufRead;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/oidc_issuer.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([ip, audience])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("issuer said {line:?}: {e}"));
+        Self {
+            child,
+            url: v["issuer"].as_str().unwrap().to_owned(),
+            tokens: v["tokens"].clone(),
+        }
+    }
+
+    fn token(&self, who: &str) -> String {
+        self.tokens[who].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls the operator API: (status, body).
+fn api(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "-d", b]);
+    }
+    let out = cmd.arg(format!("http://127.0.0.1:{port}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn approvers_signed_in_with_oidc_approve_over_the_http_api() {
+    let issuer = Issuer::start("127.0.0.56", "interlock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api_config = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nissuer = \"{}\"\naudience = \"interlock\"\n[api.roles]\nviewer = [\"sec-viewers\"]\napprover = [\"sec-approvers\"]\n",
+        issuer.url
+    );
+    let (cg, web, gw) = held_web("apoidc", "127.0.0.57", "@approvers(\"2\")", &api_config);
+    let (status, doc) = api(port, "GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let agent = curl_in_background(&cg, format!("http://{}/held/api", web.addr), None);
+    let id = pending(&gw);
+    let approve = format!("/v1/reviews/{id}/approve");
+    // Refused tokens: none, expired, another audience, a key the issuer does not publish.
+    assert_eq!(api(port, "GET", "/v1/reviews", None, None).0, 401);
+    for bad in ["expired", "wrong_audience", "wrong_signature"] {
+        let (status, body) = api(port, "POST", &approve, Some(&issuer.token(bad)), None);
+        assert_eq!(status, 401, "{bad}: {body}");
+    }
+    // Verified, but no role for this.
+    assert_eq!(
+        api(port, "POST", &approve, Some(&issuer.token("roleless")), None).0,
+        403
+    );
+    assert_eq!(api(port, "POST", &approve, Some(&issuer.token("viewer")), None).0, 403);
+    let (status, listed) = api(port, "GET", "/v1/reviews", Some(&issuer.token("viewer")), None);
+    assert_eq!(status, 200);
+    assert_eq!(listed["reviews"][0]["request"], "GET /held/api");
+    // Two distinct approvers.
+    let (status, body) = api(port, "POST", &approve, Some(&issuer.token("alice")), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("1 more"), "{body}");
+    let (status, body) = api(port, "POST", &approve, Some(&issuer.token("alice")), None);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api(
+        port,
+        "POST",
+        &approve,
+        Some(&issuer.token("bob")),
+        Some(r#"{"scope": "once"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let r = agent.join().unwrap();
+    assert!(r.stdout.ends_with("200"), "{} {}", r.stdout, r.stderr);
+    // The trail names each person by issuer, subject and e-mail.
+    let approved = wait_for(10, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "review" && e["change"] == "approved")
+    })
+    .unwrap();
+    assert_eq!(approved["by"]["issuer"], issuer.url);
+    assert_eq!(approved["by"]["subject"], "u-bob");
+    assert_eq!(approved["by"]["email"], "bob@example.com");
+    let first = &approved["review"]["approvals"][0];
+    assert_eq!(
+        (first["subject"].as_str(), first["email"].as_str()),
+        (Some("u-alice"), Some("alice@example.com"))
+    );
+    // Grants through the same API need the admin role.
+    let grant = r#"{"agent": "unknown", "target": "web", "actions": ["http_request"], "seconds": 60, "reason": "api"}"#;
+    assert_eq!(
+        api(port, "POST", "/v1/grants", Some(&issuer.token("alice")), Some(grant)).0,
+        403
+    );
+}

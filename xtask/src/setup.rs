@@ -28,6 +28,8 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     ("openai-agents", "0.24.0"),
     ("psycopg", "3.3.9"),
     ("psycopg-binary", "3.3.9"),
+    ("PyJWT", "2.15.1"),
+    ("cryptography", "48.0.0"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

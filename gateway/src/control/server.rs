@@ -100,15 +100,6 @@ async fn session(stream: UnixStream, state: Arc<ControlState>) -> std::io::Resul
 
 use tokio::io::AsyncReadExt as _;
 
-/// How an operator is named in records: user name and uid from peer credentials.
-fn operator(uid: u32) -> String {
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name);
-    format!("{} (uid {uid})", name.unwrap_or_else(|| "?".into()))
-}
-
 /// Root, or a member of the admin group (by the peer's group or the
 /// supplementary groups of its user).
 fn admitted(uid: u32, gid: u32, admin_gid: Option<u32>) -> bool {
@@ -129,16 +120,26 @@ fn admitted(uid: u32, gid: u32, admin_gid: Option<u32>) -> bool {
 }
 
 async fn handle(request: Request, state: &ControlState, uid: u32) -> Response {
-    let by = &operator(uid);
+    handle_as(request, state, super::review_ops::unix_person(uid)).await
+}
+
+/// How a person is named in grant and revocation records.
+pub fn label(person: &crate::review::Person) -> String {
+    if person.issuer == "unix" {
+        return person.name.clone();
+    }
+    let email = person.email.as_deref().map(|e| format!(" <{e}>")).unwrap_or_default();
+    format!("{}{email} [{} {}]", person.name, person.issuer, person.subject)
+}
+
+/// Carries out a request for an authenticated person (socket peer or API caller).
+pub async fn handle_as(request: Request, state: &ControlState, person: crate::review::Person) -> Response {
+    let by = &label(&person);
     match request {
         Request::ApprovalsList => super::review_ops::list(state),
         Request::ApprovalShow { id } => super::review_ops::show(state, &id),
-        Request::Approve { id, scope } => {
-            super::review_ops::approve(state, &id, scope, super::review_ops::unix_person(uid)).await
-        }
-        Request::Deny { id, reason } => {
-            super::review_ops::deny(state, &id, reason, super::review_ops::unix_person(uid)).await
-        }
+        Request::Approve { id, scope } => super::review_ops::approve(state, &id, scope, person).await,
+        Request::Deny { id, reason } => super::review_ops::deny(state, &id, reason, person).await,
         Request::Status => match status(state).await {
             Ok(report) => Response::Status(Box::new(report)),
             Err(message) => Response::Error { message },

@@ -86,16 +86,24 @@ where
 
 /// Fetches an access token with the client-credentials grant; returns it and
 /// its lifetime. Errors never contain the client secret.
-/// oauth2's HTTP client: owns what it needs, and its futures are `Send`.
-struct TokenHttp {
+/// The gateway's own HTTP client for oauth2 and openidconnect: a marked
+/// socket and verified TLS; owns what it needs, and its futures are `Send`.
+pub struct GatewayHttp {
     ctx: std::sync::Arc<ProxyCtx>,
     ca_file: Option<std::path::PathBuf>,
+}
+
+impl GatewayHttp {
+    /// A client trusting the system roots plus `ca_file`.
+    pub fn new(ctx: std::sync::Arc<ProxyCtx>, ca_file: Option<std::path::PathBuf>) -> Self {
+        Self { ctx, ca_file }
+    }
 }
 
 type TokenFuture<'c> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<Vec<u8>>, FetchError>> + Send + 'c>>;
 
-impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp {
+impl<'c> oauth2::AsyncHttpClient<'c> for GatewayHttp {
     type Error = FetchError;
     type Future = TokenFuture<'c>;
 
@@ -114,10 +122,7 @@ pub(crate) async fn client_credentials(
     let client = BasicClient::new(ClientId::new(spec.client_id.clone()))
         .set_client_secret(ClientSecret::new(secret.trim().to_owned()))
         .set_token_uri(TokenUrl::new(spec.token_url.clone()).map_err(|e| e.to_string())?);
-    let http = TokenHttp {
-        ctx: ctx.clone(),
-        ca_file: spec.ca_file.clone(),
-    };
+    let http = GatewayHttp::new(ctx.clone(), spec.ca_file.clone());
     let mut request = client.exchange_client_credentials();
     for scope in &spec.scopes {
         request = request.add_scope(Scope::new(scope.clone()));
