@@ -64,6 +64,7 @@ def token(sub, groups, aud=audience, lifetime=3600, signer=key, **extra):
 tokens = {
     "alice": token("u-alice", ["sec-approvers"], email="alice@example.com", name="Alice", preferred_username="alice"),
     "bob": token("u-bob", ["sec-approvers"], email="bob@example.com", name="Bob"),
+    "carol": token("u-carol", ["sec-responders", "sec-admins"], email="carol@example.com", name="Carol"),
     "viewer": token("u-vic", ["sec-viewers"], name="Vic"),
     "roleless": token("u-rolf", None, name="Rolf"),
     "expired": token("u-alice", ["sec-approvers"], lifetime=-600),

@@ -133,6 +133,27 @@ fn a_held_request_proceeds_once_approved_and_the_trail_names_the_approver() {
     );
     assert!(again.stdout.ends_with("200"), "{}", again.stdout);
     assert_eq!(reviews(&gw).len(), 2, "the identical request opened no review");
+    // An approval as a grant: the agent's later requests to the target pass
+    // without review until it expires.
+    let agent = curl_in_background(&cg, format!("http://{}/held/3", web.addr), None);
+    let id = pending(&gw);
+    ok(&gw.cli(&["approvals", "approve", &id, "--grant-for", "10m"]));
+    assert!(agent.join().unwrap().stdout.ends_with("200"));
+    let grants = ok(&gw.cli(&["grants", "--json"]));
+    assert!(grants.contains(&format!("approved review {id}")), "{grants}");
+    let later = Client::new(&cg).run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}/held/other", web.addr),
+        ],
+    );
+    assert!(later.stdout.ends_with("200"), "{}", later.stdout);
+    assert_eq!(reviews(&gw).len(), 3, "the granted request opened no review");
 }
 
 #[test]
@@ -426,7 +447,7 @@ fn approvers_signed_in_with_oidc_approve_over_the_http_api() {
         .unwrap()
         .port();
     let api_config = format!(
-        "[api]\nlisten = \"127.0.0.1:{port}\"\nissuer = \"{}\"\naudience = \"interlock\"\n[api.roles]\nviewer = [\"sec-viewers\"]\napprover = [\"sec-approvers\"]\n",
+        "[api]\nlisten = \"127.0.0.1:{port}\"\nissuer = \"{}\"\naudience = \"interlock\"\n[api.roles]\nviewer = [\"sec-viewers\"]\napprover = [\"sec-approvers\"]\nresponder = [\"sec-responders\"]\nadmin = [\"sec-admins\"]\n",
         issuer.url
     );
     let (cg, web, gw) = held_web("apoidc", "127.0.0.57", "@approvers(\"2\")", &api_config);
@@ -489,4 +510,41 @@ fn approvers_signed_in_with_oidc_approve_over_the_http_api() {
         api(port, "POST", "/v1/grants", Some(&issuer.token("alice")), Some(grant)).0,
         403
     );
+    let (status, body) = api(port, "POST", "/v1/grants", Some(&issuer.token("carol")), Some(grant));
+    assert_eq!(status, 200, "{body}");
+    // A responder revokes; the record names her by issuer, subject and e-mail.
+    let revoke = r#"{"uid": 65533, "reason": "incident 42"}"#;
+    assert_eq!(
+        api(
+            port,
+            "POST",
+            "/v1/revocations",
+            Some(&issuer.token("alice")),
+            Some(revoke)
+        )
+        .0,
+        403
+    );
+    let (status, body) = api(
+        port,
+        "POST",
+        "/v1/revocations",
+        Some(&issuer.token("carol")),
+        Some(revoke),
+    );
+    assert_eq!(status, 200, "{body}");
+    let revoked = wait_for(10, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "revocation" && e["change"] == "added")
+    })
+    .unwrap();
+    let by = revoked["by"].as_str().unwrap();
+    assert!(
+        by.contains("carol@example.com") && by.contains("u-carol") && by.contains(&issuer.url),
+        "{by}"
+    );
+    let granted = gw.events().all().into_iter().find(|e| e["event"] == "grant").unwrap();
+    assert!(granted["by"].as_str().unwrap().contains("u-carol"));
 }

@@ -65,6 +65,9 @@ pub struct GrantRequest {
     pub reason: String,
 }
 
+/// The name grants' generated policies are loaded under.
+pub const GRANTS_FILE: &str = "<grants>";
+
 const ACTIONS: [&str; 3] = ["connect", "http_request", "sql_statement"];
 /// Longest grant: a week. Longer access belongs in reviewed policy files.
 const MAX_SECONDS: u64 = 7 * 24 * 3600;
@@ -196,7 +199,7 @@ impl GrantBook {
                 )
             })
             .collect();
-        vec![("<grants>".to_owned(), text)]
+        vec![(GRANTS_FILE.to_owned(), text)]
     }
 
     /// Writes the grants to the state file (atomically).

@@ -60,6 +60,14 @@ fn reasons(p: &LoadedPolicies, ids: &[String], fallback: &str) -> String {
     }
 }
 
+/// The grants among `ids` (generated from `interlock grant` and approvals).
+fn granted(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| p.meta(id).is_some_and(|m| m.file == crate::control::GRANTS_FILE))
+        .cloned()
+        .collect()
+}
+
 /// The masking rules of the allowing policies.
 fn masks(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
     let mut mask: Vec<String> = ids
@@ -105,6 +113,18 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
                 .cloned()
                 .collect();
             let mask = masks(p, &deciding);
+            // A grant is a person's approval for a time window: it answers
+            // the review the policy asks for.
+            let grants = granted(p, &deciding);
+            if !review.is_empty() && !grants.is_empty() {
+                let reason = reasons(p, &grants, "granted by");
+                return Decision {
+                    outcome: Outcome::Allow,
+                    policies: grants,
+                    reason,
+                    mask,
+                };
+            }
             if !review.is_empty() {
                 let reason = reasons(p, &review, "held for review by");
                 return Decision {
@@ -139,8 +159,18 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
             // Only @review forbids matched: hold it if the rest of the policy would allow it.
             let rest = authorizer.is_authorized(&request, &p.without_review, &entities);
             if rest.decision() == CedarDecision::Allow {
-                let reason = reasons(p, &deciding, "held for review by");
                 let permits = sorted_ids(rest.diagnostics().reason());
+                let grants = granted(p, &permits);
+                if !grants.is_empty() {
+                    let reason = reasons(p, &grants, "granted by");
+                    return Decision {
+                        outcome: Outcome::Allow,
+                        policies: grants,
+                        reason,
+                        mask: masks(p, &permits),
+                    };
+                }
+                let reason = reasons(p, &deciding, "held for review by");
                 Decision {
                     outcome: Outcome::Review,
                     policies: deciding,

@@ -273,3 +273,40 @@ fn requests_built_for_every_action_conform_to_the_schema() {
         super::request::build_with(&p, &q, true).unwrap_or_else(|e| panic!("{action:?}: {e}"));
     }
 }
+
+#[test]
+fn review_annotations_are_checked_and_combined() {
+    let p = load(&[
+        ("a.cedar", "@id(\"two\") @review @approvers(\"2\") @review_timeout(\"10m\") @webhook(\"https://hooks.example/a\") forbid (principal, action == Interlock::Action::\"sql_statement\", resource) when { context.kind == \"ddl\" };"),
+        ("b.cedar", "@id(\"own\") @review @no_self_approval @review_timeout(\"2m\") forbid (principal, action == Interlock::Action::\"sql_statement\", resource) when { context.kind == \"ddl\" };"),
+        ("c.cedar", "@id(\"ok\") permit (principal, action, resource);"),
+    ])
+    .unwrap();
+    let (rules, webhooks) = p.review_rules(&["two".into(), "own".into()]);
+    assert_eq!(rules.approvers, 2);
+    assert!(rules.no_self_approval);
+    assert_eq!(rules.timeout, Some(std::time::Duration::from_secs(120)));
+    assert_eq!(webhooks, ["https://hooks.example/a"]);
+    let bad = [
+        (
+            "@id(\"x\") @review @approvers(\"0\") forbid (principal, action, resource);",
+            "@approvers",
+        ),
+        (
+            "@id(\"x\") @approvers(\"2\") forbid (principal, action, resource);",
+            "need @review",
+        ),
+        (
+            "@id(\"x\") @review @review_timeout(\"soon\") forbid (principal, action, resource);",
+            "@review_timeout",
+        ),
+        (
+            "@id(\"x\") @review @webhook(\"ftp://x\") forbid (principal, action, resource);",
+            "@webhook",
+        ),
+    ];
+    for (text, expected) in bad {
+        let err = load(&[("a.cedar", text)]).err().unwrap().to_string();
+        assert!(err.contains(expected) && err.contains("a.cedar"), "{text}: {err}");
+    }
+}
