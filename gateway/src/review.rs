@@ -253,10 +253,7 @@ impl Reviews {
     pub async fn approve(&self, id: &str, person: Person, scope: Scope) -> Result<(ReviewRecord, bool), ReviewError> {
         let (record, done) = {
             let mut state = self.lock();
-            let n: u64 = id
-                .strip_prefix("rv-")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            let n = number(id)?;
             let pending = state
                 .reviews
                 .get_mut(&n)
@@ -306,10 +303,7 @@ impl Reviews {
     pub async fn deny(&self, id: &str, person: Person, reason: String) -> Result<ReviewRecord, ReviewError> {
         let record = {
             let mut state = self.lock();
-            let n: u64 = id
-                .strip_prefix("rv-")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            let n = number(id)?;
             let pending = state
                 .reviews
                 .get_mut(&n)
@@ -351,6 +345,13 @@ impl Reviews {
             self.record("failed", r, None).await;
         }
     }
+}
+
+/// The number in `rv-N`.
+fn number(id: &str) -> Result<u64, ReviewError> {
+    id.strip_prefix("rv-")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ReviewError::Unknown(id.into()))
 }
 
 /// Whether `person` is the user the agent runs as.

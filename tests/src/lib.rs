@@ -14,6 +14,7 @@ pub mod events;
 pub mod gateway;
 pub mod https;
 pub mod postgres;
+pub mod python;
 pub mod server;
 
 pub use cgroup::TestCgroup;

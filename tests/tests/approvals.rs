@@ -8,6 +8,7 @@ use std::{process::Command, thread};
 use interlock_tests::{
     gateway::{shipped, ALLOW_ALL},
     postgres::PgServer,
+    python::PyServer,
     server::HTTP_BODY,
     unique, wait_for, Client, ClientResult, Gateway, GatewayOptions, TestCgroup, Upstream,
 };
@@ -267,16 +268,12 @@ fn the_socket_refuses_users_outside_root_and_the_admin_group() {
 
 /// A webhook receiver: records each POST body in a file, one per line.
 struct Hook {
-    child: std::process::Child,
+    _server: PyServer,
     port: u16,
     log: std::path::PathBuf,
 }
 
-impl Hook {
-    fn start(ip: &str) -> Self {
-        use std::io::BufRead;
-        let log = std::env::temp_dir().join(unique("hook"));
-        let script = r#"
+const HOOK: &str = r#"
 import sys, http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
@@ -290,18 +287,14 @@ s = http.server.HTTPServer((sys.argv[1], 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
-        let mut child = Command::new("python3")
-            .args(["-c", script, ip, log.to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+
+impl Hook {
+    fn start(ip: &str) -> Self {
+        let log = std::env::temp_dir().join(unique("hook"));
+        let server = PyServer::start(HOOK, &[ip, log.to_str().unwrap()]);
         Self {
-            child,
-            port: line.trim().parse().unwrap(),
+            port: server.port(),
+            _server: server,
             log,
         }
     }
@@ -309,8 +302,6 @@ s.serve_forever()
 
 impl Drop for Hook {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
 }
@@ -380,28 +371,19 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
 
 /// The test OIDC issuer (Python, PyJWT): its URL and ready-made tokens.
 struct Issuer {
-    child: std::process::Child,
+    _server: PyServer,
     url: String,
     tokens: Value,
 }
 
 impl Issuer {
     fn start(ip: &str, audience: &str) -> Self {
-        use std::io::BufRead;
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/oidc_issuer.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args([ip, audience])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("issuer said {line:?}: {e}"));
+        let server = PyServer::start(script.to_str().unwrap(), &[ip, audience]);
+        let v: Value = serde_json::from_str(&server.announced)
+            .unwrap_or_else(|e| panic!("issuer said {:?}: {e}", server.announced));
         Self {
-            child,
+            _server: server,
             url: v["issuer"].as_str().unwrap().to_owned(),
             tokens: v["tokens"].clone(),
         }
@@ -409,13 +391,6 @@ impl Issuer {
 
     fn token(&self, who: &str) -> String {
         self.tokens[who].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Issuer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

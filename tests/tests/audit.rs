@@ -532,14 +532,11 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
 
 /// A plain HTTP server on `ip` that answers every POST with the body it got.
 struct EchoServer {
-    child: std::process::Child,
+    _server: interlock_tests::python::PyServer,
     addr: std::net::SocketAddr,
 }
 
-impl EchoServer {
-    fn start(ip: &str) -> Self {
-        use std::io::BufRead;
-        let script = r#"
+const ECHO: &str = r#"
 import sys, http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
@@ -555,24 +552,12 @@ s = http.server.HTTPServer((sys.argv[1], 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
-        let mut child = Command::new("python3")
-            .args(["-c", script, ip])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = format!("{ip}:{}", line.trim()).parse().unwrap();
-        Self { child, addr }
-    }
-}
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl EchoServer {
+    fn start(ip: &str) -> Self {
+        let server = interlock_tests::python::PyServer::start(ECHO, &[ip]);
+        let addr = format!("{ip}:{}", server.port()).parse().unwrap();
+        Self { _server: server, addr }
     }
 }
 
