@@ -28,8 +28,13 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Run the benchmarks (so far: the cost of a policy decision).
-    Bench,
+    /// Run the benchmarks: policy decisions, revocation latency, and Interlock
+    /// side by side with direct connections, haproxy, nginx and pgbouncer.
+    Bench {
+        /// Fewer and shorter rounds, for a development loop.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Setup, lint, unit tests, then the privileged integration tests.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -64,13 +69,15 @@ fn main() -> Result<()> {
             shell::run(&mut run)
         }
         Command::Test { no_lint, filter } => test::run(&root, !no_lint, filter.as_deref()),
-        Command::Bench => bench(&root),
+        Command::Bench { quick } => bench(&root, quick),
     }
 }
 
-/// Runs the benchmarks; results go to `<target>/bench/*.json`.
-fn bench(root: &std::path::Path) -> Result<()> {
+/// Runs the benchmarks; in-process results go to `<target>/bench/*.json`,
+/// the side-by-side report (JSON and Markdown) to `bench/`.
+fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
     setup::run(root)?;
+    setup::install_packages(setup::BENCH_PACKAGES)?;
     let env = setup::toolchain_env();
     let out = target_dir(root).join("bench");
     std::fs::create_dir_all(&out)?;
@@ -90,7 +97,17 @@ fn bench(root: &std::path::Path) -> Result<()> {
         .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))
         .env("BENCH_OUTPUT", out.join("revoke_latency.json"));
     shell::run(&mut revoke)?;
-    eprintln!("xtask: results in {}", out.display());
+    let mut side = shell::cmd("cargo", &["bench", "-p", "interlock-tests", "--bench", "side_by_side"]);
+    side.envs(env.iter().cloned())
+        .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))
+        .env("BENCH_DIR", root.join("bench"))
+        .env("BENCH_QUICK", if quick { "1" } else { "0" });
+    shell::run(&mut side)?;
+    eprintln!(
+        "xtask: results in {} and {}",
+        out.display(),
+        root.join("bench/REPORT.md").display()
+    );
     Ok(())
 }
 

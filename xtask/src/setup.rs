@@ -44,8 +44,22 @@ pub fn run(_root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The peers and load generators `cargo xtask bench` compares against.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/sbin/nginx", "nginx-light"),
+    ("/usr/sbin/haproxy", "haproxy"),
+    ("/usr/sbin/pgbouncer", "pgbouncer"),
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+];
+
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install_packages(APT_PACKAGES)
+}
+
+/// Installs the Debian packages of the `(binary, package)` pairs whose binary is missing.
+pub fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         // A name is looked up on PATH; a path (which may hold a glob) must exist.
         .filter(|(bin, _)| output("sh", &["-c", &format!("command -v {bin} || ls {bin}")]).is_none())
