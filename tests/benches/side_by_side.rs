@@ -172,7 +172,14 @@ fn main() {
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
-            extra_toml: vec![web, pg.target(&[])],
+            // BENCH_BODY_CAP sets [audit] body_cap (0: no HTTP body events).
+            extra_toml: vec![
+                web,
+                pg.target(&[]),
+                std::env::var("BENCH_BODY_CAP")
+                    .map(|c| format!("[audit]\nbody_cap = {c}\n"))
+                    .unwrap_or_default(),
+            ],
             ..Default::default()
         },
     );

@@ -27,7 +27,8 @@ pub struct AuditConfig {
     pub max_age: Option<Duration>,
     /// At most this many records are kept (pruned at checkpoints); none by default.
     pub max_records: Option<u64>,
-    /// Bytes of SQL text (and of HTTP bodies, where recorded) kept per event.
+    /// Bytes of SQL text and of each HTTP body kept per event; 0 keeps no
+    /// HTTP bodies (and records no `http_body` events).
     pub body_cap: usize,
 }
 

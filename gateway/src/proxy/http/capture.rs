@@ -115,6 +115,9 @@ impl Bodies {
 
     /// Wraps the request body as it goes upstream.
     pub(super) fn request(&self, body: Body) -> Body {
+        if self.cap() == 0 {
+            return body;
+        }
         let slot = self.request.clone();
         Capture {
             inner: body,
@@ -128,8 +131,12 @@ impl Bodies {
     }
 
     /// Wraps the response body as it goes to the agent; its end records the event.
+    /// With `body_cap = 0` bodies are not kept and no event is recorded.
     pub(super) fn response(self, body: Body) -> Body {
         let cap = self.cap();
+        if cap == 0 {
+            return body;
+        }
         Capture {
             inner: body,
             cap,
