@@ -629,3 +629,26 @@ fn bodies_are_kept_capped_and_masked_originals_only_sealed() {
         );
     }
 }
+
+#[test]
+fn a_zero_body_cap_keeps_no_bodies() {
+    let cg = TestCgroup::new(&unique("auditnobody"));
+    let web = Upstream::start("127.0.0.48");
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![web_target(&web), "[audit]\nbody_cap = 0\n".into()],
+            ..Default::default()
+        },
+    );
+    assert!(curl(&cg, &format!("http://{}/nobody", web.addr)).ends_with("200"));
+    let exchange = wait_for(10, || search(&gw, &["--kind", "http_exchange"]).into_iter().next());
+    assert_eq!(exchange.expect("exchange event")["path"], "/nobody");
+    // The connection's own event comes after the body would have: once it is
+    // in, a body event would be too.
+    wait_for(10, || {
+        (!search(&gw, &["--kind", "connection"]).is_empty()).then_some(())
+    })
+    .expect("connection event");
+    assert!(search(&gw, &["--kind", "http_body"]).is_empty());
+}
