@@ -22,7 +22,7 @@ mod tests;
 pub mod verify;
 
 pub use sink::{append_direct, EventSink, SinkError};
-pub use sql::{HttpBodyEvent, MaskCount, PgSessionEvent, SqlStatementEvent};
+pub use sql::{MaskCount, PgSessionEvent, SqlStatementEvent};
 
 /// How a connection ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -118,6 +118,37 @@ pub struct HttpExchangeEvent {
     pub upstream_error: Option<String>,
     /// Milliseconds until the response headers.
     pub duration_ms: u64,
+}
+
+/// The bodies of one HTTP exchange, up to the configured cap of each, as
+/// they crossed the gateway (after masking; credentials travel in headers
+/// and are never here).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpBodyEvent {
+    /// When the response body ended.
+    pub time: String,
+    /// The connection.
+    pub conn_id: ConnId,
+    /// The exchange on that connection (as in its `http_exchange` event).
+    pub exchange: u64,
+    /// The agent.
+    pub agent: AgentName,
+    /// The caller.
+    pub identity: Identity,
+    /// The target.
+    pub target: String,
+    /// Request path.
+    pub path: String,
+    /// The request body as sent upstream (capped).
+    pub request_body: String,
+    /// Its full length.
+    pub request_bytes: u64,
+    /// The response body as delivered (capped).
+    pub response_body: String,
+    /// Its full length.
+    pub response_bytes: u64,
+    /// The response body was delivered to its end.
+    pub response_complete: bool,
 }
 
 /// Every kind of event the gateway records.

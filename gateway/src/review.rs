@@ -207,7 +207,7 @@ impl Reviews {
         };
         guard.id = None;
         if verdict == Verdict::Expired {
-            if let Some(r) = self.close(&record.id, "expired", None, None, Some("nobody decided in time".into())) {
+            if let Some(r) = self.close(&record.id, "expired", "nobody decided in time".into()) {
                 self.record("expired", r, None).await;
             }
         }
@@ -215,24 +215,11 @@ impl Reviews {
     }
 
     /// Marks a pending review closed and returns its record.
-    fn close(
-        &self,
-        id: &str,
-        how: &str,
-        by: Option<Person>,
-        scope: Option<Scope>,
-        note: Option<String>,
-    ) -> Option<ReviewRecord> {
+    fn close(&self, id: &str, how: &str, note: String) -> Option<ReviewRecord> {
         let mut state = self.lock();
-        let n = id.strip_prefix("rv-")?.parse().ok()?;
-        let pending = state.reviews.get_mut(&n)?;
-        if pending.record.state != "pending" {
-            return None;
-        }
+        let pending = open_review(&mut state, id).ok()?;
         pending.record.state = how.into();
-        pending.record.decided_by = by;
-        pending.record.scope = scope;
-        pending.record.note = note;
+        pending.record.note = Some(note);
         let record = pending.record.clone();
         self.persist(&state);
         Some(record)
@@ -245,7 +232,7 @@ impl Reviews {
 
     /// One review.
     pub fn get(&self, id: &str) -> Option<ReviewRecord> {
-        let n: u64 = id.strip_prefix("rv-")?.parse().ok()?;
+        let n = number(id).ok()?;
         self.lock().reviews.get(&n).map(|p| p.record.clone())
     }
 
@@ -253,15 +240,8 @@ impl Reviews {
     pub async fn approve(&self, id: &str, person: Person, scope: Scope) -> Result<(ReviewRecord, bool), ReviewError> {
         let (record, done) = {
             let mut state = self.lock();
-            let n = number(id)?;
-            let pending = state
-                .reviews
-                .get_mut(&n)
-                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+            let pending = open_review(&mut state, id)?;
             let r = &mut pending.record;
-            if r.state != "pending" {
-                return Err(ReviewError::Closed(id.into(), r.state.clone()));
-            }
             if r.approvals
                 .iter()
                 .any(|p| p.issuer == person.issuer && p.subject == person.subject)
@@ -273,6 +253,7 @@ impl Reviews {
             }
             r.approvals.push(person.clone());
             let done = r.approvals.len() as u32 >= r.approvals_needed;
+            let mut standing = None;
             if done {
                 r.state = "approved".into();
                 r.decided_by = Some(person.clone());
@@ -281,18 +262,18 @@ impl Reviews {
                     let _ = tx.send(Verdict::Approved(person.clone(), scope));
                 }
                 if let Scope::Identical { minutes } = scope {
-                    let (agent, key) = (pending.record.agent.clone(), pending.key.clone());
-                    state.standing.push(Standing {
-                        agent,
-                        key,
+                    standing = Some(Standing {
+                        agent: pending.record.agent.clone(),
+                        key: pending.key.clone(),
                         until: now_unix() + minutes * 60,
                         by: person.clone(),
                     });
                 }
             }
-            let record = state.reviews.get(&n).map(|p| p.record.clone());
+            let record = pending.record.clone();
+            state.standing.extend(standing);
             self.persist(&state);
-            (record.ok_or_else(|| ReviewError::Unknown(id.into()))?, done)
+            (record, done)
         };
         let change = if done { "approved" } else { "approval" };
         self.record(change, record.clone(), Some(person)).await;
@@ -303,14 +284,7 @@ impl Reviews {
     pub async fn deny(&self, id: &str, person: Person, reason: String) -> Result<ReviewRecord, ReviewError> {
         let record = {
             let mut state = self.lock();
-            let n = number(id)?;
-            let pending = state
-                .reviews
-                .get_mut(&n)
-                .ok_or_else(|| ReviewError::Unknown(id.into()))?;
-            if pending.record.state != "pending" {
-                return Err(ReviewError::Closed(id.into(), pending.record.state.clone()));
-            }
+            let pending = open_review(&mut state, id)?;
             pending.record.state = "denied".into();
             pending.record.decided_by = Some(person.clone());
             pending.record.note = Some(reason.clone());
@@ -345,6 +319,18 @@ impl Reviews {
             self.record("failed", r, None).await;
         }
     }
+}
+
+/// The review `id`, if it is still pending.
+fn open_review<'s>(state: &'s mut State, id: &str) -> Result<&'s mut Pending, ReviewError> {
+    let pending = state
+        .reviews
+        .get_mut(&number(id)?)
+        .ok_or_else(|| ReviewError::Unknown(id.into()))?;
+    if pending.record.state != "pending" {
+        return Err(ReviewError::Closed(id.into(), pending.record.state.clone()));
+    }
+    Ok(pending)
 }
 
 /// The number in `rv-N`.

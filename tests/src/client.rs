@@ -59,6 +59,13 @@ impl Client {
         self
     }
 
+    /// `curl` for one URL, bounded by `max_time` seconds; stdout ends with a
+    /// newline and the HTTP status.
+    pub fn curl(&self, url: &str, max_time: u32) -> ClientResult {
+        let max_time = max_time.to_string();
+        self.run("curl", &["-sS", "--max-time", &max_time, "-w", "\n%{http_code}", url])
+    }
+
     /// Runs a command in the cgroup; bounded by the command's own timeouts.
     pub fn run(&self, program: &str, args: &[&str]) -> ClientResult {
         let mut cmd = Command::new(program);

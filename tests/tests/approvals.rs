@@ -45,7 +45,7 @@ fn curl_in_background(cg: &TestCgroup, url: String, uid: Option<u32>) -> thread:
         Some(uid) => Client::new(cg).as_uid(uid),
         None => Client::new(cg),
     };
-    thread::spawn(move || client.run("curl", &["-sS", "--max-time", "60", "-w", "\n%{http_code}", &url]))
+    thread::spawn(move || client.curl(&url, 60))
 }
 
 fn reviews(gw: &Gateway) -> Vec<Value> {
@@ -121,17 +121,7 @@ fn a_held_request_proceeds_once_approved_and_the_trail_names_the_approver() {
     let id = pending(&gw);
     ok(&gw.cli(&["approvals", "approve", &id, "--identical-for", "10m"]));
     assert!(agent.join().unwrap().stdout.ends_with("200"));
-    let again = Client::new(&cg).run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{}/held/2", web.addr),
-        ],
-    );
+    let again = Client::new(&cg).curl(&format!("http://{}/held/2", web.addr), 10);
     assert!(again.stdout.ends_with("200"), "{}", again.stdout);
     assert_eq!(reviews(&gw).len(), 2, "the identical request opened no review");
     // An approval as a grant: the agent's later requests to the target pass
@@ -142,17 +132,7 @@ fn a_held_request_proceeds_once_approved_and_the_trail_names_the_approver() {
     assert!(agent.join().unwrap().stdout.ends_with("200"));
     let grants = ok(&gw.cli(&["grants", "--json"]));
     assert!(grants.contains(&format!("approved review {id}")), "{grants}");
-    let later = Client::new(&cg).run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{}/held/other", web.addr),
-        ],
-    );
+    let later = Client::new(&cg).curl(&format!("http://{}/held/other", web.addr), 10);
     assert!(later.stdout.ends_with("200"), "{}", later.stdout);
     assert_eq!(reviews(&gw).len(), 3, "the granted request opened no review");
 }
@@ -170,17 +150,7 @@ fn denial_and_timeout_refuse_and_restart_fails_held_requests_cleanly() {
         r.stdout
     );
     // Nobody decides: refused when the policy's timeout passes.
-    let r = Client::new(&cg).run(
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "20",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{}/held/late", web.addr),
-        ],
-    );
+    let r = Client::new(&cg).curl(&format!("http://{}/held/late", web.addr), 20);
     assert!(
         r.stdout.ends_with("403") && r.stdout.contains("timed out"),
         "{}",
@@ -273,25 +243,11 @@ struct Hook {
     log: std::path::PathBuf,
 }
 
-const HOOK: &str = r#"
-import sys, http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        with open(sys.argv[2], "ab") as f:
-            f.write(body.replace(b"\n", b" ") + b"\n")
-        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-s = http.server.HTTPServer((sys.argv[1], 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-
 impl Hook {
     fn start(ip: &str) -> Self {
         let log = std::env::temp_dir().join(unique("hook"));
-        let server = PyServer::start(HOOK, &[ip, log.to_str().unwrap()]);
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/post_server.py");
+        let server = PyServer::start(script.to_str().unwrap(), &[ip, log.to_str().unwrap()]);
         Self {
             port: server.port(),
             _server: server,

@@ -39,7 +39,7 @@ fn ids(events: &[Value]) -> Vec<i64> {
 }
 
 fn curl(cg: &TestCgroup, url: &str) -> String {
-    let r = Client::new(cg).run("curl", &["-sS", "--max-time", "10", "-w", "\n%{http_code}", url]);
+    let r = Client::new(cg).curl(url, 10);
     r.stdout + &r.stderr
 }
 
@@ -536,26 +536,10 @@ struct EchoServer {
     addr: std::net::SocketAddr,
 }
 
-const ECHO: &str = r#"
-import sys, http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-s = http.server.HTTPServer((sys.argv[1], 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
-
 impl EchoServer {
     fn start(ip: &str) -> Self {
-        let server = interlock_tests::python::PyServer::start(ECHO, &[ip]);
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/post_server.py");
+        let server = interlock_tests::python::PyServer::start(script.to_str().unwrap(), &[ip]);
         let addr = format!("{ip}:{}", server.port()).parse().unwrap();
         Self { _server: server, addr }
     }

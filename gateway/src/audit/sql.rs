@@ -1,5 +1,4 @@
-//! PostgreSQL events (one per statement, one at each end of a session)
-//! and the bodies of HTTP exchanges.
+//! PostgreSQL events: one per statement, and one at each end of a session.
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -100,35 +99,4 @@ pub struct PgSessionEvent {
     pub duration_ms: u64,
     /// How it ended (at `end`), or why the login failed.
     pub outcome: Option<String>,
-}
-
-/// The bodies of one HTTP exchange, up to the configured cap of each, as
-/// they crossed the gateway (after masking; credentials travel in headers
-/// and are never here).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HttpBodyEvent {
-    /// When the response body ended.
-    pub time: String,
-    /// The connection.
-    pub conn_id: ConnId,
-    /// The exchange on that connection (as in its `http_exchange` event).
-    pub exchange: u64,
-    /// The agent.
-    pub agent: AgentName,
-    /// The caller.
-    pub identity: Identity,
-    /// The target.
-    pub target: String,
-    /// Request path.
-    pub path: String,
-    /// The request body as sent upstream (capped).
-    pub request_body: String,
-    /// Its full length.
-    pub request_bytes: u64,
-    /// The response body as delivered (capped).
-    pub response_body: String,
-    /// Its full length.
-    pub response_bytes: u64,
-    /// The response body was delivered to its end.
-    pub response_complete: bool,
 }

@@ -35,7 +35,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn deny(policies: Vec<String>, reason: String) -> Self {
+    /// A denial by `policies` (none for the gateway's own refusals), for `reason`.
+    pub fn deny(policies: Vec<String>, reason: String) -> Self {
         Self {
             outcome: Outcome::Deny,
             policies,
@@ -66,6 +67,16 @@ fn granted(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
         .filter(|id| p.meta(id).is_some_and(|m| m.file == crate::control::GRANTS_FILE))
         .cloned()
         .collect()
+}
+
+/// Allowed by grants, which answer the review a policy asks for.
+fn by_grants(p: &LoadedPolicies, grants: Vec<String>, mask: Vec<String>) -> Decision {
+    Decision {
+        outcome: Outcome::Allow,
+        reason: reasons(p, &grants, "granted by"),
+        policies: grants,
+        mask,
+    }
 }
 
 /// The masking rules of the allowing policies.
@@ -117,13 +128,7 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
             // the review the policy asks for.
             let grants = granted(p, &deciding);
             if !review.is_empty() && !grants.is_empty() {
-                let reason = reasons(p, &grants, "granted by");
-                return Decision {
-                    outcome: Outcome::Allow,
-                    policies: grants,
-                    reason,
-                    mask,
-                };
+                return by_grants(p, grants, mask);
             }
             if !review.is_empty() {
                 let reason = reasons(p, &review, "held for review by");
@@ -162,13 +167,7 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
                 let permits = sorted_ids(rest.diagnostics().reason());
                 let grants = granted(p, &permits);
                 if !grants.is_empty() {
-                    let reason = reasons(p, &grants, "granted by");
-                    return Decision {
-                        outcome: Outcome::Allow,
-                        policies: grants,
-                        reason,
-                        mask: masks(p, &permits),
-                    };
+                    return by_grants(p, grants, masks(p, &permits));
                 }
                 let reason = reasons(p, &deciding, "held for review by");
                 Decision {

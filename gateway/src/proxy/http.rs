@@ -228,7 +228,7 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
     let mut decision = s.ctx.gate.policies.decide(&query);
     if let Err(e) = s.ctx.events.accepting() {
         // What cannot be recorded is not served.
-        decision = unrecordable(&e);
+        decision = Decision::deny(Vec::new(), e.to_string());
     }
     if decision.outcome == PolicyOutcome::Review {
         // Held: the agent's call waits for a person.
@@ -281,16 +281,6 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         return json_response(StatusCode::SERVICE_UNAVAILABLE, body);
     }
     response
-}
-
-/// The decision for a request made while the audit trail is unavailable.
-pub(super) fn unrecordable(e: &crate::audit::SinkError) -> Decision {
-    Decision {
-        outcome: PolicyOutcome::Deny,
-        policies: Vec::new(),
-        reason: e.to_string(),
-        mask: Vec::new(),
-    }
 }
 
 /// The phases after an allow: credentials, request masking, upstream,

@@ -49,8 +49,8 @@ pub(super) struct Abandoned<'a> {
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
-        let note = Some("the agent's request went away while it was held".into());
-        if let Some(record) = self.reviews.close(&id, "failed", None, None, note) {
+        let note = "the agent's request went away while it was held".to_owned();
+        if let Some(record) = self.reviews.close(&id, "failed", note) {
             let events = self.reviews.events.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {

@@ -58,12 +58,12 @@ impl CancelTable {
     }
 }
 
-/// Four random bytes from the kernel, or `None` if it cannot give them.
+/// Four random bytes (ring's system random source), or `None` if the
+/// kernel cannot give them.
 pub fn random_u32() -> Option<u32> {
     let mut v = [0u8; 4];
-    // SAFETY: getrandom writes at most `len` bytes into the buffer.
-    let n = unsafe { libc::getrandom(v.as_mut_ptr().cast(), v.len(), 0) };
-    (n == 4).then(|| u32::from_be_bytes(v))
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut v).ok()?;
+    Some(u32::from_be_bytes(v))
 }
 
 fn random_i32() -> Option<i32> {

@@ -23,6 +23,8 @@ const NUMERIC: [u32; 4] = [20, 21, 23, 1700];
 /// Types a computed column may keep when its statement touches masked
 /// columns: counts, sums, flags and times carry no masked text.
 const SAFE_COMPUTED: [u32; 11] = [16, 20, 21, 23, 26, 700, 701, 1082, 1114, 1184, 1700];
+/// jsonb: its text format is JSON text.
+const JSONB: u32 = 3802;
 /// The first oid PostgreSQL gives to user objects.
 const FIRST_USER_OID: u32 = 16_384;
 
@@ -279,8 +281,9 @@ fn detect<'a>(
     let Some(masker) = detectors else {
         return value.into();
     };
-    let textual = TEXTUAL.contains(&col.type_oid) || (col.format == 0 && col.type_oid >= FIRST_USER_OID);
-    if textual && (col.format == 0 || TEXTUAL.contains(&col.type_oid)) || col.type_oid == 3802 && col.format == 0 {
+    // Text in either format, or jsonb and user types (domains, enums) in text format.
+    let text_format_only = col.format == 0 && (col.type_oid == JSONB || col.type_oid >= FIRST_USER_OID);
+    if TEXTUAL.contains(&col.type_oid) || text_format_only {
         let (out, found) = masker.mask(value);
         if found.is_empty() {
             return value.into();

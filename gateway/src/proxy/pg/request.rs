@@ -74,12 +74,7 @@ fn cap(text: &str, limit: usize) -> String {
 /// Classifies and judges one SQL string; `given` is a decision already
 /// made for it (a settled review).
 pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, ActionKind) {
-    let denied = |reason: String| Decision {
-        outcome: PolicyOutcome::Deny,
-        policies: Vec::new(),
-        reason,
-        mask: Vec::new(),
-    };
+    let denied = |reason: String| Decision::deny(Vec::new(), reason);
     let classified = crate::sql::classify_with_extras(sql);
     let (action, extras, parse_error) = match classified {
         Ok((action, extras)) => (action, extras, None),
@@ -95,19 +90,10 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
             (action, Default::default(), Some(e))
         }
     };
-    let mut decision = match (&parse_error, s.pg.unparsed) {
-        _ if given.is_some() => given.unwrap_or_else(|| denied(String::new())),
-        _ if s.ctx.events.accepting().is_err() => {
-            let e = s
-                .ctx
-                .events
-                .accepting()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            denied(e)
-        }
-        (Some(e), Unparsed::Deny) => denied(format!("{e}; unparsable SQL is denied")),
+    let mut decision = match (given, s.ctx.events.accepting(), &parse_error, s.pg.unparsed) {
+        (Some(settled), ..) => settled,
+        (None, Err(e), ..) => denied(e.to_string()),
+        (None, Ok(()), Some(e), Unparsed::Deny) => denied(format!("{e}; unparsable SQL is denied")),
         _ => s.ctx.gate.policies.decide(&Query {
             agent: &s.agent,
             identity: &s.identity,
@@ -116,8 +102,8 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
             now: std::time::SystemTime::now(),
         }),
     };
-    let (_, read, written) = kind_facts(&action);
-    let touches_masked = read.iter().chain(&written).any(|t| s.masked.covers(t));
+    let (kind, tables_read, tables_written) = kind_facts(&action);
+    let touches_masked = tables_read.iter().chain(&tables_written).any(|t| s.masked.covers(t));
     let mut detectors = None;
     if decision.outcome == PolicyOutcome::Allow {
         let mut names = s.pg.detectors.clone();
@@ -144,16 +130,11 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
         } else {
             format!("policy {}", decision.policies.join(", "))
         };
-        let mut fields = ErrorFields::error(
+        ErrorFields::error(
             "42501",
             format!("interlock denied this statement: {} ({ids})", decision.reason),
-        );
-        if decision.outcome == PolicyOutcome::Review {
-            fields.detail = Some("this statement needs review before it can run".into());
-        }
-        fields
+        )
     });
-    let (kind, tables_read, tables_written) = kind_facts(&action);
     let audit_sql = match &detectors {
         Some(m) => String::from_utf8_lossy(&m.mask(sql.as_bytes()).0).into_owned(),
         None => sql.to_owned(),
@@ -346,12 +327,7 @@ impl Prepared {
                     kind: "function_call".into(),
                     tables_read: Vec::new(),
                     tables_written: Vec::new(),
-                    decision: Decision {
-                        outcome: PolicyOutcome::Deny,
-                        policies: Vec::new(),
-                        reason: "the function-call protocol bypasses SQL inspection".into(),
-                        mask: Vec::new(),
-                    },
+                    decision: Decision::deny(Vec::new(), "the function-call protocol bypasses SQL inspection".into()),
                     detectors: None,
                     computed: false,
                     denial: Some(ErrorFields::error(
