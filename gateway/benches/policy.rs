@@ -1,103 +1,59 @@
-//! Cost of one policy decision (a `connect` with the shipped policies, and an
-//! `sql_statement` with classification), measured over many iterations.
+//! Cost of one policy decision, with criterion: a `connect` with the shipped
+//! policies (the subject built every time, and taken from the cache a
+//! connection's later requests hit), an `http_request` and an
+//! `sql_statement` (with and without classification), and the data path's
+//! connect stage with its decision cache.
 //! Run with `cargo xtask bench` (or `cargo bench -p gateway --bench policy`).
-use std::{
-    hint::black_box,
-    time::{Instant, SystemTime},
-};
+use std::{hint::black_box, time::SystemTime};
 
+use criterion::{criterion_group, criterion_main, Criterion};
 use gateway::{
     identity::{AgentMatcher, Identity},
-    policy::{decide, load_embedded, ActionKind, Gate, PolicyStore, Query, TargetRef},
+    policy::{decide, decide_cached, load_embedded, ActionKind, Gate, PolicyStore, Query, SubjectCache, TargetRef},
     sql,
     targets::TargetTable,
     types::{AgentName, OrigDst},
 };
 
-fn measure(name: &str, iterations: u32, mut f: impl FnMut()) -> serde_json::Value {
-    for _ in 0..iterations / 10 {
-        f();
-    }
-    let mut samples = Vec::with_capacity(iterations as usize);
-    let start = Instant::now();
-    for _ in 0..iterations {
-        let t = Instant::now();
-        f();
-        samples.push(t.elapsed());
-    }
-    let total = start.elapsed();
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    let mean = total / iterations;
-    println!(
-        "{name:<34} mean {mean:>9.2?}  p50 {:>9.2?}  p99 {:>9.2?}  ({iterations} runs)",
-        pct(0.5),
-        pct(0.99)
-    );
-    serde_json::json!({
-        "name": name,
-        "iterations": iterations,
-        "mean_ns": mean.as_nanos() as u64,
-        "p50_ns": pct(0.5).as_nanos() as u64,
-        "p99_ns": pct(0.99).as_nanos() as u64,
-    })
-}
-
-fn main() {
+fn policy(c: &mut Criterion) {
     let policies = load_embedded().expect("shipped policies load");
     let identity = Identity::unattributed();
     let agent = AgentName("db-reader".into());
     let target = TargetRef {
         name: "analytics-db".into(),
-        ip: "10.20.0.5".parse().unwrap(),
+        ip: "10.20.0.5".parse().expect("address"),
         port: 5432,
         host: String::new(),
         protocol: "tcp".into(),
     };
-    let connect = ActionKind::Connect;
-    let iterations = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let mut results = Vec::new();
-    results.push(measure("policy decide connect (allow)", iterations, || {
-        let q = Query {
-            agent: &agent,
-            identity: &identity,
-            target: &target,
-            action: &connect,
-            now: SystemTime::now(),
-        };
-        black_box(decide(&policies, &q));
-    }));
-    let unknown = AgentName("unknown".into());
-    results.push(measure("policy decide connect (forbid)", iterations, || {
-        let q = Query {
-            agent: &unknown,
-            identity: &identity,
-            target: &target,
-            action: &connect,
-            now: SystemTime::now(),
-        };
-        black_box(decide(&policies, &q));
-    }));
+    let query = |action: &'static ActionKind| Query {
+        agent: &agent,
+        identity: &identity,
+        target: &target,
+        action,
+        now: SystemTime::now(),
+    };
+    let connect: &'static ActionKind = Box::leak(Box::new(ActionKind::Connect));
+    let http: &'static ActionKind = Box::leak(Box::new(ActionKind::http("POST", "/v1/chat/completions")));
     let statement = "SELECT o.id, u.email FROM orders o JOIN users u ON u.id = o.user_id WHERE o.total > 100";
-    results.push(measure("sql classify", iterations, || {
-        black_box(sql::classify(statement).unwrap());
-    }));
-    let select = sql::classify(statement).unwrap();
-    results.push(measure("policy decide sql_statement", iterations, || {
-        let q = Query {
-            agent: &agent,
-            identity: &identity,
-            target: &target,
-            action: &select,
-            now: SystemTime::now(),
-        };
-        black_box(decide(&policies, &q));
-    }));
-    // The data path's stage: agent naming, target naming, decision, with the
-    // decision cache (the shipped policies do not read the request context).
+    let select: &'static ActionKind = Box::leak(Box::new(sql::classify(statement).expect("classifies")));
+    let cache = SubjectCache::default();
+    let mut g = c.benchmark_group("policy");
+    g.bench_function("decide connect, uncached (subject and decision built)", |b| {
+        b.iter(|| black_box(decide(&policies, &query(connect))))
+    });
+    g.bench_function("decide connect, cached", |b| {
+        b.iter(|| black_box(decide_cached(&policies, &query(connect), &cache)))
+    });
+    g.bench_function("decide http_request, cached", |b| {
+        b.iter(|| black_box(decide_cached(&policies, &query(http), &cache)))
+    });
+    g.bench_function("decide sql_statement, cached", |b| {
+        b.iter(|| black_box(decide_cached(&policies, &query(select), &cache)))
+    });
+    g.bench_function("sql classify", |b| b.iter(|| black_box(sql::classify(statement))));
+    // The data path's connect stage: agent naming, target naming, decision,
+    // with the decision cache (the shipped policies do not read the context).
     let gate = Gate::new(
         PolicyStore::load(
             None,
@@ -110,11 +66,12 @@ fn main() {
         AgentMatcher::new(&[]).expect("no agents"),
         TargetTable::default(),
     );
-    let dst = OrigDst("10.20.0.5:5432".parse().unwrap());
-    results.push(measure("gate connect (cached decision)", iterations, || {
-        black_box(gate.connect(&identity, dst, None));
-    }));
-    if let Ok(path) = std::env::var("BENCH_OUTPUT") {
-        let _ = std::fs::write(path, serde_json::to_string_pretty(&results).unwrap_or_default());
-    }
+    let dst = OrigDst("10.20.0.5:5432".parse().expect("address"));
+    g.bench_function("gate connect, cached decision", |b| {
+        b.iter(|| black_box(gate.connect(&identity, dst, None)))
+    });
+    g.finish();
 }
+
+criterion_group!(benches, policy);
+criterion_main!(benches);

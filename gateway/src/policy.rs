@@ -19,13 +19,13 @@ mod gate;
 mod load;
 mod request;
 
-pub use decide::{decide, Decision, Outcome};
+pub use decide::{decide, decide_cached, Decision, Outcome};
 pub use gate::{ConnectVerdict, Gate};
 pub use load::{
     embedded_sources, load_dir, load_embedded, load_sources, read_dir_sources, LoadedPolicies, PolicyError, PolicyMeta,
     ReviewRules, Sources,
 };
-pub use request::{ActionKind, Query, RequestError, TargetRef};
+pub use request::{ActionKind, Query, RequestError, SubjectCache, TargetRef};
 
 /// The policy set in force: the last good files plus generated policies
 /// (grants), and where to reload the files from.
@@ -36,6 +36,8 @@ pub struct PolicyStore {
     state: RwLock<(Sources, Vec<(String, String)>)>,
     dir: Option<PathBuf>,
     mask_names: Vec<String>,
+    /// Principals and resources already built (they do not depend on the policies).
+    pub(crate) subjects: SubjectCache,
 }
 
 impl PolicyStore {
@@ -49,6 +51,7 @@ impl PolicyStore {
             state: RwLock::new((sources, Vec::new())),
             dir,
             mask_names,
+            subjects: SubjectCache::default(),
         })
     }
 
@@ -102,7 +105,7 @@ impl PolicyStore {
 
     /// Decides with the set in force.
     pub fn decide(&self, q: &Query<'_>) -> Decision {
-        decide(&self.current(), q)
+        decide_cached(&self.current(), q, &self.subjects)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
 mod counted;
 mod http;
 mod live;
-mod pg;
+pub mod pg;
 mod relay;
 pub mod tls;
 mod upstream;

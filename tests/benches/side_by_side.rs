@@ -193,6 +193,9 @@ fn main() {
     ];
     // BENCH_ONLY=text runs only the scenarios whose names contain it.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    // BENCH_CONTENDERS=a,b runs only those contenders (a profiling loop).
+    let picked = std::env::var("BENCH_CONTENDERS").unwrap_or_default();
+    let wanted = |name: &str| picked.is_empty() || picked.split(',').any(|p| p == name);
     for (scenario, path, close, conns) in http {
         if !scenario.contains(&only) {
             continue;
@@ -205,6 +208,9 @@ fn main() {
                 ("interlock", origin.addr, Via::Agent(&cg)),
             ];
             for (name, addr, via) in contenders {
+                if !wanted(name) {
+                    continue;
+                }
                 let mut args: Vec<String> = vec![
                     "-t2".into(),
                     format!("-c{conns}"),
@@ -248,6 +254,9 @@ fn main() {
                 ("interlock", &agent_dsn, Via::Agent(&cg)),
             ];
             for (name, dsn, via) in contenders {
+                if !wanted(name) {
+                    continue;
+                }
                 let args: Vec<String> = vec![
                     "-S".into(),
                     "-M".into(),

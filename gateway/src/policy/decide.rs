@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     load::LoadedPolicies,
-    request::{build, Query},
+    request::{cached_subject, request, ActionKind, Query, Subject, SubjectCache},
 };
 
 /// What happens to the request.
@@ -93,12 +93,54 @@ fn masks(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
 
 /// Decides one query.
 pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
-    let (request, entities) = match build(p, q) {
-        Ok(built) => built,
+    decide_cached(p, q, &SubjectCache::default())
+}
+
+/// Decisions kept per subject at most.
+const DECISIONS: usize = 256;
+/// Longest SQL text whose decision is kept.
+const CACHED_SQL: usize = 4096;
+
+/// Decides one query, taking the principal and resource from `cache`, and
+/// the decision too when the same subject asked the same thing of the same
+/// policy set before and no policy reads the clock.
+pub fn decide_cached(p: &LoadedPolicies, q: &Query<'_>, cache: &SubjectCache) -> Decision {
+    let subject = match cached_subject(cache, q) {
+        Ok(s) => s,
         Err(e) => return Decision::deny(Vec::new(), format!("gateway error, denied: {e}")),
     };
+    let keep = !p.reads_time
+        && match q.action {
+            ActionKind::SqlStatement { sql, .. } => sql.len() <= CACHED_SQL,
+            _ => true,
+        };
+    let lock = || subject.decisions.lock().unwrap_or_else(|e| e.into_inner());
+    if keep {
+        if let Some((generation, hit)) = lock().get(q.action) {
+            if *generation == p.generation {
+                return hit.clone();
+            }
+        }
+    }
+    let decision = decide_subject(p, q, &subject);
+    if keep {
+        let mut map = lock();
+        if map.len() >= DECISIONS {
+            map.clear();
+        }
+        map.insert(q.action.clone(), (p.generation, decision.clone()));
+    }
+    decision
+}
+
+fn decide_subject(p: &LoadedPolicies, q: &Query<'_>, subject: &Subject) -> Decision {
+    let request = match request(subject, q, None) {
+        Ok(r) => r,
+        Err(e) => return Decision::deny(Vec::new(), format!("gateway error, denied: {e}")),
+    };
+    let entities = &subject.entities;
     let authorizer = Authorizer::new();
-    let response = authorizer.is_authorized(&request, &p.all, &entities);
+    let response = authorizer.is_authorized(&request, &p.all, entities);
     // A forbid that failed to evaluate might have matched: deny, naming it.
     let failed_forbids: Vec<String> = response
         .diagnostics()
@@ -162,7 +204,7 @@ pub fn decide(p: &LoadedPolicies, q: &Query<'_>) -> Decision {
                 return Decision::deny(hard, reason);
             }
             // Only @review forbids matched: hold it if the rest of the policy would allow it.
-            let rest = authorizer.is_authorized(&request, &p.without_review, &entities);
+            let rest = authorizer.is_authorized(&request, &p.without_review, entities);
             if rest.decision() == CedarDecision::Allow {
                 let permits = sorted_ids(rest.diagnostics().reason());
                 let grants = granted(p, &permits);

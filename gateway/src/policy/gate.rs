@@ -114,7 +114,7 @@ impl Gate {
             action: &ActionKind::Connect,
             now: SystemTime::now(),
         };
-        let decision = super::decide(&set, &query);
+        let decision = super::decide_cached(&set, &query, &self.policies.subjects);
         if let Some(key) = key {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= CACHE_LIMIT {

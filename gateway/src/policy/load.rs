@@ -158,6 +158,8 @@ fn review_rules(policy: &cedar_policy::Policy, review: bool) -> Result<ReviewRul
 
 /// A validated policy set, ready for decisions.
 pub struct LoadedPolicies {
+    /// Read by the test that checks requests against it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) schema: Schema,
     pub(super) all: PolicySet,
     /// `all` minus the `@review` forbids: tells whether a held request could be allowed.
@@ -168,6 +170,13 @@ pub struct LoadedPolicies {
     /// True if a policy that can apply to `connect` reads `context` (connect
     /// decisions then depend on the time, and are not cached).
     pub reads_context: bool,
+    /// True if any policy may read the time from the context (`time`,
+    /// `hour`, `weekday`, or the context as a whole): decisions then change
+    /// with the clock and are not cached.
+    pub reads_time: bool,
+    /// Distinct for every set loaded in this process: cached decisions name
+    /// the set that made them.
+    pub generation: u64,
 }
 
 impl LoadedPolicies {
@@ -346,6 +355,7 @@ pub fn load_sources(
     let mut without_review = PolicySet::new();
     let mut meta: HashMap<String, PolicyMeta> = HashMap::new();
     let mut reads_context = false;
+    let mut reads_time = false;
     for (file, text) in files {
         let set = PolicySet::from_str(text).map_err(|e| {
             let offset = e.iter().next().and_then(|pe| first_offset(pe)).unwrap_or(0);
@@ -429,7 +439,9 @@ pub fn load_sources(
                 return Err(annotation_err("@mask only makes sense on a permit".into()));
             }
             let review_rules = review_rules(policy, review).map_err(annotation_err)?;
-            reads_context |= policy.to_string().contains("context") && may_apply_to_connect(policy);
+            let text = policy.to_string();
+            reads_context |= text.contains("context") && may_apply_to_connect(policy);
+            reads_time |= may_read_time(&text);
             let renamed = policy.new_id(PolicyId::new(id.clone()));
             if !(review && policy.effect() == Effect::Forbid) {
                 without_review
@@ -458,6 +470,29 @@ pub fn load_sources(
         meta,
         source,
         reads_context,
+        reads_time,
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Whether a policy's text may read the time from the context. Errs towards
+/// yes: every `context` must be followed by `.name` with a name other than
+/// the time attributes (a string that happens to say "context" only costs
+/// the cache).
+pub(super) fn may_read_time(text: &str) -> bool {
+    text.match_indices("context").any(|(at, word)| {
+        let rest = text[at + word.len()..].trim_start();
+        let Some(attr) = rest.strip_prefix('.') else {
+            return true;
+        };
+        let name: String = attr
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        name.is_empty() || ["time", "hour", "weekday"].contains(&name.as_str())
     })
 }
 

@@ -8,14 +8,15 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use cedar_policy::{Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
 use super::load::LoadedPolicies;
 use crate::{identity::Identity, types::AgentName};
 
 /// The destination as policies see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TargetRef {
     /// Configured target name, or `ip:port` for an undeclared destination.
     pub name: String,
@@ -30,7 +31,7 @@ pub struct TargetRef {
 }
 
 /// What the agent is trying to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ActionKind {
     /// Open a connection.
@@ -110,9 +111,32 @@ pub struct Query<'a> {
 #[error("building the policy request: {0}")]
 pub struct RequestError(pub String);
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, RequestError> {
-    let text = format!("Interlock::{kind}::{}", serde_json::to_string(id).unwrap_or_default());
-    EntityUid::from_str(&text).map_err(|e| RequestError(e.to_string()))
+/// The entity types the gateway sends, parsed once: parsing a uid from
+/// text runs Cedar's full parser (a lexer with a fresh regex cache), which
+/// was most of a decision's cost.
+static TYPES: std::sync::LazyLock<Result<[EntityTypeName; 3], String>> = std::sync::LazyLock::new(|| {
+    let parse = |t: &str| EntityTypeName::from_str(t).map_err(|e| e.to_string());
+    Ok([
+        parse("Interlock::Agent")?,
+        parse("Interlock::Target")?,
+        parse("Interlock::Action")?,
+    ])
+});
+
+/// Which of the gateway's entity types.
+#[derive(Clone, Copy)]
+enum Kind {
+    Agent = 0,
+    Target = 1,
+    Action = 2,
+}
+
+fn uid(kind: Kind, id: &str) -> Result<EntityUid, RequestError> {
+    let types = TYPES.as_ref().map_err(|e| RequestError(e.clone()))?;
+    Ok(EntityUid::from_type_name_and_id(
+        types[kind as usize].clone(),
+        EntityId::new(id),
+    ))
 }
 
 fn str_expr(s: impl Into<String>) -> RestrictedExpression {
@@ -136,60 +160,159 @@ fn time_context(now: SystemTime) -> Vec<(String, RestrictedExpression)> {
     ]
 }
 
-/// Builds the Cedar request and the entities it refers to. The values are
-/// built directly (no JSON, no per-request schema pass: that was most of a
-/// decision's cost); a unit test checks them against the schema instead.
-pub fn build(p: &LoadedPolicies, q: &Query<'_>) -> Result<(Request, Entities), RequestError> {
-    build_with(p, q, false)
+/// The principal, resource and entities of a request: everything but the
+/// action and context. Built once per distinct agent, process and target
+/// (see [`SubjectCache`]).
+pub struct Subject {
+    principal: EntityUid,
+    resource: EntityUid,
+    /// The agent and target entities.
+    pub entities: Entities,
+    /// Decisions already made about this subject, by action, with the
+    /// generation of the policy set that made them.
+    pub(super) decisions: std::sync::Mutex<HashMap<ActionKind, (u64, super::Decision)>>,
 }
 
-/// As [`build`], optionally validating against the schema (tests do).
+/// The values a [`Subject`] is built from; equal facts build equal subjects,
+/// so they key the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Facts {
+    agent: String,
+    pid: u32,
+    uid: u32,
+    user: String,
+    comm: String,
+    exe: String,
+    cmdline: String,
+    cgroup: String,
+    container: String,
+    unit: String,
+    target: TargetRef,
+}
+
+impl Facts {
+    fn of(q: &Query<'_>) -> Self {
+        let id = q.identity;
+        let process = id.process.as_deref();
+        Self {
+            agent: q.agent.0.clone(),
+            pid: id.pid,
+            uid: id.uid,
+            user: id.user.clone().unwrap_or_default(),
+            comm: id.comm.clone(),
+            exe: process
+                .and_then(|p| p.exe.as_ref())
+                .map(|e| e.display().to_string())
+                .unwrap_or_default(),
+            cmdline: process.map(|p| p.cmdline.join(" ")).unwrap_or_default(),
+            cgroup: process.and_then(|p| p.cgroup.clone()).unwrap_or_default(),
+            container: process
+                .and_then(|p| p.container.as_ref())
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+            unit: process.and_then(|p| p.systemd_unit.clone()).unwrap_or_default(),
+            target: q.target.clone(),
+        }
+    }
+}
+
+/// Subjects already built. Building one (entity construction, attribute
+/// evaluation, Cedar's parse of the `ip` extension name) was most of a
+/// decision's cost, and a connection asks about the same subject for every
+/// request it makes. Bounded: cleared when full.
+#[derive(Default)]
+pub struct SubjectCache {
+    map: std::sync::Mutex<HashMap<Facts, std::sync::Arc<Subject>>>,
+}
+
+/// Subjects kept at most.
+const SUBJECTS: usize = 4096;
+
+impl SubjectCache {
+    fn get(&self, q: &Query<'_>) -> Result<std::sync::Arc<Subject>, RequestError> {
+        let facts = Facts::of(q);
+        let lock = || self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = lock().get(&facts) {
+            return Ok(hit.clone());
+        }
+        let built = std::sync::Arc::new(subject(&facts, None)?);
+        let mut map = lock();
+        if map.len() >= SUBJECTS {
+            map.clear();
+        }
+        map.insert(facts, built.clone());
+        Ok(built)
+    }
+}
+
+/// Builds the Cedar request and the entities it refers to, validated
+/// against the schema: the data path builds them without a schema pass
+/// (that was most of a decision's cost), and a unit test checks here that
+/// what it sends conforms.
+#[cfg(test)]
 pub fn build_with(p: &LoadedPolicies, q: &Query<'_>, validate: bool) -> Result<(Request, Entities), RequestError> {
     let schema = validate.then_some(&p.schema);
-    let principal = uid("Agent", &q.agent.0)?;
-    let resource = uid("Target", &q.target.name)?;
-    let action = uid("Action", q.action.cedar_name())?;
-    let id = q.identity;
-    let process = id.process.as_deref();
-    let opt = |v: Option<String>| str_expr(v.unwrap_or_default());
+    let subject = subject(&Facts::of(q), schema)?;
+    let request = request(&subject, q, schema)?;
+    Ok((request, subject.entities))
+}
+
+/// The subject of `q`, from `cache`.
+pub fn cached_subject(cache: &SubjectCache, q: &Query<'_>) -> Result<std::sync::Arc<Subject>, RequestError> {
+    cache.get(q)
+}
+
+fn err(e: &dyn std::fmt::Display) -> RequestError {
+    RequestError(e.to_string())
+}
+
+fn subject(f: &Facts, schema: Option<&cedar_policy::Schema>) -> Result<Subject, RequestError> {
+    let principal = uid(Kind::Agent, &f.agent)?;
+    let resource = uid(Kind::Target, &f.target.name)?;
     let agent_attrs: HashMap<String, RestrictedExpression> = [
-        ("name", str_expr(q.agent.0.clone())),
-        ("pid", RestrictedExpression::new_long(i64::from(id.pid))),
-        ("uid", RestrictedExpression::new_long(i64::from(id.uid))),
-        ("user", opt(id.user.clone())),
-        ("comm", str_expr(id.comm.clone())),
-        (
-            "exe",
-            opt(process.and_then(|p| p.exe.as_ref()).map(|e| e.display().to_string())),
-        ),
-        (
-            "cmdline",
-            str_expr(process.map(|p| p.cmdline.join(" ")).unwrap_or_default()),
-        ),
-        ("cgroup", opt(process.and_then(|p| p.cgroup.clone()))),
-        (
-            "container",
-            opt(process.and_then(|p| p.container.as_ref()).map(|c| c.id.clone())),
-        ),
-        ("unit", opt(process.and_then(|p| p.systemd_unit.clone()))),
+        ("name", str_expr(f.agent.clone())),
+        ("pid", RestrictedExpression::new_long(i64::from(f.pid))),
+        ("uid", RestrictedExpression::new_long(i64::from(f.uid))),
+        ("user", str_expr(f.user.clone())),
+        ("comm", str_expr(f.comm.clone())),
+        ("exe", str_expr(f.exe.clone())),
+        ("cmdline", str_expr(f.cmdline.clone())),
+        ("cgroup", str_expr(f.cgroup.clone())),
+        ("container", str_expr(f.container.clone())),
+        ("unit", str_expr(f.unit.clone())),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    let t = &f.target;
     let target_attrs: HashMap<String, RestrictedExpression> = [
-        ("name", str_expr(q.target.name.clone())),
-        ("ip", RestrictedExpression::new_ip(q.target.ip.to_string())),
-        ("port", RestrictedExpression::new_long(i64::from(q.target.port))),
-        ("host", str_expr(q.target.host.clone())),
-        ("protocol", str_expr(q.target.protocol.clone())),
+        ("name", str_expr(t.name.clone())),
+        ("ip", RestrictedExpression::new_ip(t.ip.to_string())),
+        ("port", RestrictedExpression::new_long(i64::from(t.port))),
+        ("host", str_expr(t.host.clone())),
+        ("protocol", str_expr(t.protocol.clone())),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let err = |e: &dyn std::fmt::Display| RequestError(e.to_string());
     let agent = Entity::new(principal.clone(), agent_attrs, HashSet::new()).map_err(|e| err(&e))?;
     let target = Entity::new(resource.clone(), target_attrs, HashSet::new()).map_err(|e| err(&e))?;
     let entities = Entities::from_entities([agent, target], schema).map_err(|e| err(&e))?;
+    Ok(Subject {
+        principal,
+        resource,
+        entities,
+        decisions: std::sync::Mutex::default(),
+    })
+}
+
+/// The request for `q` about `subject`: its action and context.
+pub fn request(
+    subject: &Subject,
+    q: &Query<'_>,
+    schema: Option<&cedar_policy::Schema>,
+) -> Result<Request, RequestError> {
+    let action = uid(Kind::Action, q.action.cedar_name())?;
     let mut ctx = time_context(q.now);
     match q.action {
         ActionKind::Connect => {}
@@ -222,6 +345,12 @@ pub fn build_with(p: &LoadedPolicies, q: &Query<'_>, validate: bool) -> Result<(
         }
     }
     let context = Context::from_pairs(ctx).map_err(|e| err(&e))?;
-    let request = Request::new(principal, action, resource, context, schema).map_err(|e| err(&e))?;
-    Ok((request, entities))
+    Request::new(
+        subject.principal.clone(),
+        action,
+        subject.resource.clone(),
+        context,
+        schema,
+    )
+    .map_err(|e| err(&e))
 }

@@ -310,3 +310,90 @@ fn review_annotations_are_checked_and_combined() {
         assert!(err.contains(expected) && err.contains("a.cedar"), "{text}: {err}");
     }
 }
+
+#[test]
+fn cached_subjects_follow_every_attribute() {
+    let p = load(&[(
+        "p.cedar",
+        r#"@id("py") permit (principal, action, resource) when { principal.comm == "python3" && resource.port == 80 };"#,
+    )])
+    .unwrap();
+    let cache = SubjectCache::default();
+    let agent = AgentName("x".into());
+    let ask_cached = |id: &Identity, t: &TargetRef| {
+        decide_cached(
+            &p,
+            &Query {
+                agent: &agent,
+                identity: id,
+                target: t,
+                action: &ActionKind::Connect,
+                now: SystemTime::now(),
+            },
+            &cache,
+        )
+        .outcome
+    };
+    let web = target("a", "192.0.2.1", 80);
+    let mut id = identity(1000);
+    assert_eq!(ask_cached(&id, &web), Outcome::Allow);
+    assert_eq!(ask_cached(&id, &web), Outcome::Allow, "from the cache");
+    // The same pid after an exec: a new comm is a new subject.
+    id.comm = "curl".into();
+    assert_eq!(ask_cached(&id, &web), Outcome::Deny);
+    // Same agent and process, another port of the target.
+    assert_eq!(
+        ask_cached(&identity(1000), &target("a", "192.0.2.1", 81)),
+        Outcome::Deny
+    );
+}
+
+#[test]
+fn policies_that_may_read_the_clock_are_found() {
+    use super::load::may_read_time;
+    assert!(!may_read_time(
+        r#"permit (principal, action, resource) when { context.path like "/v1/*" };"#
+    ));
+    assert!(may_read_time(
+        "permit (principal, action, resource) when { context.hour < 18 };"
+    ));
+    assert!(may_read_time(
+        "permit (principal, action, resource) when { context . weekday == 1 };"
+    ));
+    assert!(may_read_time(
+        r#"permit (principal, action, resource) when { context["time"] < 5 };"#
+    ));
+    assert!(may_read_time(
+        "permit (principal, action, resource) when { context has time };"
+    ));
+    let timed = load(&[(
+        "t.cedar",
+        "permit (principal, action, resource) when { context.time > 0 };",
+    )])
+    .unwrap();
+    assert!(timed.reads_time);
+    assert!(!load_embedded().unwrap().reads_time);
+}
+
+#[test]
+fn cached_decisions_belong_to_one_policy_set() {
+    let allow = load(&[("a.cedar", "permit (principal, action, resource);")]).unwrap();
+    let deny = load(&[(
+        "d.cedar",
+        r#"permit (principal, action == Interlock::Action::"http_request", resource) when { context.path == "/x" };"#,
+    )])
+    .unwrap();
+    let cache = SubjectCache::default();
+    let (agent, id, t) = (AgentName("x".into()), identity(1000), target("a", "192.0.2.1", 80));
+    let action = ActionKind::http("GET", "/y");
+    let q = Query {
+        agent: &agent,
+        identity: &id,
+        target: &t,
+        action: &action,
+        now: SystemTime::now(),
+    };
+    assert_eq!(decide_cached(&allow, &q, &cache).outcome, Outcome::Allow);
+    assert_eq!(decide_cached(&deny, &q, &cache).outcome, Outcome::Deny);
+    assert_eq!(decide_cached(&allow, &q, &cache).outcome, Outcome::Allow);
+}

@@ -18,7 +18,7 @@ use crate::{
 };
 
 mod cancel;
-mod columns;
+pub mod columns;
 mod login;
 mod relay;
 mod request;
