@@ -5,6 +5,8 @@
 //! them too.
 use ring::digest;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 /// The previous hash of a chain's first record.
@@ -66,8 +68,92 @@ pub struct Columns {
     pub policies: String,
 }
 
+/// The fields of an event's JSON the search columns come from, read without
+/// building the whole document. Any other shape (a field of an unexpected
+/// type) fails here and is read by [`columns`] instead, so both give the
+/// same columns.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct View<'a> {
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    identity: Option<IdentityView<'a>>,
+    #[serde(borrow)]
+    target: Option<TargetView<'a>>,
+    #[serde(borrow)]
+    decision: Option<DecisionView<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IdentityView<'a> {
+    pid: Option<i64>,
+    #[serde(borrow)]
+    exe: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    process: Option<ProcessView<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ProcessView<'a> {
+    #[serde(borrow)]
+    exe: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TargetView<'a> {
+    Name(#[serde(borrow)] Cow<'a, str>),
+    Object {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+    },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DecisionView<'a> {
+    #[serde(borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    policies: Option<Vec<Cow<'a, str>>>,
+}
+
+/// Derives the search columns from an event's JSON text.
+pub fn columns_of(body: &str) -> Result<Columns, serde_json::Error> {
+    let Ok(v) = serde_json::from_str::<View<'_>>(body) else {
+        return serde_json::from_str::<Value>(body).map(|v| columns(&v));
+    };
+    let own = |c: Option<Cow<'_, str>>| c.map(Cow::into_owned);
+    let (pid, exe) = match v.identity {
+        Some(id) => (id.pid, own(id.process.and_then(|p| p.exe)).or(own(id.exe))),
+        None => (None, None),
+    };
+    let decision = v.decision.unwrap_or_default();
+    Ok(Columns {
+        kind: v.event.map_or_else(|| "unknown".to_owned(), Cow::into_owned),
+        time: own(v.time).unwrap_or_default(),
+        agent: own(v.agent),
+        pid,
+        exe,
+        target: match v.target {
+            Some(TargetView::Name(n)) => Some(n.into_owned()),
+            Some(TargetView::Object { name }) => own(name),
+            None => None,
+        },
+        decision: own(decision.outcome),
+        policies: decision.policies.map(|p| p.join(",")).unwrap_or_default(),
+    })
+}
+
 /// Derives the search columns from an event's JSON.
-pub fn columns(body: &Value) -> Columns {
+fn columns(body: &Value) -> Columns {
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let target = match &body["target"] {
         Value::String(s) => Some(s.clone()),
@@ -102,7 +188,13 @@ pub fn hash(instance: &str, seq: i64, time: &str, kind: &str, body: &str, prev_h
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// Bytes from lower-case hex.
@@ -117,11 +209,17 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Record {
-    /// Builds the next record of a chain from an event.
-    pub fn next(instance: &str, host: &str, seq: i64, prev_hash: &str, body: String, value: &Value) -> Self {
-        let c = columns(value);
+    /// Builds the next record of a chain from an event's JSON text.
+    pub fn next(
+        instance: &str,
+        host: &str,
+        seq: i64,
+        prev_hash: &str,
+        body: String,
+    ) -> Result<Self, serde_json::Error> {
+        let c = columns_of(&body)?;
         let hash = hash(instance, seq, &c.time, &c.kind, &body, prev_hash);
-        Self {
+        Ok(Self {
             id: 0,
             instance: instance.to_owned(),
             seq,
@@ -137,7 +235,7 @@ impl Record {
             body,
             prev_hash: prev_hash.to_owned(),
             hash,
-        }
+        })
     }
 
     /// What is wrong with this record on its own (hash, derived columns), if anything.
@@ -153,10 +251,9 @@ impl Record {
         if expected != self.hash {
             return Some("its content does not match its hash (modified)".into());
         }
-        let Ok(value) = serde_json::from_str::<Value>(&self.body) else {
+        let Ok(c) = columns_of(&self.body) else {
             return Some("its event is not valid JSON".into());
         };
-        let c = columns(&value);
         let stored = Columns {
             kind: self.kind.clone(),
             time: self.time.clone(),
@@ -182,7 +279,7 @@ mod tests {
             "identity": {"pid": 42, "exe": "/usr/bin/python3"}, "target": "openai",
             "decision": {"outcome": "deny", "policies": ["a", "b"]}
         });
-        let r = Record::next("i1", "h", 1, GENESIS, event.to_string(), &event);
+        let r = Record::next("i1", "h", 1, GENESIS, event.to_string()).unwrap();
         assert_eq!(r.kind, "http_exchange");
         assert_eq!(r.pid, Some(42));
         assert_eq!(r.policies, "a,b");
@@ -195,5 +292,24 @@ mod tests {
         column.agent = Some("other".into());
         assert!(column.defect().unwrap().contains("search columns"));
         assert_eq!(unhex(&hex(&[0, 255, 16])), Some(vec![0, 255, 16]));
+    }
+
+    #[test]
+    fn the_quick_column_reader_agrees_with_the_general_one() {
+        let bodies = [
+            r#"{"event":"http_exchange","time":"t","agent":"bot","identity":{"pid":7,"process":{"exe":"/bin/a"}},"target":"web","decision":{"outcome":"allow","policies":["p1","p2"]}}"#,
+            r#"{"event":"connection","target":{"name":"db","ip":"127.0.0.1"},"identity":{"pid":1,"exe":"/old"}}"#,
+            r#"{"event":"x","agent":"a\"b\u00e9","target":5,"decision":"allow"}"#,
+            r#"{"event":"x","identity":null,"decision":{"outcome":null,"policies":["a",3]}}"#,
+            r#"{"event":"x","identity":{"pid":"12"},"agent":{"name":"n"}}"#,
+            r#"{"event":"x","agent":"first","agent":"second"}"#,
+            r#"{"time":"only"}"#,
+            r#"{}"#,
+        ];
+        for body in bodies {
+            let value: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(columns_of(body).unwrap(), columns(&value), "{body}");
+        }
+        assert!(columns_of("not json").is_err());
     }
 }

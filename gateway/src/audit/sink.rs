@@ -197,6 +197,29 @@ impl EventSink {
         }
     }
 
+    /// Records an event without waiting for it to be stored: for events
+    /// that follow one already acknowledged (an exchange's bodies), where no
+    /// answer waits on them. Failures are logged by the writer's health; a
+    /// full queue makes a task wait for room instead of the caller.
+    pub fn submit(&self, event: Event) {
+        if self.accepting().is_err() {
+            tracing::error!("audit store failing: event not recorded");
+            return;
+        }
+        match self.tx.try_send(Msg::Event(Box::new(event), None)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.tx.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = tx.send(msg).await;
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::error!("audit writer stopped: event not recorded"),
+        }
+    }
+
     /// Waits until everything queued so far is written.
     pub async fn flush(&self) -> Result<(), SinkError> {
         let (done, wait) = oneshot::channel();
@@ -279,10 +302,10 @@ impl Writer {
         let mut records = Vec::with_capacity(events.len());
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         for event in events {
-            let value = serde_json::to_value(event).map_err(|e| format!("event does not serialize: {e}"))?;
-            let body = value.to_string();
+            let body = serde_json::to_string(event).map_err(|e| format!("event does not serialize: {e}"))?;
             seq += 1;
-            let record = Record::next(&instance, &self.host, seq, &prev, body, &value);
+            let record = Record::next(&instance, &self.host, seq, &prev, body)
+                .map_err(|e| format!("event does not read back: {e}"))?;
             prev = record.hash.clone();
             records.push(record);
         }
@@ -337,11 +360,12 @@ pub fn append_direct(config: &Config, event: &Event) -> Result<(), SinkError> {
     let identity = Identity::load_or_create(&config.paths.state_dir)?;
     let instance = format!("{}-cli", identity.instance);
     let (seq, prev) = store.head(&instance)?.unwrap_or((0, GENESIS.to_owned()));
-    let value = serde_json::to_value(event).map_err(|e| SinkError::Backend(e.to_string()))?;
+    let body = serde_json::to_string(event).map_err(|e| SinkError::Backend(e.to_string()))?;
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let mut record = Record::next(&instance, &host, seq + 1, &prev, value.to_string(), &value);
+    let mut record =
+        Record::next(&instance, &host, seq + 1, &prev, body).map_err(|e| SinkError::Backend(e.to_string()))?;
     let (key_id, signature) = identity.sign(&instance, record.seq, &record.hash);
     let checkpoint = Checkpoint {
         instance: instance.clone(),

@@ -34,7 +34,7 @@ fn filled(tag: &str, n: i64, every: i64) -> (Temp, SqliteStore, Identity, Vec<u8
             time
         };
         let event = json!({"event": "grant", "time": time, "n": seq});
-        let mut r = Record::next(&identity.instance, "h", seq, &prev, event.to_string(), &event);
+        let mut r = Record::next(&identity.instance, "h", seq, &prev, event.to_string()).unwrap();
         prev = r.hash.clone();
         let cp = (seq % every == 0).then(|| {
             let (key_id, signature) = identity.sign(&identity.instance, seq, &r.hash);

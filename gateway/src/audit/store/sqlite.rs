@@ -32,6 +32,32 @@ CREATE TABLE checkpoints (
 pub struct SqliteStore {
     conn: Connection,
     path: String,
+    /// Stops the checkpointer when the writer goes (dropping it is the signal).
+    _checkpointer: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies the WAL back into the database from its own connection, off the
+/// writer: a checkpoint (and the fsync it ends with) done by the writer
+/// itself stalled every acknowledgement behind it. PASSIVE never blocks the
+/// writer; the WAL restarts from its beginning once a checkpoint caught up.
+fn spawn_checkpointer(path: &Path) -> Option<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path).ok()?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let shown = path.display().to_string();
+    let spawned = std::thread::Builder::new()
+        .name("audit-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("audit store {shown}: checkpoint: {e}");
+                }
+            }
+        });
+    spawned.ok().map(|_| stop)
 }
 
 const COLUMNS: &str =
@@ -69,12 +95,22 @@ impl SqliteStore {
         let mut store = Self {
             conn,
             path: path.display().to_string(),
+            _checkpointer: None,
         };
         store
             .conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+            // Checkpoints are the checkpointer's (below), not the writer's.
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+                 PRAGMA wal_autocheckpoint = 0;",
+            )
             .map_err(|e| store.err(e))?;
         store.migrate()?;
+        store._checkpointer = spawn_checkpointer(path);
+        if store._checkpointer.is_none() {
+            // Without one, the writer checkpoints as SQLite does by default.
+            let _ = store.conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;");
+        }
         Ok(store)
     }
 
@@ -85,6 +121,7 @@ impl SqliteStore {
         Ok(Self {
             conn,
             path: path.display().to_string(),
+            _checkpointer: None,
         })
     }
 

@@ -163,15 +163,8 @@ impl Bodies {
                     response_bytes: response.total,
                     response_complete: response.complete,
                 };
-                let events = s.ctx.events.clone();
-                // Dropped bodies finish outside any task: only spawn on a runtime.
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        if let Err(e) = events.record(Event::HttpBody(Box::new(event))).await {
-                            tracing::error!("body event lost: {e}");
-                        }
-                    });
-                }
+                // Follows the exchange event, which the agent's answer waited for.
+                s.ctx.events.submit(Event::HttpBody(Box::new(event)));
             })),
         }
         .boxed()
