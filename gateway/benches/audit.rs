@@ -85,11 +85,7 @@ fn bench_store(c: &mut Criterion, name: &str, config: Config) {
 fn audit_stores(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(interlock_tests::unique("bench-audit"));
     std::fs::create_dir_all(&dir).expect("bench dir");
-    bench_store(
-        c,
-        "events/s, SQLite, 32 recorders",
-        config(&dir.join("sqlite"), ""),
-    );
+    bench_store(c, "events/s, SQLite, 32 recorders", config(&dir.join("sqlite"), ""));
     interlock_tests::require_root();
     let pg = interlock_tests::postgres::PgServer::start("127.0.0.66");
     pg.psql("postgres", "CREATE ROLE auditor LOGIN PASSWORD 'audit-pw'");

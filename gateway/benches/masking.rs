@@ -95,7 +95,9 @@ fn masking(c: &mut Criterion) {
             let mut counts = HashMap::new();
             let mut out = BytesMut::with_capacity(bytes * 2);
             for row in &parsed {
-                shape.mask_row(row, Some(&masker), &mut counts, &mut out).expect("masks");
+                shape
+                    .mask_row(row, Some(&masker), &mut counts, &mut out)
+                    .expect("masks");
             }
             black_box(out.len())
         })

@@ -3,30 +3,27 @@
 //! interleaved round by round so machine drift hits all alike; results as
 //! ratios and added latency. Bounded: a few rounds of a few seconds each.
 //! Needs root (Interlock is measured with its real eBPF redirect).
+//!
+//! Environment: BENCH_QUICK=1 (fewer, shorter rounds), BENCH_ONLY=text
+//! (scenarios whose names contain it), BENCH_CONTENDERS=a,b, BENCH_DIR
+//! (where the JSON and Markdown go), BENCH_BODY_CAP ([audit] body_cap),
+//! BENCH_HOLD=secs (keep everything up for a profiler), OHA (oha's path).
 use std::{process::Command, time::Duration};
 
 use interlock_tests::{postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup};
 use serde_json::{json, Value};
 
+#[path = "side_by_side/http.rs"]
+mod http;
 #[path = "side_by_side/peers.rs"]
 mod peers;
+#[path = "side_by_side/pg.rs"]
+mod pg;
 #[path = "side_by_side/report.rs"]
 mod report;
 
-/// One measurement.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Sample {
-    /// Requests (or transactions) per second.
-    pub rate: f64,
-    /// Median latency, microseconds.
-    pub p50_us: f64,
-    /// 99th percentile latency, microseconds (wrk only).
-    pub p99_us: f64,
-    /// Requests completed.
-    pub count: f64,
-}
-
-fn micros(text: &str) -> f64 {
+/// Microseconds from wrk/pgbench's `12.3ms`-style text.
+pub fn micros(text: &str) -> f64 {
     let t = text.trim();
     let (num, scale) = if let Some(v) = t.strip_suffix("us") {
         (v, 1.0)
@@ -40,56 +37,25 @@ fn micros(text: &str) -> f64 {
     num.parse::<f64>().unwrap_or(f64::NAN) * scale
 }
 
-/// Reads wrk's `--latency` report.
-fn parse_wrk(out: &str) -> Sample {
-    let mut s = Sample::default();
-    for line in out.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["50%", v] => s.p50_us = micros(v),
-            ["99%", v] => s.p99_us = micros(v),
-            ["Requests/sec:", v] => s.rate = v.parse().unwrap_or(0.0),
-            [n, "requests", "in", ..] => s.count = n.parse().unwrap_or(0.0),
-            _ => {}
-        }
-    }
-    s
-}
-
-/// Reads pgbench's summary.
-fn parse_pgbench(out: &str) -> Sample {
-    let mut s = Sample::default();
-    for line in out.lines() {
-        if let Some(v) = line.strip_prefix("tps = ") {
-            s.rate = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
-        }
-        if let Some(v) = line.strip_prefix("latency average = ") {
-            s.p50_us = micros(&v.replace(' ', ""));
-        }
-        if let Some(v) = line.strip_prefix("number of transactions actually processed: ") {
-            s.count = v.split('/').next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
-        }
-    }
-    s
+/// A load tool: its path from the environment (`OHA` for oha), else by name.
+pub fn tool(name: &str) -> String {
+    std::env::var(name.to_uppercase()).unwrap_or_else(|_| name.to_owned())
 }
 
 /// Where a contender's client runs: outside any agent cgroup, or as an agent.
-enum Via<'a> {
+pub enum Via<'a> {
     Plain,
     Agent(&'a TestCgroup),
 }
 
-fn run(via: &Via<'_>, program: &str, args: &[String], env: &[(&str, &str)]) -> String {
+fn run(via: &Via<'_>, program: &str, args: &[String]) -> String {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     let (ok, out, err) = match via {
         Via::Plain => {
-            let o = cmd.output().expect("run bench client");
+            let o = cmd.output().unwrap_or_else(|e| panic!("run {program}: {e}"));
             (
                 o.status.success(),
                 String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -116,13 +82,81 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A line of /proc/<pid>/status, in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The run's settings and its samples.
+pub struct Bench {
+    /// Rounds per scenario.
+    pub rounds: u32,
+    /// Seconds per measurement.
+    pub secs: u32,
+    only: String,
+    contenders: String,
+    gateway_pid: u32,
+    samples: Vec<Value>,
+}
+
+impl Bench {
+    /// Whether `scenario` is selected.
+    pub fn runs(&self, scenario: &str) -> bool {
+        scenario.contains(&self.only)
+    }
+
+    /// Whether `contender` is selected.
+    pub fn wanted(&self, contender: &str) -> bool {
+        self.contenders.is_empty() || self.contenders.split(',').any(|c| c == contender)
+    }
+
+    /// Runs one measurement; for Interlock, also the gateway's CPU time per request.
+    #[allow(clippy::too_many_arguments)]
+    pub fn measure(
+        &mut self,
+        scenario: &str,
+        contender: &str,
+        round: u32,
+        via: &Via<'_>,
+        program: &str,
+        args: &[String],
+        parse: impl FnOnce(&str) -> Value,
+    ) {
+        let cpu0 = cpu_seconds(self.gateway_pid);
+        let mut s = parse(&run(via, program, args));
+        let cpu = cpu_seconds(self.gateway_pid) - cpu0;
+        let count = s["count"].as_f64().unwrap_or(0.0);
+        if contender == "interlock" && count > 0.0 {
+            s["gateway_cpu_us"] = json!(cpu / count * 1e6);
+        }
+        eprintln!(
+            "{scenario} round {round} {contender}: {:.0}/s p50 {:.0}us p99 {:.0}us",
+            s["rate"].as_f64().unwrap_or(0.0),
+            s["p50_us"].as_f64().unwrap_or(f64::NAN),
+            s["p99_us"].as_f64().unwrap_or(f64::NAN)
+        );
+        s["scenario"] = json!(scenario);
+        s["contender"] = json!(contender);
+        s["round"] = json!(round);
+        self.samples.push(s);
+    }
+
+    /// Median rate of a contender in a scenario.
+    pub fn median_rate(&self, scenario: &str, contender: &str) -> f64 {
+        let mut v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s["scenario"] == scenario && s["contender"] == contender)
+            .filter_map(|s| s["rate"].as_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
 }
 
 fn main() {
@@ -139,40 +173,43 @@ fn main() {
         );
     }
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
-    let rounds = if quick { 2 } else { 5 };
-    let secs = if quick { 3 } else { 8 };
     let origin = peers::origin("127.0.0.60");
     let haproxy = peers::haproxy("127.0.0.61", origin.addr);
     let nginx = peers::nginx_proxy("127.0.0.62", origin.addr);
     let pg = PgServer::start("127.0.0.64");
     pg.shop();
+    let password = interlock_tests::postgres::APP_PASSWORD;
     let direct_pg = format!(
-        "host={} port={} dbname=shop user=app password={}",
+        "host={} port={} dbname=shop user=app password={password}",
         pg.addr.ip(),
-        pg.addr.port(),
-        interlock_tests::postgres::APP_PASSWORD
+        pg.addr.port()
     );
     run(
         &Via::Plain,
         "pgbench",
         &["-i".into(), "-s".into(), "2".into(), "-q".into(), direct_pg.clone()],
-        &[],
     );
-    let bouncer = peers::pgbouncer(
-        "127.0.0.65",
-        pg.addr,
-        interlock_tests::postgres::APP_PASSWORD,
-        "session",
-    );
+    let session = peers::pgbouncer("127.0.0.65", pg.addr, password, "session");
+    let transaction = peers::pgbouncer("127.0.0.67", pg.addr, password, "transaction");
+    let (tls_origin, origin_ca) = peers::tls_origin("127.0.0.70");
+    let credential = "Bearer sk-bench-real-key";
+    let nginx_tls = peers::nginx_tls_injector("127.0.0.71", tls_origin.addr, &origin_ca, credential);
+    let mitm = peers::mitmproxy("127.0.0.72", tls_origin.addr, &origin_ca, credential);
+    let key_file = std::env::temp_dir().join(unique("bench-key"));
+    std::fs::write(&key_file, "sk-bench-real-key").expect("key file");
     let cg = TestCgroup::new(&unique("bench-sbs"));
     let web = format!(
-        "[[targets]]\nname = \"origin\"\ncidrs = [\"{}/32\"]\nprotocol = \"http\"\n",
-        origin.addr.ip()
+        "[[targets]]\nname = \"origin\"\ncidrs = [\"{}/32\"]\nprotocol = \"http\"\n\n\
+         [[targets]]\nname = \"tls-origin\"\ncidrs = [\"{}/32\"]\nprotocol = \"https\"\nca_file = \"{}\"\n\
+         credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
+        origin.addr.ip(),
+        tls_origin.addr.ip(),
+        origin_ca.display(),
+        key_file.display()
     );
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
-            // BENCH_BODY_CAP sets [audit] body_cap (0: no HTTP body events).
             extra_toml: vec![
                 web,
                 pg.target(&[]),
@@ -183,130 +220,111 @@ fn main() {
             ..Default::default()
         },
     );
-    let gw_pid = gw.pid().expect("gateway running");
-    let mut results: Vec<Value> = Vec::new();
-    let mut interlock_cpu = (0.0, 0.0);
-    let http = [
-        ("HTTP/1.1 keep-alive, 1 KB", "/1k", false, 32),
-        ("HTTP/1.1 keep-alive, 64 KB", "/64k", false, 32),
-        ("HTTP/1.1 new connection per request, 1 KB", "/1k", true, 8),
-    ];
-    // BENCH_ONLY=text runs only the scenarios whose names contain it.
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    // BENCH_CONTENDERS=a,b runs only those contenders (a profiling loop).
-    let picked = std::env::var("BENCH_CONTENDERS").unwrap_or_default();
-    let wanted = |name: &str| picked.is_empty() || picked.split(',').any(|p| p == name);
-    for (scenario, path, close, conns) in http {
-        if !scenario.contains(&only) {
-            continue;
-        }
-        for round in 0..rounds {
-            let contenders: [(&str, std::net::SocketAddr, Via<'_>); 4] = [
-                ("direct", origin.addr, Via::Plain),
-                ("haproxy", haproxy.addr, Via::Plain),
-                ("nginx", nginx.addr, Via::Plain),
-                ("interlock", origin.addr, Via::Agent(&cg)),
-            ];
-            for (name, addr, via) in contenders {
-                if !wanted(name) {
-                    continue;
-                }
-                let mut args: Vec<String> = vec![
-                    "-t2".into(),
-                    format!("-c{conns}"),
-                    format!("-d{secs}s"),
-                    "--latency".into(),
-                ];
-                if close {
-                    args.extend(["-H".into(), "Connection: close".into()]);
-                }
-                args.push(format!("http://{addr}{path}"));
-                let cpu0 = cpu_seconds(gw_pid);
-                let s = parse_wrk(&run(&via, "wrk", &args, &[]));
-                if name == "interlock" {
-                    interlock_cpu.0 += cpu_seconds(gw_pid) - cpu0;
-                    interlock_cpu.1 += s.count;
-                }
-                eprintln!(
-                    "{scenario} round {round} {name}: {:.0}/s p50 {:.0}us p99 {:.0}us",
-                    s.rate, s.p50_us, s.p99_us
-                );
-                results.push(json!({"scenario": scenario, "contender": name, "round": round,
-                    "rate": s.rate, "p50_us": s.p50_us, "p99_us": s.p99_us, "count": s.count}));
-            }
-        }
-    }
-    for (mode, clients) in [("simple", 8), ("prepared", 8), ("simple", 1), ("simple", 32)] {
-        let scenario = format!("pgbench -S -M {mode}, {clients} clients");
-        if !scenario.contains(&only) {
-            continue;
-        }
-        for round in 0..rounds {
-            let agent_dsn = pg.agent_dsn();
-            let bouncer_dsn = format!(
-                "host={} port={} dbname=shop user=agent",
-                bouncer.addr.ip(),
-                bouncer.addr.port()
-            );
-            let contenders: [(&str, &str, Via<'_>); 3] = [
-                ("direct", &direct_pg, Via::Plain),
-                ("pgbouncer-session", &bouncer_dsn, Via::Plain),
-                ("interlock", &agent_dsn, Via::Agent(&cg)),
-            ];
-            for (name, dsn, via) in contenders {
-                if !wanted(name) {
-                    continue;
-                }
-                let args: Vec<String> = vec![
-                    "-S".into(),
-                    "-M".into(),
-                    mode.into(),
-                    "-c".into(),
-                    clients.to_string(),
-                    "-j".into(),
-                    clients.min(2).to_string(),
-                    "-T".into(),
-                    secs.to_string(),
-                    "-n".into(),
-                    (*dsn).to_owned(),
-                ];
-                let s = parse_pgbench(&run(&via, "pgbench", &args, &[]));
-                eprintln!(
-                    "{scenario} round {round} {name}: {:.0} tps, latency {:.0}us",
-                    s.rate, s.p50_us
-                );
-                results.push(json!({"scenario": scenario, "contender": name, "round": round,
-                    "rate": s.rate, "p50_us": s.p50_us, "p99_us": null, "count": s.count}));
-            }
-        }
-    }
-    let cpu_per_request_us = if interlock_cpu.1 > 0.0 {
-        interlock_cpu.0 / interlock_cpu.1 * 1e6
-    } else {
-        0.0
+    let gateway_pid = gw.pid().expect("gateway running");
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = status_kib(gateway_pid, "VmRSS:");
+    let mut b = Bench {
+        rounds: if quick { 2 } else { 3 },
+        secs: if quick { 3 } else { 5 },
+        only: std::env::var("BENCH_ONLY").unwrap_or_default(),
+        contenders: std::env::var("BENCH_CONTENDERS").unwrap_or_default(),
+        gateway_pid,
+        samples: Vec::new(),
     };
+    let web: Vec<http::Contender<'_>> = vec![
+        ("direct", origin.addr, Via::Plain),
+        ("haproxy", haproxy.addr, Via::Plain),
+        ("nginx", nginx.addr, Via::Plain),
+        ("interlock", origin.addr, Via::Agent(&cg)),
+    ];
+    http::closed_loop(&mut b, &web);
+    let keepalive = "HTTP/1.1 keep-alive, 1 KB";
+    let direct_max = b.median_rate(keepalive, "direct");
+    let interlock_max = b.median_rate(keepalive, "interlock");
+    http::fixed_rate(&mut b, "HTTP 1 KB at half the direct maximum", direct_max / 2.0, &web);
+    http::fixed_rate(
+        &mut b,
+        "HTTP 1 KB at half Interlock's maximum",
+        interlock_max / 2.0,
+        &web,
+    );
+    let tls: Vec<http::Contender<'_>> = vec![
+        ("direct", tls_origin.addr, Via::Plain),
+        ("nginx", nginx_tls.addr, Via::Plain),
+        ("mitmproxy", mitm.addr, Via::Plain),
+        ("interlock", tls_origin.addr, Via::Agent(&cg)),
+    ];
+    http::tls(&mut b, &tls);
+    let socket_dsn = format!(
+        "host={} port={} dbname=shop user=app password={password}",
+        pg.socket_dir().display(),
+        pg.addr.port()
+    );
+    let bouncer = |p: &peers::Proc| format!("host={} port={} dbname=shop user=agent", p.addr.ip(), p.addr.port());
+    let dbs: Vec<pg::Contender<'_>> = vec![
+        ("direct", direct_pg.clone(), Via::Plain),
+        ("direct-unix-socket", socket_dsn, Via::Plain),
+        ("pgbouncer-session", bouncer(&session), Via::Plain),
+        ("pgbouncer-transaction", bouncer(&transaction), Via::Plain),
+        ("interlock", pg.agent_dsn(), Via::Agent(&cg)),
+    ];
+    pg::closed_loop(&mut b, &dbs);
+    let pg_max = b.median_rate("pgbench -S -M simple, 8 clients", "direct");
+    let pg_interlock = b.median_rate("pgbench -S -M simple, 8 clients", "interlock");
+    pg::fixed_rate(
+        &mut b,
+        "pgbench -S -R at half the direct maximum, 8 clients",
+        pg_max / 2.0,
+        &dbs,
+    );
+    pg::fixed_rate(
+        &mut b,
+        "pgbench -S -R at half Interlock's maximum, 8 clients",
+        pg_interlock / 2.0,
+        &dbs,
+    );
+    // Memory with 1,000 idle keep-alive connections (each has answered one request).
+    let held = Client::new(&cg).spawn_holding(
+        "python3",
+        json!({"op": "hold_many", "count": 1000, "host": origin.addr.ip().to_string(),
+               "port": origin.addr.port(), "path": "/1k", "hold": 3}),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_1000 = status_kib(gateway_pid, "VmRSS:");
+    let report = held.finish();
+    assert_eq!(report["answered"], 1000, "idle connections: {report}");
     let summary = json!({
         "quick": quick,
-        "rounds": rounds,
-        "seconds_per_run": secs,
-        "gateway_cpu_us_per_http_request": cpu_per_request_us,
-        "gateway_peak_rss_kib": peak_rss_kib(gw_pid),
-        "samples": results,
+        "rounds": b.rounds,
+        "seconds_per_run": b.secs,
+        "gateway_rss_idle_kib": rss_idle,
+        "gateway_rss_1000_idle_kib": rss_1000,
+        "gateway_peak_rss_kib": status_kib(gateway_pid, "VmHWM:"),
+        "samples": b.samples,
     });
     let out_dir =
         std::env::var("BENCH_DIR").map_or_else(|_| std::path::PathBuf::from("bench"), std::path::PathBuf::from);
-    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::create_dir_all(&out_dir).expect("bench dir");
     std::fs::write(
         out_dir.join("side_by_side.json"),
-        serde_json::to_string_pretty(&summary).unwrap(),
+        serde_json::to_string_pretty(&summary).expect("json"),
     )
-    .unwrap();
-    let md = report::markdown(&summary);
-    std::fs::write(out_dir.join("REPORT.md"), &md).unwrap();
+    .expect("write results");
+    // The criterion results (gathered by `cargo xtask bench`) and the
+    // optimisation log (kept by hand) go into the same report.
+    let internals: Vec<Value> = std::fs::read_to_string(out_dir.join("internals.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let log = std::fs::read_to_string(out_dir.join("OPTIMISATIONS.md")).unwrap_or_default();
+    let md = report::markdown(&summary, &internals, &log);
+    std::fs::write(out_dir.join("REPORT.md"), &md).expect("write report");
+    std::fs::write(out_dir.join("ratios.svg"), report::svg(&summary)).expect("write chart");
     println!("{md}");
+    let _ = std::fs::remove_file(&key_file);
     if let Ok(secs) = std::env::var("BENCH_HOLD").map(|v| v.parse::<u64>().unwrap_or(0)) {
         // Keep everything up for a profiler: `perf record -p <gateway pid>`.
-        eprintln!("holding {secs} s; gateway pid {gw_pid}");
+        eprintln!("holding {secs} s; gateway pid {gateway_pid}");
         std::thread::sleep(Duration::from_secs(secs));
     }
 }

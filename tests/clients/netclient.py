@@ -185,7 +185,38 @@ def httpx_get(spec):
         return {"ok": False, "error": repr(e)}
 
 
-OPS = {"tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+def hold_many(spec):
+    """Open count connections, send one HTTP GET of path on each and read its
+    answer (so each is a live keep-alive session), announce them, hold them
+    idle for hold seconds, then close them."""
+    import resource
+    count = spec["count"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 64)), hard))
+    request = ("GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % spec.get("path", "/")).encode()
+    socks, answered = [], 0
+    try:
+        for _ in range(count):
+            s = socket.socket(family(spec), socket.SOCK_STREAM)
+            s.settimeout(TIMEOUT)
+            s.connect(addr_of(spec))
+            socks.append(s)
+            if spec.get("path"):
+                s.sendall(request)
+                if s.recv(65536).startswith(b"HTTP/1.1 200"):
+                    answered += 1
+        print(json.dumps({"held": len(socks), "answered": answered}), flush=True)
+        time.sleep(spec.get("hold", 3))
+        return {"ok": True, "held": len(socks), "answered": answered}
+    except OSError as e:
+        print(json.dumps({"held": len(socks), "error": str(e)}), flush=True)
+        return fail(e)
+    finally:
+        for s in socks:
+            s.close()
+
+
+OPS = {"hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

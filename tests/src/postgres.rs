@@ -58,6 +58,11 @@ impl PgServer {
         Self::start_with(ip, true)
     }
 
+    /// The directory holding the cluster's unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The CA of a TLS cluster's certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")

@@ -73,19 +73,35 @@ fn main() -> Result<()> {
     }
 }
 
-/// Runs the benchmarks; in-process results go to `<target>/bench/*.json`,
-/// the side-by-side report (JSON and Markdown) to `bench/`.
+/// Runs the benchmarks: the in-process ones with criterion (results
+/// gathered into `bench/internals.json`), the revocation latency (its JSON
+/// under `<target>/bench/`), and the side-by-side run, whose report
+/// (`bench/REPORT.md`, `bench/side_by_side.json`, `bench/ratios.svg`)
+/// includes the criterion results and `bench/OPTIMISATIONS.md`.
 fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
     setup::run(root)?;
     setup::install_packages(setup::BENCH_PACKAGES)?;
+    let oha = setup::oha()?;
     let env = setup::toolchain_env();
     let out = target_dir(root).join("bench");
     std::fs::create_dir_all(&out)?;
-    let mut policy = shell::cmd("cargo", &["bench", "-p", "gateway", "--bench", "policy"]);
-    policy
-        .envs(env.iter().cloned())
-        .env("BENCH_OUTPUT", out.join("policy.json"));
-    shell::run(&mut policy)?;
+    let criterion_args: &[&str] = if quick {
+        &["--warm-up-time", "1", "--measurement-time", "2"]
+    } else {
+        &["--warm-up-time", "2", "--measurement-time", "5"]
+    };
+    let criterion_dir = target_dir(root).join("criterion");
+    let _ = std::fs::remove_dir_all(&criterion_dir);
+    for name in ["policy", "masking", "audit"] {
+        let mut args = vec!["bench", "-p", "gateway", "--bench", name, "--"];
+        args.extend_from_slice(criterion_args);
+        shell::run(shell::cmd("cargo", &args).envs(env.iter().cloned()))?;
+    }
+    let internals = gather_criterion(&criterion_dir)?;
+    std::fs::write(
+        root.join("bench/internals.json"),
+        serde_json::to_string_pretty(&internals)?,
+    )?;
     // The revocation bench drives a real gateway (release build) and needs root.
     shell::run(shell::cmd("cargo", &["build", "--release", "-p", "gateway", "--bins"]).envs(env.iter().cloned()))?;
     let mut revoke = shell::cmd(
@@ -101,6 +117,7 @@ fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
     side.envs(env.iter().cloned())
         .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))
         .env("BENCH_DIR", root.join("bench"))
+        .env("OHA", &oha)
         .env("BENCH_QUICK", if quick { "1" } else { "0" });
     shell::run(&mut side)?;
     eprintln!(
@@ -109,6 +126,33 @@ fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
         root.join("bench/REPORT.md").display()
     );
     Ok(())
+}
+
+/// Criterion's estimates, one entry per bench: id, median and mean (ns),
+/// and the throughput it was declared with.
+fn gather_criterion(dir: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    let mut found = Vec::new();
+    for group in std::fs::read_dir(dir)?.flatten() {
+        for bench in std::fs::read_dir(group.path())?.flatten() {
+            let new = bench.path().join("new");
+            let (Ok(meta), Ok(est)) = (
+                std::fs::read_to_string(new.join("benchmark.json")),
+                std::fs::read_to_string(new.join("estimates.json")),
+            ) else {
+                continue;
+            };
+            let meta: serde_json::Value = serde_json::from_str(&meta)?;
+            let est: serde_json::Value = serde_json::from_str(&est)?;
+            found.push(serde_json::json!({
+                "id": meta["full_id"],
+                "median_ns": est["median"]["point_estimate"],
+                "mean_ns": est["mean"]["point_estimate"],
+                "throughput": meta["throughput"],
+            }));
+        }
+    }
+    found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(found)
 }
 
 /// Cargo's target directory (CI keeps it outside the clone).

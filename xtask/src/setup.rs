@@ -51,7 +51,28 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/pgbouncer", "pgbouncer"),
     ("wrk", "wrk"),
     ("h2load", "nghttp2-client"),
+    ("/usr/bin/mitmdump", "mitmproxy"),
 ];
+
+/// oha, the open-loop HTTP load generator with coordinated-omission
+/// correction (`--latency-correction`); not packaged by Debian.
+const OHA_VERSION: &str = "1.16.0";
+
+/// Installs oha from crates.io (once per version) and returns its path.
+pub fn oha() -> Result<PathBuf> {
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+    let bin = cargo_home.join("bin/oha");
+    if output(bin.to_str().unwrap_or("oha"), &["--version"]).is_some_and(|v| v.contains(OHA_VERSION)) {
+        return Ok(bin);
+    }
+    shell::run(&mut cmd(
+        "cargo",
+        &["install", "oha", "--locked", "--force", "--version", OHA_VERSION],
+    ))?;
+    Ok(bin)
+}
 
 fn apt() -> Result<()> {
     install_packages(APT_PACKAGES)

@@ -1,6 +1,8 @@
 //! The report: per scenario, Interlock's throughput as a ratio to the direct
-//! connection and to each peer, and the latency it adds, from the median of
-//! the interleaved rounds; absolute numbers only in the details.
+//! connection and to each peer, the latency it adds at a fixed rate, its CPU
+//! time per request and its memory, from the medians of interleaved rounds;
+//! the in-process benches (criterion) and the optimisation log beside them;
+//! absolute numbers only in the details. Also a bar chart (SVG).
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -10,77 +12,208 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// Markdown for a result document.
-pub fn markdown(summary: &Value) -> String {
-    let samples = summary["samples"].as_array().cloned().unwrap_or_default();
-    let mut by: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    for s in &samples {
-        let scenario = s["scenario"].as_str().unwrap_or_default().to_owned();
-        if !order.contains(&scenario) {
-            order.push(scenario.clone());
+/// Samples grouped by (scenario, contender), scenarios in run order.
+struct Table<'a> {
+    by: BTreeMap<(String, String), Vec<&'a Value>>,
+    order: Vec<String>,
+}
+
+impl<'a> Table<'a> {
+    fn new(samples: &'a [Value]) -> Self {
+        let mut t = Self {
+            by: BTreeMap::new(),
+            order: Vec::new(),
+        };
+        for s in samples {
+            let scenario = s["scenario"].as_str().unwrap_or_default().to_owned();
+            if !t.order.contains(&scenario) {
+                t.order.push(scenario.clone());
+            }
+            let who = s["contender"].as_str().unwrap_or_default().to_owned();
+            t.by.entry((scenario, who)).or_default().push(s);
         }
-        by.entry((scenario, s["contender"].as_str().unwrap_or_default().to_owned()))
-            .or_default()
-            .push(s);
+        t
     }
-    let stat = |scenario: &str, who: &str, key: &str| {
+
+    fn stat(&self, scenario: &str, who: &str, key: &str) -> f64 {
         median(
-            by.get(&(scenario.to_owned(), who.to_owned()))
+            self.by
+                .get(&(scenario.to_owned(), who.to_owned()))
                 .map(|v| v.iter().filter_map(|s| s[key].as_f64()).collect())
                 .unwrap_or_default(),
         )
-    };
-    let mut out = String::from("# Interlock side by side\n\n");
-    out.push_str(&format!(
-        "{} rounds of {} s per contender, interleaved. Interlock runs with its eBPF redirect, policy (Cedar) and the audit trail (SQLite, every event committed before the answer) on.\n\n",
-        summary["rounds"], summary["seconds_per_run"]
-    ));
-    out.push_str("## Summary\n\n| scenario | vs direct | vs peers | added p50 | added p99 |\n|---|---|---|---|---|\n");
-    for scenario in &order {
-        let mine = stat(scenario, "interlock", "rate");
-        let direct = stat(scenario, "direct", "rate");
-        let peers: Vec<String> = by
+    }
+
+    fn peers(&self, scenario: &str) -> Vec<String> {
+        self.by
             .keys()
             .filter(|(s, c)| s == scenario && c != "interlock" && c != "direct")
-            .map(|(_, c)| format!("{:.2}× {c}", mine / stat(scenario, c, "rate")))
-            .collect();
-        let added = |key: &str| {
-            let d = stat(scenario, "interlock", key) - stat(scenario, "direct", key);
-            if d.is_finite() {
-                format!("{d:+.0} µs")
-            } else {
-                "—".into()
-            }
-        };
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+}
+
+fn fixed_rate(scenario: &str) -> bool {
+    scenario.contains("half")
+}
+
+fn us(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:+.0} µs")
+    } else {
+        "—".into()
+    }
+}
+
+/// A horizontal bar chart of Interlock's throughput relative to direct and
+/// to the best peer, one pair of bars per closed-loop scenario.
+pub fn svg(summary: &Value) -> String {
+    let samples = summary["samples"].as_array().cloned().unwrap_or_default();
+    let t = Table::new(&samples);
+    let rows: Vec<(String, f64, f64)> = t
+        .order
+        .iter()
+        .filter(|s| !fixed_rate(s))
+        .map(|s| {
+            let mine = t.stat(s, "interlock", "rate");
+            let best = t.peers(s).iter().map(|p| t.stat(s, p, "rate")).fold(f64::NAN, f64::max);
+            (s.clone(), mine / t.stat(s, "direct", "rate"), mine / best)
+        })
+        .collect();
+    let (left, width, bar, gap) = (430.0, 360.0, 12.0, 10.0);
+    let height = 40.0 + rows.len() as f64 * (2.0 * bar + gap);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <text x=\"4\" y=\"14\">Interlock throughput as a fraction of direct (dark) and of the best peer (light); line = 1.0</text>\n",
+        w = left + width + 60.0
+    );
+    for (i, (name, direct, peer)) in rows.iter().enumerate() {
+        let y = 26.0 + i as f64 * (2.0 * bar + gap);
+        let name = name.replace('&', "&amp;").replace('<', "&lt;");
         out.push_str(&format!(
-            "| {scenario} | {:.2}× | {} | {} | {} |\n",
-            mine / direct,
+            "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">{name}</text>\n",
+            left - 6.0,
+            y + bar + 3.0
+        ));
+        for (j, (v, color)) in [(direct, "#1f4e79"), (peer, "#8db3e2")].into_iter().enumerate() {
+            let v = if v.is_finite() { *v } else { 0.0 };
+            let yy = y + j as f64 * bar;
+            out.push_str(&format!(
+                "<rect x=\"{left}\" y=\"{yy:.0}\" width=\"{:.1}\" height=\"{:.0}\" fill=\"{color}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.0}\">{v:.2}×</text>\n",
+                (v.min(1.2) / 1.2) * width,
+                bar - 1.0,
+                left + (v.min(1.2) / 1.2) * width + 3.0,
+                yy + bar - 2.0
+            ));
+        }
+    }
+    let one = left + width / 1.2;
+    out.push_str(&format!(
+        "<line x1=\"{one:.1}\" y1=\"20\" x2=\"{one:.1}\" y2=\"{height}\" stroke=\"#c00\" stroke-dasharray=\"3,3\"/>\n</svg>\n"
+    ));
+    out
+}
+
+/// Markdown for a result document; `internals` are the criterion results,
+/// `log` the optimisation log.
+pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
+    let samples = summary["samples"].as_array().cloned().unwrap_or_default();
+    let t = Table::new(&samples);
+    let mut out = String::from("# Interlock side by side\n\n");
+    out.push_str(&format!(
+        "{} rounds of {} s per contender, interleaved, on one 2-core VM (load generator, proxies and origin share it). \
+         Interlock runs with its eBPF redirect, policy (Cedar), masking rules loaded and the audit trail (SQLite, every event committed before the answer) on.\n\n\
+         ![throughput ratios](ratios.svg)\n\n",
+        summary["rounds"], summary["seconds_per_run"]
+    ));
+    out.push_str("## Throughput (closed loop)\n\n| scenario | vs direct | vs peers | gateway CPU / request |\n|---|---|---|---|\n");
+    for scenario in t.order.iter().filter(|s| !fixed_rate(s)) {
+        let mine = t.stat(scenario, "interlock", "rate");
+        let peers: Vec<String> = t
+            .peers(scenario)
+            .iter()
+            .map(|c| format!("{:.2}× {c}", mine / t.stat(scenario, c, "rate")))
+            .collect();
+        out.push_str(&format!(
+            "| {scenario} | {:.2}× | {} | {:.0} µs |\n",
+            mine / t.stat(scenario, "direct", "rate"),
             peers.join(", "),
-            added("p50_us"),
-            added("p99_us")
+            t.stat(scenario, "interlock", "gateway_cpu_us")
+        ));
+    }
+    out.push_str("\n## Added latency at a fixed rate (coordinated omission corrected)\n\n\
+        HTTP: oha `--latency-correction`; PostgreSQL: pgbench `-R`, each transaction timed from its scheduled start.\n\n\
+        | scenario | rate /s | Interlock added p50 | added p99 | peers' added p50 / p99 |\n|---|---|---|---|---|\n");
+    for scenario in t.order.iter().filter(|s| fixed_rate(s)) {
+        let d50 = t.stat(scenario, "direct", "p50_us");
+        let d99 = t.stat(scenario, "direct", "p99_us");
+        let peers: Vec<String> = t
+            .peers(scenario)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{c} {} / {}",
+                    us(t.stat(scenario, c, "p50_us") - d50),
+                    us(t.stat(scenario, c, "p99_us") - d99)
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {scenario} | {:.0} | {} | {} | {} |\n",
+            t.stat(scenario, "direct", "rate"),
+            us(t.stat(scenario, "interlock", "p50_us") - d50),
+            us(t.stat(scenario, "interlock", "p99_us") - d99),
+            peers.join("; ")
         ));
     }
     out.push_str(&format!(
-        "\nGateway CPU per HTTP request: {:.1} µs. Gateway peak RSS: {} MiB.\n",
-        summary["gateway_cpu_us_per_http_request"].as_f64().unwrap_or(0.0),
+        "\n## Memory\n\nGateway RSS idle: {} MiB; with 1,000 idle keep-alive connections (each answered once): {} MiB; peak over the run: {} MiB.\n",
+        summary["gateway_rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
+        summary["gateway_rss_1000_idle_kib"].as_u64().unwrap_or(0) / 1024,
         summary["gateway_peak_rss_kib"].as_u64().unwrap_or(0) / 1024
     ));
-    out.push_str("\nLatency here is measured at full load (wrk; pgbench reports its average), not at a fixed rate with coordinated-omission correction: wrk2 is not packaged here.\n");
+    if !internals.is_empty() {
+        out.push_str("\n## Gateway internals (criterion, median)\n\n| bench | time | throughput |\n|---|---|---|\n");
+        for i in internals {
+            let ns = i["median_ns"].as_f64().unwrap_or(f64::NAN);
+            let time = if ns >= 1e6 {
+                format!("{:.2} ms", ns / 1e6)
+            } else if ns >= 1e3 {
+                format!("{:.2} µs", ns / 1e3)
+            } else {
+                format!("{ns:.0} ns")
+            };
+            let thrpt = if let Some(b) = i["throughput"]["Bytes"].as_f64() {
+                format!("{:.0} MiB/s", b / (ns / 1e9) / (1 << 20) as f64)
+            } else if let Some(e) = i["throughput"]["Elements"].as_f64() {
+                format!("{:.0} /s", e / (ns / 1e9))
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("| {} | {time} | {thrpt} |\n", i["id"].as_str().unwrap_or("?")));
+        }
+    }
+    if !log.trim().is_empty() {
+        out.push('\n');
+        out.push_str(log.trim_end());
+        out.push('\n');
+    }
     out.push_str(
         "\n## Details (medians)\n\n| scenario | contender | rate /s | p50 µs | p99 µs |\n|---|---|---|---|---|\n",
     );
-    for (scenario, who) in by.keys() {
+    for (scenario, who) in t.by.keys() {
         out.push_str(&format!(
             "| {scenario} | {who} | {:.0} | {:.0} | {:.0} |\n",
-            stat(scenario, who, "rate"),
-            stat(scenario, who, "p50_us"),
-            stat(scenario, who, "p99_us")
+            t.stat(scenario, who, "rate"),
+            t.stat(scenario, who, "p50_us"),
+            t.stat(scenario, who, "p99_us")
         ));
     }
+    out.push_str("\nIn closed loop pgbench reports an average latency (shown as p50) and no p99.\n");
     out
 }
