@@ -7,7 +7,7 @@ use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gateway::{
     config::ColumnStyle,
-    masking::{Masker, StreamMasker, Style, BUILTIN_NAMES},
+    masking::{Masker, SseMasker, StreamMasker, Style, BUILTIN_NAMES},
     proxy::pg::columns::{Column, Shape},
 };
 use postgres_protocol::message::backend::Message;
@@ -66,6 +66,26 @@ fn masking(c: &mut Criterion) {
                 out += stream.push(chunk).0.len();
             }
             out += stream.finish().0.len();
+            black_box(out)
+        })
+    });
+    // An LLM token stream: 5,000 chat-completion chunks, one choice each.
+    let mut sse = String::new();
+    for i in 0..5000 {
+        sse.push_str(&format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" token{i}\"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    sse.push_str("data: [DONE]\n\n");
+    g.throughput(Throughput::Bytes(sse.len() as u64));
+    g.bench_function("SSE chat-completion stream, 5000 chunks, built-in detectors", |b| {
+        b.iter(|| {
+            let mut stream = SseMasker::new(masker.clone());
+            let mut out = 0;
+            for chunk in sse.as_bytes().chunks(4096) {
+                out += stream.push(chunk).len();
+            }
+            out += stream.finish().len();
             black_box(out)
         })
     });

@@ -85,6 +85,15 @@ pub struct Masker {
     detectors: Vec<(Detector, Style)>,
     /// Detectors whose originals are kept (sealed) in the audit trail.
     keep: Vec<String>,
+    /// Every detector's pattern in one automaton: one pass tells which
+    /// detectors can match at all, so text with nothing to mask (most of it)
+    /// is scanned once rather than once per detector.
+    prefilter: Option<regex::bytes::RegexSet>,
+}
+
+fn prefilter(detectors: &[(Detector, Style)]) -> Option<regex::bytes::RegexSet> {
+    // Too large a set (many custom patterns) just means no prefilter.
+    regex::bytes::RegexSet::new(detectors.iter().map(|(d, _)| d.pattern())).ok()
 }
 
 impl Masker {
@@ -97,15 +106,13 @@ impl Masker {
         for (name, pattern) in custom {
             detectors.push((Detector::custom(name, pattern)?, style));
         }
-        Ok(Self {
-            detectors,
-            keep: Vec::new(),
-        })
+        Ok(Self::from_parts(detectors))
     }
 
     /// From detectors with their styles.
     pub fn from_parts(detectors: Vec<(Detector, Style)>) -> Self {
         Self {
+            prefilter: prefilter(&detectors),
             detectors,
             keep: Vec::new(),
         }
@@ -120,6 +127,7 @@ impl Masker {
     /// Adds a detector for one exact value (redacted).
     pub fn with_literal(mut self, name: &str, value: &str) -> Result<Self, String> {
         self.detectors.push((Detector::literal(name, value)?, Style::Redact));
+        self.prefilter = prefilter(&self.detectors);
         Ok(self)
     }
 
@@ -156,9 +164,12 @@ impl Masker {
     }
 
     fn styled_spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str, Style)> {
+        let candidates = self.prefilter.as_ref().map(|set| set.matches(input));
         self.detectors
             .iter()
-            .flat_map(|(d, style)| {
+            .enumerate()
+            .filter(|(i, _)| candidates.as_ref().is_none_or(|c| c.matched(*i)))
+            .flat_map(|(_, (d, style))| {
                 d.find_all(input)
                     .into_iter()
                     .map(move |(s, e)| (s, e, d.name(), *style))

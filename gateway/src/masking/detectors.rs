@@ -140,6 +140,11 @@ impl Detector {
         &self.name
     }
 
+    /// Its regular expression.
+    pub fn pattern(&self) -> &str {
+        self.regex.as_str()
+    }
+
     /// How many bytes at the end of `held` could be the start of a value not
     /// yet complete: a stream must hold them back. Every character a
     /// detector's pattern can match is in its alphabet below, so a value that

@@ -32,14 +32,26 @@ impl SseMasker {
         }
     }
 
-    /// Feeds bytes; returns the events ready to go out.
+    /// Feeds bytes; returns the events ready to go out. Consecutive events
+    /// that carry no choice deltas are masked together, in one pass (each is
+    /// complete, so nothing is split; a value spanning two of them is only
+    /// masked more, never less).
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.buf.extend_from_slice(bytes);
+        let buf = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
-        while let Some(end) = find_event_end(&self.buf) {
-            let event: Vec<u8> = self.buf.drain(..end).collect();
-            out.extend(self.event(&event));
+        let (mut at, mut plain_from) = (0, 0);
+        while let Some(len) = find_event_end(&buf[at..]) {
+            let event = &buf[at..at + len];
+            if let Some(masked) = self.choice_event(event) {
+                out.extend(self.masker.mask(&buf[plain_from..at]).0);
+                out.extend(masked);
+                plain_from = at + len;
+            }
+            at += len;
         }
+        out.extend(self.masker.mask(&buf[plain_from..at]).0);
+        self.buf = buf[at..].to_vec();
         out
     }
 
@@ -51,19 +63,22 @@ impl SseMasker {
         out
     }
 
-    fn event(&mut self, event: &[u8]) -> Vec<u8> {
+    /// An event that needs handling of its own (a chunk with choice deltas,
+    /// or `[DONE]`), handled; `None` for any other event, which the caller
+    /// masks as text.
+    fn choice_event(&mut self, event: &[u8]) -> Option<Vec<u8>> {
         let text = String::from_utf8_lossy(event);
-        let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")).map(str::trim) else {
-            return self.masker.mask(event).0;
-        };
+        let data = text.lines().find_map(|l| l.strip_prefix("data:")).map(str::trim)?;
         if data == "[DONE]" {
             let mut out = self.flush_event();
             out.extend_from_slice(event);
-            return out;
+            return Some(out);
         }
-        let Ok(mut json) = serde_json::from_str::<Value>(data) else {
-            return self.masker.mask(event).0;
-        };
+        // Only chunks with choices are parsed as JSON.
+        if !data.contains("\"choices\"") {
+            return None;
+        }
+        let mut json = serde_json::from_str::<Value>(data).ok()?;
         let mut touched = false;
         if let Some(choices) = json.get_mut("choices").and_then(Value::as_array_mut) {
             for choice in choices {
@@ -88,10 +103,10 @@ impl SseMasker {
             }
         }
         if !touched {
-            return self.masker.mask(event).0;
+            return None;
         }
         self.last_chunk = Some(json.clone());
-        format!("data: {json}\n\n").into_bytes()
+        Some(format!("data: {json}\n\n").into_bytes())
     }
 
     /// One extra chunk carrying every choice's held-back text, if any.
@@ -122,14 +137,22 @@ impl SseMasker {
     }
 }
 
-/// End (exclusive) of the first complete event: a blank line.
+/// End (exclusive) of the first complete event: a blank line (`\n\n` or
+/// `\r\n\r\n`). One pass over the bytes: searching for each form over the
+/// whole buffer made every event cost the length of the rest of the chunk.
 fn find_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(found) = buf[from..].iter().position(|b| *b == b'\n') {
+        let p = from + found;
+        if buf.get(p + 1) == Some(&b'\n') {
+            return Some(p + 2);
+        }
+        if p >= 1 && buf[p - 1] == b'\r' && buf.get(p + 1..p + 3) == Some(b"\r\n".as_slice()) {
+            return Some(p + 3);
+        }
+        from = p + 1;
     }
+    None
 }
 
 #[cfg(test)]
@@ -179,5 +202,14 @@ mod tests {
             vec!["credit_card"]
         );
         assert_eq!(sse.fired[0].at, "choices[0].delta.content");
+    }
+
+    #[test]
+    fn events_end_at_the_first_blank_line_of_either_form() {
+        assert_eq!(find_event_end(b"data: a\n\ndata: b\n\n"), Some(9));
+        assert_eq!(find_event_end(b"data: a\r\n\r\ndata: b"), Some(11));
+        assert_eq!(find_event_end(b"data: a\r\n\r\n\n\n"), Some(11));
+        assert_eq!(find_event_end(b"data: a\ndata: b\n"), None);
+        assert_eq!(find_event_end(b"\n\n"), Some(2));
     }
 }
