@@ -51,20 +51,25 @@ fn config(dir: &Path, audit: &str) -> Config {
 }
 
 fn bench_store(c: &mut Criterion, name: &str, config: Config) {
+    bench_store_with(c, name, config, RECORDERS, EVENTS);
+}
+
+/// `recorders` concurrent recorders recording `events` events in all.
+fn bench_store_with(c: &mut Criterion, name: &str, config: Config, recorders: u64, events: u64) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(rt.block_on(EventSink::open(&config)).expect("audit store opens"));
     let mut g = c.benchmark_group("audit");
-    g.throughput(Throughput::Elements(EVENTS));
+    g.throughput(Throughput::Elements(events));
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
                 rt.block_on(async {
-                    let tasks: Vec<_> = (0..RECORDERS)
+                    let tasks: Vec<_> = (0..recorders)
                         .map(|r| {
                             let sink = sink.clone();
                             tokio::spawn(async move {
-                                for i in 0..EVENTS / RECORDERS {
+                                for i in 0..events / recorders {
                                     sink.record(event(r * 1000 + i)).await.expect("recorded");
                                 }
                             })
@@ -86,6 +91,14 @@ fn audit_stores(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(interlock_tests::unique("bench-audit"));
     std::fs::create_dir_all(&dir).expect("bench dir");
     bench_store(c, "events/s, SQLite, 32 recorders", config(&dir.join("sqlite"), ""));
+    // One recorder at a time: the time per event is the acknowledgement latency.
+    bench_store_with(
+        c,
+        "events/s, SQLite, 1 recorder (latency)",
+        config(&dir.join("sqlite-1"), ""),
+        1,
+        64,
+    );
     interlock_tests::require_root();
     let pg = interlock_tests::postgres::PgServer::start("127.0.0.66");
     pg.psql("postgres", "CREATE ROLE auditor LOGIN PASSWORD 'audit-pw'");

@@ -401,24 +401,53 @@ fn a_full_store_makes_the_gateway_refuse_until_it_has_room_again() {
         ])
         .stderr(std::process::Stdio::null())
         .status();
-    let refused = curl(&cg, &url);
-    assert!(
-        !refused.ends_with("200"),
-        "served while the audit store is full: {refused}"
-    );
+    // Requests are journaled before they are answered, so the store's
+    // failure shows at its next write: within a few requests the gateway
+    // refuses, and whatever it served meanwhile reaches the store later.
+    let (served, refused) = until_refused(&cg, &url, "full");
     assert!(
         refused.contains("audit trail is unavailable")
             || refused.contains("Connection reset")
+            || refused.contains("Couldn't connect")
             || refused.contains("refused"),
         "{refused}"
     );
-    let again = curl(&cg, &url);
+    let again = curl(&cg, &format!("{url}-again"));
     assert!(!again.ends_with("200"), "{again}");
     assert!(gw.log().contains("audit store failing"), "{}", gw.log());
     std::fs::remove_file(fs.0.join("filler")).unwrap();
     let back = wait_for(15, || curl(&cg, &url).ends_with("200").then_some(()));
     assert!(back.is_some(), "the gateway did not recover:\n{}", gw.log());
     assert!(gw.log().contains("audit store is back"), "{}", gw.log());
+    assert_stored(&gw, &served);
+}
+
+/// Requests `url-full-N` until one is refused (at most 20); returns the
+/// paths served before that and the refusal.
+fn until_refused(cg: &TestCgroup, url: &str, tag: &str) -> (Vec<String>, String) {
+    let mut served = Vec::new();
+    for i in 0..20 {
+        let path = format!("{url}-{tag}-{i}");
+        let out = curl(cg, &path);
+        if !out.ends_with("200") {
+            return (served, out);
+        }
+        served.push(path.rsplit_once('/').map(|(_, p)| format!("/{p}")).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("still served 20 requests after the audit store failed");
+}
+
+/// Every path in `paths` has its exchange event in the store (eventually).
+fn assert_stored(gw: &Gateway, paths: &[String]) {
+    let all = wait_for(15, || {
+        let stored: Vec<String> = search(gw, &["--kind", "http_exchange"])
+            .iter()
+            .filter_map(|e| e["path"].as_str().map(str::to_owned))
+            .collect();
+        paths.iter().all(|p| stored.contains(p)).then_some(())
+    });
+    assert!(all.is_some(), "served while failing but not stored: {paths:?}");
 }
 
 #[test]
@@ -504,14 +533,11 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not trusted"));
     // The store goes down: new requests are refused; it comes back: served again.
     pg.stop();
-    let refused = curl(&cg1, &url);
-    assert!(
-        !refused.ends_with("200"),
-        "served while the audit store is down: {refused}"
-    );
+    let (served, _refused) = until_refused(&cg1, &url, "down");
     pg.start_again();
     let back = wait_for(20, || curl(&cg1, &url).ends_with("200").then_some(()));
     assert!(back.is_some(), "no recovery:\n{}", gw1.log());
+    assert_stored(&gw1, &served);
     // Tampering in the shared store is caught too.
     pg.psql("audit", "UPDATE interlock_audit_events SET body = replace(body, '/fleet', '/other') WHERE id = (SELECT min(id) FROM interlock_audit_events WHERE kind = 'http_exchange')");
     let out = gw1.cli(&[

@@ -1,0 +1,176 @@
+//! The store writer: one thread takes records already chained and in the
+//! journal, and puts them into the store in batches, signing a checkpoint
+//! every `checkpoint_every` records and applying retention. A batch the
+//! store refuses stays pending and is retried (by the prober, or with the
+//! next batch): records acknowledged to agents are never dropped here.
+use std::{
+    path::PathBuf,
+    sync::{mpsc, Weak},
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
+
+use super::{Health, Shared};
+use crate::audit::{
+    keys::Identity,
+    record::Record,
+    store::{Checkpoint, Store},
+};
+
+/// What the writer is told.
+pub(super) enum Msg {
+    /// A record to store (already in the journal).
+    Record(Box<Record>),
+    /// Answer once everything sent before is stored (or failed).
+    Flush(oneshot::Sender<()>),
+    /// Try the failing store again.
+    Probe,
+}
+
+/// Records written in one transaction at most.
+const BATCH: usize = 1024;
+
+/// Length of the head file's line (instance, seq and a SHA-256 hash fit).
+const HEAD_LEN: usize = 127;
+
+/// Everything the writer needs.
+pub(super) struct Writer {
+    pub(super) store: Box<dyn Store>,
+    pub(super) identity: Identity,
+    pub(super) head_file: PathBuf,
+    pub(super) head: Option<std::fs::File>,
+    pub(super) checkpoint_every: u64,
+    pub(super) max_age: Option<Duration>,
+    pub(super) max_records: Option<u64>,
+    /// Last record in the store.
+    pub(super) seq: i64,
+    pub(super) prev: String,
+}
+
+impl Writer {
+    /// Runs until every recorder is gone (the channel's sender lives with them).
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Msg>, shared: &Weak<Shared>) {
+        let mut pending: Vec<Record> = Vec::new();
+        loop {
+            let first = if pending.is_empty() {
+                rx.recv().ok()
+            } else {
+                // Failing: retry the pending batch now and then even if nothing arrives.
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Some(Msg::Probe),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            let Some(first) = first else { break };
+            let Some(shared) = shared.upgrade() else { break };
+            let (mut flushes, mut probe) = (Vec::new(), false);
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Record(r) => pending.push(*r),
+                    Msg::Flush(done) => flushes.push(done),
+                    Msg::Probe => probe = true,
+                }
+                next = if pending.len() < BATCH {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let health = &shared.health;
+            if probe && !health.ok() {
+                match self.store.probe() {
+                    // With nothing pending the store is all that was in doubt
+                    // (a recorder whose journal write failed will say so again).
+                    Ok(()) if pending.is_empty() => health.recover(),
+                    Ok(()) => {}
+                    Err(e) => health.fail(&e.to_string()),
+                }
+            }
+            if !pending.is_empty() && (health.ok() || probe) {
+                match self.commit(&mut pending) {
+                    Ok(()) => {
+                        shared.permits.add_permits(pending.len());
+                        pending.clear();
+                        health.recover();
+                        shared.maintain_journal(self.seq);
+                    }
+                    Err(e) => health.fail(&e),
+                }
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Stores a batch (in chain order, continuing the store's head) with its
+    /// checkpoint; on failure nothing of it counts.
+    pub(super) fn commit(&mut self, records: &mut [Record]) -> Result<(), String> {
+        let Some(last) = records.last() else { return Ok(()) };
+        let (instance, seq, hash) = (last.instance.clone(), last.seq, last.hash.clone());
+        let every = self.checkpoint_every as i64;
+        let checkpoint = (seq / every > self.seq / every).then(|| {
+            let (key_id, signature) = self.identity.sign(&instance, seq, &hash);
+            Checkpoint {
+                instance: instance.clone(),
+                seq,
+                hash: hash.clone(),
+                time: crate::audit::now(),
+                key_id,
+                signature,
+            }
+        });
+        self.store
+            .append(records, checkpoint.as_ref())
+            .map_err(|e| e.to_string())?;
+        self.seq = seq;
+        self.prev = hash;
+        self.write_head(&instance, seq);
+        if checkpoint.is_some() && (self.max_age.is_some() || self.max_records.is_some()) {
+            let cutoff = self
+                .max_age
+                .map(|age| humantime::format_rfc3339_millis(std::time::SystemTime::now() - age).to_string());
+            match self.store.prune(&instance, cutoff.as_deref(), self.max_records) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "audit retention removed old records"),
+                Err(e) => tracing::warn!("audit retention: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites the head file in place: one short line at offset 0, padded
+    /// to a fixed length. Not write-and-rename: on ext4 a rename over a file
+    /// forces its data to disk at once (auto_da_alloc), a disk write per batch.
+    fn write_head(&mut self, instance: &str, seq: i64) {
+        use std::os::unix::fs::FileExt;
+        let line = format!("{instance} {seq} {}", self.prev);
+        let padded = format!("{line:<HEAD_LEN$}\n");
+        if self.head.is_none() {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&self.head_file);
+            match opened {
+                Ok(f) => self.head = Some(f),
+                Err(e) => tracing::warn!("audit head file {}: {e}", self.head_file.display()),
+            }
+        }
+        if let Some(f) = &self.head {
+            if let Err(e) = f.write_all_at(padded.as_bytes(), 0) {
+                tracing::warn!("audit head file {}: {e}", self.head_file.display());
+            }
+        }
+    }
+}
+
+/// Health of the store as the recorders see it.
+impl Health {
+    pub(super) fn ok(&self) -> bool {
+        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
