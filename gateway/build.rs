@@ -3,7 +3,10 @@
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
-    let metadata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway-ebpf");
+    // Read when the script runs, not baked in when it is compiled: a target
+    // directory shared by clones at different paths reuses this script.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
+    let metadata = std::path::Path::new(&manifest_dir).join("../gateway-ebpf");
     let root_dir = metadata.canonicalize().context("gateway-ebpf directory is missing")?;
     let root_dir = root_dir
         .to_str()

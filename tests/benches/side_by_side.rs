@@ -224,8 +224,10 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let rss_idle = status_kib(gateway_pid, "VmRSS:");
     let mut b = Bench {
-        rounds: if quick { 2 } else { 3 },
-        secs: if quick { 3 } else { 5 },
+        // --quick: one short round (a development loop, under 3 minutes);
+        // full: three interleaved rounds (under 20 minutes on 2 cores).
+        rounds: if quick { 1 } else { 3 },
+        secs: if quick { 2 } else { 4 },
         only: std::env::var("BENCH_ONLY").unwrap_or_default(),
         contenders: std::env::var("BENCH_CONTENDERS").unwrap_or_default(),
         gateway_pid,

@@ -86,9 +86,9 @@ fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
     let out = target_dir(root).join("bench");
     std::fs::create_dir_all(&out)?;
     let criterion_args: &[&str] = if quick {
-        &["--warm-up-time", "1", "--measurement-time", "2"]
+        &["--warm-up-time", "0.5", "--measurement-time", "1"]
     } else {
-        &["--warm-up-time", "2", "--measurement-time", "5"]
+        &["--warm-up-time", "1", "--measurement-time", "3"]
     };
     let criterion_dir = target_dir(root).join("criterion");
     let _ = std::fs::remove_dir_all(&criterion_dir);

@@ -119,6 +119,60 @@ pub fn svg(summary: &Value) -> String {
     out
 }
 
+/// The issue's targets against what was measured.
+fn targets(t: &Table<'_>, summary: &Value) -> String {
+    let ratio = |scenario: &str, peer: &str| t.stat(scenario, "interlock", "rate") / t.stat(scenario, peer, "rate");
+    let added = |scenario: &str| t.stat(scenario, "interlock", "p50_us") - t.stat(scenario, "direct", "p50_us");
+    let https = "HTTPS keep-alive 1 KB, TLS intercepted, credential injected";
+    let rss = summary["gateway_rss_1000_idle_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+    let rows: Vec<(&str, String, bool)> = vec![
+        (
+            "HTTP throughput ≥ 0.9× haproxy (keep-alive 1 KB)",
+            format!("{:.2}×", ratio("HTTP/1.1 keep-alive, 1 KB", "haproxy")),
+            ratio("HTTP/1.1 keep-alive, 1 KB", "haproxy") >= 0.9,
+        ),
+        (
+            "TLS interception ≥ nginx",
+            format!("{:.2}×", ratio(https, "nginx")),
+            ratio(https, "nginx") >= 1.0,
+        ),
+        (
+            "TLS interception ≥ 20× mitmproxy",
+            format!("{:.1}×", ratio(https, "mitmproxy")),
+            ratio(https, "mitmproxy") >= 20.0,
+        ),
+        (
+            "pgbench TPS ≥ pgbouncer session mode (-S simple, 8 clients)",
+            format!("{:.2}×", ratio("pgbench -S -M simple, 8 clients", "pgbouncer-session")),
+            ratio("pgbench -S -M simple, 8 clients", "pgbouncer-session") >= 1.0,
+        ),
+        (
+            "added p50 ≤ 100 µs, HTTP (at half Interlock's maximum)",
+            us(added("HTTP 1 KB at half Interlock's maximum")),
+            added("HTTP 1 KB at half Interlock's maximum") <= 100.0,
+        ),
+        (
+            "added p50 ≤ 100 µs, PostgreSQL (at half Interlock's maximum)",
+            us(added("pgbench -S -R at half Interlock's maximum, 8 clients")),
+            added("pgbench -S -R at half Interlock's maximum, 8 clients") <= 100.0,
+        ),
+        (
+            "RSS ≤ 40 MB with 1,000 idle connections",
+            format!("{rss:.0} MiB"),
+            rss <= 40.0,
+        ),
+    ];
+    let mut out = String::from("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    for (target, measured, met) in rows {
+        out.push_str(&format!(
+            "| {target} | {measured} | {} |\n",
+            if met { "yes" } else { "no" }
+        ));
+    }
+    out.push('\n');
+    out
+}
+
 /// Markdown for a result document; `internals` are the criterion results,
 /// `log` the optimisation log.
 pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
@@ -131,6 +185,7 @@ pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
          ![throughput ratios](ratios.svg)\n\n",
         summary["rounds"], summary["seconds_per_run"]
     ));
+    out.push_str(&targets(&t, summary));
     out.push_str("## Throughput (closed loop)\n\n| scenario | vs direct | vs peers | gateway CPU / request |\n|---|---|---|---|\n");
     for scenario in t.order.iter().filter(|s| !fixed_rate(s)) {
         let mine = t.stat(scenario, "interlock", "rate");
