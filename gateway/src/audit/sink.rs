@@ -8,7 +8,7 @@
 //! work (or, if configured, drops events and says so), and a probe brings
 //! it back when the store returns.
 use std::{
-    io::Write,
+    io::Write as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
@@ -85,15 +85,32 @@ struct Chain {
     host: String,
     seq: i64,
     prev: String,
-    journal: Journal,
-    mirror: Option<std::fs::File>,
+    /// Journal and mirror lines chained but not yet written, in chain order.
+    journal_buf: Vec<u8>,
+    mirror_buf: Vec<u8>,
     /// Sends records to the writer in chain order (sent under this lock).
     tx: mpsc::Sender<Msg>,
+}
+
+/// The journal and the mirror, written by one recorder at a time.
+struct Files {
+    journal: Journal,
+    mirror: Option<std::fs::File>,
+}
+
+/// What the journal thread is asked: append an event (its JSON text),
+/// answering once it is written (or failed) when an answer is wanted.
+struct Append {
+    body: String,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 /// What recorders and the writer share.
 struct Shared {
     chain: Mutex<Chain>,
+    files: Mutex<Files>,
+    /// To the journal thread.
+    appends: mpsc::Sender<Append>,
     /// Records that may wait for the store; the writer gives them back.
     permits: Semaphore,
     health: Health,
@@ -104,12 +121,126 @@ impl Shared {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The store has everything up to `committed`: the journal may shrink.
     fn maintain_journal(&self, committed: i64) {
-        let mut chain = self.chain();
-        let newest = chain.seq;
-        chain.journal.maintain(committed, newest);
+        let newest = self.chain().seq;
+        self.files().journal.maintain(committed, newest);
     }
+
+    /// The journal thread: appends come in batches (whatever arrived while
+    /// the previous batch was written), are chained, written with one
+    /// write to the journal and one to the mirror, and answered. Recorders
+    /// never take a lock or make a system call of their own: a recorder
+    /// holding a lock while its worker thread was preempted stalled the
+    /// other workers (measured: 30% of HTTP throughput on 2 cores).
+    fn run_journal(shared: &std::sync::Weak<Self>, rx: mpsc::Receiver<Append>) {
+        while let Ok(first) = rx.recv() {
+            // Gone once every recorder is (the sender lives in `Shared`).
+            let Some(this) = shared.upgrade() else { return };
+            this.journal_batch(first, &rx);
+        }
+    }
+
+    fn journal_batch(&self, first: Append, rx: &mpsc::Receiver<Append>) {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut chain = self.chain();
+        let mut acks = Vec::with_capacity(batch.len());
+        for Append { body, ack } in batch {
+            match chain_one(&mut chain, body) {
+                Ok(()) => acks.extend(ack),
+                Err(e) => {
+                    self.permits.add_permits(1);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(e));
+                    } else {
+                        tracing::error!("audit event not recorded: {e}");
+                    }
+                }
+            }
+        }
+        let written = self.write_buffers(&mut chain);
+        drop(chain);
+        for ack in acks {
+            let _ = ack.send(written.clone());
+        }
+    }
+
+    /// Appends one event in the calling task if the chain is free (no hand-off:
+    /// the lowest latency), else through the journal thread (a worker thread
+    /// never waits for the lock: one that held it while preempted stalled the
+    /// others, 30% of HTTP throughput on 2 cores).
+    async fn append(&self, body: String) -> Result<(), String> {
+        let body = match self.append_inline(body) {
+            Ok(done) => return done,
+            Err(body) => body,
+        };
+        let (ack, written) = oneshot::channel();
+        self.appends
+            .send(Append { body, ack: Some(ack) })
+            .map_err(|_| "the audit journal has stopped".to_owned())?;
+        written.await.map_err(|_| "the audit journal has stopped".to_owned())?
+    }
+
+    /// The inline path of [`Shared::append`]; gives the body back when the
+    /// chain is busy.
+    fn append_inline(&self, body: String) -> Result<Result<(), String>, String> {
+        let mut chain = match self.chain.try_lock() {
+            Ok(chain) => chain,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(body),
+        };
+        if let Err(e) = chain_one(&mut chain, body) {
+            drop(chain);
+            self.permits.add_permits(1);
+            return Ok(Err(e));
+        }
+        Ok(self.write_buffers(&mut chain))
+    }
+
+    /// Writes the buffered lines out (under the chain's lock, so the journal
+    /// is in chain order). On failure they stay buffered for the next write
+    /// and the caller's records are refused.
+    fn write_buffers(&self, c: &mut Chain) -> Result<(), String> {
+        let mut files = self.files();
+        if let Err(e) = files.journal.write(&c.journal_buf) {
+            drop(files);
+            self.health.fail(&e);
+            return Err(e);
+        }
+        c.journal_buf.clear();
+        if let Some(m) = files.mirror.as_mut() {
+            if let Err(e) = m.write_all(&c.mirror_buf) {
+                tracing::warn!("event mirror file: {e}");
+            }
+        }
+        c.mirror_buf.clear();
+        Ok(())
+    }
+}
+
+/// Chains one event, buffers its lines and hands the record to the store
+/// writer (with its backlog permit, which the writer gives back).
+fn chain_one(c: &mut Chain, body: String) -> Result<(), String> {
+    let record = Record::next(&c.instance, &c.host, c.seq + 1, &c.prev, body)
+        .map_err(|e| format!("event does not read back: {e}"))?;
+    let line = journal::line(&record)?;
+    c.journal_buf.extend_from_slice(&line);
+    c.mirror_buf.extend_from_slice(record.body.as_bytes());
+    c.mirror_buf.push(b'\n');
+    c.seq = record.seq;
+    c.prev = record.hash.clone();
+    c.tx.send(Msg::Record(Box::new(record)))
+        .map_err(|_| "the audit writer has stopped".to_owned())
 }
 
 /// Handle for recording events. Cheap to clone.
@@ -176,16 +307,22 @@ impl EventSink {
         let journal = Journal::open(&journal_path).map_err(|e| backend(&journal_path, e))?;
         tracing::info!(%instance, seq = writer.seq, "audit trail open");
         let (tx, rx) = mpsc::channel();
+        let (appends, appends_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             chain: Mutex::new(Chain {
                 instance,
                 host,
                 seq: writer.seq,
                 prev: writer.prev.clone(),
-                journal,
-                mirror: Some(mirror),
+                journal_buf: Vec::new(),
+                mirror_buf: Vec::new(),
                 tx,
             }),
+            files: Mutex::new(Files {
+                journal,
+                mirror: Some(mirror),
+            }),
+            appends,
             permits: Semaphore::new(audit.queue),
             health: Health {
                 ok: AtomicBool::new(true),
@@ -194,6 +331,11 @@ impl EventSink {
                 dropped: AtomicU64::new(0),
             },
         });
+        let for_journal = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("audit-journal".into())
+            .spawn(move || Shared::run_journal(&for_journal, appends_rx))
+            .map_err(|e| SinkError::Backend(format!("journal thread: {e}")))?;
         let for_writer = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -228,8 +370,8 @@ impl EventSink {
 
     /// Records an event: it is in the journal (and the mirror) when this
     /// returns `Ok`. Waits only while `queue` records are waiting for the
-    /// store. While the store fails: an error (refuse policy), or the event
-    /// is dropped (drop policy).
+    /// store, and for the journal write that carries it. While the store
+    /// fails: an error (refuse policy), or the event is dropped (drop policy).
     pub async fn record(&self, event: Event) -> Result<(), SinkError> {
         let health = &self.shared.health;
         if !health.ok() && health.policy == OnFailure::Drop {
@@ -240,20 +382,33 @@ impl EventSink {
         let body = serde_json::to_string(&event).map_err(|e| SinkError::Backend(format!("event: {e}")))?;
         let permit = self.shared.permits.acquire().await.map_err(|_| SinkError::Closed)?;
         permit.forget();
-        self.append(body)
+        match self.shared.append(body).await {
+            Ok(()) => Ok(()),
+            Err(_) if health.policy == OnFailure::Drop => {
+                health.dropped();
+                Ok(())
+            }
+            Err(e) => Err(SinkError::Unavailable(e)),
+        }
     }
 
-    /// Records an event without waiting for room: for events that follow
-    /// one already acknowledged (an exchange's bodies). With no room it is
-    /// recorded from a task once there is.
+    /// Records an event without waiting: for events that follow one already
+    /// acknowledged (an exchange's bodies). With no room it is recorded from
+    /// a task once there is.
     pub fn submit(&self, event: Event) {
         match self.shared.permits.try_acquire() {
             Ok(permit) => {
                 permit.forget();
-                let appended = serde_json::to_string(&event)
+                let sent = serde_json::to_string(&event)
                     .map_err(|e| SinkError::Backend(format!("event: {e}")))
-                    .and_then(|body| self.append(body));
-                if let Err(e) = appended {
+                    .and_then(|body| {
+                        self.shared
+                            .appends
+                            .send(Append { body, ack: None })
+                            .map_err(|_| SinkError::Closed)
+                    });
+                if let Err(e) = sent {
+                    self.shared.permits.add_permits(1);
                     tracing::error!("audit event not recorded: {e}");
                 }
             }
@@ -268,42 +423,6 @@ impl EventSink {
                 }
             }
         }
-    }
-
-    /// Chains `body`, appends it to the journal and the mirror, and hands
-    /// the record to the writer (holding one permit, given back by the writer).
-    fn append(&self, body: String) -> Result<(), SinkError> {
-        let shared = &self.shared;
-        let mut chain = shared.chain();
-        let c = &mut *chain;
-        let record = Record::next(&c.instance, &c.host, c.seq + 1, &c.prev, body)
-            .map_err(|e| SinkError::Backend(format!("event does not read back: {e}")));
-        let record = match record.and_then(|r| c.journal.append(&r).map(|()| r).map_err(SinkError::Unavailable)) {
-            Ok(r) => r,
-            Err(e) => {
-                drop(chain);
-                shared.permits.add_permits(1);
-                shared.health.fail(&e.to_string());
-                return match shared.health.policy {
-                    OnFailure::Drop => {
-                        shared.health.dropped();
-                        Ok(())
-                    }
-                    OnFailure::Refuse => Err(e),
-                };
-            }
-        };
-        if let Some(mirror) = c.mirror.as_mut() {
-            let mut line = Vec::with_capacity(record.body.len() + 1);
-            line.extend_from_slice(record.body.as_bytes());
-            line.push(b'\n');
-            if let Err(e) = mirror.write_all(&line) {
-                tracing::warn!("event mirror file: {e}");
-            }
-        }
-        c.seq = record.seq;
-        c.prev = record.hash.clone();
-        c.tx.send(Msg::Record(Box::new(record))).map_err(|_| SinkError::Closed)
     }
 
     /// Waits until everything recorded so far is in the store (or the store

@@ -52,14 +52,18 @@ impl Journal {
         })
     }
 
-    /// Appends one record as a line. On failure the file is cut back to
-    /// where it was, so no partial line stays behind.
+    /// Appends one record as a line.
+    #[cfg(test)]
     pub(super) fn append(&mut self, record: &Record) -> Result<(), String> {
-        let mut line = serde_json::to_vec(record).map_err(|e| format!("journal record: {e}"))?;
-        line.push(b'\n');
-        match self.file.write_all(&line) {
+        self.write(&line(record)?)
+    }
+
+    /// Appends whole lines. On failure the file is cut back to where it
+    /// was, so no partial line stays behind.
+    pub(super) fn write(&mut self, lines: &[u8]) -> Result<(), String> {
+        match self.file.write_all(lines) {
             Ok(()) => {
-                self.size += line.len() as u64;
+                self.size += lines.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -89,6 +93,13 @@ impl Journal {
             Err(e) => tracing::warn!("audit journal {}: rotation: {e}", self.path.display()),
         }
     }
+}
+
+/// A record's journal line.
+pub(super) fn line(record: &Record) -> Result<Vec<u8>, String> {
+    let mut line = serde_json::to_vec(record).map_err(|e| format!("journal record: {e}"))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// The records in the journal at `path` (the rotated file first) that come
