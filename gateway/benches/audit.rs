@@ -50,12 +50,8 @@ fn config(dir: &Path, audit: &str) -> Config {
     Config::parse(&text, &dir.join("bench.toml")).expect("bench config")
 }
 
-fn bench_store(c: &mut Criterion, name: &str, config: Config) {
-    bench_store_with(c, name, config, RECORDERS, EVENTS);
-}
-
 /// `recorders` concurrent recorders recording `events` events in all.
-fn bench_store_with(c: &mut Criterion, name: &str, config: Config, recorders: u64, events: u64) {
+fn bench_store(c: &mut Criterion, name: &str, config: Config, recorders: u64, events: u64) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let sink = Arc::new(rt.block_on(EventSink::open(&config)).expect("audit store opens"));
     let mut g = c.benchmark_group("audit");
@@ -90,9 +86,10 @@ fn bench_store_with(c: &mut Criterion, name: &str, config: Config, recorders: u6
 fn audit_stores(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(interlock_tests::unique("bench-audit"));
     std::fs::create_dir_all(&dir).expect("bench dir");
-    bench_store(c, "events/s, SQLite, 32 recorders", config(&dir.join("sqlite"), ""));
+    let sqlite = config(&dir.join("sqlite"), "");
+    bench_store(c, "events/s, SQLite, 32 recorders", sqlite, RECORDERS, EVENTS);
     // One recorder at a time: the time per event is the acknowledgement latency.
-    bench_store_with(
+    bench_store(
         c,
         "events/s, SQLite, 1 recorder (latency)",
         config(&dir.join("sqlite-1"), ""),
@@ -116,6 +113,8 @@ fn audit_stores(c: &mut Criterion) {
         c,
         "events/s, PostgreSQL, 32 recorders",
         config(&dir.join("postgres"), &audit),
+        RECORDERS,
+        EVENTS,
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

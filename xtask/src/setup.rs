@@ -54,15 +54,20 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/mitmdump", "mitmproxy"),
 ];
 
+/// `$CARGO_HOME`, or `~/.cargo`.
+fn cargo_home() -> PathBuf {
+    std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"))
+}
+
 /// oha, the open-loop HTTP load generator with coordinated-omission
 /// correction (`--latency-correction`); not packaged by Debian.
 const OHA_VERSION: &str = "1.16.0";
 
 /// Installs oha from crates.io (once per version) and returns its path.
 pub fn oha() -> Result<PathBuf> {
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+    let cargo_home = cargo_home();
     let bin = cargo_home.join("bin/oha");
     if output(bin.to_str().unwrap_or("oha"), &["--version"]).is_some_and(|v| v.contains(OHA_VERSION)) {
         return Ok(bin);
@@ -143,9 +148,7 @@ fn llvm_prefix() -> Result<PathBuf> {
 fn bpf_linker() -> Result<()> {
     // Keyed on the nightly: bpf-linker breaks if its libLLVM changes name.
     let nightly = output("rustc", &["+nightly", "-vV"]).context("no nightly toolchain")?;
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+    let cargo_home = cargo_home();
     let stamp = cargo_home.join("interlock-bpf-linker.stamp");
     let wanted = format!("{BPF_LINKER_VERSION}\n{nightly}");
     let version_ok = output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
@@ -202,13 +205,6 @@ fn is_root() -> bool {
 /// Environment for cargo builds that compile the eBPF programs.
 pub fn toolchain_env() -> Vec<(String, String)> {
     let path = std::env::var("PATH").unwrap_or_default();
-    let cargo_bin = std::env::var("CARGO_HOME")
-        .map(|h| format!("{h}/bin"))
-        .unwrap_or_else(|_| {
-            format!(
-                "{}/.cargo/bin",
-                std::env::var("HOME").unwrap_or_else(|_| "/root".into())
-            )
-        });
+    let cargo_bin = cargo_home().join("bin").display().to_string();
     vec![("PATH".into(), format!("{cargo_bin}:{path}"))]
 }

@@ -73,6 +73,10 @@ impl Health {
         }
     }
 
+    fn ok(&self) -> bool {
+        self.ok.load(Ordering::SeqCst)
+    }
+
     fn dropped(&self) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(dropped = n, "audit store failing: event dropped (on_failure = drop)");
@@ -88,14 +92,12 @@ struct Chain {
     /// Journal and mirror lines chained but not yet written, in chain order.
     journal_buf: Vec<u8>,
     mirror_buf: Vec<u8>,
-    /// Sends records to the writer in chain order (sent under this lock).
-    tx: mpsc::Sender<Msg>,
-}
-
-/// The journal and the mirror, written by one recorder at a time.
-struct Files {
+    /// The journal and the mirror: written only under this lock, so their
+    /// lines are in chain order.
     journal: Journal,
     mirror: Option<std::fs::File>,
+    /// Sends records to the writer in chain order (sent under this lock).
+    tx: mpsc::Sender<Msg>,
 }
 
 /// What the journal thread is asked: append an event (its JSON text),
@@ -108,7 +110,6 @@ struct Append {
 /// What recorders and the writer share.
 struct Shared {
     chain: Mutex<Chain>,
-    files: Mutex<Files>,
     /// To the journal thread.
     appends: mpsc::Sender<Append>,
     /// Records that may wait for the store; the writer gives them back.
@@ -121,14 +122,11 @@ impl Shared {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The store has everything up to `committed`: the journal may shrink.
     fn maintain_journal(&self, committed: i64) {
-        let newest = self.chain().seq;
-        self.files().journal.maintain(committed, newest);
+        let mut c = self.chain();
+        let newest = c.seq;
+        c.journal.maintain(committed, newest);
     }
 
     /// The journal thread: appends come in batches (whatever arrived while
@@ -211,14 +209,12 @@ impl Shared {
     /// is in chain order). On failure they stay buffered for the next write
     /// and the caller's records are refused.
     fn write_buffers(&self, c: &mut Chain) -> Result<(), String> {
-        let mut files = self.files();
-        if let Err(e) = files.journal.write(&c.journal_buf) {
-            drop(files);
+        if let Err(e) = c.journal.write(&c.journal_buf) {
             self.health.fail(&e);
             return Err(e);
         }
         c.journal_buf.clear();
-        if let Some(m) = files.mirror.as_mut() {
+        if let Some(m) = c.mirror.as_mut() {
             if let Err(e) = m.write_all(&c.mirror_buf) {
                 tracing::warn!("event mirror file: {e}");
             }
@@ -316,11 +312,9 @@ impl EventSink {
                 prev: writer.prev.clone(),
                 journal_buf: Vec::new(),
                 mirror_buf: Vec::new(),
-                tx,
-            }),
-            files: Mutex::new(Files {
                 journal,
                 mirror: Some(mirror),
+                tx,
             }),
             appends,
             permits: Semaphore::new(audit.queue),

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     load::LoadedPolicies,
-    request::{cached_subject, request, ActionKind, Query, Subject, SubjectCache},
+    request::{request, ActionKind, Query, Subject, SubjectCache},
 };
 
 /// What happens to the request.
@@ -105,7 +105,7 @@ const CACHED_SQL: usize = 4096;
 /// the decision too when the same subject asked the same thing of the same
 /// policy set before and no policy reads the clock.
 pub fn decide_cached(p: &LoadedPolicies, q: &Query<'_>, cache: &SubjectCache) -> Decision {
-    let subject = match cached_subject(cache, q) {
+    let subject = match cache.get(q) {
         Ok(s) => s,
         Err(e) => return Decision::deny(Vec::new(), format!("gateway error, denied: {e}")),
     };

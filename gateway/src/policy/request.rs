@@ -229,7 +229,8 @@ pub struct SubjectCache {
 const SUBJECTS: usize = 4096;
 
 impl SubjectCache {
-    fn get(&self, q: &Query<'_>) -> Result<std::sync::Arc<Subject>, RequestError> {
+    /// The subject of `q`, built if it is not here yet.
+    pub(super) fn get(&self, q: &Query<'_>) -> Result<std::sync::Arc<Subject>, RequestError> {
         let facts = Facts::of(q);
         let lock = || self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = lock().get(&facts) {
@@ -255,11 +256,6 @@ pub fn build_with(p: &LoadedPolicies, q: &Query<'_>, validate: bool) -> Result<(
     let subject = subject(&Facts::of(q), schema)?;
     let request = request(&subject, q, schema)?;
     Ok((request, subject.entities))
-}
-
-/// The subject of `q`, from `cache`.
-pub fn cached_subject(cache: &SubjectCache, q: &Query<'_>) -> Result<std::sync::Arc<Subject>, RequestError> {
-    cache.get(q)
 }
 
 fn err(e: &dyn std::fmt::Display) -> RequestError {

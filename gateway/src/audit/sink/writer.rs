@@ -11,7 +11,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::{Health, Shared};
+use super::Shared;
 use crate::audit::{
     keys::Identity,
     record::Record,
@@ -165,12 +165,5 @@ impl Writer {
                 tracing::warn!("audit head file {}: {e}", self.head_file.display());
             }
         }
-    }
-}
-
-/// Health of the store as the recorders see it.
-impl Health {
-    pub(super) fn ok(&self) -> bool {
-        self.ok.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -33,7 +33,7 @@ pub struct SqliteStore {
     conn: Connection,
     path: String,
     /// Stops the checkpointer when the writer goes (dropping it is the signal).
-    _checkpointer: Option<std::sync::mpsc::Sender<()>>,
+    checkpointer: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// How often the checkpointer copies the WAL back into the database.
@@ -95,7 +95,7 @@ impl SqliteStore {
         let mut store = Self {
             conn,
             path: path.display().to_string(),
-            _checkpointer: None,
+            checkpointer: None,
         };
         store
             .conn
@@ -106,8 +106,8 @@ impl SqliteStore {
             )
             .map_err(|e| store.err(e))?;
         store.migrate()?;
-        store._checkpointer = spawn_checkpointer(path);
-        if store._checkpointer.is_none() {
+        store.checkpointer = spawn_checkpointer(path);
+        if store.checkpointer.is_none() {
             // Without one, the writer checkpoints as SQLite does by default.
             let _ = store.conn.execute_batch("PRAGMA wal_autocheckpoint = 1000;");
         }
@@ -121,7 +121,7 @@ impl SqliteStore {
         Ok(Self {
             conn,
             path: path.display().to_string(),
-            _checkpointer: None,
+            checkpointer: None,
         })
     }
 
