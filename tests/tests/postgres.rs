@@ -357,6 +357,16 @@ time.sleep(0.5)
 slow.cancel()
 t1.join(); t2.join()
 print("slow:", results["slow"], "other:", results["other"])
+# cancel() returns once the cancel has reached the server (as it does
+# direct), so a cancel sent while idle never hits the query sent after it.
+hit = 0
+for _ in range(20):
+    slow.cancel()
+    try:
+        slow.execute("SELECT pg_sleep(0.02)")
+    except psycopg.errors.QueryCanceled:
+        hit += 1
+print("idle cancels that hit the next query:", hit)
 # 10k rows stream: most arrive while the query is still running upstream
 # (its last row sleeps), so the gateway cannot be holding the result whole.
 cur = slow.cursor()
@@ -387,6 +397,7 @@ for n in slow.notifies(timeout=10):
         [
             "key differs: True",
             "slow: canceled other: finished",
+            "idle cancels that hit the next query: 0",
             "at 9000 rows the query is active",
             "stream canceled after True",
             "still usable: 1",

@@ -187,9 +187,12 @@ pub(super) async fn serve(
             }
         }
         Ok(startup::Opening::Closed) => Outcome::Closed,
-        Ok(startup::Opening::Cancel { pid, key }) => {
+        Ok(startup::Opening::Cancel { io, pid, key }) => {
             let what = cancel::forward(ctx, &start.verdict.agent, pid, key).await;
             tracing::info!(conn = %start.id, agent = %start.verdict.agent, "{what}");
+            // Only now does the agent's cancel() return (it waits for EOF),
+            // so its next query cannot be hit by this cancel.
+            drop(io);
             Outcome::Closed
         }
         Ok(startup::Opening::Session { io, tls, minor, params }) => {

@@ -31,6 +31,10 @@ pub enum Opening {
     },
     /// A CancelRequest with the key the agent was given.
     Cancel {
+        /// The agent's connection, held open until the cancel has been
+        /// delivered: a client's cancel returns when the server closes it,
+        /// and must not return before the backend has been signalled.
+        io: Box<dyn Io>,
         /// Process id the agent saw.
         pid: i32,
         /// Secret key the agent saw.
@@ -84,7 +88,7 @@ pub async fn accept(
                     .map_err(|e| (e, None))?;
                 tls = true;
             }
-            Hello::Cancel { pid, key } => return Ok(Opening::Cancel { pid, key }),
+            Hello::Cancel { pid, key } => return Ok(Opening::Cancel { io, pid, key }),
             Hello::Startup { minor, params } => return Ok(Opening::Session { io, tls, minor, params }),
         }
     }
