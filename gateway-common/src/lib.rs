@@ -222,7 +222,7 @@ pub struct ExecEvent {
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 8);
 
 /// What the kernel remembers about one redirected connect().
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct ConnRecord {
     /// Cgroup id (cgroup2 inode number) of the calling task.

@@ -1,17 +1,14 @@
 //! The gateway's configuration: one serde tree, embedded defaults, validated at
 //! load. A file that fails to parse or validate is rejected with its path,
 //! line and field; nothing half-loaded is ever used.
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 mod agent;
 mod api;
 mod audit;
+mod listener;
 mod masking;
 mod postgres;
 mod review;
@@ -20,6 +17,7 @@ mod rule;
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use api::{ApiConfig, Roles};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
+pub use listener::{ExplicitListener, ListenerConfig};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
 pub use review::{ControlConfig, ReviewConfig};
@@ -97,51 +95,6 @@ pub struct PolicyConfig {
     /// Directory with one `*.cedarschema` and any number of `*.cedar` files.
     /// Without it, the policies shipped in the binary apply (default deny).
     pub dir: Option<PathBuf>,
-}
-
-/// The loopback listener the kernel redirects agents to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenerConfig {
-    /// Port on both loopback addresses. Below 1024 by default, so that while the
-    /// gateway is down no unprivileged process can bind it and pose as the gateway.
-    pub port: u16,
-    /// IPv4 listen address (must be loopback).
-    pub ipv4: Ipv4Addr,
-    /// IPv6 listen address (must be loopback).
-    pub ipv6: Ipv6Addr,
-    /// How long to wait for an upstream TCP connect.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// A connection with no bytes either way for this long is closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Connections relayed at once; further ones are refused and logged.
-    pub max_connections: usize,
-    /// How long to wait for an agent's first bytes to detect its protocol;
-    /// server-first protocols (SSH, SMTP, MySQL) send nothing and are relayed
-    /// as raw TCP after this wait.
-    #[serde(with = "humantime_serde")]
-    pub detect_timeout: Duration,
-    /// Time allowed for an HTTP request head on inspected connections
-    /// (slow clients are cut off).
-    #[serde(with = "humantime_serde")]
-    pub header_timeout: Duration,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        Self {
-            port: 977,
-            ipv4: Ipv4Addr::LOCALHOST,
-            ipv6: Ipv6Addr::LOCALHOST,
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(3600),
-            max_connections: 4096,
-            detect_timeout: Duration::from_millis(200),
-            header_timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 /// Selection of agent processes and the kernel-side defaults.
@@ -276,28 +229,9 @@ impl Config {
             field: field.to_owned(),
             message,
         };
-        let l = &self.listener;
-        if l.port == 0 {
-            return Err(invalid("listener.port", "must not be 0".into()));
-        }
-        if !l.ipv4.is_loopback() {
-            return Err(invalid(
-                "listener.ipv4",
-                format!("{} is not a loopback address", l.ipv4),
-            ));
-        }
-        if !l.ipv6.is_loopback() {
-            return Err(invalid(
-                "listener.ipv6",
-                format!("{} is not a loopback address", l.ipv6),
-            ));
-        }
-        if l.max_connections == 0 {
-            return Err(invalid("listener.max_connections", "must be at least 1".into()));
-        }
-        if l.connect_timeout.is_zero() || l.idle_timeout.is_zero() {
-            return Err(invalid("listener", "timeouts must be greater than zero".into()));
-        }
+        self.listener
+            .validate()
+            .map_err(|(field, message)| invalid(&field, message))?;
         let i = &self.intercept;
         if i.cgroups.is_empty() && i.uids.is_empty() {
             return Err(invalid(

@@ -1,7 +1,7 @@
 //! `interlock run`: bring the kernel side up, serve the listeners and the
 //! control socket, and on SIGTERM/SIGINT stop while leaving the pins in
 //! place, so agents are refused (never let through) until the gateway returns.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use gateway_common::{Settings, SELECT_ALL_ATTACHED};
 
@@ -17,6 +17,7 @@ use crate::{
     policy::{Gate, PolicyStore},
     proxy::{tls::LocalCa, LiveTable, ProxyCtx, ProxySettings},
     targets::TargetTable,
+    types::OrigDst,
 };
 
 mod maintenance;
@@ -160,13 +161,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     reviews.recover().await;
 
     // Bind before attaching, so redirected connections find a listener at once.
-    let addrs = [
-        SocketAddr::new(config.listener.ipv4.into(), config.listener.port),
-        SocketAddr::new(config.listener.ipv6.into(), config.listener.port),
-    ];
-    let bound = addrs
+    let redirect = listener::Arrival::Redirect {
+        nat: config.listener.nat_redirect,
+    };
+    let explicit = config
+        .listener
+        .explicit
         .iter()
-        .map(|a| listener::bind(*a))
+        .map(|e| (e.listen, listener::Arrival::Explicit(OrigDst(e.destination))));
+    let bound = config
+        .listener
+        .addresses()
+        .into_iter()
+        .map(|a| (a, redirect))
+        .chain(explicit)
+        .map(|(a, arrival)| listener::bind(a, arrival))
         .collect::<Result<Vec<_>, _>>()?;
 
     let (kernel, handoff) = Kernel::start(LoadOptions {
@@ -236,7 +245,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         reviews: reviews.clone(),
     }));
     let shared = Arc::new(Shared::new(
-        handoff.clone(),
+        (handoff.clone(), kernel.revoked_view()?),
+        cgroup::cgroup2_mount()?,
         ctx.clone(),
         config.listener.max_connections,
         config.listener.detect_timeout,

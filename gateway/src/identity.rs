@@ -21,9 +21,11 @@ use crate::types::{CgroupId, OrigDst, SocketCookie};
 mod agents;
 mod container;
 mod proc;
+mod socket;
 
 pub use agents::AgentMatcher;
 pub use container::{container_of, systemd_unit_of, Container};
+pub use socket::{OwnerError, OwnerFinder, SocketOwner};
 
 /// Everything known about the process behind a connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,5 +1,7 @@
-//! The loopback listeners the kernel redirects agents to. For each accepted
-//! connection: find the kernel's record (or refuse), resolve the caller's
+//! The loopback listeners agents' connections arrive at. For each accepted
+//! connection: find who is calling and where it meant to go (the kernel's
+//! record; with the opt-in ways in, conntrack or the listener's destination
+//! plus sock_diag and /proc — see `origin`), or refuse; resolve the caller's
 //! identity, and hand the connection to a proxy session.
 use std::{
     net::SocketAddr,
@@ -11,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use gateway_common::{ConnRecord, HandoffKey, FAMILY_V4, FAMILY_V6};
+use gateway_common::{HandoffKey, FAMILY_V4, FAMILY_V6};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
@@ -19,11 +21,13 @@ use tokio::{
 
 use crate::{
     audit, detect,
-    identity::{self, Resolver},
-    kernel::Handoff,
+    identity::{self, OwnerFinder, Resolver},
+    kernel::{Handoff, RevokedView},
     proxy::{self, ProxyCtx, SessionStart},
-    types::ConnId,
+    types::{ConnId, OrigDst},
 };
+
+mod origin;
 
 /// Errors setting up the listeners (gateway side).
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +45,30 @@ pub enum ListenerError {
     NetnsCookie(std::io::Error),
 }
 
+/// How connections reach a listener, hence how their caller and
+/// destination are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Redirected by the kernel hooks; with `nat`, also by a NAT rule.
+    Redirect {
+        /// Accept NAT-redirected connections too.
+        nat: bool,
+    },
+    /// Dialled on purpose; stands for this destination.
+    Explicit(OrigDst),
+}
+
 /// Everything the accept loops share.
 pub struct Shared {
     /// Kernel hand-off records.
     pub handoff: Arc<Handoff>,
+    /// The kernel's revocation entries, checked here for connections that
+    /// did not pass the kernel hooks.
+    pub revoked: RevokedView,
+    /// Finds the callers of such connections.
+    pub owners: Arc<OwnerFinder>,
+    /// Where the cgroup2 hierarchy is mounted.
+    pub cgroup_mount: std::path::PathBuf,
     /// Identity resolution and cache.
     pub resolver: Resolver,
     /// What sessions share (policy, events, live table, CA).
@@ -59,9 +83,18 @@ pub struct Shared {
 
 impl Shared {
     /// Bundles the accept loops' shared state.
-    pub fn new(handoff: Arc<Handoff>, ctx: Arc<ProxyCtx>, max: usize, detect_wait: Duration) -> Self {
+    pub fn new(
+        (handoff, revoked): (Arc<Handoff>, RevokedView),
+        cgroup_mount: std::path::PathBuf,
+        ctx: Arc<ProxyCtx>,
+        max: usize,
+        detect_wait: Duration,
+    ) -> Self {
         Self {
             handoff,
+            revoked,
+            owners: Arc::default(),
+            cgroup_mount,
             resolver: Resolver::default(),
             ctx,
             slots: Arc::new(Semaphore::new(max)),
@@ -75,6 +108,7 @@ impl Shared {
 pub struct Bound {
     listener: TcpListener,
     netns_cookie: u64,
+    arrival: Arrival,
 }
 
 impl Bound {
@@ -85,7 +119,7 @@ impl Bound {
 }
 
 /// Binds one listener (IPv6 ones are v6-only; IPv4 has its own).
-pub fn bind(addr: SocketAddr) -> Result<Bound, ListenerError> {
+pub fn bind(addr: SocketAddr, arrival: Arrival) -> Result<Bound, ListenerError> {
     let err = |source| ListenerError::Bind { addr, source };
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None).map_err(err)?;
@@ -97,7 +131,11 @@ pub fn bind(addr: SocketAddr) -> Result<Bound, ListenerError> {
     socket.listen(1024).map_err(err)?;
     let netns_cookie = netns_cookie(&socket).map_err(ListenerError::NetnsCookie)?;
     let listener = TcpListener::from_std(socket.into()).map_err(err)?;
-    Ok(Bound { listener, netns_cookie })
+    Ok(Bound {
+        listener,
+        netns_cookie,
+        arrival,
+    })
 }
 
 fn netns_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
@@ -160,32 +198,24 @@ pub async fn serve(bound: Bound, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
-        let netns = bound.netns_cookie;
-        tokio::spawn(async move { handle(stream, peer, netns, shared).await });
+        let way = origin::Way {
+            netns_cookie: bound.netns_cookie,
+            arrival: bound.arrival,
+        };
+        tokio::spawn(async move { handle(stream, peer, way, shared).await });
     }
 }
 
-async fn lookup(shared: &Shared, key: &HandoffKey) -> Option<ConnRecord> {
-    // sock_ops publishes at ESTABLISHED, before the server side can accept, so
-    // the first try normally succeeds; two short retries cover scheduling noise.
-    for attempt in 0..3 {
-        if let Some(record) = shared.handoff.take(key) {
-            return Some(record);
-        }
-        if attempt < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-    None
-}
-
-async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Shared>) {
+async fn handle(stream: TcpStream, peer: SocketAddr, way: origin::Way, shared: Arc<Shared>) {
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-    let Some(record) = lookup(&shared, &handoff_key(netns, peer)).await else {
-        tracing::warn!(conn = %id, %peer, "refused: no kernel record (direct dial to the listener?)");
-        refuse(stream);
-        proxy::record_refusal(&shared.ctx.events, id, peer, "no kernel record for this connection").await;
-        return;
+    let (record, via) = match origin::find(&shared, way, &stream, peer).await {
+        Ok(found) => found,
+        Err(reason) => {
+            tracing::warn!(conn = %id, %peer, "refused: {reason}");
+            refuse(stream);
+            proxy::record_refusal(&shared.ctx.events, id, peer, &reason).await;
+            return;
+        }
     };
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(conn = %id, %peer, "refused: connection limit reached");
@@ -205,7 +235,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, netns: u64, shared: Arc<Sha
     let protocol = detect::sniff(&stream, shared.detect_wait).await;
     let host = protocol.host().map(str::to_owned);
     let verdict = shared.ctx.gate.connect(&identity, orig_dst, host.as_deref());
-    tracing::debug!(conn = %id, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");
+    tracing::debug!(conn = %id, via, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");
     let start = SessionStart {
         id,
         identity,

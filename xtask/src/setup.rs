@@ -13,6 +13,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("unshare", "util-linux"),
     ("bpftool", "bpftool"),
+    // NAT REDIRECT rules, for the non-eBPF way in (tests and bench).
+    ("iptables", "iptables"),
     // Debian's own python runs the clients that tests start as other users.
     ("/usr/bin/python3", "python3"),
     // A real PostgreSQL server (tests start their own clusters) and its clients.

@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use super::*;
 
@@ -16,6 +16,11 @@ fn full_file_parses() {
 [listener]
 port = 15001
 idle_timeout = "5m"
+nat_redirect = true
+
+[[listener.explicit]]
+listen = "127.0.0.1:15432"
+destination = "127.0.0.9:5432"
 
 [intercept]
 cgroups = ["/test/agents"]
@@ -37,6 +42,14 @@ action = "pass"
     let c = Config::parse(text, Path::new("t.toml")).unwrap();
     assert_eq!(c.listener.port, 15001);
     assert_eq!(c.listener.idle_timeout, Duration::from_secs(300));
+    assert!(c.listener.nat_redirect);
+    assert_eq!(
+        c.listener.explicit,
+        [ExplicitListener {
+            listen: "127.0.0.1:15432".parse().unwrap(),
+            destination: "127.0.0.9:5432".parse().unwrap(),
+        }]
+    );
     assert_eq!(c.rules[0].ports, PortRange { lo: 5432, hi: 5432 });
     assert_eq!(c.rules[1].action, RuleAction::Pass);
 }
@@ -86,6 +99,27 @@ fn semantic_errors_name_the_field() {
         ("[audit]\nqueue = 0\n", "audit.queue"),
         ("[audit]\nbackend = \"postgres\"\n", "audit.postgres"),
         ("[audit]\ncheckpoint_every = 0\n", "audit.checkpoint_every"),
+        (
+            "[[listener.explicit]]\nlisten = \"10.0.0.1:80\"\ndestination = \"127.0.0.9:80\"\n",
+            "listener.explicit[0].listen",
+        ),
+        (
+            "[[listener.explicit]]\nlisten = \"127.0.0.1:977\"\ndestination = \"127.0.0.9:80\"\n",
+            "listener.explicit[0].listen",
+        ),
+        (
+            "[[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.9:80\"\n\
+             [[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.9:81\"\n",
+            "listener.explicit[1].listen",
+        ),
+        (
+            "[[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.1:977\"\n",
+            "listener.explicit[0].destination",
+        ),
+        (
+            "[[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.1:8000\"\n",
+            "listener.explicit[0].destination",
+        ),
     ];
     for (text, field) in cases {
         let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();

@@ -11,7 +11,7 @@ use gateway_common::{Settings, MAP_EXEC_EVENTS, PINNED_MAPS};
 
 use super::{
     attach::{self, AttachedLink, Attachment, GLOBAL_PROGRAMS, PROGRAMS},
-    maps::{Handoff, KernelMaps},
+    maps::{Handoff, KernelMaps, RevokedView},
     pins::PinLayout,
     rules::CompiledRules,
     KernelError,
@@ -101,6 +101,11 @@ impl Kernel {
     /// The ring buffer of exec announcements (taken once, by the exec checker).
     pub fn take_exec_events(&mut self) -> Option<RingBuf<MapData>> {
         self.exec_events.take()
+    }
+
+    /// A second, read-only handle on the revocation maps, for the listener.
+    pub fn revoked_view(&self) -> Result<RevokedView, KernelError> {
+        RevokedView::open(&self.layout)
     }
 
     /// The cgroups the programs are attached to.

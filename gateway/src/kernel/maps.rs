@@ -82,6 +82,50 @@ impl Handoff {
     }
 }
 
+/// Read-only view of the revocation maps, for connections that reached the
+/// gateway without passing the kernel hooks (dialled explicitly, or sent by
+/// a NAT rule): the kernel never checked their caller, so the listener does.
+pub struct RevokedView {
+    pids: HashMap<MapData, u32, u32>,
+    uids: HashMap<MapData, u32, u32>,
+    cgroups: HashMap<MapData, u64, u32>,
+    exec_pending: HashMap<MapData, u32, u64>,
+}
+
+impl RevokedView {
+    /// Opens the pinned revocation maps.
+    pub fn open(layout: &PinLayout) -> Result<Self, KernelError> {
+        let mut src = Source::Pinned(layout);
+        Ok(Self {
+            pids: typed!(src, MAP_REVOKED_PIDS, HashMap<MapData, u32, u32>),
+            uids: typed!(src, MAP_REVOKED_UIDS, HashMap<MapData, u32, u32>),
+            cgroups: typed!(src, MAP_REVOKED_CGROUPS, HashMap<MapData, u64, u32>),
+            exec_pending: typed!(src, MAP_EXEC_PENDING, HashMap<MapData, u32, u64>),
+        })
+    }
+
+    /// Why a process may not connect, the same checks the connect hooks make:
+    /// its pid is revoked, it is held after an exec until checked, its uid is
+    /// revoked, or its cgroup or an ancestor (`cgroups`, any order) is.
+    pub fn refusal(&self, pid: u32, uid: u32, cgroups: &[u64]) -> Option<String> {
+        if let Ok(n) = self.pids.get(&pid, 0) {
+            return Some(format!("process {pid} is revoked (revocation #{n})"));
+        }
+        if self.exec_pending.get(&pid, 0).is_ok() {
+            return Some(format!("process {pid} is held until its new executable is checked"));
+        }
+        if let Ok(n) = self.uids.get(&uid, 0) {
+            return Some(format!("uid {uid} is revoked (revocation #{n})"));
+        }
+        cgroups.iter().find_map(|id| {
+            self.cgroups
+                .get(id, 0)
+                .ok()
+                .map(|n| format!("cgroup {id} is revoked (revocation #{n})"))
+        })
+    }
+}
+
 fn open(mut src: Source<'_>) -> Result<(KernelMaps, Handoff), KernelError> {
     let maps = KernelMaps {
         rules_v4: typed!(src, MAP_RULES_V4, LpmTrie<MapData, [u8; 4], RuleSet>),

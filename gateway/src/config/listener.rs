@@ -1,0 +1,134 @@
+//! `[listener]`: where agents' connections arrive. Normally only through the
+//! kernel's redirect (a connection without a kernel record is refused); two
+//! opt-in ways in for hosts or agents where the eBPF redirect is not used:
+//! a NAT REDIRECT rule (iptables/nftables), and listeners dialled
+//! explicitly, each standing for one destination.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The loopback listener the kernel redirects agents to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Port on both loopback addresses. Below 1024 by default, so that while the
+    /// gateway is down no unprivileged process can bind it and pose as the gateway.
+    pub port: u16,
+    /// IPv4 listen address (must be loopback).
+    pub ipv4: Ipv4Addr,
+    /// IPv6 listen address (must be loopback).
+    pub ipv6: Ipv6Addr,
+    /// How long to wait for an upstream TCP connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections relayed at once; further ones are refused and logged.
+    pub max_connections: usize,
+    /// How long to wait for an agent's first bytes to detect its protocol;
+    /// server-first protocols (SSH, SMTP, MySQL) send nothing and are relayed
+    /// as raw TCP after this wait.
+    #[serde(with = "humantime_serde")]
+    pub detect_timeout: Duration,
+    /// Time allowed for an HTTP request head on inspected connections
+    /// (slow clients are cut off).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Also accept connections a NAT REDIRECT rule (iptables/nftables) sent
+    /// to the listener: the original destination comes from conntrack
+    /// (SO_ORIGINAL_DST) and the caller from sock_diag and /proc. The rule
+    /// must not match the gateway's own connections (they are refused as a
+    /// loop). Off by default: then only the kernel redirect gets in.
+    pub nat_redirect: bool,
+    /// Listeners agents dial explicitly (no redirect), each standing for
+    /// one destination.
+    pub explicit: Vec<ExplicitListener>,
+}
+
+/// A listener that agents dial on purpose, e.g. a DSN or base URL pointing
+/// at the gateway. Its connections are handled as if they had been made to
+/// `destination`: the same targets, policy, credentials and audit.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExplicitListener {
+    /// Where to listen (loopback).
+    pub listen: SocketAddr,
+    /// The destination connections to it stand for.
+    pub destination: SocketAddr,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            port: 977,
+            ipv4: Ipv4Addr::LOCALHOST,
+            ipv6: Ipv6Addr::LOCALHOST,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 4096,
+            detect_timeout: Duration::from_millis(200),
+            header_timeout: Duration::from_secs(30),
+            nat_redirect: false,
+            explicit: Vec::new(),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// The redirect listeners' addresses (IPv4, IPv6).
+    pub fn addresses(&self) -> [SocketAddr; 2] {
+        [
+            SocketAddr::new(self.ipv4.into(), self.port),
+            SocketAddr::new(self.ipv6.into(), self.port),
+        ]
+    }
+
+    /// Checks the section; the error names the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, message: String| Err((format!("listener.{field}"), message));
+        if self.port == 0 {
+            return bad("port", "must not be 0".into());
+        }
+        if !self.ipv4.is_loopback() {
+            return bad("ipv4", format!("{} is not a loopback address", self.ipv4));
+        }
+        if !self.ipv6.is_loopback() {
+            return bad("ipv6", format!("{} is not a loopback address", self.ipv6));
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.connect_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err(("listener".into(), "timeouts must be greater than zero".into()));
+        }
+        let own = self.addresses();
+        let mut seen = std::collections::HashSet::new();
+        for (n, e) in self.explicit.iter().enumerate() {
+            let field = |f: &str| format!("explicit[{n}].{f}");
+            if !e.listen.ip().is_loopback() || e.listen.port() == 0 {
+                return bad(
+                    &field("listen"),
+                    format!("{} is not a loopback address with a port", e.listen),
+                );
+            }
+            if own.contains(&e.listen) || !seen.insert(e.listen) {
+                return bad(&field("listen"), format!("{} is already a listener", e.listen));
+            }
+            if e.destination.port() == 0 || e.destination.ip().is_unspecified() {
+                return bad(&field("destination"), format!("{} is not a destination", e.destination));
+            }
+            let to_gateway = |a: &SocketAddr| a == &e.destination;
+            if own.iter().any(to_gateway) || self.explicit.iter().any(|x| to_gateway(&x.listen)) {
+                return bad(
+                    &field("destination"),
+                    format!("{} is the gateway itself", e.destination),
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! The opt-in ways in besides the kernel redirect: a listener dialled
+//! explicitly, and a NAT (iptables REDIRECT) rule. Clients run in a cgroup
+//! the gateway's programs are not attached to, so no kernel record exists:
+//! the caller is found through sock_diag and /proc, and revocations are
+//! checked by the gateway.
+use std::{net::TcpListener, process::Command};
+
+use interlock_tests::{server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn curl(cg: &TestCgroup, url: &str) -> interlock_tests::client::ClientResult {
+    Client::new(cg).run("curl", &["-sS", "--max-time", "10", url])
+}
+
+/// The caller's identity as /proc and the kernel's socket table give it.
+fn assert_identity(ev: &Value, cg: &TestCgroup, pid: u32) {
+    let id = &ev["identity"];
+    assert_eq!(id["pid"], pid, "{ev:#}");
+    assert_eq!(id["uid"], 0);
+    assert_eq!(id["comm"], "curl");
+    assert_eq!(id["cgroup_id"], cg.id());
+    assert!(id["socket_cookie"].as_u64().unwrap() > 0, "{ev:#}");
+    assert_eq!(id["process"]["exe"], "/usr/bin/curl");
+    assert_eq!(id["process"]["cgroup"], cg.relative());
+}
+
+fn refusals(gw: &Gateway) -> Vec<String> {
+    gw.events()
+        .connections()
+        .into_iter()
+        .filter(|e| e["outcome"]["kind"] == "refused")
+        .filter_map(|e| e["outcome"]["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn an_explicit_listener_serves_its_destination_with_the_callers_identity_and_honours_revocations() {
+    let cg = TestCgroup::new(&unique("explicit"));
+    let outside = TestCgroup::new(&unique("explicit-out"));
+    let up = Upstream::start("127.0.0.3");
+    let port = free_port();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec![format!(
+                "explicit = [{{ listen = \"127.0.0.1:{port}\", destination = \"{}\" }}]",
+                up.dst()
+            )],
+            ..Default::default()
+        },
+    );
+    let r = curl(&outside, &format!("http://127.0.0.1:{port}/"));
+    assert!(r.success, "curl failed: {}", r.stderr);
+    assert_eq!(r.stdout, HTTP_BODY);
+    // Handled as a connection to the destination, by the caller's identity.
+    let ev = gw.events().for_dst_pid(&up.dst(), r.pid);
+    assert_identity(&ev, &outside, r.pid);
+    assert_eq!(up.peers().len(), 1);
+
+    // The kernel never sees these connections; the gateway checks revocations.
+    let out = gw.cli(&[
+        "revoke",
+        "--cgroup",
+        outside.path().to_str().unwrap(),
+        "--reason",
+        "incident 7",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = curl(&outside, &format!("http://127.0.0.1:{port}/"));
+    assert!(!r.success, "a revoked caller was served: {}", r.stdout);
+    assert_eq!(up.peers().len(), 1, "the revoked caller reached the upstream");
+    assert!(
+        refusals(&gw).iter().any(|r| r.contains("revoked")),
+        "{:?}",
+        refusals(&gw)
+    );
+}
+
+/// An iptables REDIRECT rule for one cgroup's connections to one loopback
+/// destination; deleted when dropped (also on failure).
+struct NatRule(Vec<String>);
+
+impl NatRule {
+    fn add(cg: &TestCgroup, dst: &std::net::SocketAddr, to_port: u16) -> Self {
+        let spec: Vec<String> = [
+            "-p",
+            "tcp",
+            "-d",
+            &format!("{}/32", dst.ip()),
+            "--dport",
+            &dst.port().to_string(),
+            "-m",
+            "cgroup",
+            "--path",
+            &cg.relative(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &to_port.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rule = Self(spec);
+        rule.iptables("-A");
+        rule
+    }
+
+    fn iptables(&self, op: &str) {
+        let out = Command::new("iptables")
+            .args(["-w", "-t", "nat", op, "OUTPUT"])
+            .args(&self.0)
+            .output()
+            .expect("run iptables (installed by `cargo xtask test`)");
+        assert!(
+            out.status.success() || op == "-D",
+            "iptables {op}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for NatRule {
+    fn drop(&mut self) {
+        self.iptables("-D");
+    }
+}
+
+#[test]
+fn a_nat_redirect_is_served_only_when_enabled_and_a_direct_dial_stays_refused() {
+    let cg = TestCgroup::new(&unique("nat"));
+    let outside = TestCgroup::new(&unique("nat-out"));
+    let up = Upstream::start("127.0.0.4");
+    let url = format!("http://{}/", up.dst());
+
+    // Off (the default): the redirected connection has no kernel record.
+    let gw = Gateway::start(&cg, GatewayOptions::default());
+    {
+        let _rule = NatRule::add(&outside, &up.addr, gw.port);
+        let r = curl(&outside, &url);
+        assert!(!r.success, "served without nat_redirect: {}", r.stdout);
+        assert!(up.peers().is_empty());
+        assert!(
+            refusals(&gw).iter().any(|r| r.contains("no kernel record")),
+            "{:?}",
+            refusals(&gw)
+        );
+    }
+    drop(gw);
+
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec!["nat_redirect = true".into()],
+            ..Default::default()
+        },
+    );
+    let _rule = NatRule::add(&outside, &up.addr, gw.port);
+    let r = curl(&outside, &url);
+    assert!(r.success, "curl failed: {}", r.stderr);
+    assert_eq!(r.stdout, HTTP_BODY);
+    // The original destination came from conntrack; the upstream saw the gateway.
+    let ev = gw.events().for_dst_pid(&up.dst(), r.pid);
+    assert_identity(&ev, &outside, r.pid);
+    assert_eq!(up.peers().len(), 1);
+
+    // Dialling the listener itself is still refused.
+    let r = curl(&outside, &format!("http://127.0.0.1:{}/", gw.port));
+    assert!(!r.success, "a direct dial was served: {}", r.stdout);
+    assert!(
+        refusals(&gw).iter().any(|r| r.contains("no kernel record")),
+        "{:?}",
+        refusals(&gw)
+    );
+}
