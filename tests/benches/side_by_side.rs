@@ -10,7 +10,7 @@
 //! BENCH_HOLD=secs (keep everything up for a profiler), OHA (oha's path).
 use std::{process::Command, time::Duration};
 
-use interlock_tests::{postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup};
+use interlock_tests::{nat::NatRule, postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup};
 use serde_json::{json, Value};
 
 #[path = "side_by_side/http.rs"]
@@ -131,7 +131,7 @@ impl Bench {
         let mut s = parse(&run(via, program, args));
         let cpu = cpu_seconds(self.gateway_pid) - cpu0;
         let count = s["count"].as_f64().unwrap_or(0.0);
-        if contender == "interlock" && count > 0.0 {
+        if contender.starts_with("interlock") && count > 0.0 {
             s["gateway_cpu_us"] = json!(cpu / count * 1e6);
         }
         eprintln!(
@@ -198,6 +198,12 @@ fn main() {
     let key_file = std::env::temp_dir().join(unique("bench-key"));
     std::fs::write(&key_file, "sk-bench-real-key").expect("key file");
     let cg = TestCgroup::new(&unique("bench-sbs"));
+    // Clients of the two non-eBPF ways in run here: no programs attached.
+    let plain_cg = TestCgroup::new(&unique("bench-sbs-nat"));
+    let explicit_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let web = format!(
         "[[targets]]\nname = \"origin\"\ncidrs = [\"{}/32\"]\nprotocol = \"http\"\n\n\
          [[targets]]\nname = \"tls-origin\"\ncidrs = [\"{}/32\"]\nprotocol = \"https\"\nca_file = \"{}\"\n\
@@ -210,6 +216,13 @@ fn main() {
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
+            listener: vec![
+                "nat_redirect = true".into(),
+                format!(
+                    "explicit = [{{ listen = \"127.0.0.1:{explicit_port}\", destination = \"{}\" }}]",
+                    origin.addr
+                ),
+            ],
             extra_toml: vec![
                 web,
                 pg.target(&[]),
@@ -245,11 +258,17 @@ fn main() {
         gateway_pid,
         samples: Vec::new(),
     };
+    // Interlock three ways: the eBPF redirect; dialled explicitly; sent by
+    // an iptables REDIRECT rule (what the redirect itself costs).
+    let _nat = NatRule::add(&plain_cg, &origin.addr, gw.port);
+    let explicit = std::net::SocketAddr::from(([127, 0, 0, 1], explicit_port));
     let web: Vec<http::Contender<'_>> = vec![
         ("direct", origin.addr, Via::Plain),
         ("haproxy", haproxy.addr, Via::Plain),
         ("nginx", nginx.addr, Via::Plain),
         ("interlock", origin.addr, Via::Agent(&cg)),
+        ("interlock-explicit", explicit, Via::Agent(&plain_cg)),
+        ("interlock-iptables", origin.addr, Via::Agent(&plain_cg)),
     ];
     http::closed_loop(&mut b, &web);
     let keepalive = "HTTP/1.1 keep-alive, 1 KB";

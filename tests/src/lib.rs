@@ -13,6 +13,7 @@ pub mod client;
 pub mod events;
 pub mod gateway;
 pub mod https;
+pub mod nat;
 pub mod postgres;
 pub mod python;
 pub mod server;

@@ -3,9 +3,9 @@
 //! the gateway's programs are not attached to, so no kernel record exists:
 //! the caller is found through sock_diag and /proc, and revocations are
 //! checked by the gateway.
-use std::{net::TcpListener, process::Command};
+use std::net::TcpListener;
 
-use interlock_tests::{server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
+use interlock_tests::{nat::NatRule, server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
 use serde_json::Value;
 
 fn free_port() -> u16 {
@@ -81,56 +81,6 @@ fn an_explicit_listener_serves_its_destination_with_the_callers_identity_and_hon
         "{:?}",
         refusals(&gw)
     );
-}
-
-/// An iptables REDIRECT rule for one cgroup's connections to one loopback
-/// destination; deleted when dropped (also on failure).
-struct NatRule(Vec<String>);
-
-impl NatRule {
-    fn add(cg: &TestCgroup, dst: &std::net::SocketAddr, to_port: u16) -> Self {
-        let spec: Vec<String> = [
-            "-p",
-            "tcp",
-            "-d",
-            &format!("{}/32", dst.ip()),
-            "--dport",
-            &dst.port().to_string(),
-            "-m",
-            "cgroup",
-            "--path",
-            &cg.relative(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &to_port.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let rule = Self(spec);
-        rule.iptables("-A");
-        rule
-    }
-
-    fn iptables(&self, op: &str) {
-        let out = Command::new("iptables")
-            .args(["-w", "-t", "nat", op, "OUTPUT"])
-            .args(&self.0)
-            .output()
-            .expect("run iptables (installed by `cargo xtask test`)");
-        assert!(
-            out.status.success() || op == "-D",
-            "iptables {op}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for NatRule {
-    fn drop(&mut self) {
-        self.iptables("-D");
-    }
 }
 
 #[test]

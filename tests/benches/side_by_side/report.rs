@@ -51,7 +51,7 @@ impl<'a> Table<'a> {
     fn peers(&self, scenario: &str) -> Vec<String> {
         self.by
             .keys()
-            .filter(|(s, c)| s == scenario && c != "interlock" && c != "direct")
+            .filter(|(s, c)| s == scenario && !c.starts_with("interlock") && c != "direct")
             .map(|(_, c)| c.clone())
             .collect()
     }
@@ -173,6 +173,53 @@ fn targets(t: &Table<'_>, summary: &Value) -> String {
     out
 }
 
+/// What the eBPF redirect costs: Interlock reached three ways, same gateway.
+fn ways_in(t: &Table<'_>) -> String {
+    const WAYS: [(&str, &str); 3] = [
+        ("interlock", "eBPF redirect"),
+        ("interlock-explicit", "dialled explicitly"),
+        ("interlock-iptables", "iptables REDIRECT"),
+    ];
+    let scenarios: Vec<&String> = t
+        .order
+        .iter()
+        .filter(|s| t.by.contains_key(&((*s).clone(), "interlock-explicit".to_owned())))
+        .collect();
+    if scenarios.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n## What the redirect costs\n\nThe same gateway reached three ways. Without the eBPF redirect no kernel record names \
+         the caller: the gateway finds it with sock_diag and /proc, once per connection. Closed loop: throughput vs direct \
+         (gateway CPU per request); fixed rate: added p50 / p99.\n\n| scenario |",
+    );
+    for (_, label) in WAYS {
+        out.push_str(&format!(" {label} |"));
+    }
+    out.push_str("\n|---|---|---|---|\n");
+    for s in scenarios {
+        out.push_str(&format!("| {s} |"));
+        for (who, _) in WAYS {
+            let cell = if fixed_rate(s) {
+                format!(
+                    "{} / {}",
+                    us(t.stat(s, who, "p50_us") - t.stat(s, "direct", "p50_us")),
+                    us(t.stat(s, who, "p99_us") - t.stat(s, "direct", "p99_us"))
+                )
+            } else {
+                format!(
+                    "{:.2}× ({:.0} µs)",
+                    t.stat(s, who, "rate") / t.stat(s, "direct", "rate"),
+                    t.stat(s, who, "gateway_cpu_us")
+                )
+            };
+            out.push_str(&format!(" {cell} |"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Markdown for a result document; `internals` are the criterion results,
 /// `log` the optimisation log.
 pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
@@ -201,6 +248,7 @@ pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
             t.stat(scenario, "interlock", "gateway_cpu_us")
         ));
     }
+    out.push_str(&ways_in(&t));
     out.push_str("\n## Added latency at a fixed rate (coordinated omission corrected)\n\n\
         HTTP: oha `--latency-correction`; PostgreSQL: pgbench `-R`, each transaction timed from its scheduled start.\n\n\
         | scenario | rate /s | Interlock added p50 | added p99 | peers' added p50 / p99 |\n|---|---|---|---|---|\n");
