@@ -31,13 +31,19 @@ fn assert_identity(ev: &Value, cg: &TestCgroup, pid: u32) {
     assert_eq!(id["process"]["cgroup"], cg.relative());
 }
 
-fn refusals(gw: &Gateway) -> Vec<String> {
-    gw.events()
-        .connections()
-        .into_iter()
-        .filter(|e| e["outcome"]["kind"] == "refused")
-        .filter_map(|e| e["outcome"]["reason"].as_str().map(str::to_owned))
-        .collect()
+/// Waits (bounded) for a refusal whose reason contains `text`: the event is
+/// written as the connection is reset, so possibly after the client saw it.
+fn assert_refused(gw: &Gateway, text: &str) {
+    let reasons = || -> Vec<String> {
+        gw.events()
+            .connections()
+            .into_iter()
+            .filter(|e| e["outcome"]["kind"] == "refused")
+            .filter_map(|e| e["outcome"]["reason"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let found = interlock_tests::wait_for(10, || reasons().into_iter().find(|r| r.contains(text)));
+    assert!(found.is_some(), "no refusal with {text:?}: {:?}", reasons());
 }
 
 #[test]
@@ -76,11 +82,7 @@ fn an_explicit_listener_serves_its_destination_with_the_callers_identity_and_hon
     let r = curl(&outside, &format!("http://127.0.0.1:{port}/"));
     assert!(!r.success, "a revoked caller was served: {}", r.stdout);
     assert_eq!(up.peers().len(), 1, "the revoked caller reached the upstream");
-    assert!(
-        refusals(&gw).iter().any(|r| r.contains("revoked")),
-        "{:?}",
-        refusals(&gw)
-    );
+    assert_refused(&gw, "revoked");
 }
 
 #[test]
@@ -97,11 +99,7 @@ fn a_nat_redirect_is_served_only_when_enabled_and_a_direct_dial_stays_refused() 
         let r = curl(&outside, &url);
         assert!(!r.success, "served without nat_redirect: {}", r.stdout);
         assert!(up.peers().is_empty());
-        assert!(
-            refusals(&gw).iter().any(|r| r.contains("no kernel record")),
-            "{:?}",
-            refusals(&gw)
-        );
+        assert_refused(&gw, "no kernel record");
     }
     drop(gw);
 
@@ -124,9 +122,5 @@ fn a_nat_redirect_is_served_only_when_enabled_and_a_direct_dial_stays_refused() 
     // Dialling the listener itself is still refused.
     let r = curl(&outside, &format!("http://127.0.0.1:{}/", gw.port));
     assert!(!r.success, "a direct dial was served: {}", r.stdout);
-    assert!(
-        refusals(&gw).iter().any(|r| r.contains("no kernel record")),
-        "{:?}",
-        refusals(&gw)
-    );
+    assert_refused(&gw, "no kernel record");
 }
