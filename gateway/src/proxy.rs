@@ -68,8 +68,8 @@ pub struct ProxyCtx {
     maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::MaskPlan>>>,
     /// Masking detectors and rules from config.
     catalog: crate::masking::Catalog,
-    /// Upstream HTTP connections kept for reuse.
-    pool: http::Pool,
+    /// Upstream HTTP connections lent per exchange.
+    pool: Arc<http::Pool>,
     /// Credentials per target, shared so caches (file reads, tokens) are too.
     credentials: Mutex<HashMap<String, (crate::config::CredentialSpec, Arc<crate::credentials::Credential>)>>,
     /// Cancel keys handed to agents by PostgreSQL sessions.
@@ -122,7 +122,7 @@ impl ProxyCtx {
             catalog,
             upstream_tls: Mutex::new(HashMap::new()),
             maskers: Mutex::new(HashMap::new()),
-            pool: http::Pool::default(),
+            pool: Arc::default(),
             credentials: Mutex::new(HashMap::new()),
             pg_cancels: pg::CancelTable::default(),
             sealer,
@@ -248,13 +248,32 @@ pub async fn run(mut agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) 
         return;
     }
     let postgres = spec.as_ref().is_some_and(|s| s.protocol == TargetProtocol::Postgres);
+    // Each protocol's future is boxed: a session task then holds only the
+    // state of the protocol it speaks, not the largest of the three (idle
+    // connections are what this saves memory on).
     let outcome = if let (true, Some(spec)) = (postgres, spec.clone()) {
         // Whatever the first bytes looked like: a PostgreSQL target is never relayed blind.
-        pg::serve(agent, &start, spec, upstream_addr, &ctx, &handle.stats).await
+        Box::pin(pg::serve(agent, &start, spec, upstream_addr, &ctx, &handle.stats)).await
     } else if let (true, Some(spec)) = (inspect, spec) {
-        http::serve(agent, &start, spec, upstream_addr, host, &ctx, &handle.stats).await
+        Box::pin(http::serve(
+            agent,
+            &start,
+            spec,
+            upstream_addr,
+            host,
+            &ctx,
+            &handle.stats,
+        ))
+        .await
     } else {
-        relay_tcp(&mut agent, upstream_addr, &ctx.settings, &handle.stats, start.id).await
+        Box::pin(relay_tcp(
+            &mut agent,
+            upstream_addr,
+            &ctx.settings,
+            &handle.stats,
+            start.id,
+        ))
+        .await
     };
     let totals = handle.stats.totals();
     ctx.live.remove(start.id);

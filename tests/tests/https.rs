@@ -437,6 +437,30 @@ fn upstream_connections_are_reused_across_agent_connections() {
 }
 
 #[test]
+fn idle_agent_connections_hold_no_upstream_connection() {
+    // Three agent connections, each asks once and then stays open (idle):
+    // the upstream connection is lent per exchange, so all three answers
+    // came over the one upstream connection, none kept per idle agent.
+    let s = setup(true);
+    let script = r#"
+import http.client, json, socket, ssl, sys
+ip, host, ca = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+held, seen = [], []
+for _ in range(3):
+    conn = http.client.HTTPConnection(host)
+    conn.sock = ctx.wrap_socket(socket.create_connection((ip, 443)), server_hostname=host)
+    conn.request("GET", "/v1/models")
+    seen.append(json.loads(conn.getresponse().read())["connections"])
+    held.append(conn)
+print(json.dumps({"connections": seen}))
+"#;
+    let r = Client::new(&s.cg).run("python3", &["-c", script, API_IP, HOST, s.ca.to_str().unwrap()]);
+    assert!(r.success, "{}", r.stderr);
+    assert_eq!(r.json()["connections"], serde_json::json!([1, 1, 1]), "{}", r.stdout);
+}
+
+#[test]
 fn an_openai_agents_sdk_agent_runs_a_tool_call_end_to_end() {
     let (out, events) = openai_script_run("clients/agents_client.py", None, "");
     assert_eq!(out["tool_calls"], serde_json::json!(["42"]), "{out}");

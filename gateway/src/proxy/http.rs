@@ -1,8 +1,8 @@
 //! HTTP(S) inspection, in phases: request filter (policy on each request),
 //! upstream request filter (credentials: the agent's placeholder is removed
-//! and the real secret injected), upstream (one verified connection per
-//! agent connection, HTTP/1.1 or HTTP/2 as negotiated), response (streamed
-//! back unbuffered), logging (one event per exchange).
+//! and the real secret injected), upstream (a verified connection lent from
+//! the pool for the exchange, HTTP/1.1 or HTTP/2 as negotiated), response
+//! (streamed back unbuffered), logging (one event per exchange).
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, sync::Mutex};
+use tokio::net::TcpStream;
 
 use super::{
     connect_upstream,
@@ -66,7 +66,6 @@ struct HttpSession {
     /// Host to name upstream (SNI and :authority).
     host: String,
     credential: Option<Arc<Credential>>,
-    sender: Mutex<Option<Sender>>,
     /// Exchanges so far on this connection.
     exchanges: std::sync::atomic::AtomicU64,
 }
@@ -78,15 +77,6 @@ impl HttpSession {
             host: self.host.clone(),
             tls: self.spec.protocol == TargetProtocol::Https,
             ca_file: self.spec.ca_file.clone(),
-        }
-    }
-}
-
-impl Drop for HttpSession {
-    fn drop(&mut self) {
-        // The agent connection is over: keep its upstream connection for the next one.
-        if let Some(sender) = self.sender.get_mut().take() {
-            self.ctx.pool.checkin(self.pool_key(), sender);
         }
     }
 }
@@ -116,7 +106,6 @@ pub(super) async fn serve(
         spec,
         upstream,
         host,
-        sender: Mutex::new(None),
         exchanges: std::sync::atomic::AtomicU64::new(0),
     });
     if session.spec.protocol == TargetProtocol::Https {
@@ -332,7 +321,6 @@ async fn allowed(
     let resp = forward(req, s)
         .await
         .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
-    let resp = resp.map(|b| b.boxed());
     let Some(m) = masker else {
         return Ok(resp.map(|b| bodies.response(b)));
     };
@@ -418,44 +406,45 @@ async fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<Stri
     credential.secret().map(Some).map_err(|e| e.to_string())
 }
 
-async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Incoming>, String> {
-    let mut guard = s.sender.lock().await;
+/// Sends one request upstream on a connection from the pool (or a new one)
+/// and returns the response with the connection riding on its body.
+async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Body>, String> {
+    let key = s.pool_key();
     for attempt in 0..2 {
-        if guard.is_none() {
-            *guard = match s.ctx.pool.checkout(&s.pool_key()) {
-                Some(reused) => Some(reused),
-                None => Some(connect(s, false).await?),
-            };
-        }
-        let ready = match guard.as_mut() {
-            Some(Sender::H1(tx)) => tx.ready().await.is_ok(),
-            Some(Sender::H2(tx)) => tx.ready().await.is_ok(),
-            None => false,
+        // The retry always opens a new connection.
+        let pooled = if attempt == 0 { s.ctx.pool.checkout(&key) } else { None };
+        let mut sender = match pooled {
+            Some(reused) => reused,
+            None => connect(s, false).await?,
         };
-        if !ready {
-            // The upstream closed the idle connection: open a new one, once.
-            *guard = None;
+        let ready = match &mut sender {
+            Sender::H1(tx) => tokio::time::timeout(s.ctx.settings.connect_timeout, tx.ready()).await,
+            Sender::H2(tx) => tokio::time::timeout(s.ctx.settings.connect_timeout, tx.ready()).await,
+        };
+        if !matches!(ready, Ok(Ok(()))) {
+            // The upstream closed the idle connection: once more, on a new one.
             if attempt == 0 {
                 continue;
             }
             return Err("upstream connection closed".into());
         }
-        let h2 = matches!(guard.as_ref(), Some(Sender::H2(_)));
+        let h2 = matches!(sender, Sender::H2(_));
         set_target_uri(&mut req, &s.host, h2)?;
-        let sent = match guard.as_mut() {
-            Some(Sender::H1(tx)) => tx.send_request(req),
-            Some(Sender::H2(tx)) => {
-                let fut = tx.send_request(req);
-                drop(guard);
-                return fut.await.map_err(|e| e.to_string());
+        return match sender {
+            Sender::H2(mut tx) => {
+                let sent = tx.send_request(req);
+                // Shared at once: HTTP/2 carries many exchanges together.
+                s.ctx.pool.checkin(key, Sender::H2(tx));
+                let resp = sent.await.map_err(|e| e.to_string())?;
+                Ok(resp.map(|b| b.boxed()))
             }
-            None => unreachable!("connected above"),
+            Sender::H1(mut tx) => {
+                let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+                // Back to the pool when this body has been read to its end.
+                let pool = s.ctx.pool.clone();
+                Ok(resp.map(|b| pool::Lent::new(b.boxed(), pool, key, Sender::H1(tx)).boxed()))
+            }
         };
-        // HTTP/1.1 carries one exchange at a time; hold the lock until the
-        // response head arrives, then let the next request queue.
-        let resp = sent.await.map_err(|e| e.to_string());
-        drop(guard);
-        return resp;
     }
     Err("upstream unavailable".into())
 }
