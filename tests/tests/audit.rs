@@ -262,7 +262,8 @@ def h(parts):
             "seq 6",
         ),
         ("tail removed", format!("DELETE FROM events WHERE seq > {};", total - 3), "deleted"),
-        ("checkpoint forged", "UPDATE checkpoints SET signature = replace(signature, substr(signature, 1, 2), 'ff') WHERE seq = 10;".into(), "signature"),
+        // Checkpoints fall at the end of the store's batches, so at no fixed seq.
+        ("checkpoint forged", "UPDATE checkpoints SET signature = (CASE WHEN substr(signature, 1, 2) = 'ff' THEN '00' ELSE 'ff' END) || substr(signature, 3) WHERE seq = (SELECT min(seq) FROM checkpoints);".into(), "signature"),
     ];
     for (what, script, expected) in cases {
         std::fs::copy(&backup, &db).unwrap();

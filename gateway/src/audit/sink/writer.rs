@@ -31,6 +31,14 @@ pub(super) enum Msg {
 /// Records written in one transaction at most.
 const BATCH: usize = 1024;
 
+/// How long the writer lets records gather before a transaction. Nothing
+/// waits for the store (records are acknowledged once in the journal), and
+/// each commit rewrites the touched pages of the table and its indexes in
+/// the WAL whether it holds one record or hundreds: gathering turns ~6 page
+/// writes per record into ~6 per batch. Sleeping (rather than waiting on the
+/// channel) also spares recorders a thread wake-up per record.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// Length of the head file's line (instance, seq and a SHA-256 hash fit).
 const HEAD_LEN: usize = 127;
 
@@ -64,6 +72,9 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
+            if matches!(first, Msg::Record(_)) && pending.is_empty() {
+                std::thread::sleep(GATHER);
+            }
             let Some(shared) = shared.upgrade() else { break };
             let (mut flushes, mut probe) = (Vec::new(), false);
             let mut next = Some(first);
