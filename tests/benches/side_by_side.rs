@@ -22,6 +22,29 @@ mod pg;
 #[path = "side_by_side/report.rs"]
 mod report;
 
+/// Interlock's policy in the bench: connections and HTTP allowed, SQL by
+/// statement (the shipped read-only-db rules without the agent names).
+const BENCH_POLICY: &str = r#"
+@id("bench-connect")
+permit (principal, action == Interlock::Action::"connect", resource);
+
+@id("bench-http")
+permit (principal, action == Interlock::Action::"http_request", resource);
+
+@id("bench-select-only")
+permit (principal, action == Interlock::Action::"sql_statement", resource)
+when { context.kind == "select" && context.statements == 1 };
+
+@id("no-unbounded-writes")
+forbid (principal, action == Interlock::Action::"sql_statement", resource)
+when { (context.kind == "update" || context.kind == "delete") && !context.has_where };
+
+@id("ddl-needs-review")
+@review
+forbid (principal, action == Interlock::Action::"sql_statement", resource)
+when { context.kind == "ddl" };
+"#;
+
 /// Microseconds from wrk/pgbench's `12.3ms`-style text.
 pub fn micros(text: &str) -> f64 {
     let t = text.trim();
@@ -225,11 +248,17 @@ fn main() {
             ],
             extra_toml: vec![
                 web,
-                pg.target(&[]),
+                // Masking loaded: a value detector over every text value in
+                // results, and a column rule on the table pgbench reads.
+                pg.target(&[
+                    "detectors = [\"email\"]",
+                    "columns = [ { column = \"pgbench_accounts.filler\", style = \"full\" } ]",
+                ]),
                 std::env::var("BENCH_BODY_CAP")
                     .map(|c| format!("[audit]\nbody_cap = {c}\n"))
                     .unwrap_or_default(),
             ],
+            policies: Some(vec![("bench.cedar".into(), BENCH_POLICY.into())]),
             ..Default::default()
         },
     );

@@ -1,6 +1,8 @@
 //! From Cedar's answer to the gateway's decision. Forbid overrides permit,
 //! no match is deny, a failing forbid denies (fail closed), and `@review`
 //! turns a would-be decision into a hold for approval.
+use std::borrow::Cow;
+
 use cedar_policy::{Authorizer, Decision as CedarDecision, Effect};
 use serde::{Deserialize, Serialize};
 
@@ -109,28 +111,51 @@ pub fn decide_cached(p: &LoadedPolicies, q: &Query<'_>, cache: &SubjectCache) ->
         Ok(s) => s,
         Err(e) => return Decision::deny(Vec::new(), format!("gateway error, denied: {e}")),
     };
-    let keep = !p.reads_time
-        && match q.action {
-            ActionKind::SqlStatement { sql, .. } => sql.len() <= CACHED_SQL,
-            _ => true,
-        };
+    let key = (!p.reads_time).then(|| cache_key(p, q.action)).flatten();
     let lock = || subject.decisions.lock().unwrap_or_else(|e| e.into_inner());
-    if keep {
-        if let Some((generation, hit)) = lock().get(q.action) {
+    if let Some(key) = &key {
+        if let Some((generation, hit)) = lock().get(key.as_ref()) {
             if *generation == p.generation {
                 return hit.clone();
             }
         }
     }
     let decision = decide_subject(p, q, &subject);
-    if keep {
+    if let Some(key) = key {
         let mut map = lock();
         if map.len() >= DECISIONS {
             map.clear();
         }
-        map.insert(q.action.clone(), (p.generation, decision.clone()));
+        map.insert(key.into_owned(), (p.generation, decision.clone()));
     }
     decision
+}
+
+/// What a cached decision for `action` is filed under: the action without
+/// the attributes no policy reads (so requests differing only in those
+/// share it), or `None` when it is not cached (a long statement text that
+/// policies do read).
+fn cache_key<'a>(p: &LoadedPolicies, action: &'a ActionKind) -> Option<Cow<'a, ActionKind>> {
+    match action {
+        ActionKind::SqlStatement { sql, .. } if p.reads_sql => {
+            (sql.len() <= CACHED_SQL).then_some(Cow::Borrowed(action))
+        }
+        ActionKind::SqlStatement { .. } => {
+            let mut key = action.clone();
+            if let ActionKind::SqlStatement { sql, .. } = &mut key {
+                sql.clear();
+            }
+            Some(Cow::Owned(key))
+        }
+        ActionKind::HttpRequest { body_size, .. } if !p.reads_body_size && *body_size != 0 => {
+            let mut key = action.clone();
+            if let ActionKind::HttpRequest { body_size, .. } = &mut key {
+                *body_size = 0;
+            }
+            Some(Cow::Owned(key))
+        }
+        _ => Some(Cow::Borrowed(action)),
+    }
 }
 
 fn decide_subject(p: &LoadedPolicies, q: &Query<'_>, subject: &Subject) -> Decision {

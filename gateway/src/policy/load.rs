@@ -174,6 +174,14 @@ pub struct LoadedPolicies {
     /// `hour`, `weekday`, or the context as a whole): decisions then change
     /// with the clock and are not cached.
     pub reads_time: bool,
+    /// True if any policy may read `context.sql`, the statement's text.
+    /// Otherwise a statement's decision depends only on its classification
+    /// (kind, tables, WHERE, count), and is cached by that: the text of
+    /// `... WHERE id = 1` and `... WHERE id = 2` differ, their facts do not.
+    pub reads_sql: bool,
+    /// True if any policy may read `context.body_size`; otherwise HTTP
+    /// decisions are cached regardless of it.
+    pub reads_body_size: bool,
     /// Distinct for every set loaded in this process: cached decisions name
     /// the set that made them.
     pub generation: u64,
@@ -356,6 +364,7 @@ pub fn load_sources(
     let mut meta: HashMap<String, PolicyMeta> = HashMap::new();
     let mut reads_context = false;
     let mut reads_time = false;
+    let (mut reads_sql, mut reads_body_size) = (false, false);
     for (file, text) in files {
         let set = PolicySet::from_str(text).map_err(|e| {
             let offset = e.iter().next().and_then(|pe| first_offset(pe)).unwrap_or(0);
@@ -441,7 +450,9 @@ pub fn load_sources(
             let review_rules = review_rules(policy, review).map_err(annotation_err)?;
             let text = policy.to_string();
             reads_context |= text.contains("context") && may_apply_to_connect(policy);
-            reads_time |= may_read_time(&text);
+            reads_time |= may_read(&text, &TIME_ATTRS);
+            reads_sql |= may_read(&text, &["sql"]);
+            reads_body_size |= may_read(&text, &["body_size"]);
             let renamed = policy.new_id(PolicyId::new(id.clone()));
             if !(review && policy.effect() == Effect::Forbid) {
                 without_review
@@ -471,17 +482,24 @@ pub fn load_sources(
         source,
         reads_context,
         reads_time,
+        reads_sql,
+        reads_body_size,
         generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Whether a policy's text may read the time from the context. Errs towards
-/// yes: every `context` must be followed by `.name` with a name other than
-/// the time attributes (a string that happens to say "context" only costs
-/// the cache).
-pub(super) fn may_read_time(text: &str) -> bool {
+/// Context attributes that change from one request to the next without the
+/// request being any different to a policy that ignores them.
+pub(super) const TIME_ATTRS: [&str; 3] = ["time", "hour", "weekday"];
+
+/// Whether a policy's text may read any of `names` from the context. Errs
+/// towards yes: every `context` must be followed by `.name` with a name
+/// other than those (a string that happens to say "context" only costs the
+/// cache; `context["x"]`, `context has x` or the context as a whole count
+/// as reading everything).
+pub(super) fn may_read(text: &str, names: &[&str]) -> bool {
     text.match_indices("context").any(|(at, word)| {
         let rest = text[at + word.len()..].trim_start();
         let Some(attr) = rest.strip_prefix('.') else {
@@ -492,7 +510,7 @@ pub(super) fn may_read_time(text: &str) -> bool {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        name.is_empty() || ["time", "hour", "weekday"].contains(&name.as_str())
+        name.is_empty() || names.contains(&name.as_str())
     })
 }
 

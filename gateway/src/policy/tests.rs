@@ -350,7 +350,8 @@ fn cached_subjects_follow_every_attribute() {
 
 #[test]
 fn policies_that_may_read_the_clock_are_found() {
-    use super::load::may_read_time;
+    use super::load::{may_read, TIME_ATTRS};
+    let may_read_time = |text: &str| may_read(text, &TIME_ATTRS);
     assert!(!may_read_time(
         r#"permit (principal, action, resource) when { context.path like "/v1/*" };"#
     ));
@@ -373,6 +374,14 @@ fn policies_that_may_read_the_clock_are_found() {
     .unwrap();
     assert!(timed.reads_time);
     assert!(!load_embedded().unwrap().reads_time);
+    assert!(!may_read(
+        r#"permit (principal, action, resource) when { context.kind == "select" };"#,
+        &["sql"]
+    ));
+    assert!(may_read(
+        r#"permit (principal, action, resource) when { context.sql like "*x*" };"#,
+        &["sql"]
+    ));
 }
 
 #[test]
@@ -396,4 +405,64 @@ fn cached_decisions_belong_to_one_policy_set() {
     assert_eq!(decide_cached(&allow, &q, &cache).outcome, Outcome::Allow);
     assert_eq!(decide_cached(&deny, &q, &cache).outcome, Outcome::Deny);
     assert_eq!(decide_cached(&allow, &q, &cache).outcome, Outcome::Allow);
+}
+
+#[test]
+fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
+    let by_facts = load(&[(
+        "f.cedar",
+        r#"permit (principal, action, resource) when { context has kind && context.kind == "select" };"#,
+    )])
+    .unwrap();
+    let by_text = load(&[(
+        "t.cedar",
+        r#"permit (principal, action == Interlock::Action::"sql_statement", resource) when { context.sql like "*id = 1*" };"#,
+    )])
+    .unwrap();
+    assert!(by_text.reads_sql && !by_text.reads_body_size);
+    let (agent, id, t) = (AgentName("x".into()), identity(1000), target("db", "192.0.2.1", 5432));
+    let select = |text: &str| {
+        let mut a = sql("select", true);
+        if let ActionKind::SqlStatement { sql, .. } = &mut a {
+            *sql = text.into();
+        }
+        a
+    };
+    let ask = |p: &LoadedPolicies, cache: &SubjectCache, action: &ActionKind| {
+        let q = Query {
+            agent: &agent,
+            identity: &id,
+            target: &t,
+            action,
+            now: SystemTime::now(),
+        };
+        decide_cached(p, &q, cache).outcome
+    };
+    // `context has kind` reads the context as a whole: nothing is shared.
+    assert!(by_facts.reads_sql);
+    let facts_only = load(&[(
+        "k.cedar",
+        r#"permit (principal, action == Interlock::Action::"sql_statement", resource) when { context.kind == "select" };"#,
+    )])
+    .unwrap();
+    assert!(!facts_only.reads_sql);
+    let cache = SubjectCache::default();
+    assert_eq!(
+        ask(&facts_only, &cache, &select("SELECT * FROM orders WHERE id = 1")),
+        Outcome::Allow
+    );
+    assert_eq!(
+        ask(&facts_only, &cache, &select("SELECT * FROM orders WHERE id = 2")),
+        Outcome::Allow
+    );
+    let cache = SubjectCache::default();
+    assert_eq!(
+        ask(&by_text, &cache, &select("SELECT * FROM orders WHERE id = 1")),
+        Outcome::Allow
+    );
+    assert_eq!(
+        ask(&by_text, &cache, &select("SELECT * FROM orders WHERE id = 2")),
+        Outcome::Deny,
+        "a policy reading the text got another text's cached decision"
+    );
 }
