@@ -268,10 +268,15 @@ fn main() {
     // Memory with 1,000 idle keep-alive connections (each has answered one
     // request), measured before any load: what a run leaves allocated
     // would be counted too otherwise (84 MiB here before, 132 MiB after).
+    let hold_at = if std::env::var("HOLD_RAW").is_ok() {
+        haproxy.addr
+    } else {
+        origin.addr
+    };
     let held = Client::new(&cg).spawn_holding(
         "python3",
-        json!({"op": "hold_many", "count": 1000, "host": origin.addr.ip().to_string(),
-               "port": origin.addr.port(), "path": "/1k", "hold": 3}),
+        json!({"op": "hold_many", "count": 1000, "host": hold_at.ip().to_string(),
+               "port": hold_at.port(), "path": "/1k", "hold": 3}),
     );
     std::thread::sleep(Duration::from_millis(500));
     let rss_1000 = status_kib(gateway_pid, "VmRSS:");
@@ -303,7 +308,16 @@ fn main() {
     let keepalive = "HTTP/1.1 keep-alive, 1 KB";
     let direct_max = b.median_rate(keepalive, "direct");
     let interlock_max = b.median_rate(keepalive, "interlock");
-    http::fixed_rate(&mut b, "HTTP 1 KB at half the direct maximum", direct_max / 2.0, &web);
+    // At half the direct maximum only direct keeps up on this VM (the load
+    // generator shares the cores): the redirect variants add nothing there.
+    let (without_variants, _) = web.split_at(4);
+    assert_eq!(without_variants[3].0, "interlock");
+    http::fixed_rate(
+        &mut b,
+        "HTTP 1 KB at half the direct maximum",
+        direct_max / 2.0,
+        without_variants,
+    );
     http::fixed_rate(
         &mut b,
         "HTTP 1 KB at half Interlock's maximum",
