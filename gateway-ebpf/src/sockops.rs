@@ -42,7 +42,16 @@ fn try_handoff(ctx: &SockOpsContext) {
         // Ask for state callbacks so the close below cleans up.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     } else if ctx.arg(1) == BPF_TCP_CLOSE {
-        let _ = HANDOFF.remove(&key);
+        // Only this socket's own hand-off entry. The key is the local address
+        // and port alone, and a port can already carry a newer connection to
+        // another destination while this one is still closing (ports are
+        // shared across destinations): removing by key alone deleted that
+        // connection's record before the proxy took it, and it was refused.
+        // SAFETY: LRU values stay valid for the duration of the program; read at once.
+        let ours = unsafe { HANDOFF.get(&key) }.is_some_and(|r| r.socket_cookie == cookie);
+        if ours {
+            let _ = HANDOFF.remove(&key);
+        }
         let _ = SOCKETS.remove(&cookie);
     }
 }

@@ -318,5 +318,13 @@ pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
         ));
     }
     out.push_str("\nIn closed loop pgbench reports an average latency (shown as p50) and no p99.\n");
+    for s in samples.iter().filter(|s| s["failed"].as_u64().unwrap_or(0) > 0) {
+        out.push_str(&format!(
+            "\n**Failures:** {} round {}: {} of the streams failed.\n",
+            s["contender"].as_str().unwrap_or("?"),
+            s["round"],
+            s["failed"]
+        ));
+    }
     out
 }
