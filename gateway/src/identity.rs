@@ -25,7 +25,7 @@ mod socket;
 
 pub use agents::AgentMatcher;
 pub use container::{container_of, systemd_unit_of, Container};
-pub use socket::{OwnerError, OwnerFinder, SocketOwner};
+pub use socket::{socket_cookie, OwnerError, OwnerFinder, SocketOwner};
 
 /// Everything known about the process behind a connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -13,7 +13,7 @@ mod tracefs;
 
 pub use attach::{AttachedLink, Attachment};
 pub use load::{pinned_links, Kernel, LoadOptions};
-pub use maps::{Handoff, KernelMaps, RevokedView};
+pub use maps::{Handoff, KernelMaps, KernelView};
 pub use pins::{detach_all, PinLayout};
 pub use tracefs::field_offset;
 

@@ -22,7 +22,7 @@ use tokio::{
 use crate::{
     audit, detect,
     identity::{self, OwnerFinder, Resolver},
-    kernel::{Handoff, RevokedView},
+    kernel::{Handoff, KernelView},
     proxy::{self, ProxyCtx, SessionStart},
     types::{ConnId, OrigDst},
 };
@@ -62,9 +62,9 @@ pub enum Arrival {
 pub struct Shared {
     /// Kernel hand-off records.
     pub handoff: Arc<Handoff>,
-    /// The kernel's revocation entries, checked here for connections that
-    /// did not pass the kernel hooks.
-    pub revoked: RevokedView,
+    /// The kernel's revocation entries (checked here for connections that
+    /// did not pass the kernel hooks) and redirected sockets' records.
+    pub kernel: KernelView,
     /// Finds the callers of such connections.
     pub owners: Arc<OwnerFinder>,
     /// Where the cgroup2 hierarchy is mounted.
@@ -84,7 +84,7 @@ pub struct Shared {
 impl Shared {
     /// Bundles the accept loops' shared state.
     pub fn new(
-        (handoff, revoked): (Arc<Handoff>, RevokedView),
+        (handoff, kernel): (Arc<Handoff>, KernelView),
         cgroup_mount: std::path::PathBuf,
         ctx: Arc<ProxyCtx>,
         max: usize,
@@ -92,7 +92,7 @@ impl Shared {
     ) -> Self {
         Self {
             handoff,
-            revoked,
+            kernel,
             owners: Arc::default(),
             cgroup_mount,
             resolver: Resolver::default(),

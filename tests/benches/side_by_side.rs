@@ -254,9 +254,14 @@ fn main() {
                     "detectors = [\"email\"]",
                     "columns = [ { column = \"pgbench_accounts.filler\", style = \"full\" } ]",
                 ]),
-                std::env::var("BENCH_BODY_CAP")
-                    .map(|c| format!("[audit]\nbody_cap = {c}\n"))
-                    .unwrap_or_default(),
+                // Retention, as a deployment would have: a full run makes
+                // millions of events (unbounded, its state reached 11 GB).
+                format!(
+                    "[audit]\nmax_records = 300000\n{}",
+                    std::env::var("BENCH_BODY_CAP")
+                        .map(|c| format!("body_cap = {c}\n"))
+                        .unwrap_or_default()
+                ),
             ],
             policies: Some(vec![("bench.cedar".into(), BENCH_POLICY.into())]),
             ..Default::default()

@@ -8,7 +8,6 @@
 //! work (or, if configured, drops events and says so), and a probe brings
 //! it back when the store returns.
 use std::{
-    io::Write as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
@@ -27,9 +26,11 @@ use super::{
 use crate::config::{Config, OnFailure};
 
 mod journal;
+mod mirror;
 mod writer;
 
 use journal::Journal;
+use mirror::Mirror;
 use writer::{Msg, Writer};
 
 /// Errors of the event sink (gateway side).
@@ -95,7 +96,7 @@ struct Chain {
     /// The journal and the mirror: written only under this lock, so their
     /// lines are in chain order.
     journal: Journal,
-    mirror: Option<std::fs::File>,
+    mirror: Option<Mirror>,
     /// Sends records to the writer in chain order (sent under this lock).
     tx: mpsc::Sender<Msg>,
 }
@@ -215,7 +216,7 @@ impl Shared {
         }
         c.journal_buf.clear();
         if let Some(m) = c.mirror.as_mut() {
-            if let Err(e) = m.write_all(&c.mirror_buf) {
+            if let Err(e) = m.write(&c.mirror_buf) {
                 tracing::warn!("event mirror file: {e}");
             }
         }
@@ -266,11 +267,7 @@ impl EventSink {
         let backend =
             |what: &std::path::Path, e: std::io::Error| SinkError::Backend(format!("{}: {e}", what.display()));
         let identity = Identity::load_or_create(&config.paths.state_dir)?;
-        let mirror = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(config.paths.events_file())
-            .map_err(|e| backend(&config.paths.events_file(), e))?;
+        let mirror = Mirror::open(&config.paths.events_file()).map_err(|e| backend(&config.paths.events_file(), e))?;
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());

@@ -181,6 +181,12 @@ fn holds(pid: u32, inode: u32) -> bool {
         .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str()))
 }
 
+/// The cookie of the connected socket `client` -> `server` (as the client
+/// sees it), by an exact sock_diag lookup.
+pub fn socket_cookie(client: SocketAddr, server: SocketAddr) -> Result<u64, OwnerError> {
+    diag(client, server).map(|(_, _, cookie)| cookie)
+}
+
 /// (uid, inode, cookie) of one TCP socket, by an exact sock_diag lookup.
 fn diag(client: SocketAddr, server: SocketAddr) -> Result<(u32, u32, u64), OwnerError> {
     let err = |what: &str, e: &dyn std::fmt::Display| OwnerError::Diag(format!("{what}: {e}"));

@@ -11,7 +11,7 @@ use gateway_common::{Settings, MAP_EXEC_EVENTS, PINNED_MAPS};
 
 use super::{
     attach::{self, AttachedLink, Attachment, GLOBAL_PROGRAMS, PROGRAMS},
-    maps::{Handoff, KernelMaps, RevokedView},
+    maps::{Handoff, KernelMaps, KernelView},
     pins::PinLayout,
     rules::CompiledRules,
     KernelError,
@@ -103,9 +103,9 @@ impl Kernel {
         self.exec_events.take()
     }
 
-    /// A second, read-only handle on the revocation maps, for the listener.
-    pub fn revoked_view(&self) -> Result<RevokedView, KernelError> {
-        RevokedView::open(&self.layout)
+    /// Second, read-only handles on the maps the listener reads.
+    pub fn listener_view(&self) -> Result<KernelView, KernelError> {
+        KernelView::open(&self.layout)
     }
 
     /// The cgroups the programs are attached to.

@@ -82,26 +82,35 @@ impl Handoff {
     }
 }
 
-/// Read-only view of the revocation maps, for connections that reached the
-/// gateway without passing the kernel hooks (dialled explicitly, or sent by
-/// a NAT rule): the kernel never checked their caller, so the listener does.
-pub struct RevokedView {
+/// The listener's read-only view of kernel state: the revocation maps, for
+/// connections that reached the gateway without passing the kernel hooks
+/// (dialled explicitly, or sent by a NAT rule; the kernel never checked
+/// their caller, so the listener does), and the redirected sockets' records
+/// by socket cookie (where a record is found when its hand-off entry is).
+pub struct KernelView {
+    sockets: HashMap<MapData, u64, ConnRecord>,
     pids: HashMap<MapData, u32, u32>,
     uids: HashMap<MapData, u32, u32>,
     cgroups: HashMap<MapData, u64, u32>,
     exec_pending: HashMap<MapData, u32, u64>,
 }
 
-impl RevokedView {
-    /// Opens the pinned revocation maps.
+impl KernelView {
+    /// Opens the pinned maps.
     pub fn open(layout: &PinLayout) -> Result<Self, KernelError> {
         let mut src = Source::Pinned(layout);
         Ok(Self {
+            sockets: typed!(src, MAP_SOCKETS, HashMap<MapData, u64, ConnRecord>),
             pids: typed!(src, MAP_REVOKED_PIDS, HashMap<MapData, u32, u32>),
             uids: typed!(src, MAP_REVOKED_UIDS, HashMap<MapData, u32, u32>),
             cgroups: typed!(src, MAP_REVOKED_CGROUPS, HashMap<MapData, u64, u32>),
             exec_pending: typed!(src, MAP_EXEC_PENDING, HashMap<MapData, u32, u64>),
         })
+    }
+
+    /// The record connect() left for a redirected socket, by its cookie.
+    pub fn socket_record(&self, cookie: u64) -> Option<ConnRecord> {
+        self.sockets.get(&cookie, 0).ok()
     }
 
     /// Why a process may not connect, the same checks the connect hooks make:

@@ -45,7 +45,7 @@ pub async fn find(
                     return owner_record(shared, way, peer, dst.0, dst).await.map(|r| (r, "nat"));
                 }
             }
-            match kernel_record(shared, &handoff_key(way.netns_cookie, peer)).await {
+            match kernel_record(shared, &handoff_key(way.netns_cookie, peer), peer, local).await {
                 Some(record) => Ok((record, "kernel")),
                 None => Err("no kernel record for this connection (dialled the listener directly?)".into()),
             }
@@ -53,17 +53,27 @@ pub async fn find(
     }
 }
 
-async fn kernel_record(shared: &Shared, key: &HandoffKey) -> Option<ConnRecord> {
+async fn kernel_record(shared: &Shared, key: &HandoffKey, peer: SocketAddr, local: SocketAddr) -> Option<ConnRecord> {
     // sock_ops publishes at ESTABLISHED, before the server side can accept, so
-    // the first try normally succeeds. Under a burst of connects a record has
-    // been seen missing at accept (about one in a few thousand, cause not
-    // yet found): retries with back-off, ~30 ms in all, before refusing.
-    for wait_ms in [1, 2, 4, 8, 16, 0] {
-        if let Some(record) = shared.handoff.take(key) {
+    // the first try normally succeeds.
+    if let Some(record) = shared.handoff.take(key) {
+        return Some(record);
+    }
+    // Under bursts of connects a hand-off entry has been seen missing (about
+    // one in a few thousand; the kernel's map update failing is the likely
+    // cause). The socket's own record, written at connect() and keyed by its
+    // cookie, is as authoritative: find the cookie with sock_diag.
+    if let Ok(cookie) = crate::identity::socket_cookie(peer, local) {
+        if let Some(record) = shared.kernel.socket_record(cookie) {
+            tracing::info!(%peer, cookie, "hand-off entry missing; record found by socket cookie");
+            let _ = shared.handoff.take(key);
             return Some(record);
         }
-        if wait_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    }
+    for wait_ms in [2, 4, 8] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        if let Some(record) = shared.handoff.take(key) {
+            return Some(record);
         }
     }
     None
@@ -102,7 +112,7 @@ async fn owner_record(
     let (record, cgroups) = owner
         .record(dst, way.netns_cookie, &shared.cgroup_mount)
         .ok_or_else(|| format!("caller unknown: process {} exited", owner.pid))?;
-    if let Some(why) = shared.revoked.refusal(record.pid, record.uid, &cgroups) {
+    if let Some(why) = shared.kernel.refusal(record.pid, record.uid, &cgroups) {
         return Err(why);
     }
     Ok(record)

@@ -446,23 +446,13 @@ fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
     )])
     .unwrap();
     assert!(!facts_only.reads_sql);
-    let cache = SubjectCache::default();
-    assert_eq!(
-        ask(&facts_only, &cache, &select("SELECT * FROM orders WHERE id = 1")),
-        Outcome::Allow
-    );
-    assert_eq!(
-        ask(&facts_only, &cache, &select("SELECT * FROM orders WHERE id = 2")),
-        Outcome::Allow
-    );
-    let cache = SubjectCache::default();
-    assert_eq!(
-        ask(&by_text, &cache, &select("SELECT * FROM orders WHERE id = 1")),
-        Outcome::Allow
-    );
-    assert_eq!(
-        ask(&by_text, &cache, &select("SELECT * FROM orders WHERE id = 2")),
-        Outcome::Deny,
-        "a policy reading the text got another text's cached decision"
-    );
+    // Ids 1 then 2, each set with a fresh cache: the text-reading policy
+    // must not get the first text's decision for the second.
+    for (policies, second) in [(&facts_only, Outcome::Allow), (&by_text, Outcome::Deny)] {
+        let cache = SubjectCache::default();
+        let first = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 1"));
+        assert_eq!(first, Outcome::Allow);
+        let then = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 2"));
+        assert_eq!(then, second, "reads_sql = {}", policies.reads_sql);
+    }
 }
