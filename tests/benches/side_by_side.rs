@@ -123,6 +123,7 @@ pub struct Bench {
     pub secs: u32,
     only: String,
     contenders: String,
+    quick: bool,
     gateway_pid: u32,
     samples: Vec<Value>,
 }
@@ -130,11 +131,22 @@ pub struct Bench {
 impl Bench {
     /// Whether `scenario` is selected.
     pub fn runs(&self, scenario: &str) -> bool {
+        // --quick keeps one of each kind (under 3 minutes): no 64 KB, one
+        // client count, no -C, no rate at the direct maximum (overload).
+        const SKIPPED_WHEN_QUICK: [&str; 5] = ["64 KB", " 1 clients", "32 clients", "-C ", "half the direct"];
+        if self.quick && SKIPPED_WHEN_QUICK.iter().any(|s| scenario.contains(s)) {
+            return false;
+        }
         scenario.contains(&self.only)
     }
 
-    /// Whether `contender` is selected.
-    pub fn wanted(&self, contender: &str) -> bool {
+    /// Whether `contender` is selected for `scenario`. In `--quick` runs
+    /// the redirect variants run in the keep-alive 1 KB scenario only.
+    pub fn wanted(&self, scenario: &str, contender: &str) -> bool {
+        let variant = contender.starts_with("interlock-");
+        if self.quick && variant && scenario != "HTTP/1.1 keep-alive, 1 KB" {
+            return false;
+        }
         self.contenders.is_empty() || self.contenders.split(',').any(|c| c == contender)
     }
 
@@ -294,6 +306,7 @@ fn main() {
         secs: if quick { 2 } else { 4 },
         only: std::env::var("BENCH_ONLY").unwrap_or_default(),
         contenders: std::env::var("BENCH_CONTENDERS").unwrap_or_default(),
+        quick,
         gateway_pid,
         samples: Vec::new(),
     };

@@ -40,7 +40,7 @@ pub fn closed_loop(b: &mut Bench, contenders: &[Contender<'_>]) {
         }
         for round in 0..b.rounds {
             for (name, addr, via) in contenders {
-                if !b.wanted(name) {
+                if !b.wanted(scenario, name) {
                     continue;
                 }
                 let mut args: Vec<String> = vec![
@@ -83,7 +83,7 @@ pub fn fixed_rate(b: &mut Bench, scenario: &str, rate: f64, contenders: &[Conten
     }
     for round in 0..b.rounds {
         for (name, addr, via) in contenders {
-            if !b.wanted(name) {
+            if !b.wanted(scenario, name) {
                 continue;
             }
             let args: Vec<String> = vec![
@@ -113,7 +113,7 @@ pub fn tls(b: &mut Bench, contenders: &[Contender<'_>]) {
     if b.runs(scenario) {
         for round in 0..b.rounds {
             for (name, addr, via) in contenders {
-                if !b.wanted(name) {
+                if !b.wanted(scenario, name) {
                     continue;
                 }
                 let args: Vec<String> = vec![
@@ -136,7 +136,7 @@ pub fn tls(b: &mut Bench, contenders: &[Contender<'_>]) {
     }
     for round in 0..b.rounds {
         for (name, addr, via) in contenders {
-            if !b.wanted(name) {
+            if !b.wanted(&scenario, name) {
                 continue;
             }
             let script = format!(

@@ -66,7 +66,7 @@ pub fn closed_loop(b: &mut Bench, contenders: &[Contender<'_>]) {
         for round in 0..b.rounds {
             for (name, dsn, via) in contenders {
                 // pgbouncer 1.18 (Debian 12) keeps no prepared statements in transaction mode.
-                if !b.wanted(name) || (mode == "prepared" && name.contains("transaction")) {
+                if !b.wanted(&scenario, name) || (mode == "prepared" && name.contains("transaction")) {
                     continue;
                 }
                 let extra = if connect { vec!["-C".to_owned()] } else { Vec::new() };
@@ -105,7 +105,7 @@ pub fn fixed_rate(b: &mut Bench, scenario: &str, rate: f64, contenders: &[Conten
     }
     for round in 0..b.rounds {
         for (name, dsn, via) in contenders {
-            if !b.wanted(name) {
+            if !b.wanted(scenario, name) {
                 continue;
             }
             let logs = std::env::temp_dir().join(interlock_tests::unique("pgbench-log"));
