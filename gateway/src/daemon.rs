@@ -245,7 +245,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         reviews: reviews.clone(),
     }));
     let shared = Arc::new(Shared::new(
-        (handoff.clone(), kernel.listener_view()?),
+        handoff.clone(),
+        kernel.listener_view()?,
         cgroup::cgroup2_mount()?,
         ctx.clone(),
         config.listener.max_connections,

@@ -94,19 +94,8 @@ pub struct ProcessInfo {
 /// `policy explain --pid`. Kernel-only fields (tid, cookies) are zero.
 pub fn from_pid(pid: u32) -> Option<Identity> {
     let (uid, user, info) = proc::read_process(pid)?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim_end()
-        .to_owned();
-    let gid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Gid:"))
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|g| g.parse().ok())
-        })
-        .unwrap_or(0);
+    let comm = proc::comm(pid).unwrap_or_default();
+    let gid = proc::gid(pid).unwrap_or(0);
     Some(Identity {
         pid,
         tid: pid,
@@ -119,6 +108,13 @@ pub fn from_pid(pid: u32) -> Option<Identity> {
         user,
         process: Some(Arc::new(info)),
     })
+}
+
+/// CLOCK_BOOTTIME now, in nanoseconds (0 if the clock cannot be read).
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Every process id on the host (from /proc).

@@ -84,7 +84,8 @@ pub struct Shared {
 impl Shared {
     /// Bundles the accept loops' shared state.
     pub fn new(
-        (handoff, kernel): (Arc<Handoff>, KernelView),
+        handoff: Arc<Handoff>,
+        kernel: KernelView,
         cgroup_mount: std::path::PathBuf,
         ctx: Arc<ProxyCtx>,
         max: usize,

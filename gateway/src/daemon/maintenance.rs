@@ -68,12 +68,6 @@ async fn watch_execs(ring: RingBuf<MapData>, state: &ControlState) {
     }
 }
 
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
 /// Checks processes held longer than expected.
 async fn check_held(state: &ControlState) {
     let book = state.revocations.lock().await;
@@ -83,7 +77,7 @@ async fn check_held(state: &ControlState) {
         return;
     }
     let mut kernel = state.kernel.lock().await;
-    let now = boot_ns();
+    let now = crate::identity::boot_ns();
     let stale: Vec<u32> = kernel
         .maps
         .exec_pending()

@@ -72,7 +72,7 @@ pub(super) fn read_info(pid: u32, stat: &Stat) -> ProcessInfo {
 }
 
 /// The unified-hierarchy line of /proc/<pid>/cgroup (`0::/path`).
-fn cgroup_v2_path(text: &str) -> Option<String> {
+pub(super) fn cgroup_v2_path(text: &str) -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(|p| p.trim_end().to_owned())
@@ -89,6 +89,23 @@ pub(super) fn read_process(pid: u32) -> Option<(u32, Option<String>, ProcessInfo
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|u| u.parse().ok())?;
     Some((uid, user_name(uid), read_info(pid, &stat)))
+}
+
+/// `comm` of a live process.
+pub(super) fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+/// Real gid of a live process.
+pub(super) fn gid(pid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|g| g.parse().ok())
 }
 
 /// A NUL-padded kernel string.

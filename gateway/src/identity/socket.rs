@@ -113,15 +113,10 @@ impl SocketOwner {
     /// (for the revocation check). `None` when the process has gone.
     pub fn record(&self, dst: OrigDst, netns_cookie: u64, cgroup_mount: &Path) -> Option<(ConnRecord, Vec<u64>)> {
         let pid = self.pid;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let gid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Gid:"))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|g| g.parse().ok())?;
+        let comm = super::proc::comm(pid)?;
+        let gid = super::proc::gid(pid)?;
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim_end();
+        let path = super::proc::cgroup_v2_path(&cgroup)?;
         // Leaf first, then each ancestor up to the root of the hierarchy.
         let mut ancestry = Vec::new();
         let mut dir = cgroup_mount.join(path.trim_start_matches('/'));
@@ -137,7 +132,8 @@ impl SocketOwner {
             cgroup_id: ancestry.first().copied().unwrap_or(0),
             socket_cookie: self.cookie,
             netns_cookie,
-            connect_boot_ns: boot_ns(),
+            // Now: the owner started before this, so the resolver's pid-reuse check holds.
+            connect_boot_ns: super::boot_ns(),
             pid,
             tid: pid,
             uid: self.uid,
@@ -146,7 +142,7 @@ impl SocketOwner {
             rule_slot: u16::MAX,
             ..ConnRecord::default()
         };
-        let name = comm.trim_end().as_bytes();
+        let name = comm.as_bytes();
         let n = name.len().min(record.comm.len() - 1);
         record.comm[..n].copy_from_slice(&name[..n]);
         match dst.0 {
@@ -161,14 +157,6 @@ impl SocketOwner {
         }
         Some((record, ancestry))
     }
-}
-
-/// CLOCK_BOOTTIME now, in ns: the owner started before this, so the
-/// resolver's pid-reuse check holds.
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
-        .unwrap_or(u64::MAX)
 }
 
 /// Does process `pid` hold socket `inode`?

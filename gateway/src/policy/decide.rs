@@ -140,13 +140,21 @@ fn cache_key<'a>(p: &LoadedPolicies, action: &'a ActionKind) -> Option<Cow<'a, A
         ActionKind::SqlStatement { sql, .. } if p.reads_sql => {
             (sql.len() <= CACHED_SQL).then_some(Cow::Borrowed(action))
         }
-        ActionKind::SqlStatement { .. } => {
-            let mut key = action.clone();
-            if let ActionKind::SqlStatement { sql, .. } = &mut key {
-                sql.clear();
-            }
-            Some(Cow::Owned(key))
-        }
+        ActionKind::SqlStatement {
+            kind,
+            tables_read,
+            tables_written,
+            has_where,
+            statements,
+            sql: _,
+        } => Some(Cow::Owned(ActionKind::SqlStatement {
+            kind: kind.clone(),
+            tables_read: tables_read.clone(),
+            tables_written: tables_written.clone(),
+            has_where: *has_where,
+            statements: *statements,
+            sql: String::new(),
+        })),
         ActionKind::HttpRequest { body_size, .. } if !p.reads_body_size && *body_size != 0 => {
             let mut key = action.clone();
             if let ActionKind::HttpRequest { body_size, .. } = &mut key {

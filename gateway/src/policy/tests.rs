@@ -448,11 +448,37 @@ fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
     assert!(!facts_only.reads_sql);
     // Ids 1 then 2, each set with a fresh cache: the text-reading policy
     // must not get the first text's decision for the second.
-    for (policies, second) in [(&facts_only, Outcome::Allow), (&by_text, Outcome::Deny)] {
+    // Decisions filed for the subject: shared when the text is not read.
+    let filed = |cache: &SubjectCache| {
+        let q = Query {
+            agent: &agent,
+            identity: &id,
+            target: &t,
+            action: &ActionKind::Connect,
+            now: SystemTime::now(),
+        };
+        let subject = cache.get(&q).unwrap();
+        let n = subject.decisions.lock().unwrap().len();
+        n
+    };
+    for (policies, second, entries) in [(&facts_only, Outcome::Allow, 1), (&by_text, Outcome::Deny, 2)] {
         let cache = SubjectCache::default();
         let first = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 1"));
         assert_eq!(first, Outcome::Allow);
         let then = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 2"));
         assert_eq!(then, second, "reads_sql = {}", policies.reads_sql);
+        assert_eq!(filed(&cache), entries, "reads_sql = {}", policies.reads_sql);
     }
+    // The body size likewise, while no policy reads it.
+    let cache = SubjectCache::default();
+    for size in [10, 20] {
+        let http = ActionKind::HttpRequest {
+            method: "POST".into(),
+            path: "/v1/x".into(),
+            model: String::new(),
+            body_size: size,
+        };
+        ask(&facts_only, &cache, &http);
+    }
+    assert_eq!(filed(&cache), 1, "two body sizes filed apart");
 }
