@@ -1,4 +1,4 @@
-//! Audit write throughput, with criterion: HTTP exchange events recorded by
+//! Audit write throughput, with criterion: HTTP exchange and body events recorded by
 //! 32 concurrent recorders, each waiting (as the data path does) until its
 //! event is committed, into the embedded SQLite store and into a real
 //! PostgreSQL store (a cluster started for the bench; needs root, as every
@@ -7,9 +7,9 @@ use std::{path::Path, sync::Arc, time::Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gateway::{
-    audit::{self, EventSink, HttpExchangeEvent},
+    audit::{self, EventSink, HttpBodyEvent, HttpExchangeEvent},
     config::Config,
-    identity::Identity,
+    identity::{Identity, ProcessInfo},
     policy::{Decision, Outcome},
     types::{AgentName, ConnId},
 };
@@ -17,20 +17,71 @@ use gateway::{
 const RECORDERS: u64 = 32;
 const EVENTS: u64 = 1024;
 
-fn event(n: u64) -> audit::Event {
+/// The caller as the data path records it: a kernel record and what /proc
+/// said about the process (an agent run from a virtualenv with arguments).
+fn caller() -> Identity {
     let mut identity = Identity::unattributed();
     identity.pid = 4242;
+    identity.tid = 4242;
+    identity.uid = 1000;
     identity.comm = "python3".into();
     identity.user = Some("agent".into());
+    identity.process = Some(Arc::new(ProcessInfo {
+        start_ticks: 3_536_478,
+        exe: Some("/opt/agents/venv/bin/python3.11".into()),
+        cmdline: vec![
+            "/opt/agents/venv/bin/python3".into(),
+            "-m".into(),
+            "support_agent".into(),
+            "--config".into(),
+            "/etc/agents/support.toml".into(),
+        ],
+        ppid: 1,
+        cgroup: Some("/system.slice/support-agent.service".into()),
+        container: None,
+        systemd_unit: Some("support-agent.service".into()),
+    }));
+    identity
+}
+
+/// An HTTP exchange's events, as the data path records them: the exchange
+/// (even `n`) and its bodies (odd `n`: a 1 KiB JSON response).
+fn event(n: u64) -> audit::Event {
+    let conn_id = ConnId(n / 16);
+    let (agent, target, path) = (
+        AgentName("assistant".into()),
+        "openai".to_owned(),
+        "/v1/chat/completions".to_owned(),
+    );
+    if n % 2 == 1 {
+        return audit::Event::HttpBody(Box::new(HttpBodyEvent {
+            time: audit::now(),
+            conn_id,
+            exchange: n / 2,
+            agent,
+            identity: caller(),
+            target,
+            path,
+            request_body: r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Where is my order?"}]}"#
+                .into(),
+            request_bytes: 84,
+            response_body: format!(
+                r#"{{"id":"chatcmpl-{n}","choices":[{{"message":{{"content":"{}"}}}}]}}"#,
+                "x".repeat(960)
+            ),
+            response_bytes: 1024,
+            response_complete: true,
+        }));
+    }
     audit::Event::HttpExchange(Box::new(HttpExchangeEvent {
         time: audit::now(),
-        conn_id: ConnId(n / 16),
-        agent: AgentName("assistant".into()),
-        identity,
-        target: "openai".into(),
+        conn_id,
+        agent,
+        identity: caller(),
+        target,
         method: "POST".into(),
-        path: "/v1/chat/completions".into(),
-        exchange: n,
+        path,
+        exchange: n / 2,
         status: 200,
         decision: Decision {
             outcome: Outcome::Allow,

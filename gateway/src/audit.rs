@@ -11,6 +11,7 @@ use crate::{
     types::{AgentName, ConnId, OrigDst},
 };
 
+mod columns;
 pub mod keys;
 pub mod record;
 pub mod seal;

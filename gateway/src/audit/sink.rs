@@ -18,6 +18,7 @@ use std::{
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{
+    columns::Encoded,
     keys::{Identity, KeyError},
     record::{Record, GENESIS},
     store::{open_writer, Checkpoint, StoreError},
@@ -104,7 +105,7 @@ struct Chain {
 /// What the journal thread is asked: append an event (its JSON text),
 /// answering once it is written (or failed) when an answer is wanted.
 struct Append {
-    body: String,
+    event: Encoded,
     ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -154,8 +155,8 @@ impl Shared {
         }
         let mut chain = self.chain();
         let mut acks = Vec::with_capacity(batch.len());
-        for Append { body, ack } in batch {
-            match chain_one(&mut chain, body) {
+        for Append { event, ack } in batch {
+            match chain_one(&mut chain, event) {
                 Ok(()) => acks.extend(ack),
                 Err(e) => {
                     self.permits.add_permits(1);
@@ -178,32 +179,61 @@ impl Shared {
     /// the lowest latency), else through the journal thread (a worker thread
     /// never waits for the lock: one that held it while preempted stalled the
     /// others, 30% of HTTP throughput on 2 cores).
-    async fn append(&self, body: String) -> Result<(), String> {
-        let body = match self.append_inline(body) {
+    async fn append(&self, event: Encoded) -> Result<(), String> {
+        let event = match self.append_inline(event) {
             Ok(done) => return done,
-            Err(body) => body,
+            Err(event) => event,
         };
         let (ack, written) = oneshot::channel();
         self.appends
-            .send(Append { body, ack: Some(ack) })
+            .send(Append { event, ack: Some(ack) })
             .map_err(|_| "the audit journal has stopped".to_owned())?;
         written.await.map_err(|_| "the audit journal has stopped".to_owned())?
     }
 
-    /// The inline path of [`Shared::append`]; gives the body back when the
+    /// The inline path of [`Shared::append`]; gives the event back when the
     /// chain is busy.
-    fn append_inline(&self, body: String) -> Result<Result<(), String>, String> {
+    fn append_inline(&self, event: Encoded) -> Result<Result<(), String>, Encoded> {
         let mut chain = match self.chain.try_lock() {
             Ok(chain) => chain,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Err(body),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(event),
         };
-        if let Err(e) = chain_one(&mut chain, body) {
+        if let Err(e) = chain_one(&mut chain, event) {
             drop(chain);
             self.permits.add_permits(1);
             return Ok(Err(e));
         }
         Ok(self.write_buffers(&mut chain))
+    }
+
+    /// Chains an event that nobody waits for (see [`EventSink::submit`]) in
+    /// the calling task if the chain is free, leaving its lines buffered:
+    /// the next acknowledged append writes them, or the store writer does
+    /// before it stores the record (within `GATHER`). Handing each such
+    /// event to the journal thread cost a thread wake-up and two writes
+    /// per event. Gives the event back when the chain is busy.
+    fn submit_inline(&self, event: Encoded) -> Result<(), Encoded> {
+        let mut chain = match self.chain.try_lock() {
+            Ok(chain) => chain,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(event),
+        };
+        if let Err(e) = chain_one(&mut chain, event) {
+            drop(chain);
+            self.permits.add_permits(1);
+            tracing::error!("audit event not recorded: {e}");
+        }
+        Ok(())
+    }
+
+    /// Writes out lines chained but not yet written (by the store writer,
+    /// before it stores their records).
+    fn flush_buffers(&self) {
+        let mut chain = self.chain();
+        if !chain.journal_buf.is_empty() || !chain.mirror_buf.is_empty() {
+            let _ = self.write_buffers(&mut chain);
+        }
     }
 
     /// Writes the buffered lines out (under the chain's lock, so the journal
@@ -227,9 +257,13 @@ impl Shared {
 
 /// Chains one event, buffers its lines and hands the record to the store
 /// writer (with its backlog permit, which the writer gives back).
-fn chain_one(c: &mut Chain, body: String) -> Result<(), String> {
-    let record = Record::next(&c.instance, &c.host, c.seq + 1, &c.prev, body)
-        .map_err(|e| format!("event does not read back: {e}"))?;
+fn chain_one(c: &mut Chain, event: Encoded) -> Result<(), String> {
+    let Encoded { body, columns } = event;
+    let record = match columns {
+        Some(columns) => Record::next_with(&c.instance, &c.host, c.seq + 1, &c.prev, body, columns),
+        None => Record::next(&c.instance, &c.host, c.seq + 1, &c.prev, body)
+            .map_err(|e| format!("event does not read back: {e}"))?,
+    };
     let line = journal::line(&record)?;
     c.journal_buf.extend_from_slice(&line);
     c.mirror_buf.extend_from_slice(record.body.as_bytes());
@@ -370,10 +404,10 @@ impl EventSink {
             return Ok(());
         }
         self.accepting()?;
-        let body = serde_json::to_string(&event).map_err(|e| SinkError::Backend(format!("event: {e}")))?;
+        let encoded = Encoded::new(&event).map_err(|e| SinkError::Backend(format!("event: {e}")))?;
         let permit = self.shared.permits.acquire().await.map_err(|_| SinkError::Closed)?;
         permit.forget();
-        match self.shared.append(body).await {
+        match self.shared.append(encoded).await {
             Ok(()) => Ok(()),
             Err(_) if health.policy == OnFailure::Drop => {
                 health.dropped();
@@ -390,13 +424,15 @@ impl EventSink {
         match self.shared.permits.try_acquire() {
             Ok(permit) => {
                 permit.forget();
-                let sent = serde_json::to_string(&event)
+                let sent = Encoded::new(&event)
                     .map_err(|e| SinkError::Backend(format!("event: {e}")))
-                    .and_then(|body| {
-                        self.shared
+                    .and_then(|event| match self.shared.submit_inline(event) {
+                        Ok(()) => Ok(()),
+                        Err(event) => self
+                            .shared
                             .appends
-                            .send(Append { body, ack: None })
-                            .map_err(|_| SinkError::Closed)
+                            .send(Append { event, ack: None })
+                            .map_err(|_| SinkError::Closed),
                     });
                 if let Err(e) = sent {
                     self.shared.permits.add_permits(1);

@@ -20,7 +20,7 @@ use crate::audit::{
 
 /// What the writer is told.
 pub(super) enum Msg {
-    /// A record to store (already in the journal).
+    /// A record to store (in the journal, or buffered for it: see `flush_buffers`).
     Record(Box<Record>),
     /// Answer once everything sent before is stored (or failed).
     Flush(oneshot::Sender<()>),
@@ -90,6 +90,9 @@ impl Writer {
                     None
                 };
             }
+            // Lines of submitted events may still be buffered: the journal
+            // has every record before the store does.
+            shared.flush_buffers();
             let health = &shared.health;
             if probe && !health.ok() {
                 match self.store.probe() {
