@@ -182,7 +182,7 @@ impl Shared {
     async fn append(&self, event: Encoded) -> Result<(), String> {
         let event = match self.append_inline(event) {
             Ok(done) => return done,
-            Err(event) => event,
+            Err(event) => *event,
         };
         let (ack, written) = oneshot::channel();
         self.appends
@@ -193,11 +193,11 @@ impl Shared {
 
     /// The inline path of [`Shared::append`]; gives the event back when the
     /// chain is busy.
-    fn append_inline(&self, event: Encoded) -> Result<Result<(), String>, Encoded> {
+    fn append_inline(&self, event: Encoded) -> Result<Result<(), String>, Box<Encoded>> {
         let mut chain = match self.chain.try_lock() {
             Ok(chain) => chain,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Err(event),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(Box::new(event)),
         };
         if let Err(e) = chain_one(&mut chain, event) {
             drop(chain);
@@ -213,11 +213,11 @@ impl Shared {
     /// before it stores the record (within `GATHER`). Handing each such
     /// event to the journal thread cost a thread wake-up and two writes
     /// per event. Gives the event back when the chain is busy.
-    fn submit_inline(&self, event: Encoded) -> Result<(), Encoded> {
+    fn submit_inline(&self, event: Encoded) -> Result<(), Box<Encoded>> {
         let mut chain = match self.chain.try_lock() {
             Ok(chain) => chain,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Err(event),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(Box::new(event)),
         };
         if let Err(e) = chain_one(&mut chain, event) {
             drop(chain);
@@ -431,7 +431,10 @@ impl EventSink {
                         Err(event) => self
                             .shared
                             .appends
-                            .send(Append { event, ack: None })
+                            .send(Append {
+                                event: *event,
+                                ack: None,
+                            })
                             .map_err(|_| SinkError::Closed),
                     });
                 if let Err(e) = sent {
