@@ -7,7 +7,7 @@
 //! make connect() fail with EPERM. Only the gateway's own marked sockets and
 //! non-agent processes are let through unexamined.
 use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::SockAddrContext};
-use aya_log_ebpf::info;
+use aya_log_ebpf::{info, warn};
 use gateway_common::{Action, Settings, FAMILY_V4, FAMILY_V6};
 
 use crate::{
@@ -110,7 +110,9 @@ fn enforce(
             ALLOW
         }
         Some(Action::Redirect) => {
-            if record::store(ctx, orig, port, family, verdict.slot).is_err() {
+            if let Err(e) = record::store(ctx, orig, port, family, verdict.slot) {
+                // Fails closed, and says why (the connect gets EPERM).
+                warn!(ctx, "connection record not stored (error {}): connect refused", e);
                 count(verdict.slot, Counter::Denied);
                 return DENY;
             }

@@ -10,6 +10,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
+use aya_log_ebpf::warn;
 use gateway_common::{ConnRecord, HandoffKey, FAMILY_V4, FAMILY_V6};
 
 use crate::{
@@ -38,7 +39,11 @@ fn try_handoff(ctx: &SockOpsContext) {
     };
     let key = handoff_key(ctx, &record);
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        let _ = HANDOFF.insert(&key, &record, 0);
+        if let Err(e) = HANDOFF.insert(&key, &record, 0) {
+            // Said aloud: the proxy then finds the socket's own record by
+            // its cookie, or refuses the connection ("no kernel record").
+            warn!(ctx, "hand-off record not published (error {}); port {}", e, key.port);
+        }
         // Ask for state callbacks so the close below cleans up.
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     } else if ctx.arg(1) == BPF_TCP_CLOSE {
