@@ -51,7 +51,12 @@ fn policy(c: &mut Criterion) {
     g.bench_function("decide sql_statement, cached", |b| {
         b.iter(|| black_box(decide_cached(&policies, &query(select), &cache)))
     });
-    g.bench_function("sql classify", |b| b.iter(|| black_box(sql::classify(statement))));
+    g.bench_function("sql classify, parsed", |b| {
+        b.iter(|| black_box(sql::classify_uncached(statement)))
+    });
+    g.bench_function("sql classify, facts kept by shape", |b| {
+        b.iter(|| black_box(sql::classify(statement)))
+    });
     // The data path's connect stage: agent naming, target naming, decision,
     // with the decision cache (the shipped policies do not read the context).
     let gate = Gate::new(

@@ -3,7 +3,7 @@
 //! and DELETE are bounded by WHERE, and how many statements a string holds.
 //! Data-modifying statements nested in CTEs count: the most dangerous kind in
 //! the string is the one reported.
-use std::{collections::BTreeSet, ops::ControlFlow};
+use std::{collections::BTreeSet, ops::ControlFlow, sync::Arc};
 
 use sqlparser::{
     ast::{
@@ -15,6 +15,8 @@ use sqlparser::{
 };
 
 use crate::policy::ActionKind;
+
+mod shape;
 
 /// The statement could not be parsed (agent input); policy denies it by default.
 #[derive(Debug, thiserror::Error)]
@@ -184,9 +186,27 @@ pub fn classify(sql: &str) -> Result<ActionKind, SqlError> {
 
 /// [`classify`], plus what the proxy needs to know besides.
 pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError> {
+    let shape = shape::of(sql);
+    if let Some(facts) = shape.as_deref().and_then(shape::get) {
+        let facts = Arc::unwrap_or_clone(facts);
+        return Ok((facts.into_action(sql), Extras::default()));
+    }
+    parse(sql, shape)
+}
+
+/// [`classify`] by parsing, never from the facts kept by shape (for
+/// benchmarks and comparisons).
+pub fn classify_uncached(sql: &str) -> Result<ActionKind, SqlError> {
+    parse(sql, None).map(|(action, _)| action)
+}
+
+/// Parses and classifies `sql`, keeping its facts under `keep` (its shape).
+fn parse(sql: &str, mut keep: Option<String>) -> Result<(ActionKind, Extras), SqlError> {
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(statements) => statements,
         Err(first) => {
+            // Only statements that parse as they are have their facts kept.
+            keep = None;
             // PostgreSQL's COPY options take on/off as booleans (pgbench sends
             // `WITH (freeze on)`); the parser knows only true/false. Only the
             // option values change, so the statement's facts stay the same.
@@ -237,16 +257,30 @@ pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError>
         read.insert(name.to_string());
         ControlFlow::<()>::Continue(())
     });
-    let read: Vec<String> = read.difference(&written).cloned().collect();
-    let action = ActionKind::SqlStatement {
+    let facts = shape::Facts {
         kind: kind.to_owned(),
-        tables_read: read,
+        tables_read: read.difference(&written).cloned().collect(),
         tables_written: written.into_iter().collect(),
         has_where,
         statements: statements.len() as i64,
-        sql: sql.to_owned(),
     };
-    Ok((action, extras))
+    if let Some(shape) = keep.filter(|_| extras == Extras::default()) {
+        shape::keep(shape, facts.clone());
+    }
+    Ok((facts.into_action(sql), extras))
+}
+
+impl shape::Facts {
+    fn into_action(self, sql: &str) -> ActionKind {
+        ActionKind::SqlStatement {
+            kind: self.kind,
+            tables_read: self.tables_read,
+            tables_written: self.tables_written,
+            has_where: self.has_where,
+            statements: self.statements,
+            sql: sql.to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +298,32 @@ mod tests {
                 ..
             } => (kind, tables_read, tables_written, has_where, statements),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn facts_kept_by_shape_are_the_parsers_and_carry_each_text() {
+        let variants = [
+            "UPDATE accounts SET balance = balance - 10 WHERE id = 7",
+            "UPDATE accounts SET balance = balance - 99 WHERE id = 1234",
+            "UPDATE accounts SET balance = balance - 5 WHERE id = 'x'' OR 1=1 --'",
+        ];
+        let first = facts(variants[0]);
+        assert_eq!(first, ("update".into(), vec![], vec!["accounts".into()], true, 1));
+        for v in variants {
+            assert_eq!(facts(v), first, "{v}");
+            match classify(v).unwrap() {
+                ActionKind::SqlStatement { sql, .. } => assert_eq!(sql, v),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Same words, other structure: not served the kept facts.
+        assert!(!facts("UPDATE accounts SET balance = balance - 10").3);
+        assert_eq!(facts("SELECT 1; UPDATE accounts SET balance = 1 WHERE id = 7").4, 2);
+        // COPY out is never kept (its extras matter); asked twice, still there.
+        for _ in 0..2 {
+            let (_, extras) = classify_with_extras("COPY accounts TO STDOUT").unwrap();
+            assert_eq!(extras.copy_out, Some(false));
         }
     }
 
