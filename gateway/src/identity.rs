@@ -143,11 +143,18 @@ pub fn orig_dst(record: &ConnRecord) -> OrigDst {
     OrigDst(SocketAddr::new(ip, record.orig_port))
 }
 
-/// Resolves identities, caching /proc reads by (pid, start time).
+/// Resolves identities, caching /proc reads by (pid, start time) and user
+/// names by uid.
 #[derive(Default)]
 pub struct Resolver {
     cache: Mutex<HashMap<(u32, u64), Arc<ProcessInfo>>>,
+    users: Mutex<HashMap<u32, (Option<String>, std::time::Instant)>>,
 }
+
+/// How long a uid's user name is trusted before the user database is read
+/// again (reading it per connection was ~3% of the gateway's CPU on short
+/// connections; a renamed user shows within this time).
+const USER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Entries kept before the cache prunes processes that have exited.
 const CACHE_LIMIT: usize = 8192;
@@ -165,9 +172,25 @@ impl Resolver {
             cgroup_id: CgroupId(record.cgroup_id),
             socket_cookie: SocketCookie(record.socket_cookie),
             netns_cookie: record.netns_cookie,
-            user: proc::user_name(record.uid),
+            user: self.user_name(record.uid),
             process,
         }
+    }
+
+    fn user_name(&self, uid: u32) -> Option<String> {
+        let now = std::time::Instant::now();
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, at)) = users.get(&uid) {
+            if now.duration_since(*at) < USER_TTL {
+                return name.clone();
+            }
+        }
+        let name = proc::user_name(uid);
+        if users.len() >= CACHE_LIMIT {
+            users.clear();
+        }
+        users.insert(uid, (name.clone(), now));
+        name
     }
 
     fn process(&self, record: &ConnRecord) -> Option<Arc<ProcessInfo>> {
@@ -199,5 +222,22 @@ impl Resolver {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), Arc<ProcessInfo>>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_read_once_per_uid_and_kept() {
+        let resolver = Resolver::default();
+        assert_eq!(resolver.user_name(0).as_deref(), Some("root"));
+        assert_eq!(resolver.user_name(0).as_deref(), Some("root"));
+        // A uid with no user is remembered as such too.
+        assert_eq!(resolver.user_name(3_999_999_999), None);
+        let users = resolver.users.lock().unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users[&3_999_999_999].0.is_none());
     }
 }
