@@ -54,8 +54,17 @@ fn policy(c: &mut Criterion) {
     g.bench_function("sql classify, parsed", |b| {
         b.iter(|| black_box(sql::classify_uncached(statement)))
     });
-    g.bench_function("sql classify, facts kept by shape", |b| {
+    g.bench_function("sql classify, same text again", |b| {
         b.iter(|| black_box(sql::classify(statement)))
+    });
+    let mut n = 0u64;
+    g.bench_function("sql classify, same shape with new values", |b| {
+        b.iter(|| {
+            n += 1;
+            let text =
+                format!("SELECT o.id, u.email FROM orders o JOIN users u ON u.id = o.user_id WHERE o.total > {n}");
+            black_box(sql::classify(&text))
+        })
     });
     // The data path's connect stage: agent naming, target naming, decision,
     // with the decision cache (the shipped policies do not read the context).

@@ -186,10 +186,15 @@ pub fn classify(sql: &str) -> Result<ActionKind, SqlError> {
 
 /// [`classify`], plus what the proxy needs to know besides.
 pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError> {
+    // The same text again (an unnamed Parse per execution, as drivers send
+    // before they prepare): no tokenising either.
+    if let Some(facts) = shape::get_text(sql) {
+        return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
+    }
     let shape = shape::of(sql);
     if let Some(facts) = shape.as_deref().and_then(shape::get) {
-        let facts = Arc::unwrap_or_clone(facts);
-        return Ok((facts.into_action(sql), Extras::default()));
+        shape::keep_text(sql, facts.clone());
+        return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
     }
     parse(sql, shape)
 }
@@ -265,7 +270,8 @@ fn parse(sql: &str, mut keep: Option<String>) -> Result<(ActionKind, Extras), Sq
         statements: statements.len() as i64,
     };
     if let Some(shape) = keep.filter(|_| extras == Extras::default()) {
-        shape::keep(shape, facts.clone());
+        let kept = shape::keep(shape, facts.clone());
+        shape::keep_text(sql, kept);
     }
     Ok((facts.into_action(sql), extras))
 }

@@ -34,9 +34,30 @@ pub(crate) struct Facts {
     pub(crate) statements: i64,
 }
 
-fn table() -> &'static Mutex<HashMap<String, Arc<Facts>>> {
-    static TABLE: OnceLock<Mutex<HashMap<String, Arc<Facts>>>> = OnceLock::new();
-    TABLE.get_or_init(|| Mutex::new(HashMap::new()))
+type Table = Mutex<HashMap<String, Arc<Facts>>>;
+
+/// Facts by shape.
+fn shapes() -> &'static Table {
+    static SHAPES: OnceLock<Table> = OnceLock::new();
+    SHAPES.get_or_init(Table::default)
+}
+
+/// Facts by exact text (looked up without tokenising).
+fn texts() -> &'static Table {
+    static TEXTS: OnceLock<Table> = OnceLock::new();
+    TEXTS.get_or_init(Table::default)
+}
+
+fn lookup(table: &Table, key: &str) -> Option<Arc<Facts>> {
+    table.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+}
+
+fn insert(table: &Table, key: String, facts: Arc<Facts>) {
+    let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+    if table.len() >= CAPACITY {
+        table.clear();
+    }
+    table.insert(key, facts);
 }
 
 /// A statement's shape, or `None` when it is not to be kept (too long,
@@ -71,16 +92,26 @@ pub(crate) fn of(sql: &str) -> Option<String> {
 
 /// The facts kept for `shape`.
 pub(crate) fn get(shape: &str) -> Option<Arc<Facts>> {
-    table().lock().unwrap_or_else(|p| p.into_inner()).get(shape).cloned()
+    lookup(shapes(), shape)
 }
 
 /// Keeps the facts of `shape`.
-pub(crate) fn keep(shape: String, facts: Facts) {
-    let mut table = table().lock().unwrap_or_else(|p| p.into_inner());
-    if table.len() >= CAPACITY {
-        table.clear();
+pub(crate) fn keep(shape: String, facts: Facts) -> Arc<Facts> {
+    let facts = Arc::new(facts);
+    insert(shapes(), shape, facts.clone());
+    facts
+}
+
+/// The facts kept for this exact text.
+pub(crate) fn get_text(sql: &str) -> Option<Arc<Facts>> {
+    lookup(texts(), sql)
+}
+
+/// Keeps the facts of this exact text (whose shape has them).
+pub(crate) fn keep_text(sql: &str, facts: Arc<Facts>) {
+    if sql.len() <= LONGEST {
+        insert(texts(), sql.to_owned(), facts);
     }
-    table.insert(shape, Arc::new(facts));
 }
 
 #[cfg(test)]
