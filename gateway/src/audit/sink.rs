@@ -194,6 +194,25 @@ impl Shared {
     /// The inline path of [`Shared::append`]; gives the event back when the
     /// chain is busy.
     fn append_inline(&self, event: Encoded) -> Result<Result<(), String>, Box<Encoded>> {
+        self.chain_if_free(event, true)
+    }
+
+    /// Chains an event that nobody waits for (see [`EventSink::submit`]) in
+    /// the calling task if the chain is free, leaving its lines buffered:
+    /// the next acknowledged append writes them, or the store writer does
+    /// before it stores the record (within `GATHER`). Handing each such
+    /// event to the journal thread cost a thread wake-up and two writes
+    /// per event. Gives the event back when the chain is busy.
+    fn submit_inline(&self, event: Encoded) -> Result<(), Box<Encoded>> {
+        if let Err(e) = self.chain_if_free(event, false)? {
+            tracing::error!("audit event not recorded: {e}");
+        }
+        Ok(())
+    }
+
+    /// Chains `event` if the chain's lock is free (writing the buffered
+    /// lines out when `write`); gives the event back when it is not.
+    fn chain_if_free(&self, event: Encoded, write: bool) -> Result<Result<(), String>, Box<Encoded>> {
         let mut chain = match self.chain.try_lock() {
             Ok(chain) => chain,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -204,27 +223,7 @@ impl Shared {
             self.permits.add_permits(1);
             return Ok(Err(e));
         }
-        Ok(self.write_buffers(&mut chain))
-    }
-
-    /// Chains an event that nobody waits for (see [`EventSink::submit`]) in
-    /// the calling task if the chain is free, leaving its lines buffered:
-    /// the next acknowledged append writes them, or the store writer does
-    /// before it stores the record (within `GATHER`). Handing each such
-    /// event to the journal thread cost a thread wake-up and two writes
-    /// per event. Gives the event back when the chain is busy.
-    fn submit_inline(&self, event: Encoded) -> Result<(), Box<Encoded>> {
-        let mut chain = match self.chain.try_lock() {
-            Ok(chain) => chain,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Err(Box::new(event)),
-        };
-        if let Err(e) = chain_one(&mut chain, event) {
-            drop(chain);
-            self.permits.add_permits(1);
-            tracing::error!("audit event not recorded: {e}");
-        }
-        Ok(())
+        Ok(if write { self.write_buffers(&mut chain) } else { Ok(()) })
     }
 
     /// Writes out lines chained but not yet written (by the store writer,
