@@ -12,9 +12,9 @@ use gateway::{
     review,
 };
 
-/// mimalloc: measured against glibc's allocator in the bench (see
-/// bench/OPTIMISATIONS.md): less memory per idle connection and less time in
-/// malloc on the proxy path.
+/// jemalloc, measured against glibc's allocator and mimalloc in the bench
+/// (bench/OPTIMISATIONS.md): less time in malloc on the proxy path, and
+/// freed memory goes back to the system after load.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

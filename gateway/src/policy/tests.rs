@@ -428,15 +428,28 @@ fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
         }
         a
     };
-    let ask = |p: &LoadedPolicies, cache: &SubjectCache, action: &ActionKind| {
-        let q = Query {
-            agent: &agent,
-            identity: &id,
-            target: &t,
+    fn query<'a>(who: &'a (AgentName, Identity, TargetRef), action: &'a ActionKind) -> Query<'a> {
+        Query {
+            agent: &who.0,
+            identity: &who.1,
+            target: &who.2,
             action,
             now: SystemTime::now(),
-        };
-        decide_cached(p, &q, cache).outcome
+        }
+    }
+    let who = (agent, id, t);
+    let ask = |p: &LoadedPolicies, cache: &SubjectCache, action: &ActionKind| {
+        decide_cached(p, &query(&who, action), cache).outcome
+    };
+    // Decisions filed for the subject: shared when the text is not read.
+    let filed = |cache: &SubjectCache| {
+        cache
+            .get(&query(&who, &ActionKind::Connect))
+            .unwrap()
+            .decisions
+            .lock()
+            .unwrap()
+            .len()
     };
     // `context has kind` reads the context as a whole: nothing is shared.
     assert!(by_facts.reads_sql);
@@ -448,19 +461,6 @@ fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
     assert!(!facts_only.reads_sql);
     // Ids 1 then 2, each set with a fresh cache: the text-reading policy
     // must not get the first text's decision for the second.
-    // Decisions filed for the subject: shared when the text is not read.
-    let filed = |cache: &SubjectCache| {
-        let q = Query {
-            agent: &agent,
-            identity: &id,
-            target: &t,
-            action: &ActionKind::Connect,
-            now: SystemTime::now(),
-        };
-        let subject = cache.get(&q).unwrap();
-        let n = subject.decisions.lock().unwrap().len();
-        n
-    };
     for (policies, second, entries) in [(&facts_only, Outcome::Allow, 1), (&by_text, Outcome::Deny, 2)] {
         let cache = SubjectCache::default();
         let first = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 1"));

@@ -44,7 +44,7 @@ fn old(path: &Path) -> PathBuf {
 impl Journal {
     /// Opens (creating) the journal at `path`, empty: call after [`recover`].
     pub(super) fn open(path: &Path) -> std::io::Result<Self> {
-        super::mirror::sweep_retired(path);
+        super::sweep_retired(path);
         let file = open_append(path)?;
         file.set_len(0)?;
         let _ = std::fs::remove_file(old(path));
@@ -83,7 +83,7 @@ impl Journal {
     pub(super) fn maintain(&mut self, committed: i64, newest: i64) {
         if self.rotated.is_some_and(|r| committed >= r) {
             // Off this thread: it holds the chain's lock (see `retire`).
-            super::mirror::retire(&old(&self.path));
+            super::retire(&old(&self.path));
             self.rotated = None;
         }
         if self.size < ROTATE_AT || self.rotated.is_some() {

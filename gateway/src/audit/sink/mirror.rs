@@ -32,7 +32,7 @@ impl Mirror {
     }
 
     fn with_limit(path: &Path, limit: u64) -> std::io::Result<Self> {
-        sweep_retired(path);
+        super::sweep_retired(path);
         let file = open(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
@@ -51,53 +51,12 @@ impl Mirror {
             let mut rotated = self.path.clone().into_os_string();
             rotated.push(".1");
             // Renaming over the previous `.1` would free its blocks here.
-            retire(Path::new(&rotated));
+            super::retire(Path::new(&rotated));
             std::fs::rename(&self.path, &rotated)?;
             self.file = open(&self.path)?;
             self.size = 0;
         }
         Ok(())
-    }
-}
-
-/// Removes `path` off the caller's thread: renamed aside at once (which
-/// frees nothing), deleted by a thread of its own. Freeing a file's blocks
-/// can take tens of milliseconds (a filesystem mounted with `discard`
-/// discards them synchronously: seen on this project's VMs), and the
-/// callers hold the audit chain's lock, on an async worker: deleting in
-/// place stalled every request for as long (p99 40–60 ms at half load).
-pub(super) fn retire(path: &Path) {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".retired-{}-{n}", std::process::id()));
-    let aside = PathBuf::from(aside);
-    if std::fs::rename(path, &aside).is_err() {
-        return; // Nothing there (or not ours to move): nothing to delete.
-    }
-    let spawned = std::thread::Builder::new().name("audit-retire".into()).spawn(move || {
-        if let Err(e) = std::fs::remove_file(&aside) {
-            tracing::warn!("audit: removing {}: {e}", aside.display());
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!("audit: no thread to remove {}: {e}", path.display());
-    }
-}
-
-/// Deletes files [`retire`] left behind when the gateway stopped before
-/// their thread ran (next to `path`).
-pub(super) fn sweep_retired(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(file) = file.to_str() else { continue };
-        if file.starts_with(name) && file.contains(".retired-") {
-            retire(&entry.path());
-        }
     }
 }
 
@@ -134,10 +93,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("events.jsonl.1");
         std::fs::write(&path, "x").unwrap();
-        retire(&path);
+        super::super::retire(&path);
         assert!(!path.exists(), "moved aside at once");
-        retire(&path); // nothing there: nothing happens
-                       // A leftover from a stopped gateway is swept when the mirror opens.
+        super::super::retire(&path); // nothing there: nothing happens
+                                     // A leftover from a stopped gateway is swept when the mirror opens.
         std::fs::write(dir.join("events.jsonl.1.retired-1-0"), "y").unwrap();
         drop(Mirror::open(&dir.join("events.jsonl")).unwrap());
         let none_left = || {
