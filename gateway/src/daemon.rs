@@ -161,9 +161,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     reviews.recover().await;
 
     // Bind before attaching, so redirected connections find a listener at once.
+    // With a NAT port of its own, the main port takes only kernel redirects.
     let redirect = listener::Arrival::Redirect {
-        nat: config.listener.nat_redirect,
+        nat: config.listener.nat_redirect && config.listener.nat_port.is_none(),
     };
+    let nat = config
+        .listener
+        .nat_addresses()
+        .into_iter()
+        .map(|a| (a, listener::Arrival::Redirect { nat: true }));
     let explicit = config
         .listener
         .explicit
@@ -174,6 +180,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .addresses()
         .into_iter()
         .map(|a| (a, redirect))
+        .chain(nat)
         .chain(explicit)
         .map(|(a, arrival)| listener::bind(a, arrival))
         .collect::<Result<Vec<_>, _>>()?;

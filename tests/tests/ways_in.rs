@@ -124,3 +124,34 @@ fn a_nat_redirect_is_served_only_when_enabled_and_a_direct_dial_stays_refused() 
     assert!(!r.success, "a direct dial was served: {}", r.stdout);
     assert_refused(&gw, "no kernel record");
 }
+
+#[test]
+fn a_nat_port_of_its_own_takes_the_nat_redirects_and_the_main_port_no_longer_does() {
+    let cg = TestCgroup::new(&unique("natport"));
+    let outside = TestCgroup::new(&unique("natport-out"));
+    let up = Upstream::start("127.0.0.5");
+    let url = format!("http://{}/", up.dst());
+    let nat_port = free_port();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec!["nat_redirect = true".into(), format!("nat_port = {nat_port}")],
+            ..Default::default()
+        },
+    );
+    {
+        let _rule = NatRule::add(&outside, &up.addr, nat_port);
+        let r = curl(&outside, &url);
+        assert!(r.success, "curl failed: {}", r.stderr);
+        assert_eq!(r.stdout, HTTP_BODY);
+        let ev = gw.events().for_dst_pid(&up.dst(), r.pid);
+        assert_identity(&ev, &outside, r.pid);
+        assert_eq!(up.peers().len(), 1);
+    }
+    // A NAT rule to the main port: that port now takes only kernel redirects.
+    let _rule = NatRule::add(&outside, &up.addr, gw.port);
+    let r = curl(&outside, &url);
+    assert!(!r.success, "the main port served a NAT redirect: {}", r.stdout);
+    assert_eq!(up.peers().len(), 1, "the upstream was reached");
+    assert_refused(&gw, "no kernel record");
+}

@@ -44,6 +44,15 @@ pub struct ListenerConfig {
     /// must not match the gateway's own connections (they are refused as a
     /// loop). Off by default: then only the kernel redirect gets in.
     pub nat_redirect: bool,
+    /// A port of its own (on both loopback addresses) for NAT-redirected
+    /// connections: NAT rules point here (`--to-ports`) and `port` then
+    /// takes only the kernel's redirects. Needs `nat_redirect`. Keeping the
+    /// two apart matters when both ways in are used on one host: conntrack
+    /// keeps a NAT binding (client port -> listener) for 120 s after the
+    /// connection closes, and a kernel-redirected connection from the same
+    /// client port to the same listener address clashes with it and loses
+    /// its SYN (a 1 s retry).
+    pub nat_port: Option<u16>,
     /// Listeners agents dial explicitly (no redirect), each standing for
     /// one destination.
     pub explicit: Vec<ExplicitListener>,
@@ -73,6 +82,7 @@ impl Default for ListenerConfig {
             detect_timeout: Duration::from_millis(200),
             header_timeout: Duration::from_secs(30),
             nat_redirect: false,
+            nat_port: None,
             explicit: Vec::new(),
         }
     }
@@ -85,6 +95,18 @@ impl ListenerConfig {
             SocketAddr::new(self.ipv4.into(), self.port),
             SocketAddr::new(self.ipv6.into(), self.port),
         ]
+    }
+
+    /// The NAT-only listeners' addresses, when `nat_port` is set.
+    pub fn nat_addresses(&self) -> Vec<SocketAddr> {
+        self.nat_port
+            .map(|port| {
+                vec![
+                    SocketAddr::new(self.ipv4.into(), port),
+                    SocketAddr::new(self.ipv6.into(), port),
+                ]
+            })
+            .unwrap_or_default()
     }
 
     /// Checks the section; the error names the field.
@@ -105,7 +127,16 @@ impl ListenerConfig {
         if self.connect_timeout.is_zero() || self.idle_timeout.is_zero() {
             return Err(("listener".into(), "timeouts must be greater than zero".into()));
         }
-        let own = self.addresses();
+        match self.nat_port {
+            Some(0) => return bad("nat_port", "must not be 0".into()),
+            Some(p) if p == self.port => return bad("nat_port", format!("{p} is already `port`")),
+            Some(_) if !self.nat_redirect => {
+                return bad("nat_port", "needs `nat_redirect = true`".into());
+            }
+            _ => {}
+        }
+        let mut own = self.addresses().to_vec();
+        own.extend(self.nat_addresses());
         let mut seen = std::collections::HashSet::new();
         for (n, e) in self.explicit.iter().enumerate() {
             let field = |f: &str| format!("explicit[{n}].{f}");

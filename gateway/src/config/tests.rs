@@ -120,6 +120,19 @@ fn semantic_errors_name_the_field() {
             "[[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.1:8000\"\n",
             "listener.explicit[0].destination",
         ),
+        ("[listener]\nnat_port = 980\n", "listener.nat_port"),
+        ("[listener]\nnat_redirect = true\nnat_port = 977\n", "listener.nat_port"),
+        ("[listener]\nnat_redirect = true\nnat_port = 0\n", "listener.nat_port"),
+        (
+            "[listener]\nnat_redirect = true\nnat_port = 980\n\
+             [[listener.explicit]]\nlisten = \"127.0.0.1:980\"\ndestination = \"127.0.0.9:80\"\n",
+            "listener.explicit[0].listen",
+        ),
+        (
+            "[listener]\nnat_redirect = true\nnat_port = 980\n\
+             [[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.1:980\"\n",
+            "listener.explicit[0].destination",
+        ),
     ];
     for (text, field) in cases {
         let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();

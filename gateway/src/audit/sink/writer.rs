@@ -1,5 +1,6 @@
 //! The store writer: one thread takes records already chained and in the
-//! journal, and puts them into the store in batches, signing a checkpoint
+//! journal, copies them to the JSON-lines mirror (one write per batch, off
+//! the agents' path) and puts them into the store in batches, signing a checkpoint
 //! every `checkpoint_every` records and applying retention. A batch the
 //! store refuses stays pending and is retried (by the prober, or with the
 //! next batch): records acknowledged to agents are never dropped here.
@@ -11,7 +12,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::Shared;
+use super::{mirror::Mirror, Shared};
 use crate::audit::{
     keys::Identity,
     record::Record,
@@ -39,6 +40,10 @@ const BATCH: usize = 1024;
 /// channel) also spares recorders a thread wake-up per record.
 const GATHER: Duration = Duration::from_millis(20);
 
+/// Mirror lines are written in pieces of about this size (a batch of
+/// records with large bodies would otherwise be copied whole first).
+const MIRROR_WRITE: usize = 256 << 10;
+
 /// Length of the head file's line (instance, seq and a SHA-256 hash fit).
 const HEAD_LEN: usize = 127;
 
@@ -54,6 +59,10 @@ pub(super) struct Writer {
     /// Last record in the store.
     pub(super) seq: i64,
     pub(super) prev: String,
+    /// The JSON-lines copy of the trail.
+    pub(super) mirror: Mirror,
+    /// Its lines for the batch at hand.
+    pub(super) mirror_buf: Vec<u8>,
 }
 
 impl Writer {
@@ -77,6 +86,7 @@ impl Writer {
             }
             let Some(shared) = shared.upgrade() else { break };
             let (mut flushes, mut probe) = (Vec::new(), false);
+            let fresh = pending.len();
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
@@ -91,8 +101,9 @@ impl Writer {
                 };
             }
             // Lines of submitted events may still be buffered: the journal
-            // has every record before the store does.
+            // has every record before the store or the mirror does.
             shared.flush_buffers();
+            self.mirror(&pending[fresh..]);
             let health = &shared.health;
             if probe && !health.ok() {
                 match self.store.probe() {
@@ -116,6 +127,25 @@ impl Writer {
             }
             for done in flushes {
                 let _ = done.send(());
+            }
+        }
+    }
+
+    /// Copies records to the mirror, once each (records the store refused
+    /// and retries are not copied again). A failing mirror is logged: the
+    /// store and the journal are the record.
+    pub(super) fn mirror(&mut self, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        for (i, r) in records.iter().enumerate() {
+            self.mirror_buf.extend_from_slice(r.body.as_bytes());
+            self.mirror_buf.push(b'\n');
+            if self.mirror_buf.len() >= MIRROR_WRITE || i + 1 == records.len() {
+                if let Err(e) = self.mirror.write(&self.mirror_buf) {
+                    tracing::warn!("event mirror file: {e}");
+                }
+                self.mirror_buf.clear();
             }
         }
     }
