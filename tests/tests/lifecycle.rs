@@ -105,13 +105,16 @@ fn direct_dial_to_the_listener_is_refused() {
     // From inside the agent cgroup, dialling the listener itself is no better.
     let (out, _) = tcp(&cg, "127.0.0.1", gw.port);
     assert_ne!(out["received"], "ping", "{out}");
-    let refused: Vec<Value> = gw
-        .events()
-        .connections()
-        .into_iter()
-        .filter(|e| e["outcome"]["kind"] == "refused")
-        .collect();
-    assert!(refused.len() >= 2, "{refused:#?}");
+    // The event log is written a batch at a time, behind the audit journal.
+    let refused = || -> Vec<Value> {
+        gw.events()
+            .connections()
+            .into_iter()
+            .filter(|e| e["outcome"]["kind"] == "refused")
+            .collect()
+    };
+    let refused = interlock_tests::wait_for(10, || Some(refused()).filter(|r| r.len() >= 2))
+        .unwrap_or_else(|| panic!("{:#?}", refused()));
     assert!(refused[0]["outcome"]["reason"]
         .as_str()
         .unwrap()
