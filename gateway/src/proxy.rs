@@ -74,6 +74,8 @@ pub struct ProxyCtx {
     credentials: Mutex<HashMap<String, (crate::config::CredentialSpec, Arc<crate::credentials::Credential>)>>,
     /// Cancel keys handed to agents by PostgreSQL sessions.
     pg_cancels: pg::CancelTable,
+    /// Upstream PostgreSQL sessions kept for reuse.
+    pg_pool: Arc<pg::PgPool>,
     /// Encrypts masked originals that masking rules keep.
     pub sealer: Arc<crate::audit::seal::Sealer>,
     /// Requests held for review.
@@ -125,6 +127,7 @@ impl ProxyCtx {
             pool: Arc::default(),
             credentials: Mutex::new(HashMap::new()),
             pg_cancels: pg::CancelTable::default(),
+            pg_pool: Arc::default(),
             sealer,
             reviews,
         }

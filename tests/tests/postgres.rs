@@ -616,3 +616,76 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     assert_eq!(ev["outcome"], "error");
     assert_eq!(s.pg.psql("shop", "SELECT count(*) FROM items"), "10");
 }
+
+/// Three sessions one after the other: the second gets the first's server
+/// session back, reset; the second ends inside a transaction, so the third
+/// logs in anew. Prints what each saw.
+const POOL_SCRIPT: &str = r#"
+import sys, json, time, psycopg
+dsn = sys.argv[1]
+out = {}
+a = psycopg.connect(dsn, autocommit=True)
+out["pid1"] = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+a.execute("SET search_path = pg_catalog")
+a.execute("CREATE TEMP TABLE scratch (x int)")
+a.execute("PREPARE leftover AS SELECT 1")
+a.execute("SELECT pg_advisory_lock(42)")
+a.close()
+time.sleep(0.3)  # close() does not wait for the gateway to see the session end
+b = psycopg.connect(dsn, autocommit=True)
+out["pid2"] = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+out["search_path"] = b.execute("SHOW search_path").fetchone()[0]
+out["temp"] = b.execute("SELECT count(*) FROM pg_class WHERE relname = 'scratch'").fetchone()[0]
+out["prepared"] = b.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = 'leftover'").fetchone()[0]
+out["locks"] = b.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0]
+b.execute("BEGIN")
+b.execute("SELECT 1")
+b.close()
+time.sleep(0.3)
+c = psycopg.connect(dsn, autocommit=True)
+out["pid3"] = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+out["in_transaction"] = c.execute("SELECT now() <> statement_timestamp()").fetchone()[0]
+c.close()
+print(json.dumps(out))
+"#;
+
+fn session_starts(s: &Setup, count: usize) -> Vec<Value> {
+    interlock_tests::wait_for(10, || {
+        let starts: Vec<Value> =
+            s.gw.events()
+                .all()
+                .into_iter()
+                .filter(|e| e["event"] == "pg_session" && e["phase"] == "start")
+                .collect();
+        (starts.len() >= count).then_some(starts)
+    })
+    .unwrap_or_else(|| panic!("fewer than {count} session starts:\n{:#?}", s.gw.events().all()))
+}
+
+#[test]
+fn a_clean_session_end_leaves_its_server_session_reset_for_the_next_and_nothing_carries_over() {
+    let s = setup("pgpool", "127.0.0.23", &[], None);
+    let r = python(&s, POOL_SCRIPT);
+    let out: Value = serde_json::from_str(r.stdout.trim()).expect("script output");
+    assert_eq!(out["pid2"], out["pid1"], "not reused: {out}");
+    assert_eq!(out["search_path"], "\"$user\", public", "{out}");
+    assert_eq!(out["temp"], 0, "{out}");
+    assert_eq!(out["prepared"], 0, "{out}");
+    assert_eq!(out["locks"], 0, "{out}");
+    // Left inside a transaction: closed, not pooled.
+    assert_ne!(out["pid3"], out["pid2"], "{out}");
+    assert_eq!(out["in_transaction"], false, "{out}");
+    let reused: Vec<Value> = session_starts(&s, 3)
+        .iter()
+        .map(|e| e["upstream_reused"].clone())
+        .collect();
+    assert_eq!(reused, [false, true, false].map(Value::Bool));
+
+    // With `pool_idle = "0s"` every session logs in anew.
+    drop(s);
+    let s = setup("pgnopool", "127.0.0.24", &["pool_idle = \"0s\""], None);
+    let r = python(&s, POOL_SCRIPT);
+    let out: Value = serde_json::from_str(r.stdout.trim()).expect("script output");
+    assert_ne!(out["pid2"], out["pid1"], "reused with pool_idle = 0s: {out}");
+    assert!(session_starts(&s, 3).iter().all(|e| e["upstream_reused"] == false));
+}

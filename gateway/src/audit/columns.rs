@@ -238,6 +238,7 @@ mod tests {
             application_name: String::new(),
             agent_tls: false,
             upstream_tls: false,
+            upstream_reused: false,
             bytes_up: 0,
             bytes_down: 0,
             statements: 0,

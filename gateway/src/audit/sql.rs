@@ -89,6 +89,10 @@ pub struct PgSessionEvent {
     pub agent_tls: bool,
     /// The upstream hop is verified TLS.
     pub upstream_tls: bool,
+    /// The upstream session was reused from the pool (reset, same agent
+    /// and login), not logged in anew.
+    #[serde(default)]
+    pub upstream_reused: bool,
     /// Bytes from agent to gateway (at `end`).
     pub bytes_up: u64,
     /// Bytes from gateway to agent (at `end`).

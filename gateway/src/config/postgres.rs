@@ -29,10 +29,19 @@ pub struct PostgresSpec {
     /// Column rules: `table.column`, `schema.table.column` or `*.column`.
     #[serde(default)]
     pub columns: Vec<ColumnRule>,
+    /// How long an upstream session stays open for reuse after an agent's
+    /// session ended cleanly (reset with `DISCARD ALL`, reused only by the
+    /// same agent with the same login); `0s` closes every one at once.
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pub pool_idle: std::time::Duration,
+}
+
+fn default_pool_idle() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 /// Upstream TLS mode (verified against the system roots plus `ca_file`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     /// Never ask for TLS.

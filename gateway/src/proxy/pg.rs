@@ -20,6 +20,7 @@ use crate::{
 mod cancel;
 pub mod columns;
 mod login;
+mod pool;
 mod relay;
 mod request;
 mod response;
@@ -28,6 +29,7 @@ mod startup;
 mod wire;
 
 pub use cancel::CancelTable;
+pub use pool::PgPool;
 
 /// A byte stream either side may use (TCP, or TLS over it).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

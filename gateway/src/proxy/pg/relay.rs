@@ -1,7 +1,11 @@
 //! The relay of a running session: the request filter reads the agent and
 //! writes the upstream, the response filter the other way, concurrently in
 //! one task; whichever ends first (or a revocation) ends the session.
-use std::{collections::VecDeque, sync::Arc, sync::Mutex};
+use std::{
+    collections::VecDeque,
+    sync::atomic::{AtomicBool, AtomicU8, Ordering},
+    sync::{Arc, Mutex},
+};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,14 +13,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{login, request, response, session::close_gently, wire, Io, Session};
 use crate::{audit::Outcome, proxy::RelayStats};
 
+/// How a relay ended.
+pub struct Relayed {
+    /// How the session ended.
+    pub outcome: Outcome,
+    /// Statements it ran.
+    pub statements: u64,
+    /// The upstream session, when `keep` was asked and the agent left it
+    /// clean: nothing owed either way, idle outside a transaction, the
+    /// agent's Terminate not passed on.
+    pub kept: Option<login::Upstream>,
+}
+
 /// Runs the request and response filters until either side ends, or the
-/// session is cut. Returns how it ended and how many statements it ran.
-pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: &Arc<RelayStats>) -> (Outcome, u64) {
+/// session is cut.
+pub async fn relay(
+    s: &Session,
+    agent: Box<dyn Io>,
+    up: login::Upstream,
+    stats: &Arc<RelayStats>,
+    keep: bool,
+) -> Relayed {
     let pending = Mutex::new(VecDeque::new());
     let (mut agent_r, mut agent_w) = tokio::io::split(agent);
-    let (mut up_r, mut up_w) = tokio::io::split(up.io);
-    let mut up_buf = up.buf;
+    let login::Upstream {
+        io: up_io,
+        buf: mut up_buf,
+        greeting,
+        key,
+        tls,
+    } = up;
+    let (mut up_r, mut up_w) = tokio::io::split(up_io);
     let statements = std::sync::atomic::AtomicU64::new(0);
+    // What the response side last knew, for `keep`: the transaction status
+    // of the last ReadyForQuery, and whether it was waiting for the server
+    // with everything before delivered.
+    let status = AtomicU8::new(b'I');
+    let waiting = AtomicBool::new(false);
     let requests = async {
         let mut prepared = request::Prepared::default();
         let mut buf = BytesMut::with_capacity(8 << 10);
@@ -40,8 +73,13 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
                     step = prepared.handle(s, &frame, &pending, &mut out, Some(settled))?;
                 }
                 if matches!(step, request::Step::Terminate) {
+                    if !keep {
+                        postgres_protocol::message::frontend::terminate(&mut out);
+                    }
                     up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
-                    let _ = up_w.shutdown().await;
+                    if !keep {
+                        let _ = up_w.shutdown().await;
+                    }
                     return Ok::<_, wire::WireError>(());
                 }
             }
@@ -68,6 +106,9 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
             state
                 .handle(s, &mut up_buf, &pending, &mut out, &mut done)
                 .map_err(Ended::Wire)?;
+            if state.status != 0 {
+                status.store(state.status, Ordering::Relaxed);
+            }
             // Statements are in the audit trail before the agent learns they finished.
             for (run, how) in done.drain(..) {
                 if let Err(e) = s.record(run, how).await {
@@ -81,10 +122,12 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
                     .map_err(|e| Ended::Wire(io_err("agent", e)))?;
                 out.clear();
             }
+            waiting.store(true, Ordering::Relaxed);
             let n = up_r
                 .read_buf(&mut up_buf)
                 .await
                 .map_err(|e| Ended::Wire(io_err("upstream", e)))?;
+            waiting.store(false, Ordering::Relaxed);
             if n == 0 {
                 if up_buf.is_empty() {
                     return Ok::<_, Ended>(());
@@ -94,18 +137,43 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
             }
         }
     };
+    // `Ok(true)`: the agent ended the session (Terminate, or EOF between messages).
     let ended = tokio::select! {
-        r = requests => r.map_err(Ended::Wire),
-        r = responses => r,
+        r = requests => r.map(|()| true).map_err(Ended::Wire),
+        r = responses => r.map(|()| false),
         () = stats.cut_notified() => {
             let reason = stats.cut_reason().unwrap_or_default();
             let fatal = wire::ErrorFields::fatal("57P01", format!("interlock terminated this session: {reason}"));
             let _ = agent_w.write_all(&fatal.to_bytes()).await;
-            return (Outcome::Revoked { reason }, statements.into_inner());
+            return Relayed { outcome: Outcome::Revoked { reason }, statements: statements.into_inner(), kept: None };
         }
     };
+    let clean = matches!(ended, Ok(true))
+        && keep
+        && waiting.load(Ordering::Relaxed)
+        && status.load(Ordering::Relaxed) == b'I'
+        && up_buf.is_empty()
+        && pending.lock().map(|p| p.is_empty()).unwrap_or(false);
+    let kept = if clean {
+        Some(login::Upstream {
+            io: up_r.unsplit(up_w),
+            buf: up_buf,
+            greeting,
+            key,
+            tls,
+        })
+    } else {
+        if keep && matches!(ended, Ok(true)) {
+            // The agent's Terminate was held back for the pool: sent now.
+            let mut bye = BytesMut::new();
+            postgres_protocol::message::frontend::terminate(&mut bye);
+            let _ = up_w.write_all(&bye).await;
+            let _ = up_w.shutdown().await;
+        }
+        None
+    };
     let outcome = match ended {
-        Ok(()) => Outcome::Closed,
+        Ok(_) => Outcome::Closed,
         Err(Ended::Unrecorded(e)) => {
             let fatal = wire::ErrorFields::fatal("58000", format!("interlock ended this session: {e}"));
             let _ = agent_w.write_all(&fatal.to_bytes()).await;
@@ -127,7 +195,11 @@ pub async fn relay(s: &Session, agent: Box<dyn Io>, up: login::Upstream, stats: 
     };
     let mut agent = agent_r.unsplit(agent_w);
     close_gently(&mut agent).await;
-    (outcome, statements.into_inner())
+    Relayed {
+        outcome,
+        statements: statements.into_inner(),
+        kept,
+    }
 }
 
 /// Why a relay ended before either side closed.

@@ -44,7 +44,7 @@ pub enum Step {
     /// Policy holds this statement for review: settle it, then hand the
     /// message back with the settled decision.
     Hold(Box<(ActionKind, Decision)>),
-    /// Terminate was forwarded.
+    /// The agent sent Terminate (not forwarded: see `relay`).
     Terminate,
 }
 
@@ -343,10 +343,9 @@ impl Prepared {
                 frontend::query(&substitute(s), out).map_err(io)?;
                 return Ok(Step::More);
             }
-            b'X' => {
-                out.extend_from_slice(&frame.raw);
-                return Ok(Step::Terminate);
-            }
+            // Not passed on here: the relay ends the upstream session, or
+            // keeps it for the pool.
+            b'X' => return Ok(Step::Terminate),
             // Flush and COPY sub-protocol messages pass as they are.
             b'H' | b'd' | b'c' | b'f' => {}
             other => {

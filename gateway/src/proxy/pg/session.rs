@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{cancel, columns, login, relay::relay, wire, Io, Session};
+use super::{cancel, columns, login, pool, relay::relay, wire, Io, Session};
 use crate::{
     audit::{self, Event, Outcome, PgSessionEvent},
     config::{PostgresSpec, TargetSpec},
@@ -115,7 +115,26 @@ impl SessionSetup<'_> {
             params: &forwarded,
             password: credential,
         };
-        let mut up = match login::login(&spec, self.ctx).await {
+        let pool_key = pool::PoolKey {
+            agent: self.start.verdict.agent.clone(),
+            upstream: self.upstream,
+            tls: (self.pg.tls, self.spec.ca_file.clone(), spec.tls_name.clone()),
+            user: self.pg.user.clone(),
+            database: database.clone(),
+            params: forwarded.clone(),
+        };
+        let pooling = !self.pg.pool_idle.is_zero();
+        let pooled = if pooling {
+            self.ctx.pg_pool.take(&pool_key, self.pg.pool_idle)
+        } else {
+            None
+        };
+        let upstream_reused = pooled.is_some();
+        let logged_in = match pooled {
+            Some(up) => Ok(up),
+            None => login::login(&spec, self.ctx).await,
+        };
+        let mut up = match logged_in {
             Ok(up) => up,
             Err(e) => {
                 tracing::info!(conn = %self.start.id, target = %self.spec.name, "login failed: {e}");
@@ -210,6 +229,7 @@ impl SessionSetup<'_> {
             application_name: application_name.clone(),
             agent_tls,
             upstream_tls,
+            upstream_reused,
             bytes_up: 0,
             bytes_down: 0,
             statements,
@@ -220,16 +240,21 @@ impl SessionSetup<'_> {
         if let Err(e) = self.ctx.events.record(Event::PgSession(Box::new(started))).await {
             tracing::error!(conn = %session.conn_id, "session event lost: {e}");
         }
-        let (outcome, statements) = if let Err(e) = io.write_all(&out).await {
+        let (outcome, statements, kept) = if let Err(e) = io.write_all(&out).await {
             let error = Outcome::Error {
                 side: "agent".into(),
                 error: e.to_string(),
             };
-            (error, 0)
+            (error, 0, None)
         } else {
-            relay(&session, io, up, self.stats).await
+            let r = relay(&session, io, up, self.stats, pooling).await;
+            (r.outcome, r.statements, r.kept)
         };
         self.ctx.pg_cancels.remove(agent_key);
+        if let Some(up) = kept {
+            // Before the end event: the agent's next session may be arriving.
+            self.ctx.pg_pool.give(pool_key, up, self.pg.pool_idle).await;
+        }
         let (bytes_up, bytes_down) = self.stats.totals();
         let mut ended = event("end", Some(describe(&outcome)), statements);
         ended.bytes_up = bytes_up;
