@@ -237,6 +237,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         connect_timeout: config.listener.connect_timeout,
         idle_timeout: config.listener.idle_timeout,
         header_timeout: config.listener.header_timeout,
+        max_request_head: config.listener.max_request_head,
         body_cap: config.audit.body_cap,
     };
     let handoff = Arc::new(handoff);

@@ -45,6 +45,8 @@ pub struct ProxySettings {
     pub idle_timeout: std::time::Duration,
     /// Time allowed for an HTTP request head (and HTTP/2 keep-alive answers).
     pub header_timeout: std::time::Duration,
+    /// Largest HTTP/1.1 request head accepted, in bytes.
+    pub max_request_head: usize,
     /// Bytes of each body and SQL text kept in the audit trail.
     pub body_cap: usize,
 }

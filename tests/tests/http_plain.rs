@@ -61,3 +61,43 @@ fn credentials_go_only_to_the_targets_own_addresses() {
     assert!(both.is_some(), "{:#?}", gw.events().all());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_request_head_over_the_limit_gets_431_and_never_reaches_the_upstream() {
+    let cg = TestCgroup::new(&unique("bighead"));
+    let up = Upstream::start("127.0.0.2");
+    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    let get = |header_bytes: usize| {
+        let header = format!("X-Big: {}", "a".repeat(header_bytes));
+        Client::new(&cg).run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                &header,
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{}/x", up.addr),
+            ],
+        )
+    };
+    // Under the default 8 KiB: served.
+    let ok = get(6 << 10);
+    assert!(ok.stdout.ends_with("200"), "{} {}", ok.stdout, ok.stderr);
+    // Over it: refused by the gateway before any policy, upstream or exchange.
+    let big = get(10 << 10);
+    assert!(big.stdout.ends_with("431"), "{} {}", big.stdout, big.stderr);
+    let count = |kind: &str| gw.events().all().iter().filter(|e| e["event"] == kind).count();
+    let both_closed = interlock_tests::wait_for(10, || (count("connection") >= 2).then_some(()));
+    assert!(both_closed.is_some(), "{:#?}", gw.events().all());
+    assert_eq!(count("http_exchange"), 1, "{:#?}", gw.events().all());
+}

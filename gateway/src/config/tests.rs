@@ -121,6 +121,7 @@ fn semantic_errors_name_the_field() {
             "listener.explicit[0].destination",
         ),
         ("[listener]\nnat_port = 980\n", "listener.nat_port"),
+        ("[listener]\nmax_request_head = 4096\n", "listener.max_request_head"),
         ("[listener]\nnat_redirect = true\nnat_port = 977\n", "listener.nat_port"),
         ("[listener]\nnat_redirect = true\nnat_port = 0\n", "listener.nat_port"),
         (

@@ -41,6 +41,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         result
     }
 
+    /// Passed on, so that hyper writes a response's head and body chunks
+    /// with one `writev` instead of copying them into a buffer of its own
+    /// (it picks that by `is_write_vectored`).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            self.stats.add_down(*n as u64);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }

@@ -154,6 +154,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = session.ctx.settings.header_timeout;
+    let max_head = session.ctx.settings.max_request_head;
     // The exchange's future is boxed: hyper keeps room for the service's
     // future in every connection, idle or not, and ours is ~12 KB (measured
     // with jemalloc's heap profile, 1,000 idle connections).
@@ -166,7 +167,11 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        // Bounds the request head, and the read buffer hyper keeps per
+        // connection (see `listener.max_request_head`).
+        .max_buf_size(max_head);
+
     builder
         .http2()
         .timer(TokioTimer::new())
