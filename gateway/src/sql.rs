@@ -191,22 +191,32 @@ pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError>
     if let Some(facts) = shape::get_text(sql) {
         return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
     }
-    let shape = shape::of(sql);
-    if let Some(facts) = shape.as_deref().and_then(shape::get) {
+    // A new literal in a known statement: found without tokenising.
+    let sketch = shape::sketch(sql);
+    if let Some(facts) = sketch.as_deref().and_then(shape::get_sketch) {
         shape::keep_text(sql, facts.clone());
         return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
     }
-    parse(sql, shape)
+    let shape = shape::of(sql);
+    if let Some(facts) = shape.as_deref().and_then(shape::get) {
+        shape::keep_text(sql, facts.clone());
+        if let Some(sketch) = sketch {
+            shape::keep_sketch(sketch, facts.clone());
+        }
+        return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
+    }
+    parse(sql, shape, sketch)
 }
 
 /// [`classify`] by parsing, never from the facts kept by shape (for
 /// benchmarks and comparisons).
 pub fn classify_uncached(sql: &str) -> Result<ActionKind, SqlError> {
-    parse(sql, None).map(|(action, _)| action)
+    parse(sql, None, None).map(|(action, _)| action)
 }
 
-/// Parses and classifies `sql`, keeping its facts under `keep` (its shape).
-fn parse(sql: &str, mut keep: Option<String>) -> Result<(ActionKind, Extras), SqlError> {
+/// Parses and classifies `sql`, keeping its facts under `keep` (its shape)
+/// and `sketch`.
+fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<(ActionKind, Extras), SqlError> {
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(statements) => statements,
         Err(first) => {
@@ -271,7 +281,10 @@ fn parse(sql: &str, mut keep: Option<String>) -> Result<(ActionKind, Extras), Sq
     };
     if let Some(shape) = keep.filter(|_| extras == Extras::default()) {
         let kept = shape::keep(shape, facts.clone());
-        shape::keep_text(sql, kept);
+        shape::keep_text(sql, kept.clone());
+        if let Some(sketch) = sketch {
+            shape::keep_sketch(sketch, kept);
+        }
     }
     Ok((facts.into_action(sql), extras))
 }

@@ -105,12 +105,13 @@ fn a_held_request_proceeds_once_approved_and_the_trail_names_the_approver() {
     .expect("approval event");
     assert_eq!(approved["by"]["issuer"], "unix");
     assert_eq!(approved["by"]["subject"], "uid:0");
-    let exchange = gw
-        .events()
-        .all()
-        .into_iter()
-        .find(|e| e["event"] == "http_exchange" && e["path"] == "/held/1")
-        .unwrap();
+    let exchange = wait_for(10, || {
+        gw.events()
+            .all()
+            .into_iter()
+            .find(|e| e["event"] == "http_exchange" && e["path"] == "/held/1")
+    })
+    .expect("exchange event");
     assert_eq!(exchange["decision"]["outcome"], "allow");
     assert!(exchange["decision"]["reason"]
         .as_str()
@@ -476,6 +477,6 @@ fn approvers_signed_in_with_oidc_approve_over_the_http_api() {
         by.contains("carol@example.com") && by.contains("u-carol") && by.contains(&issuer.url),
         "{by}"
     );
-    let granted = gw.events().all().into_iter().find(|e| e["event"] == "grant").unwrap();
+    let granted = wait_for(10, || gw.events().all().into_iter().find(|e| e["event"] == "grant")).expect("grant event");
     assert!(granted["by"].as_str().unwrap().contains("u-carol"));
 }

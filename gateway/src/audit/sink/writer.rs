@@ -81,29 +81,39 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
-            if matches!(first, Msg::Record(_)) && pending.is_empty() {
-                std::thread::sleep(GATHER);
-            }
             let Some(shared) = shared.upgrade() else { break };
+            let gather = matches!(first, Msg::Record(_)) && pending.is_empty();
             let (mut flushes, mut probe) = (Vec::new(), false);
-            let fresh = pending.len();
+            let mut mirrored = pending.len();
             let mut next = Some(first);
-            while let Some(msg) = next {
-                match msg {
-                    Msg::Record(r) => pending.push(*r),
-                    Msg::Flush(done) => flushes.push(done),
-                    Msg::Probe => probe = true,
+            let mut gathered = false;
+            loop {
+                while let Some(msg) = next {
+                    match msg {
+                        Msg::Record(r) => pending.push(*r),
+                        Msg::Flush(done) => flushes.push(done),
+                        Msg::Probe => probe = true,
+                    }
+                    next = if pending.len() < BATCH {
+                        rx.try_recv().ok()
+                    } else {
+                        None
+                    };
                 }
-                next = if pending.len() < BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
+                // Lines of submitted events may still be buffered: the journal
+                // has every record before the store or the mirror does.
+                shared.flush_buffers();
+                self.mirror(&pending[mirrored..]);
+                mirrored = pending.len();
+                if !gather || gathered || pending.len() >= BATCH {
+                    break;
+                }
+                // The mirror got the first records at once (a `tail -f`
+                // sees an event as it is acknowledged); the store waits for more.
+                gathered = true;
+                std::thread::sleep(GATHER);
+                next = rx.try_recv().ok();
             }
-            // Lines of submitted events may still be buffered: the journal
-            // has every record before the store or the mirror does.
-            shared.flush_buffers();
-            self.mirror(&pending[fresh..]);
             let health = &shared.health;
             if probe && !health.ok() {
                 match self.store.probe() {
