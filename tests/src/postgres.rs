@@ -91,7 +91,10 @@ impl PgServer {
             .arg(&pwfile);
         run(initdb, "initdb");
         let mut conf = format!(
-            "listen_addresses = '{ip}'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nlog_connections = on\n",
+            // max_connections: the bench's poolers keep server connections
+            // (two pgbouncers, Interlock's session pool) while 32 direct
+            // clients run; 100 was not enough.
+            "listen_addresses = '{ip}'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nlog_connections = on\nmax_connections = 200\n",
             dir.display()
         );
         if tls_md5 {
