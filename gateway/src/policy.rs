@@ -25,7 +25,7 @@ pub use load::{
     embedded_sources, load_dir, load_embedded, load_sources, read_dir_sources, LoadedPolicies, PolicyError, PolicyMeta,
     ReviewRules, Sources,
 };
-pub use request::{ActionKind, Query, RequestError, SubjectCache, TargetRef};
+pub use request::{ActionKind, Query, RequestError, SqlFacts, SubjectCache, TargetRef};
 
 /// The policy set in force: the last good files plus generated policies
 /// (grants), and where to reload the files from.

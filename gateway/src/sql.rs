@@ -14,7 +14,7 @@ use sqlparser::{
     parser::Parser,
 };
 
-use crate::policy::ActionKind;
+use crate::policy::{ActionKind, SqlFacts};
 
 mod shape;
 
@@ -131,11 +131,13 @@ fn maintenance(sql: &str) -> Option<(ActionKind, Extras)> {
         .map(|t| t.as_str().split(',').map(|n| n.trim().to_ascii_lowercase()).collect())
         .unwrap_or_default();
     let action = ActionKind::SqlStatement {
-        kind: "ddl".into(),
-        tables_read: Vec::new(),
-        tables_written: tables,
-        has_where: true,
-        statements: 1,
+        facts: SqlFacts {
+            kind: "ddl".into(),
+            tables_read: Vec::new(),
+            tables_written: tables,
+            has_where: true,
+            statements: 1,
+        },
         sql: sql.to_owned(),
     };
     Some((action, Extras::default()))
@@ -189,13 +191,13 @@ pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError>
     // The same text again (an unnamed Parse per execution, as drivers send
     // before they prepare): no tokenising either.
     if let Some(facts) = shape::get_text(sql) {
-        return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
+        return Ok((into_action(Arc::unwrap_or_clone(facts), sql), Extras::default()));
     }
     // A new literal in a known statement: found without tokenising.
     let sketch = shape::sketch(sql);
     if let Some(facts) = sketch.as_deref().and_then(shape::get_sketch) {
         shape::keep_text(sql, facts.clone());
-        return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
+        return Ok((into_action(Arc::unwrap_or_clone(facts), sql), Extras::default()));
     }
     let shape = shape::of(sql);
     if let Some(facts) = shape.as_deref().and_then(shape::get) {
@@ -203,7 +205,7 @@ pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError>
         if let Some(sketch) = sketch {
             shape::keep_sketch(sketch, facts.clone());
         }
-        return Ok((Arc::unwrap_or_clone(facts).into_action(sql), Extras::default()));
+        return Ok((into_action(Arc::unwrap_or_clone(facts), sql), Extras::default()));
     }
     parse(sql, shape, sketch)
 }
@@ -272,7 +274,7 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
         read.insert(name.to_string());
         ControlFlow::<()>::Continue(())
     });
-    let facts = shape::Facts {
+    let facts = SqlFacts {
         kind: kind.to_owned(),
         tables_read: read.difference(&written).cloned().collect(),
         tables_written: written.into_iter().collect(),
@@ -286,19 +288,13 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
             shape::keep_sketch(sketch, kept);
         }
     }
-    Ok((facts.into_action(sql), extras))
+    Ok((into_action(facts, sql), extras))
 }
 
-impl shape::Facts {
-    fn into_action(self, sql: &str) -> ActionKind {
-        ActionKind::SqlStatement {
-            kind: self.kind,
-            tables_read: self.tables_read,
-            tables_written: self.tables_written,
-            has_where: self.has_where,
-            statements: self.statements,
-            sql: sql.to_owned(),
-        }
+fn into_action(facts: SqlFacts, sql: &str) -> ActionKind {
+    ActionKind::SqlStatement {
+        facts,
+        sql: sql.to_owned(),
     }
 }
 
@@ -308,14 +304,9 @@ mod tests {
 
     fn facts(sql: &str) -> (String, Vec<String>, Vec<String>, bool, i64) {
         match classify(sql).unwrap() {
-            ActionKind::SqlStatement {
-                kind,
-                tables_read,
-                tables_written,
-                has_where,
-                statements,
-                ..
-            } => (kind, tables_read, tables_written, has_where, statements),
+            ActionKind::SqlStatement { facts: f, .. } => {
+                (f.kind, f.tables_read, f.tables_written, f.has_where, f.statements)
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -140,19 +140,8 @@ fn cache_key<'a>(p: &LoadedPolicies, action: &'a ActionKind) -> Option<Cow<'a, A
         ActionKind::SqlStatement { sql, .. } if p.reads_sql => {
             (sql.len() <= CACHED_SQL).then_some(Cow::Borrowed(action))
         }
-        ActionKind::SqlStatement {
-            kind,
-            tables_read,
-            tables_written,
-            has_where,
-            statements,
-            sql: _,
-        } => Some(Cow::Owned(ActionKind::SqlStatement {
-            kind: kind.clone(),
-            tables_read: tables_read.clone(),
-            tables_written: tables_written.clone(),
-            has_where: *has_where,
-            statements: *statements,
+        ActionKind::SqlStatement { facts, sql: _ } => Some(Cow::Owned(ActionKind::SqlStatement {
+            facts: facts.clone(),
             sql: String::new(),
         })),
         ActionKind::HttpRequest { body_size, .. } if !p.reads_body_size && *body_size != 0 => {

@@ -51,19 +51,30 @@ pub enum ActionKind {
     },
     /// Run a SQL statement.
     SqlStatement {
-        /// select, insert, update, delete, ddl, other.
-        kind: String,
-        /// Tables read.
-        tables_read: Vec<String>,
-        /// Tables written.
-        tables_written: Vec<String>,
-        /// UPDATE/DELETE has a WHERE.
-        has_where: bool,
-        /// Statements in the string.
-        statements: i64,
+        /// What it does (serialised inline, beside `sql`).
+        #[serde(flatten)]
+        facts: SqlFacts,
         /// The statement text.
         sql: String,
     },
+}
+
+/// What policies know of a SQL string besides its text; the same for every
+/// text of one shape (see `sql::shape`), so decisions and classifications
+/// are cached by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SqlFacts {
+    /// select, insert, update, delete, ddl, other (`unparsed` when the
+    /// parser could not read it).
+    pub kind: String,
+    /// Tables read.
+    pub tables_read: Vec<String>,
+    /// Tables written.
+    pub tables_written: Vec<String>,
+    /// UPDATE/DELETE has a WHERE.
+    pub has_where: bool,
+    /// Statements in the string.
+    pub statements: i64,
 }
 
 fn unknown_size() -> i64 {
@@ -323,20 +334,13 @@ pub fn request(
             ctx.push(("model".into(), str_expr(model.clone())));
             ctx.push(("body_size".into(), RestrictedExpression::new_long(*body_size)));
         }
-        ActionKind::SqlStatement {
-            kind,
-            tables_read,
-            tables_written,
-            has_where,
-            statements,
-            sql,
-        } => {
+        ActionKind::SqlStatement { facts, sql } => {
             let set = |v: &[String]| RestrictedExpression::new_set(v.iter().map(|t| str_expr(t.clone())));
-            ctx.push(("kind".into(), str_expr(kind.clone())));
-            ctx.push(("tables_read".into(), set(tables_read)));
-            ctx.push(("tables_written".into(), set(tables_written)));
-            ctx.push(("has_where".into(), RestrictedExpression::new_bool(*has_where)));
-            ctx.push(("statements".into(), RestrictedExpression::new_long(*statements)));
+            ctx.push(("kind".into(), str_expr(facts.kind.clone())));
+            ctx.push(("tables_read".into(), set(&facts.tables_read)));
+            ctx.push(("tables_written".into(), set(&facts.tables_written)));
+            ctx.push(("has_where".into(), RestrictedExpression::new_bool(facts.has_where)));
+            ctx.push(("statements".into(), RestrictedExpression::new_long(facts.statements)));
             ctx.push(("sql".into(), str_expr(sql.clone())));
         }
     }

@@ -34,11 +34,13 @@ fn target(name: &str, ip: &str, port: u16) -> TargetRef {
 
 fn sql(kind: &str, has_where: bool) -> ActionKind {
     ActionKind::SqlStatement {
-        kind: kind.into(),
-        tables_read: vec!["orders".into()],
-        tables_written: vec![],
-        has_where,
-        statements: 1,
+        facts: SqlFacts {
+            kind: kind.into(),
+            tables_read: vec!["orders".into()],
+            tables_written: vec![],
+            has_where,
+            statements: 1,
+        },
         sql: "...".into(),
     }
 }
@@ -481,4 +483,16 @@ fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
         ask(&facts_only, &cache, &http);
     }
     assert_eq!(filed(&cache), 1, "two body sizes filed apart");
+}
+
+#[test]
+fn a_statement_action_serialises_flat_and_reads_back() {
+    let action = sql("delete", false);
+    let json = serde_json::to_value(&action).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"action": "sql_statement", "kind": "delete", "tables_read": ["orders"],
+            "tables_written": [], "has_where": false, "statements": 1, "sql": "..."})
+    );
+    assert_eq!(serde_json::from_value::<ActionKind>(json).unwrap(), action);
 }

@@ -25,22 +25,14 @@ use sqlparser::{
     tokenizer::{Token, Tokenizer},
 };
 
+use crate::policy::SqlFacts as Facts;
+
 /// Shapes kept at most; the table starts afresh when full (a workload's
 /// statements come back at once).
 const CAPACITY: usize = 4096;
 
 /// Longest statement whose shape is kept (a long one is rarely repeated).
 const LONGEST: usize = 4096;
-
-/// The facts of one shape (everything of `ActionKind::SqlStatement` but the text).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Facts {
-    pub(crate) kind: String,
-    pub(crate) tables_read: Vec<String>,
-    pub(crate) tables_written: Vec<String>,
-    pub(crate) has_where: bool,
-    pub(crate) statements: i64,
-}
 
 type Table = Mutex<HashMap<String, Arc<Facts>>>;
 

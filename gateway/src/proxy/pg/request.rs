@@ -17,7 +17,7 @@ use super::{
 use crate::{
     audit,
     config::Unparsed,
-    policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query},
+    policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query, SqlFacts},
 };
 
 /// Longest parameter value kept in an audit event.
@@ -50,12 +50,11 @@ pub enum Step {
 
 fn kind_facts(action: &ActionKind) -> (String, Vec<String>, Vec<String>) {
     match action {
-        ActionKind::SqlStatement {
-            kind,
-            tables_read,
-            tables_written,
-            ..
-        } => (kind.clone(), tables_read.clone(), tables_written.clone()),
+        ActionKind::SqlStatement { facts, .. } => (
+            facts.kind.clone(),
+            facts.tables_read.clone(),
+            facts.tables_written.clone(),
+        ),
         _ => (String::new(), Vec::new(), Vec::new()),
     }
 }
@@ -80,11 +79,13 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
         Ok((action, extras)) => (action, extras, None),
         Err(e) => {
             let action = ActionKind::SqlStatement {
-                kind: "unparsed".into(),
-                tables_read: Vec::new(),
-                tables_written: Vec::new(),
-                has_where: false,
-                statements: 1,
+                facts: SqlFacts {
+                    kind: "unparsed".into(),
+                    tables_read: Vec::new(),
+                    tables_written: Vec::new(),
+                    has_where: false,
+                    statements: 1,
+                },
                 sql: sql.to_owned(),
             };
             (action, Default::default(), Some(e))
