@@ -126,36 +126,15 @@ pub(crate) fn sketch(sql: &str) -> Option<String> {
                 if prev.is_some_and(|p| word(p) || p == b'&' || p == b'\'') {
                     return None;
                 }
-                // '' inside is a quote; the first lone ' ends the string.
-                let mut j = i + 1;
-                loop {
-                    match bytes.get(j) {
-                        None => return None,
-                        Some(b'\'') if bytes.get(j + 1) == Some(&b'\'') => j += 2,
-                        Some(b'\'') => break,
-                        // Ends the string or not, by `standard_conforming_strings`.
-                        Some(b'\\') => return None,
-                        Some(c) if !c.is_ascii() || c.is_ascii_control() && !c.is_ascii_whitespace() => return None,
-                        Some(_) => j += 1,
-                    }
-                }
+                let j = closing(bytes, i)?;
                 out.push(MARK);
                 out.push('s');
                 i = j + 1;
                 continue;
             }
             b'"' => {
-                // A quoted name, kept as it is ("" inside is a quote).
-                let mut j = i + 1;
-                loop {
-                    match bytes.get(j) {
-                        None => return None,
-                        Some(b'"') if bytes.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break,
-                        Some(c) if !c.is_ascii() || c.is_ascii_control() && !c.is_ascii_whitespace() => return None,
-                        Some(_) => j += 1,
-                    }
-                }
+                // A quoted name, kept as it is.
+                let j = closing(bytes, i)?;
                 out.push_str(&sql[i..=j]);
                 i = j + 1;
                 continue;
@@ -175,12 +154,35 @@ pub(crate) fn sketch(sql: &str) -> Option<String> {
                 }
                 continue;
             }
-            c if !c.is_ascii() || c.is_ascii_control() && !c.is_ascii_whitespace() => return None,
+            c if !plain(c) => return None,
             _ => out.push(b as char),
         }
         i += 1;
     }
     Some(out)
+}
+
+/// A printable ASCII byte or whitespace.
+fn plain(b: u8) -> bool {
+    b.is_ascii() && (!b.is_ascii_control() || b.is_ascii_whitespace())
+}
+
+/// Where the string or quoted name opened by the quote at `open` ends: a
+/// doubled quote inside is the quote itself. `None` when it does not end, or
+/// holds a backslash (in a string it ends the string or not, by
+/// `standard_conforming_strings`) or a byte that is not plain.
+fn closing(bytes: &[u8], open: usize) -> Option<usize> {
+    let quote = bytes[open];
+    let mut j = open + 1;
+    loop {
+        match *bytes.get(j)? {
+            c if c == quote && bytes.get(j + 1) == Some(&quote) => j += 2,
+            c if c == quote => return Some(j),
+            b'\\' => return None,
+            c if !plain(c) => return None,
+            _ => j += 1,
+        }
+    }
 }
 
 /// The facts kept for `sketch`.
