@@ -193,18 +193,16 @@ pub fn classify_with_extras(sql: &str) -> Result<(ActionKind, Extras), SqlError>
     if let Some(facts) = shape::get_text(sql) {
         return Ok((into_action(Arc::unwrap_or_clone(facts), sql), Extras::default()));
     }
-    // A new literal in a known statement: found without tokenising.
+    // A new literal in a known statement: found without tokenising. Not
+    // filed under its text: every new value would churn that table (cleared
+    // when full) and push out the texts that do repeat.
     let sketch = shape::sketch(sql);
     if let Some(facts) = sketch.as_deref().and_then(shape::get_sketch) {
-        shape::keep_text(sql, facts.clone());
         return Ok((into_action(Arc::unwrap_or_clone(facts), sql), Extras::default()));
     }
     let shape = shape::of(sql);
     if let Some(facts) = shape.as_deref().and_then(shape::get) {
-        shape::keep_text(sql, facts.clone());
-        if let Some(sketch) = sketch {
-            shape::keep_sketch(sketch, facts.clone());
-        }
+        shape::remember(sql, sketch, facts.clone());
         return Ok((into_action(Arc::unwrap_or_clone(facts), sql), Extras::default()));
     }
     parse(sql, shape, sketch)
@@ -283,10 +281,7 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
     };
     if let Some(shape) = keep.filter(|_| extras == Extras::default()) {
         let kept = shape::keep(shape, facts.clone());
-        shape::keep_text(sql, kept.clone());
-        if let Some(sketch) = sketch {
-            shape::keep_sketch(sketch, kept);
-        }
+        shape::remember(sql, sketch, kept);
     }
     Ok((into_action(facts, sql), extras))
 }

@@ -1,6 +1,16 @@
 //! Plaintext HTTP targets: inspected per request, and a credential is only
 //! ever sent to an address of the target.
-use interlock_tests::{server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
+use interlock_tests::{
+    client::ClientResult, server::HTTP_BODY, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream,
+};
+
+/// curl from `cg` with one extra header; stdout ends with the status code.
+fn get(cg: &TestCgroup, header: &str, url: &str) -> ClientResult {
+    Client::new(cg).run(
+        "curl",
+        &["-sS", "--max-time", "10", "-H", header, "-w", "\n%{http_code}", url],
+    )
+}
 
 #[test]
 fn credentials_go_only_to_the_targets_own_addresses() {
@@ -22,21 +32,7 @@ fn credentials_go_only_to_the_targets_own_addresses() {
             ..Default::default()
         },
     );
-    let get = |addr: &std::net::SocketAddr| {
-        Client::new(&cg).run(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "10",
-                "-H",
-                "Host: api.internal",
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{addr}/x"),
-            ],
-        )
-    };
+    let get = |addr: &std::net::SocketAddr| get(&cg, "Host: api.internal", &format!("http://{addr}/x"));
     let ok = get(&real.addr);
     assert!(
         ok.stdout.starts_with(HTTP_BODY) && ok.stdout.ends_with("200"),
@@ -76,19 +72,7 @@ fn a_request_head_over_the_limit_gets_431_and_never_reaches_the_upstream() {
     );
     let get = |header_bytes: usize| {
         let header = format!("X-Big: {}", "a".repeat(header_bytes));
-        Client::new(&cg).run(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "10",
-                "-H",
-                &header,
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{}/x", up.addr),
-            ],
-        )
+        get(&cg, &header, &format!("http://{}/x", up.addr))
     };
     // Under the default 8 KiB: served.
     let ok = get(6 << 10);

@@ -4,10 +4,9 @@
 //! thread hand-off and no database commit on the agent's path. One writer
 //! thread then puts the journal's records into the store and copies them
 //! to the JSON-lines mirror, a batch at a time (see `writer`). Backpressure:
-//! at most `queue` records may wait for
-//! the store. While the store or the journal fails, the gateway refuses new
-//! work (or, if configured, drops events and says so), and a probe brings
-//! it back when the store returns.
+//! at most `queue` records may wait for the store. While the store or the
+//! journal fails, the gateway refuses new work (or, if configured, drops
+//! events and says so), and a probe brings it back when the store returns.
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -132,10 +131,10 @@ impl Shared {
 
     /// The journal thread: appends come in batches (whatever arrived while
     /// the previous batch was written), are chained, written with one
-    /// write to the journal, and answered. Recorders
-    /// never take a lock or make a system call of their own: a recorder
-    /// holding a lock while its worker thread was preempted stalled the
-    /// other workers (measured: 30% of HTTP throughput on 2 cores).
+    /// write to the journal, and answered. It serves recorders that found
+    /// the chain's lock taken: they never wait for it, since a recorder
+    /// holding it while its worker thread was preempted stalled the other
+    /// workers (measured: 30% of HTTP throughput on 2 cores).
     fn run_journal(shared: &std::sync::Weak<Self>, rx: mpsc::Receiver<Append>) {
         while let Ok(first) = rx.recv() {
             // Gone once every recorder is (the sender lives in `Shared`).

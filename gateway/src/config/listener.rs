@@ -96,24 +96,22 @@ impl Default for ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// `port` on both loopback addresses (IPv4, IPv6).
+    fn on_loopback(&self, port: u16) -> [SocketAddr; 2] {
+        [
+            SocketAddr::new(self.ipv4.into(), port),
+            SocketAddr::new(self.ipv6.into(), port),
+        ]
+    }
+
     /// The redirect listeners' addresses (IPv4, IPv6).
     pub fn addresses(&self) -> [SocketAddr; 2] {
-        [
-            SocketAddr::new(self.ipv4.into(), self.port),
-            SocketAddr::new(self.ipv6.into(), self.port),
-        ]
+        self.on_loopback(self.port)
     }
 
     /// The NAT-only listeners' addresses, when `nat_port` is set.
     pub fn nat_addresses(&self) -> Vec<SocketAddr> {
-        self.nat_port
-            .map(|port| {
-                vec![
-                    SocketAddr::new(self.ipv4.into(), port),
-                    SocketAddr::new(self.ipv6.into(), port),
-                ]
-            })
-            .unwrap_or_default()
+        self.nat_port.map(|p| self.on_loopback(p).to_vec()).unwrap_or_default()
     }
 
     /// Checks the section; the error names the field.

@@ -171,7 +171,6 @@ where
         // Bounds the request head, and the read buffer hyper keeps per
         // connection (see `listener.max_request_head`).
         .max_buf_size(max_head);
-
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -190,11 +190,6 @@ pub(crate) fn get_sketch(sketch: &str) -> Option<Arc<Facts>> {
     lookup(sketches(), sketch)
 }
 
-/// Keeps the facts of `sketch` (whose shape has them).
-pub(crate) fn keep_sketch(sketch: String, facts: Arc<Facts>) {
-    insert(sketches(), sketch, facts);
-}
-
 /// The facts kept for `shape`.
 pub(crate) fn get(shape: &str) -> Option<Arc<Facts>> {
     lookup(shapes(), shape)
@@ -212,8 +207,12 @@ pub(crate) fn get_text(sql: &str) -> Option<Arc<Facts>> {
     lookup(texts(), sql)
 }
 
-/// Keeps the facts of this exact text (whose shape has them).
-pub(crate) fn keep_text(sql: &str, facts: Arc<Facts>) {
+/// Files the facts of a statement (which its shape has) under its exact
+/// text and, when it has one, its sketch.
+pub(crate) fn remember(sql: &str, sketch: Option<String>, facts: Arc<Facts>) {
+    if let Some(sketch) = sketch {
+        insert(sketches(), sketch, facts.clone());
+    }
     if sql.len() <= LONGEST {
         insert(texts(), sql.to_owned(), facts);
     }

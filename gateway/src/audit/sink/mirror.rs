@@ -95,8 +95,9 @@ mod tests {
         std::fs::write(&path, "x").unwrap();
         super::super::retire(&path);
         assert!(!path.exists(), "moved aside at once");
-        super::super::retire(&path); // nothing there: nothing happens
-                                     // A leftover from a stopped gateway is swept when the mirror opens.
+        // Nothing there: nothing happens.
+        super::super::retire(&path);
+        // A leftover from a stopped gateway is swept when the mirror opens.
         std::fs::write(dir.join("events.jsonl.1.retired-1-0"), "y").unwrap();
         drop(Mirror::open(&dir.join("events.jsonl")).unwrap());
         let none_left = || {

@@ -1,7 +1,7 @@
 //! The store writer: one thread takes records already chained and in the
 //! journal, copies them to the JSON-lines mirror (one write per batch, off
-//! the agents' path) and puts them into the store in batches, signing a checkpoint
-//! every `checkpoint_every` records and applying retention. A batch the
+//! the agents' path) and puts them into the store in batches, signing a
+//! checkpoint every `checkpoint_every` records and applying retention. A batch the
 //! store refuses stays pending and is retried (by the prober, or with the
 //! next batch): records acknowledged to agents are never dropped here.
 use std::{
@@ -149,9 +149,6 @@ impl Writer {
     /// and retries are not copied again). A failing mirror is logged: the
     /// store and the journal are the record.
     pub(super) fn mirror(&mut self, records: &[Record]) {
-        if records.is_empty() {
-            return;
-        }
         for (i, r) in records.iter().enumerate() {
             self.mirror_buf.extend_from_slice(r.body.as_bytes());
             self.mirror_buf.push(b'\n');

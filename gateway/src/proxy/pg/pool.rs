@@ -49,9 +49,13 @@ pub struct PoolKey {
     pub params: Vec<(String, String)>,
 }
 
+/// How often idle connections past their time are looked for.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
 struct Idle {
     up: Upstream,
-    since: Instant,
+    /// Its target's `pool_idle` after it was given back.
+    until: Instant,
 }
 
 /// Idle upstream sessions, by login.
@@ -67,13 +71,13 @@ impl PgPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection for `key`, if one is still open and younger than
-    /// `max_idle`. The most recently used comes first.
-    pub fn take(&self, key: &PoolKey, max_idle: Duration) -> Option<Upstream> {
+    /// An idle connection for `key`, if one is still open and within its
+    /// time. The most recently used comes first.
+    pub fn take(&self, key: &PoolKey) -> Option<Upstream> {
         let mut map = self.map();
         let list = map.get_mut(key)?;
         while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < max_idle && still_quiet(&mut idle.up) {
+            if Instant::now() < idle.until && still_quiet(&mut idle.up) {
                 return Some(idle.up);
             }
         }
@@ -100,7 +104,7 @@ impl PgPool {
             } else {
                 list.push(Idle {
                     up,
-                    since: Instant::now(),
+                    until: Instant::now() + max_idle,
                 });
                 None
             }
@@ -110,22 +114,22 @@ impl PgPool {
         }
         if !self.reaping.swap(true, Ordering::AcqRel) {
             let pool = Arc::downgrade(self);
-            tokio::spawn(reap(pool, max_idle));
+            tokio::spawn(reap(pool));
         }
     }
 }
 
-/// Closes idle connections past `max_idle`, until none are left.
-async fn reap(pool: std::sync::Weak<PgPool>, max_idle: Duration) {
-    let every = (max_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+/// Closes idle connections past their time, until none are left.
+async fn reap(pool: std::sync::Weak<PgPool>) {
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(REAP_EVERY).await;
         let Some(pool) = pool.upgrade() else { return };
         let expired: Vec<Upstream> = {
             let mut map = pool.map();
             let mut out = Vec::new();
+            let now = Instant::now();
             for list in map.values_mut() {
-                let (old, young): (Vec<Idle>, Vec<Idle>) = list.drain(..).partition(|i| i.since.elapsed() >= max_idle);
+                let (old, young): (Vec<Idle>, Vec<Idle>) = list.drain(..).partition(|i| now >= i.until);
                 *list = young;
                 out.extend(old.into_iter().map(|i| i.up));
             }

@@ -125,7 +125,7 @@ impl SessionSetup<'_> {
         };
         let pooling = !self.pg.pool_idle.is_zero();
         let pooled = if pooling {
-            self.ctx.pg_pool.take(&pool_key, self.pg.pool_idle)
+            self.ctx.pg_pool.take(&pool_key)
         } else {
             None
         };
