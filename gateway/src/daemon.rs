@@ -238,6 +238,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         idle_timeout: config.listener.idle_timeout,
         header_timeout: config.listener.header_timeout,
         max_request_head: config.listener.max_request_head,
+        park_idle: config.listener.park_idle,
         body_cap: config.audit.body_cap,
     };
     let handoff = Arc::new(handoff);

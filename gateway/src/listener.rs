@@ -208,27 +208,45 @@ pub async fn serve(bound: Bound, shared: Arc<Shared>) {
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, way: origin::Way, shared: Arc<Shared>) {
+    // Admission is boxed: its futures' room is freed before the session
+    // starts, and the task then holds little more than the session.
+    let Some((stream, start, permit)) = Box::pin(admit(stream, peer, way, &shared)).await else {
+        return;
+    };
+    proxy::run(stream, start, shared.ctx.clone()).await;
+    drop(permit);
+}
+
+/// Finds the caller and the original destination, takes a connection slot,
+/// detects the protocol and asks policy; `None` when the connection was
+/// refused (and recorded as such).
+async fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    way: origin::Way,
+    shared: &Shared,
+) -> Option<(TcpStream, SessionStart, tokio::sync::OwnedSemaphorePermit)> {
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
-    let (record, via) = match origin::find(&shared, way, &stream, peer).await {
+    let (record, via) = match origin::find(shared, way, &stream, peer).await {
         Ok(found) => found,
         Err(reason) => {
             tracing::warn!(conn = %id, %peer, "refused: {reason}");
             refuse(stream);
             proxy::record_refusal(&shared.ctx.events, id, peer, &reason).await;
-            return;
+            return None;
         }
     };
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(conn = %id, %peer, "refused: connection limit reached");
         refuse(stream);
         proxy::record_refusal(&shared.ctx.events, id, peer, "connection limit reached").await;
-        return;
+        return None;
     };
     if let Err(e) = shared.ctx.events.accepting() {
         // Fail closed: what cannot be recorded is not served.
         tracing::warn!(conn = %id, %peer, "refused: {e}");
         refuse(stream);
-        return;
+        return None;
     }
     let _ = stream.set_nodelay(true);
     let identity = shared.resolver.resolve(&record);
@@ -246,8 +264,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, way: origin::Way, shared: A
         protocol,
         verdict,
     };
-    proxy::run(stream, start, shared.ctx.clone()).await;
-    drop(permit);
+    Some((stream, start, permit))
 }
 
 /// Closes with a reset, so the caller sees the refusal at once.

@@ -47,6 +47,9 @@ pub struct ProxySettings {
     pub header_timeout: std::time::Duration,
     /// Largest HTTP/1.1 request head accepted, in bytes.
     pub max_request_head: usize,
+    /// Quiet time after which an HTTP/1.1 keep-alive connection is parked
+    /// (zero: never).
+    pub park_idle: std::time::Duration,
     /// Bytes of each body and SQL text kept in the audit trail.
     pub body_cap: usize,
 }
@@ -202,92 +205,100 @@ pub struct SessionStart {
 
 /// Runs a session to completion and records its event: refuse it, inspect it
 /// as HTTP(S) when its target says so, or relay it as raw TCP.
-pub async fn run(mut agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) {
+pub async fn run(agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) {
     let began = Instant::now();
+    // While the session runs, this task holds the start, the live handle
+    // and a pointer to the session's boxed future: an idle connection
+    // costs little more than what its protocol keeps.
+    let (outcome, totals) = match open(agent, &start, &ctx) {
+        Opened::Denied => (Outcome::Denied, (0, 0)),
+        Opened::PlaintextToTls(agent) => {
+            Box::pin(refuse_plaintext(agent)).await;
+            let reason = "plaintext HTTP to a TLS target".into();
+            (Outcome::Refused { reason }, (0, 0))
+        }
+        Opened::Session(session, handle) => {
+            let outcome = session.await;
+            let totals = handle.stats.totals();
+            ctx.live.remove(start.id);
+            (outcome, totals)
+        }
+    };
+    Box::pin(record(&ctx.events, start, totals, began, outcome)).await;
+}
+
+/// A session's protocol, boxed: each holds only its own state.
+type SessionFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
+
+/// What an accepted connection turns into.
+enum Opened<'a> {
+    /// Denied by policy (closed with a reset).
+    Denied,
+    /// Plaintext HTTP to a TLS target: answered 400.
+    PlaintextToTls(TcpStream),
+    /// A session to run, registered in the live table.
+    Session(SessionFuture<'a>, live::LiveHandle),
+}
+
+/// Decides what a connection becomes and sets its session up.
+fn open<'a>(agent: TcpStream, start: &'a SessionStart, ctx: &'a Arc<ProxyCtx>) -> Opened<'a> {
     if start.verdict.decision.outcome != policy::Outcome::Allow {
         let d = &start.verdict.decision;
         tracing::info!(conn = %start.id, agent = %start.verdict.agent, dst = %start.orig_dst, policies = ?d.policies, "denied: {}", d.reason);
         // A reset: the agent's connect() succeeded (to the listener), so this
         // is the quickest refusal it can see.
         let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
-        drop(agent);
-        record(&ctx.events, start, (0, 0), began, Outcome::Denied).await;
-        return;
+        return Opened::Denied;
     }
     let host = start.protocol.host().map(str::to_owned);
     let spec = ctx.gate.targets().find(start.orig_dst, host.as_deref()).cloned();
     let upstream_addr = OrigDst(spec.as_ref().and_then(|s| s.upstream).unwrap_or(start.orig_dst.0));
-    let handle = ctx
-        .live
-        .insert(start.id, &start.identity, &start.verdict.agent.0, start.orig_dst);
+    let protocol = spec.as_ref().map(|s| s.protocol);
     let inspect = matches!(
-        (&start.protocol, spec.as_ref().map(|s| s.protocol)),
+        (&start.protocol, protocol),
         (Protocol::Tls { .. }, Some(TargetProtocol::Https))
             | (Protocol::Http1 { .. } | Protocol::Http2, Some(TargetProtocol::Http))
     );
-    let plaintext_to_tls = matches!(
-        (&start.protocol, spec.as_ref().map(|s| s.protocol)),
+    if matches!(
+        (&start.protocol, protocol),
         (Protocol::Http1 { .. } | Protocol::Http2, Some(TargetProtocol::Https))
-    );
-    if plaintext_to_tls {
-        // Plaintext HTTP to a TLS target: answer clearly instead of relaying
-        // bytes the upstream cannot parse.
-        let body = "this target requires TLS (https://)\n";
-        let reply = format!(
-            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = tokio::io::AsyncWriteExt::write_all(&mut agent, reply.as_bytes()).await;
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut agent).await;
-        ctx.live.remove(start.id);
-        record(
-            &ctx.events,
-            start,
-            (0, 0),
-            began,
-            Outcome::Refused {
-                reason: "plaintext HTTP to a TLS target".into(),
-            },
-        )
-        .await;
-        return;
+    ) {
+        return Opened::PlaintextToTls(agent);
     }
-    let postgres = spec.as_ref().is_some_and(|s| s.protocol == TargetProtocol::Postgres);
-    // Each protocol's future is boxed: a session task then holds only the
-    // state of the protocol it speaks, not the largest of the three (idle
-    // connections are what this saves memory on).
-    let outcome = if let (true, Some(spec)) = (postgres, spec.clone()) {
+    let handle = ctx
+        .live
+        .insert(start.id, &start.identity, &start.verdict.agent.0, start.orig_dst);
+    let stats = &handle.stats;
+    let session: SessionFuture<'a> = match spec {
         // Whatever the first bytes looked like: a PostgreSQL target is never relayed blind.
-        Box::pin(pg::serve(agent, &start, spec, upstream_addr, &ctx, &handle.stats)).await
-    } else if let (true, Some(spec)) = (inspect, spec) {
-        Box::pin(http::serve(
-            agent,
-            &start,
-            spec,
-            upstream_addr,
-            host,
-            &ctx,
-            &handle.stats,
-        ))
-        .await
-    } else {
-        Box::pin(relay_tcp(
-            &mut agent,
-            upstream_addr,
-            &ctx.settings,
-            &handle.stats,
-            start.id,
-        ))
-        .await
+        Some(spec) if spec.protocol == TargetProtocol::Postgres => {
+            let stats = stats.clone();
+            Box::pin(async move { pg::serve(agent, start, spec, upstream_addr, ctx, &stats).await })
+        }
+        Some(spec) if inspect => Box::pin(http::serve(agent, start, spec, upstream_addr, host, ctx, stats)),
+        _ => {
+            let (settings, stats, id) = (ctx.settings.clone(), stats.clone(), start.id);
+            Box::pin(async move { relay_tcp(agent, upstream_addr, &settings, &stats, id).await })
+        }
     };
-    let totals = handle.stats.totals();
-    ctx.live.remove(start.id);
-    record(&ctx.events, start, totals, began, outcome).await;
+    Opened::Session(session, handle)
+}
+
+/// Plaintext HTTP to a TLS target: answer clearly instead of relaying
+/// bytes the upstream cannot parse.
+async fn refuse_plaintext(mut agent: TcpStream) {
+    let body = "this target requires TLS (https://)\n";
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut agent, reply.as_bytes()).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut agent).await;
 }
 
 /// The raw TCP path: connect upstream and relay bytes both ways.
 async fn relay_tcp(
-    agent: &mut TcpStream,
+    mut agent: TcpStream,
     dst: OrigDst,
     settings: &ProxySettings,
     stats: &Arc<RelayStats>,
@@ -298,15 +309,15 @@ async fn relay_tcp(
             tracing::info!(conn = %id, %dst, "upstream connect failed: {e}");
             // The agent's connect() already succeeded (to the listener); a reset
             // is the closest it can get to the refusal the upstream gave.
-            let _ = socket2::SockRef::from(&*agent).set_linger(Some(std::time::Duration::ZERO));
+            let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
             Outcome::UpstreamConnectFailed { error: e.to_string() }
         }
-        Ok(mut upstream) => match relay(agent, &mut upstream, settings.idle_timeout, stats).await {
+        Ok(mut upstream) => match relay(&mut agent, &mut upstream, settings.idle_timeout, stats).await {
             Ok(RelayEnd::Closed) => Outcome::Closed,
             Ok(RelayEnd::IdleTimeout) => Outcome::IdleTimeout,
             Ok(RelayEnd::Cut) => {
                 // Abort both sides: nothing more may pass.
-                let _ = socket2::SockRef::from(&*agent).set_linger(Some(std::time::Duration::ZERO));
+                let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
                 let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
                 Outcome::Revoked {
                     reason: stats.cut_reason().unwrap_or_default(),
@@ -342,7 +353,9 @@ async fn record(
         duration_ms: began.elapsed().as_millis() as u64,
         outcome,
     };
-    if let Err(e) = events.record(Event::Connection(Box::new(event))).await {
+    // Boxed: the recording future is large, and the session tasks that end
+    // with it should not carry its room while they sit idle.
+    if let Err(e) = Box::pin(events.record(Event::Connection(Box::new(event)))).await {
         tracing::error!(conn = %id, "connection event lost: {e}");
     }
 }
@@ -365,7 +378,7 @@ pub async fn record_refusal(events: &EventSink, id: ConnId, peer: std::net::Sock
             reason: reason.to_owned(),
         },
     };
-    if let Err(e) = events.record(Event::Connection(Box::new(event))).await {
+    if let Err(e) = Box::pin(events.record(Event::Connection(Box::new(event)))).await {
         tracing::error!(conn = %id, "refusal event lost: {e}");
     }
 }

@@ -311,7 +311,14 @@ fn main() {
         json!({"op": "hold_many", "count": 1000, "host": hold_at.ip().to_string(),
                "port": hold_at.port(), "path": "/1k", "hold": 3}),
     );
+    // Twice: half a second after the last connection was answered (the
+    // connections are still settling: Interlock parks an HTTP/1.1
+    // connection after `listener.park_idle` quiet, and jemalloc hands freed
+    // pages back over ~300 ms), and two seconds after, the steady state
+    // reported. The client holds them for three.
     std::thread::sleep(Duration::from_millis(500));
+    let rss_1000_settling = status_kib(gateway_pid, "VmRSS:");
+    std::thread::sleep(Duration::from_millis(1500));
     let rss_1000 = status_kib(gateway_pid, "VmRSS:");
     let report = held.finish();
     assert_eq!(report["answered"], 1000, "idle connections: {report}");
@@ -399,6 +406,7 @@ fn main() {
         "seconds_per_run": b.secs,
         "gateway_rss_idle_kib": rss_idle,
         "gateway_rss_1000_idle_kib": rss_1000,
+        "gateway_rss_1000_idle_at_half_second_kib": rss_1000_settling,
         "gateway_peak_rss_kib": status_kib(gateway_pid, "VmHWM:"),
         "samples": b.samples,
     });

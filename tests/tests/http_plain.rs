@@ -85,3 +85,69 @@ fn a_request_head_over_the_limit_gets_431_and_never_reaches_the_upstream() {
     assert!(both_closed.is_some(), "{:#?}", gw.events().all());
     assert_eq!(count("http_exchange"), 1, "{:#?}", gw.events().all());
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
+    use std::io::{BufRead, Write};
+    let cg = TestCgroup::new(&unique("park"));
+    let up = Upstream::start("127.0.0.2");
+    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec!["park_idle = \"100ms\"".into()],
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    // One request, then quiet until told to go on (a line on stdin), then a
+    // second request on the same kept-alive connection.
+    let script = format!(
+        "import http.client, json, sys\nc = http.client.HTTPConnection('{ip}', {port}, timeout=10)\nstatuses, closes = [], []\ndef get():\n    c.request('GET', '/x', headers={{'Host': 'plain'}})\n    r = c.getresponse(); r.read()\n    statuses.append(r.status); closes.append(r.getheader('connection'))\nget()\nsock = c.sock\nprint(json.dumps({{'held': True}}), flush=True)\nsys.stdin.readline()\nget()\nprint(json.dumps({{'statuses': statuses, 'closes': closes, 'same_socket': c.sock is sock}}))\n",
+        ip = up.addr.ip(),
+        port = up.addr.port()
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cg.enter(&mut cmd).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("held"), "{line:?}");
+    // The quiet connection is parked (shown by status) ...
+    let parked = interlock_tests::wait_for(5, || {
+        let status = gw.status()?;
+        let conns = status["connections"].as_array()?.clone();
+        (conns.len() == 1 && conns[0]["parked"] == true).then_some(())
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = child.wait();
+    assert!(
+        parked.is_some(),
+        "the idle connection was not parked: {:?}",
+        gw.status()
+    );
+    // ... and its next request is served on the same connection, kept alive.
+    let report: serde_json::Value = serde_json::from_str(rest.trim()).unwrap_or_else(|e| panic!("{rest:?}: {e}"));
+    assert_eq!(report["statuses"], serde_json::json!([200, 200]), "{report}");
+    assert_eq!(report["closes"], serde_json::json!([null, null]), "{report}");
+    assert_eq!(report["same_socket"], true, "{report}");
+    let exchanges = interlock_tests::wait_for(5, || {
+        let all = gw.events().all();
+        let ids: Vec<_> = all
+            .iter()
+            .filter(|e| e["event"] == "http_exchange")
+            .map(|e| e["conn_id"].clone())
+            .collect();
+        (ids.len() == 2).then_some(ids)
+    })
+    .expect("two exchanges recorded");
+    assert_eq!(exchanges[0], exchanges[1], "both exchanges on one gateway connection");
+}

@@ -51,7 +51,7 @@ fn render(r: &StatusReport) -> String {
     for c in &r.connections {
         let _ = writeln!(
             s,
-            "  {:<6} pid {:<7} uid {:<6} {:<28} -> {:<24} up {:>10} down {:>10} {:>6}s",
+            "  {:<6} pid {:<7} uid {:<6} {:<28} -> {:<24} up {:>10} down {:>10} {:>6}s{}",
             c.id.to_string(),
             c.pid,
             c.uid,
@@ -59,7 +59,8 @@ fn render(r: &StatusReport) -> String {
             c.orig_dst.to_string(),
             c.bytes_up,
             c.bytes_down,
-            c.age_secs
+            c.age_secs,
+            if c.parked { " parked" } else { "" }
         );
     }
     s

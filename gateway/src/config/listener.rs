@@ -44,6 +44,16 @@ pub struct ListenerConfig {
     /// (or hyper's default, ~400 KiB) 1,000 idle connections held 12 MiB
     /// more than at the default 8 KiB (measured). At least 8192.
     pub max_request_head: usize,
+    /// An inspected HTTP/1.1 keep-alive connection quiet for this long (no
+    /// request in flight, no bytes either way) is parked: hyper's state and
+    /// buffers (~20 KB) are freed, and a new hyper connection takes over at
+    /// the agent's next request. Agents' HTTP clients keep pools of idle
+    /// connections; parking costs a few microseconds per request that
+    /// follows a pause. Parked or not, a kept-alive connection whose next
+    /// request does not arrive within `header_timeout` is closed. `0s`:
+    /// never park.
+    #[serde(with = "humantime_serde")]
+    pub park_idle: Duration,
     /// Also accept connections a NAT REDIRECT rule (iptables/nftables) sent
     /// to the listener: the original destination comes from conntrack
     /// (SO_ORIGINAL_DST) and the caller from sock_diag and /proc. The rule
@@ -88,6 +98,7 @@ impl Default for ListenerConfig {
             detect_timeout: Duration::from_millis(200),
             header_timeout: Duration::from_secs(30),
             max_request_head: 8 << 10,
+            park_idle: Duration::from_millis(200),
             nat_redirect: false,
             nat_port: None,
             explicit: Vec::new(),

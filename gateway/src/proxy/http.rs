@@ -29,7 +29,9 @@ use crate::{
 
 mod capture;
 pub(crate) mod fetch;
+mod headers;
 mod mask;
+mod park;
 mod pool;
 mod upgrade;
 
@@ -37,18 +39,6 @@ pub use pool::Pool;
 
 /// Bodies in both directions: streamed from the other side, or generated.
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
-
-/// Headers an agent might carry a placeholder secret in; all are removed.
-const SECRET_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
-/// Connection-specific headers that must not cross to the other side.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-];
 
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Body>),
@@ -81,8 +71,10 @@ impl HttpSession {
     }
 }
 
-/// Serves one inspected connection until it ends or is cut.
-pub(super) async fn serve(
+/// Serves one inspected connection until it ends or is cut. The session
+/// is set up before the returned future is first polled, which then holds
+/// only the stream and shared state: what an idle connection keeps.
+pub(super) fn serve(
     agent: TcpStream,
     start: &SessionStart,
     spec: TargetSpec,
@@ -90,7 +82,7 @@ pub(super) async fn serve(
     sni: Option<String>,
     ctx: &Arc<ProxyCtx>,
     stats: &Arc<RelayStats>,
-) -> Outcome {
+) -> impl std::future::Future<Output = Outcome> + Send + 'static {
     let host = sni
         .clone()
         .or_else(|| spec.hosts.first().filter(|h| !h.starts_with('*')).cloned())
@@ -108,17 +100,15 @@ pub(super) async fn serve(
         host,
         exchanges: std::sync::atomic::AtomicU64::new(0),
     });
-    if session.spec.protocol == TargetProtocol::Https {
-        let resolver = LeafResolver {
-            ca: ctx.ca.clone(),
-            fallback: start.orig_dst.0.ip().to_string(),
+    let acceptor = (session.spec.protocol == TargetProtocol::Https).then(|| tls_acceptor(ctx, start.orig_dst));
+    let plain_h2 = matches!(start.protocol, crate::detect::Protocol::Http2);
+    let (stats, handshake_limit) = (stats.clone(), ctx.settings.connect_timeout);
+    async move {
+        let Some(acceptor) = acceptor else {
+            return serve_conn(Counted::new(agent, stats.clone()), session, &stats, plain_h2).await;
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_no_client_auth().with_cert_resolver(Arc::new(resolver)));
-        let mut config = match config {
-            Ok(c) => c,
+        let acceptor = match acceptor {
+            Ok(a) => a,
             Err(e) => {
                 return Outcome::Error {
                     side: "gateway".into(),
@@ -126,10 +116,9 @@ pub(super) async fn serve(
                 }
             }
         };
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(Counted::new(agent, stats.clone()));
-        let tls = match tokio::time::timeout(ctx.settings.connect_timeout, accept).await {
-            Ok(Ok(tls)) => tls,
+        let tls = match handshake(acceptor, Counted::new(agent, stats.clone()), handshake_limit).await {
+            // Boxed: the TLS state then has one place, whichever future holds it.
+            Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
                 return Outcome::Error {
                     side: "agent".into(),
@@ -143,48 +132,115 @@ pub(super) async fn serve(
                 }
             }
         };
-        serve_conn(tls, session, stats).await
-    } else {
-        serve_conn(Counted::new(agent, stats.clone()), session, stats).await
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        serve_conn(tls, session, &stats, h2).await
     }
 }
 
-async fn serve_conn<IO>(io: IO, session: Arc<HttpSession>, stats: &Arc<RelayStats>) -> Outcome
+/// The agent-side TLS handshake, boxed: its room is freed once it is done
+/// (built outside the session's future, which would otherwise keep room
+/// for it while the connection lives).
+fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    io: Counted<TcpStream>,
+    limit: std::time::Duration,
+) -> std::pin::Pin<Box<tokio::time::Timeout<tokio_rustls::Accept<Counted<TcpStream>>>>> {
+    Box::pin(tokio::time::timeout(limit, acceptor.accept(io)))
+}
+
+/// The agent-side TLS acceptor: leaf certificates from the local CA, named
+/// by the client's SNI (or the original destination's address).
+fn tls_acceptor(ctx: &ProxyCtx, orig_dst: OrigDst) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    let resolver = LeafResolver {
+        ca: ctx.ca.clone(),
+        fallback: orig_dst.0.ip().to_string(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_conn<IO>(io: IO, session: Arc<HttpSession>, stats: &Arc<RelayStats>, h2: bool) -> Outcome
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = session.ctx.settings.header_timeout;
-    let max_head = session.ctx.settings.max_request_head;
-    // The exchange's future is boxed: hyper keeps room for the service's
-    // future in every connection, idle or not, and ours is ~12 KB (measured
-    // with jemalloc's heap profile, 1,000 idle connections).
-    let svc = service_fn(move |req| {
-        let session = session.clone();
-        Box::pin(async move { Ok::<_, Infallible>(handle(req, &session).await) })
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // Slow or silent clients: a request head must arrive within the limit.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        // Bounds the request head, and the read buffer hyper keeps per
-        // connection (see `listener.max_request_head`).
-        .max_buf_size(max_head);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(header_timeout))
-        .keep_alive_timeout(header_timeout);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let served = async {
+        let settings = &session.ctx.settings;
+        let header_timeout = settings.header_timeout;
+        let (max_head, park_after) = (settings.max_request_head, settings.park_idle);
+        let state = Arc::new(park::ParkState::default());
+        // The exchange's future is boxed: hyper keeps room for the service's
+        // future in every connection, idle or not, and ours is ~12 KB
+        // (measured with jemalloc's heap profile, 1,000 idle connections).
+        let svc = {
+            let state = state.clone();
+            service_fn(move |req| {
+                let session = session.clone();
+                let exchange = state.begin();
+                Box::pin(async move { Ok::<_, Infallible>(park::tracked(handle(req, &session).await, exchange)) })
+            })
+        };
+        let mut io = io;
+        let ahead = if h2 {
+            bytes::Bytes::new()
+        } else {
+            // Nothing of hyper's is held until the first request's bytes arrive.
+            match tokio::time::timeout(header_timeout, park::next_bytes(&mut io)).await {
+                Err(_) => return Err("no request within the header timeout".to_owned()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(first)) if first.is_empty() => return Ok(park::Ended::Closed),
+                Ok(Ok(first)) => first,
+            }
+        };
+        if h2 || ahead.starts_with(H2_PREFACE) {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(header_timeout))
+                .keep_alive_timeout(header_timeout);
+            let stream = park::Parkable::new(io, ahead, state);
+            // Boxed: an HTTP/2 connection's state is large, and HTTP/1.1
+            // sessions should not carry room for it.
+            Box::pin(builder.serve_connection(TokioIo::new(stream), svc))
+                .await
+                .map(|()| park::Ended::Closed)
+                .map_err(|e| e.to_string())
+        } else {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // Slow or silent clients: a request head must arrive within the limit.
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                // Bounds the request head, and the read buffer hyper keeps
+                // per connection (see `listener.max_request_head`).
+                .max_buf_size(max_head);
+            let h1 = park::H1 {
+                builder,
+                service: svc,
+                park_after,
+                header_timeout,
+                state,
+                stats: stats.clone(),
+            };
+            park::serve_h1(io, ahead, h1).await
+        }
+    };
     tokio::select! {
-        result = conn => match result {
-            Ok(()) => Outcome::Closed,
-            Err(e) => Outcome::Error { side: "agent".into(), error: e.to_string() },
+        result = served => match result {
+            Ok(park::Ended::Closed) => Outcome::Closed,
+            Ok(park::Ended::IdleTimeout) => Outcome::IdleTimeout,
+            Err(error) => Outcome::Error { side: "agent".into(), error },
         },
         () = stats.cut_notified() => Outcome::Revoked { reason: stats.cut_reason().unwrap_or_default() },
     }
 }
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let body = Full::new(Bytes::from(value.to_string()))
@@ -378,14 +434,7 @@ fn refusal(decision: &Decision) -> Response<Body> {
 /// Returns the injected secret, if a credential was injected.
 async fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, String> {
     let upgrading = upgrade::is_upgrade(req);
-    let headers = req.headers_mut();
-    for name in HOP_BY_HOP {
-        // An upgrade keeps the headers that ask for it.
-        if upgrading && (name == "connection" || name == "upgrade") {
-            continue;
-        }
-        headers.remove(name);
-    }
+    headers::strip_hop_by_hop(req.headers_mut(), upgrading);
     let Some(credential) = &s.credential else {
         return Ok(None);
     };
@@ -400,7 +449,8 @@ async fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<Stri
             s.upstream, s.target.name
         ));
     }
-    for name in SECRET_HEADERS {
+    let headers = req.headers_mut();
+    for name in headers::SECRET_HEADERS {
         headers.remove(name);
     }
     if let Some(oauth) = credential.needs_token() {
@@ -442,11 +492,16 @@ async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Bod
                 let sent = tx.send_request(req);
                 // Shared at once: HTTP/2 carries many exchanges together.
                 s.ctx.pool.checkin(key, Sender::H2(tx));
-                let resp = sent.await.map_err(|e| e.to_string())?;
+                let mut resp = sent.await.map_err(|e| e.to_string())?;
+                headers::strip_hop_by_hop(resp.headers_mut(), false);
                 Ok(resp.map(|b| b.boxed()))
             }
             Sender::H1(mut tx) => {
-                let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+                let mut resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+                // The upstream connection's own headers stay with it: an
+                // upstream that closes after each response must not close
+                // the agent's kept-alive connection too.
+                headers::strip_hop_by_hop(resp.headers_mut(), false);
                 // Back to the pool when this body has been read to its end.
                 let pool = s.ctx.pool.clone();
                 Ok(resp.map(|b| pool::Lent::new(b.boxed(), pool, key, Sender::H1(tx)).boxed()))

@@ -34,6 +34,10 @@ pub struct LiveConn {
     pub bytes_down: u64,
     /// Seconds since accept.
     pub age_secs: u64,
+    /// An idle HTTP/1.1 keep-alive connection, parked until its next request
+    /// (`listener.park_idle`).
+    #[serde(default)]
+    pub parked: bool,
 }
 
 struct Entry {
@@ -101,6 +105,7 @@ impl LiveTable {
                     bytes_up: up,
                     bytes_down: down,
                     age_secs: e.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                    parked: e.stats.is_parked(),
                 }
             })
             .collect()

@@ -25,6 +25,8 @@ pub struct RelayStats {
     /// Wakes the relay to end the connection at once.
     cut: Notify,
     cut_reason: std::sync::Mutex<Option<String>>,
+    /// Parked: an idle HTTP/1.1 keep-alive connection held outside hyper.
+    parked: std::sync::atomic::AtomicBool,
 }
 
 impl RelayStats {
@@ -53,6 +55,16 @@ impl RelayStats {
     /// Why the relay was cut, if it was.
     pub fn cut_reason(&self) -> Option<String> {
         self.cut_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Marks the connection parked (idle, held outside hyper) or not.
+    pub fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is parked.
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// (agent -> upstream, upstream -> agent) bytes so far.

@@ -275,9 +275,10 @@ pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n## Memory\n\nGateway RSS idle: {} MiB; with 1,000 idle keep-alive connections (each answered once, before any load): {} MiB; peak over the run: {} MiB.\n",
+        "\n## Memory\n\nGateway RSS idle: {} MiB; with 1,000 idle keep-alive connections (each answered once, before any load), 2 s after the last answer: {} MiB (half a second after, while they were still being parked: {} MiB); peak over the run: {} MiB.\n",
         summary["gateway_rss_idle_kib"].as_u64().unwrap_or(0) / 1024,
         summary["gateway_rss_1000_idle_kib"].as_u64().unwrap_or(0) / 1024,
+        summary["gateway_rss_1000_idle_at_half_second_kib"].as_u64().unwrap_or(0) / 1024,
         summary["gateway_peak_rss_kib"].as_u64().unwrap_or(0) / 1024
     ));
     if !internals.is_empty() {
