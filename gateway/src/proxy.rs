@@ -70,6 +70,9 @@ pub struct ProxyCtx {
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
     upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
+    /// Agent-side TLS acceptors, by the address their leaf certificates
+    /// fall back to: one config (and session cache) shared by connections.
+    agent_tls: Mutex<HashMap<std::net::IpAddr, tokio_rustls::TlsAcceptor>>,
     maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::MaskPlan>>>,
     /// Masking detectors and rules from config.
     catalog: crate::masking::Catalog,
@@ -128,6 +131,7 @@ impl ProxyCtx {
             ca,
             catalog,
             upstream_tls: Mutex::new(HashMap::new()),
+            agent_tls: Mutex::new(HashMap::new()),
             maskers: Mutex::new(HashMap::new()),
             pool: Arc::default(),
             credentials: Mutex::new(HashMap::new()),
@@ -170,6 +174,25 @@ impl ProxyCtx {
                 credential
             }
         }
+    }
+
+    /// The agent-side TLS acceptor for leaf certificates falling back to
+    /// `fallback` (built once with `build`, then shared).
+    pub(crate) fn agent_tls(
+        &self,
+        fallback: std::net::IpAddr,
+        build: impl FnOnce() -> Result<tokio_rustls::TlsAcceptor, rustls::Error>,
+    ) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+        let mut cache = self.agent_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(&fallback) {
+            return Ok(hit.clone());
+        }
+        let acceptor = build()?;
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(fallback, acceptor.clone());
+        Ok(acceptor)
     }
 
     /// The upstream TLS client config for a CA bundle (built once, then shared).

@@ -1,25 +1,28 @@
 //! Declared targets: naming a destination so policies can refer to it.
+use std::sync::Arc;
+
 use crate::{config::TargetSpec, policy::TargetRef, types::OrigDst};
 
-/// The configured targets, in order (first match wins).
+/// The configured targets, in order (first match wins). Shared: each
+/// session holds its target's spec for its lifetime.
 #[derive(Debug, Clone, Default)]
 pub struct TargetTable {
-    targets: Vec<TargetSpec>,
+    targets: Vec<Arc<TargetSpec>>,
 }
 
 impl TargetTable {
     /// From validated config.
     pub fn new(targets: &[TargetSpec]) -> Self {
         Self {
-            targets: targets.to_vec(),
+            targets: targets.iter().cloned().map(Arc::new).collect(),
         }
     }
 
     /// The target spec a destination (and SNI host, if any) belongs to. A
     /// host match wins over an address match.
-    pub fn find(&self, dst: OrigDst, host: Option<&str>) -> Option<&TargetSpec> {
+    pub fn find(&self, dst: OrigDst, host: Option<&str>) -> Option<&Arc<TargetSpec>> {
         let (ip, port) = (dst.0.ip(), dst.0.port());
-        let port_ok = |t: &&TargetSpec| t.ports.lo <= port && port <= t.ports.hi;
+        let port_ok = |t: &&Arc<TargetSpec>| t.ports.lo <= port && port <= t.ports.hi;
         let by_host = host.and_then(|h| {
             let h = h.to_ascii_lowercase();
             self.targets

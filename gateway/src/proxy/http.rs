@@ -51,7 +51,7 @@ struct HttpSession {
     agent: AgentName,
     identity: Identity,
     target: TargetRef,
-    spec: TargetSpec,
+    spec: Arc<TargetSpec>,
     upstream: OrigDst,
     /// Host to name upstream (SNI and :authority).
     host: String,
@@ -77,7 +77,7 @@ impl HttpSession {
 pub(super) fn serve(
     agent: TcpStream,
     start: &SessionStart,
-    spec: TargetSpec,
+    spec: Arc<TargetSpec>,
     upstream: OrigDst,
     sni: Option<String>,
     ctx: &Arc<ProxyCtx>,
@@ -100,7 +100,10 @@ pub(super) fn serve(
         host,
         exchanges: std::sync::atomic::AtomicU64::new(0),
     });
-    let acceptor = (session.spec.protocol == TargetProtocol::Https).then(|| tls_acceptor(ctx, start.orig_dst));
+    let acceptor = (session.spec.protocol == TargetProtocol::Https).then(|| {
+        let fallback = start.orig_dst.0.ip();
+        ctx.agent_tls(fallback, || tls_acceptor(ctx, fallback))
+    });
     let plain_h2 = matches!(start.protocol, crate::detect::Protocol::Http2);
     let (stats, handshake_limit) = (stats.clone(), ctx.settings.connect_timeout);
     async move {
@@ -150,10 +153,10 @@ fn handshake(
 
 /// The agent-side TLS acceptor: leaf certificates from the local CA, named
 /// by the client's SNI (or the original destination's address).
-fn tls_acceptor(ctx: &ProxyCtx, orig_dst: OrigDst) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+fn tls_acceptor(ctx: &ProxyCtx, fallback: std::net::IpAddr) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
     let resolver = LeafResolver {
         ca: ctx.ca.clone(),
-        fallback: orig_dst.0.ip().to_string(),
+        fallback: fallback.to_string(),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -164,6 +167,9 @@ fn tls_acceptor(ctx: &ProxyCtx, orig_dst: OrigDst) -> Result<tokio_rustls::TlsAc
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Serves HTTP on the agent's stream until it ends or is cut: HTTP/2 when
+/// negotiated (or its preface arrives), otherwise HTTP/1.1, parked while
+/// idle (see `park`).
 async fn serve_conn<IO>(io: IO, session: Arc<HttpSession>, stats: &Arc<RelayStats>, h2: bool) -> Outcome
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

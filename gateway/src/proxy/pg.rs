@@ -164,7 +164,7 @@ async fn settle(s: &Session, action: &crate::policy::ActionKind, decision: &Deci
 pub(super) async fn serve(
     agent: tokio::net::TcpStream,
     start: &SessionStart,
-    spec: TargetSpec,
+    spec: Arc<TargetSpec>,
     upstream: OrigDst,
     ctx: &Arc<ProxyCtx>,
     stats: &Arc<RelayStats>,
