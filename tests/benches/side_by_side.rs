@@ -365,6 +365,9 @@ fn main() {
         interlock_max / 2.0,
         &web,
     );
+    // A light load, where queueing on the shared cores does not dominate:
+    // what the gateway's own path adds to a request.
+    http::fixed_rate(&mut b, "HTTP 1 KB at 1,000 requests/s", 1000.0, without_variants);
     let tls: Vec<http::Contender<'_>> = vec![
         ("direct", tls_origin.addr, Via::Plain),
         ("nginx", nginx_tls.addr, Via::Plain),
@@ -400,6 +403,7 @@ fn main() {
         pg_interlock / 2.0,
         &dbs,
     );
+    pg::fixed_rate(&mut b, "pgbench -S -R at 1,000 transactions/s, 8 clients", 1000.0, &dbs);
     let summary = json!({
         "quick": quick,
         "rounds": b.rounds,

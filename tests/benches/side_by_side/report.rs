@@ -58,7 +58,7 @@ impl<'a> Table<'a> {
 }
 
 fn fixed_rate(scenario: &str) -> bool {
-    scenario.contains("half")
+    scenario.contains(" at half ") || scenario.contains(" at 1,000 ")
 }
 
 fn us(v: f64) -> String {
@@ -157,6 +157,16 @@ fn targets(t: &Table<'_>, summary: &Value) -> String {
             "added p50 ≤ 100 µs, PostgreSQL (at half Interlock's maximum)",
             us(added("pgbench -S -R at half Interlock's maximum, 8 clients")),
             added("pgbench -S -R at half Interlock's maximum, 8 clients") <= 100.0,
+        ),
+        (
+            "added p50 ≤ 100 µs, HTTP (at 1,000 requests/s)",
+            us(added("HTTP 1 KB at 1,000 requests/s")),
+            added("HTTP 1 KB at 1,000 requests/s") <= 100.0,
+        ),
+        (
+            "added p50 ≤ 100 µs, PostgreSQL (at 1,000 transactions/s)",
+            us(added("pgbench -S -R at 1,000 transactions/s, 8 clients")),
+            added("pgbench -S -R at 1,000 transactions/s, 8 clients") <= 100.0,
         ),
         (
             "RSS ≤ 40 MB with 1,000 idle connections",

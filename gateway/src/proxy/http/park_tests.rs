@@ -61,9 +61,14 @@ fn serve(
 /// Sends one request and reads its whole response (the body is "ok").
 async fn exchange(client: &mut TcpStream) -> String {
     client.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
+    read_until(client, |got| got.ends_with(b"\r\n\r\nok")).await
+}
+
+/// Reads until `done` says the bytes so far are complete (5 s at most).
+async fn read_until(client: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
-    while !got.ends_with(b"\r\n\r\nok") {
+    while !done(&got) {
         let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
             .await
             .expect("response in time")
@@ -149,17 +154,8 @@ async fn a_pipelined_request_read_with_the_previous_one_is_served() {
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\nGET / HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while got.windows(2).filter(|w| w == b"ok").count() < 2 {
-        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-            .await
-            .expect("both responses in time")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count(), 2);
+    let got = read_until(&mut client, |got| got.windows(2).filter(|w| w == b"ok").count() == 2).await;
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 2, "{got}");
 }
 
 #[tokio::test]
