@@ -72,17 +72,36 @@ impl PgPool {
     }
 
     /// An idle connection for `key`, if one is still open and within its
-    /// time. The most recently used comes first.
+    /// time. The most recently used comes first. The ones passed over (past
+    /// their time, or closed or spoken to by the server) are ended with a
+    /// Terminate off the caller's path, as the reaper ends those it finds:
+    /// a server whose session just drops logs an unexpected EOF.
     pub fn take(&self, key: &PoolKey) -> Option<Upstream> {
-        let mut map = self.map();
-        let list = map.get_mut(key)?;
-        while let Some(mut idle) = list.pop() {
-            if Instant::now() < idle.until && still_quiet(&mut idle.up) {
-                return Some(idle.up);
+        let mut spent = Vec::new();
+        let found = {
+            let mut map = self.map();
+            let list = map.get_mut(key)?;
+            let mut found = None;
+            while let Some(mut idle) = list.pop() {
+                if Instant::now() < idle.until && still_quiet(&mut idle.up) {
+                    found = Some(idle.up);
+                    break;
+                }
+                spent.push(idle.up);
             }
+            if list.is_empty() {
+                map.remove(key);
+            }
+            found
+        };
+        if !spent.is_empty() {
+            tokio::spawn(async move {
+                for up in spent {
+                    terminate(up).await;
+                }
+            });
         }
-        map.remove(key);
-        None
+        found
     }
 
     /// Resets a session's server side and keeps it for `max_idle`; closes it
@@ -191,4 +210,58 @@ pub async fn terminate(mut up: Upstream) {
         let _ = up.io.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    /// An idle entry whose server side is `server`'s peer.
+    async fn idle(until: Instant) -> (Idle, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let up = Upstream {
+            io: Box::new(client),
+            buf: BytesMut::new(),
+            greeting: Vec::new(),
+            key: (1, 2),
+            tls: false,
+        };
+        (Idle { up, until }, server)
+    }
+
+    fn key() -> PoolKey {
+        PoolKey {
+            agent: AgentName("a".into()),
+            upstream: OrigDst("127.0.0.1:5432".parse().unwrap()),
+            tls: (crate::config::UpstreamTls::default(), None, String::new()),
+            user: "u".into(),
+            database: "d".into(),
+            params: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_time_is_not_lent_and_gets_a_terminate() {
+        let pool = PgPool::default();
+        let (fresh, _fresh_server) = idle(Instant::now() + Duration::from_secs(60)).await;
+        let (expired, mut expired_server) = idle(Instant::now() - Duration::from_secs(1)).await;
+        // The expired one was given back last, so it is looked at first.
+        pool.map().insert(key(), vec![fresh, expired]);
+        let lent = pool.take(&key()).expect("the fresh connection is lent");
+        assert_eq!(lent.key, (1, 2));
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), expired_server.read_to_end(&mut got))
+            .await
+            .expect("the expired connection is closed")
+            .unwrap();
+        assert_eq!(got, [b'X', 0, 0, 0, 4], "a Terminate, then EOF");
+        assert!(pool.take(&key()).is_none(), "nothing else was kept");
+    }
 }
