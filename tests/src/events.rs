@@ -27,10 +27,15 @@ impl Events {
         self.all().into_iter().filter(|e| e["event"] == "connection").collect()
     }
 
+    /// Waits (bounded) for an event of `kind` matching `pred`.
+    pub fn wait(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        crate::wait_for(10, || self.all().into_iter().find(|e| e["event"] == kind && pred(e)))
+            .unwrap_or_else(|| panic!("no matching {kind} event; events so far:\n{:#?}", self.all()))
+    }
+
     /// Waits (bounded) for a connection event matching `pred`.
     pub fn wait_connection(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        crate::wait_for(10, || self.connections().into_iter().find(|e| pred(e)))
-            .unwrap_or_else(|| panic!("no matching connection event; events so far:\n{:#?}", self.all()))
+        self.wait("connection", pred)
     }
 
     /// Waits for the connection event of a given original destination and pid.

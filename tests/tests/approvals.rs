@@ -96,22 +96,10 @@ fn a_held_request_proceeds_once_approved_and_the_trail_names_the_approver() {
         r.stdout,
         r.stderr
     );
-    let approved = wait_for(10, || {
-        gw.events()
-            .all()
-            .into_iter()
-            .find(|e| e["event"] == "review" && e["change"] == "approved")
-    })
-    .expect("approval event");
+    let approved = gw.events().wait("review", |e| e["change"] == "approved");
     assert_eq!(approved["by"]["issuer"], "unix");
     assert_eq!(approved["by"]["subject"], "uid:0");
-    let exchange = wait_for(10, || {
-        gw.events()
-            .all()
-            .into_iter()
-            .find(|e| e["event"] == "http_exchange" && e["path"] == "/held/1")
-    })
-    .expect("exchange event");
+    let exchange = gw.events().wait("http_exchange", |e| e["path"] == "/held/1");
     assert_eq!(exchange["decision"]["outcome"], "allow");
     assert!(exchange["decision"]["reason"]
         .as_str()
@@ -183,13 +171,9 @@ fn denial_and_timeout_refuse_and_restart_fails_held_requests_cleanly() {
     gw.kill9();
     let _ = agent.join();
     gw.spawn();
-    let restarted = wait_for(10, || {
-        gw.events()
-            .all()
-            .into_iter()
-            .find(|e| e["event"] == "review" && e["change"] == "failed" && e["review"]["request"] == "GET /held/crash")
-    })
-    .expect("the crashed review's record");
+    let restarted = gw.events().wait("review", |e| {
+        e["change"] == "failed" && e["review"]["request"] == "GET /held/crash"
+    });
     assert!(restarted["review"]["note"].as_str().unwrap().contains("restarted"));
 }
 
@@ -421,13 +405,7 @@ fn approvers_signed_in_with_oidc_approve_over_the_http_api() {
     let r = agent.join().unwrap();
     assert!(r.stdout.ends_with("200"), "{} {}", r.stdout, r.stderr);
     // The trail names each person by issuer, subject and e-mail.
-    let approved = wait_for(10, || {
-        gw.events()
-            .all()
-            .into_iter()
-            .find(|e| e["event"] == "review" && e["change"] == "approved")
-    })
-    .unwrap();
+    let approved = gw.events().wait("review", |e| e["change"] == "approved");
     assert_eq!(approved["by"]["issuer"], issuer.url);
     assert_eq!(approved["by"]["subject"], "u-bob");
     assert_eq!(approved["by"]["email"], "bob@example.com");
@@ -465,18 +443,12 @@ fn approvers_signed_in_with_oidc_approve_over_the_http_api() {
         Some(revoke),
     );
     assert_eq!(status, 200, "{body}");
-    let revoked = wait_for(10, || {
-        gw.events()
-            .all()
-            .into_iter()
-            .find(|e| e["event"] == "revocation" && e["change"] == "added")
-    })
-    .unwrap();
+    let revoked = gw.events().wait("revocation", |e| e["change"] == "added");
     let by = revoked["by"].as_str().unwrap();
     assert!(
         by.contains("carol@example.com") && by.contains("u-carol") && by.contains(&issuer.url),
         "{by}"
     );
-    let granted = wait_for(10, || gw.events().all().into_iter().find(|e| e["event"] == "grant")).expect("grant event");
+    let granted = gw.events().wait("grant", |_| true);
     assert!(granted["by"].as_str().unwrap().contains("u-carol"));
 }

@@ -12,6 +12,22 @@ fn get(cg: &TestCgroup, header: &str, url: &str) -> ClientResult {
     )
 }
 
+/// An origin on 127.0.0.2 and a gateway inspecting it as the plaintext
+/// HTTP target `plain`, with extra `[listener]` lines.
+fn plain_target(cg: &TestCgroup, listener: Vec<String>) -> (Upstream, Gateway) {
+    let up = Upstream::start("127.0.0.2");
+    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
+    let gw = Gateway::start(
+        cg,
+        GatewayOptions {
+            listener,
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    (up, gw)
+}
+
 #[test]
 fn credentials_go_only_to_the_targets_own_addresses() {
     let cg = TestCgroup::new(&unique("plain"));
@@ -61,15 +77,7 @@ fn credentials_go_only_to_the_targets_own_addresses() {
 #[test]
 fn a_request_head_over_the_limit_gets_431_and_never_reaches_the_upstream() {
     let cg = TestCgroup::new(&unique("bighead"));
-    let up = Upstream::start("127.0.0.2");
-    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
-    let gw = Gateway::start(
-        &cg,
-        GatewayOptions {
-            extra_toml: vec![target],
-            ..Default::default()
-        },
-    );
+    let (up, gw) = plain_target(&cg, Vec::new());
     let get = |header_bytes: usize| {
         let header = format!("X-Big: {}", "a".repeat(header_bytes));
         get(&cg, &header, &format!("http://{}/x", up.addr))
@@ -90,16 +98,7 @@ fn a_request_head_over_the_limit_gets_431_and_never_reaches_the_upstream() {
 fn an_idle_keep_alive_connection_is_parked_and_serves_its_next_request() {
     use std::io::{BufRead, Write};
     let cg = TestCgroup::new(&unique("park"));
-    let up = Upstream::start("127.0.0.2");
-    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
-    let gw = Gateway::start(
-        &cg,
-        GatewayOptions {
-            listener: vec!["park_idle = \"100ms\"".into()],
-            extra_toml: vec![target],
-            ..Default::default()
-        },
-    );
+    let (up, gw) = plain_target(&cg, vec!["park_idle = \"100ms\"".into()]);
     // One request, then quiet until told to go on (a line on stdin), then a
     // second request on the same kept-alive connection.
     let script = format!(

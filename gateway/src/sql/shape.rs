@@ -251,15 +251,20 @@ mod tests {
             "SELECT ab FROM t",
             "SELECT a b FROM t",
         ];
-        for (i, a) in different.iter().enumerate() {
-            for b in &different[i + 1..] {
-                assert_ne!(of(a), of(b), "{a} / {b}");
-            }
-        }
+        all_differ(&different, of);
         assert!(of("COPY t TO STDOUT").is_none());
         assert!(of("copy t from stdin").is_none());
         assert!(of(&format!("SELECT '{}'", "x".repeat(LONGEST))).is_none());
         assert!(of("SELECT 'unterminated").is_none());
+    }
+
+    /// Asserts that `f` tells every pair of `texts` apart.
+    fn all_differ<T: PartialEq + std::fmt::Debug>(texts: &[&str], f: impl Fn(&str) -> T) {
+        for (i, a) in texts.iter().enumerate() {
+            for b in &texts[i + 1..] {
+                assert_ne!(f(a), f(b), "{a} / {b}");
+            }
+        }
     }
 
     #[test]
@@ -304,11 +309,7 @@ mod tests {
             "SELECT a FROM t1 WHERE b = 'x'",
             "SELECT a FROM t1 WHERE b = x",
         ];
-        for (i, a) in different.iter().enumerate() {
-            for b in &different[i + 1..] {
-                assert_ne!(sketch(a), sketch(b), "{a} / {b}");
-            }
-        }
+        all_differ(&different, sketch);
         for unplain in [
             "SELECT a FROM t WHERE b = E'x\\'y'",
             "SELECT a FROM t WHERE b = 'x\\'",

@@ -127,6 +127,12 @@ impl<IO> Parkable<IO> {
     pub(super) fn new(inner: IO, ahead: Bytes, state: Arc<ParkState>) -> Self {
         Self { inner, ahead, state }
     }
+
+    /// Notes whether a write or flush had to wait for the agent.
+    fn wrote<T>(&self, result: Poll<T>) -> Poll<T> {
+        self.state.write_blocked.store(result.is_pending(), Relaxed);
+        result
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Parkable<IO> {
@@ -147,8 +153,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Parkable<IO> {
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        self.state.write_blocked.store(result.is_pending(), Relaxed);
-        result
+        self.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -157,8 +162,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.state.write_blocked.store(result.is_pending(), Relaxed);
-        result
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -167,8 +171,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Parkable<IO> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
-        self.state.write_blocked.store(result.is_pending(), Relaxed);
-        result
+        self.wrote(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
