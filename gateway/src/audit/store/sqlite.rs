@@ -39,6 +39,14 @@ pub struct SqliteStore {
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Page size of a new store. Audit rows are 0.8–2.5 KB (an HTTP exchange,
+/// its bodies): in 4 KiB pages one or two fit and the rest of the page is
+/// wasted, so every insert split a page. 8 KiB pages took 2.2 → 1.5 KB of
+/// file per event and ~25% less writer CPU (measured with the bench's
+/// rows; 16 KiB was barely better and doubles what a small commit writes).
+/// Only a new file takes it: an existing store keeps the size it has.
+const PAGE_SIZE: u32 = 8192;
+
 /// WAL size past which the checkpointer makes the writer wait for a full one.
 const WAL_LIMIT: u64 = 64 << 20;
 
@@ -120,10 +128,10 @@ impl SqliteStore {
         store
             .conn
             // Checkpoints are the checkpointer's (below), not the writer's.
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
-                 PRAGMA wal_autocheckpoint = 0;",
-            )
+            .execute_batch(&format!(
+                "PRAGMA page_size = {PAGE_SIZE}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+                 PRAGMA wal_autocheckpoint = 0;"
+            ))
             .map_err(|e| store.err(e))?;
         store.migrate()?;
         store.checkpointer = spawn_checkpointer(path, wal_limit);
@@ -439,6 +447,35 @@ mod tests {
         });
         assert!(emptied, "WAL still {} bytes", size());
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn page_size(path: &Path) -> u32 {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_new_store_has_large_pages_and_an_old_one_keeps_its_own() {
+        let dir = std::env::temp_dir().join(format!("interlock-pages-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let new = dir.join("new.db");
+        drop(SqliteStore::open(&new).unwrap());
+        assert_eq!(page_size(&new), PAGE_SIZE);
+        // A store made by an earlier gateway (4 KiB pages, WAL mode) opens,
+        // keeps its pages and takes records.
+        let old = dir.join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;")
+            .unwrap();
+        let mut store = SqliteStore::open(&old).unwrap();
+        let mut r = Record::next("i", "h", 1, crate::audit::record::GENESIS, r#"{"event":"grant"}"#.into()).unwrap();
+        store.append(std::slice::from_mut(&mut r), None).unwrap();
+        assert_eq!(store.head("i").unwrap(), Some((1, r.hash.clone())));
+        drop(store);
+        assert_eq!(page_size(&old), 4096);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
