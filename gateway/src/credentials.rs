@@ -1,8 +1,12 @@
 //! Secrets the gateway holds for targets. Agents never see them: the
 //! gateway reads them by reference (an environment variable of its own, or a
-//! root-only file that is re-read when it changes, so rotation needs no
+//! root-only file that is re-read within a second of a change, so rotation needs no
 //! restart) and never logs them or puts them in errors.
-use std::{path::PathBuf, sync::Mutex, time::SystemTime};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use http::{HeaderName, HeaderValue};
 
@@ -48,12 +52,39 @@ enum Source {
 /// Longest a credential command may run.
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often a credential file is looked at for a change (its mtime). A
+/// rotated key is in use within this; looking on every request cost a
+/// `stat` per request on the data path.
+const FILE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A credential's current value, ready to send. Not `Debug`: it is the secret.
+pub struct Material {
+    /// The header it goes in.
+    pub name: HeaderName,
+    /// The header's value (scheme and secret), marked sensitive.
+    pub value: HeaderValue,
+    /// The secret itself, for scrubbing echoes of it from responses. Never log it.
+    pub(crate) secret: String,
+}
+
+/// The value last read and what says whether it is still current.
+struct Cached {
+    /// Source-specific: the file's mtime, the token's expiry, or when the
+    /// command ran.
+    stamp: Option<SystemTime>,
+    /// When the source was last looked at (files only).
+    checked: std::time::Instant,
+    material: Arc<Material>,
+}
+
 /// One target's credential.
 pub struct Credential {
     header: String,
     scheme: Option<String>,
     source: Source,
-    cached: Mutex<Option<(Option<SystemTime>, String)>>,
+    /// Files: how long a read value is used before the file is looked at again.
+    recheck: std::time::Duration,
+    cached: Mutex<Option<Cached>>,
 }
 
 impl Credential {
@@ -72,51 +103,116 @@ impl Credential {
             header: spec.header.to_ascii_lowercase(),
             scheme: spec.scheme.clone(),
             source,
+            recheck: FILE_RECHECK,
             cached: Mutex::new(None),
         }
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The secret itself, for scrubbing echoes of it from responses. Never log it.
     pub(crate) fn secret(&self) -> Result<String, CredentialError> {
+        Ok(self.material()?.secret.clone())
+    }
+
+    /// The header to inject.
+    pub fn header(&self) -> Result<(HeaderName, HeaderValue), CredentialError> {
+        let m = self.material()?;
+        Ok((m.name.clone(), m.value.clone()))
+    }
+
+    /// The current value: the header built once per value read, shared by
+    /// every request until the source changes.
+    pub fn material(&self) -> Result<Arc<Material>, CredentialError> {
         match &self.source {
-            Source::Env(var) => std::env::var(var).map_err(|_| CredentialError::MissingEnv(var.clone())),
+            Source::Env(var) => {
+                let secret = std::env::var(var).map_err(|_| CredentialError::MissingEnv(var.clone()))?;
+                let mut cached = self.cache();
+                match cached.as_ref() {
+                    Some(c) if c.material.secret == secret => Ok(c.material.clone()),
+                    _ => self.keep(&mut cached, None, secret),
+                }
+            }
             Source::OAuth2(o) => {
                 // Tokens are fetched by the proxy (it owns the network path);
                 // here only an unexpired one is handed out.
-                let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+                let cached = self.cache();
                 match cached.as_ref() {
-                    Some((Some(expires), token)) if SystemTime::now() < *expires => Ok(token.clone()),
+                    Some(c) if c.stamp.is_some_and(|expires| SystemTime::now() < expires) => Ok(c.material.clone()),
                     _ => Err(CredentialError::TokenMissing(o.token_url.clone())),
                 }
             }
             Source::Command(argv, refresh) => {
-                let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((Some(at), secret)) = cached.as_ref() {
-                    if at.elapsed().is_ok_and(|age| age < *refresh) {
-                        return Ok(secret.clone());
+                let mut cached = self.cache();
+                if let Some(c) = cached.as_ref() {
+                    if c.stamp
+                        .and_then(|at| at.elapsed().ok())
+                        .is_some_and(|age| age < *refresh)
+                    {
+                        return Ok(c.material.clone());
                     }
                 }
                 let secret = run_command(argv)?;
-                *cached = Some((Some(SystemTime::now()), secret.clone()));
-                Ok(secret)
+                self.keep(&mut cached, Some(SystemTime::now()), secret)
             }
             Source::File(path) => {
+                let mut cached = self.cache();
+                if let Some(c) = cached.as_ref() {
+                    if c.checked.elapsed() < self.recheck {
+                        return Ok(c.material.clone());
+                    }
+                }
                 let err = |e: std::io::Error| CredentialError::File {
                     path: path.clone(),
                     message: e.kind().to_string(),
                 };
                 let mtime = std::fs::metadata(path).map_err(err)?.modified().ok();
-                let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((at, secret)) = cached.as_ref() {
-                    if *at == mtime && mtime.is_some() {
-                        return Ok(secret.clone());
+                if let Some(c) = cached.as_mut() {
+                    if c.stamp == mtime && mtime.is_some() {
+                        c.checked = std::time::Instant::now();
+                        return Ok(c.material.clone());
                     }
                 }
                 let secret = std::fs::read_to_string(path).map_err(err)?.trim().to_owned();
-                *cached = Some((mtime, secret.clone()));
-                Ok(secret)
+                self.keep(&mut cached, mtime, secret)
             }
         }
+    }
+
+    /// Builds the header for `secret` and keeps it as the current value. A
+    /// secret that cannot be a header value is not kept (the next request
+    /// reads the source again).
+    fn keep(
+        &self,
+        cached: &mut Option<Cached>,
+        stamp: Option<SystemTime>,
+        secret: String,
+    ) -> Result<Arc<Material>, CredentialError> {
+        let material = Arc::new(self.build(secret)?);
+        *cached = Some(Cached {
+            stamp,
+            checked: std::time::Instant::now(),
+            material: material.clone(),
+        });
+        Ok(material)
+    }
+
+    fn build(&self, secret: String) -> Result<Material, CredentialError> {
+        let scheme = self
+            .scheme
+            .as_deref()
+            .or(matches!(self.source, Source::OAuth2(_)).then_some("Bearer"));
+        let value = match scheme {
+            Some(scheme) => format!("{scheme} {secret}"),
+            None => secret.clone(),
+        };
+        let name =
+            HeaderName::from_bytes(self.header.as_bytes()).map_err(|_| CredentialError::Invalid(self.origin()))?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| CredentialError::Invalid(self.origin()))?;
+        value.set_sensitive(true);
+        Ok(Material { name, value, secret })
     }
 
     fn origin(&self) -> String {
@@ -132,35 +228,19 @@ impl Credential {
     /// no unexpired one is held.
     pub fn needs_token(&self) -> Option<&crate::config::OAuth2Spec> {
         let Source::OAuth2(o) = &self.source else { return None };
-        let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         // Refresh 30 s before expiry.
-        let fresh = cached
-            .as_ref()
-            .is_some_and(|(exp, _)| exp.is_some_and(|e| SystemTime::now() + std::time::Duration::from_secs(30) < e));
+        let fresh = self.cache().as_ref().is_some_and(|c| {
+            c.stamp
+                .is_some_and(|e| SystemTime::now() + std::time::Duration::from_secs(30) < e)
+        });
         (!fresh).then_some(o)
     }
 
     /// Stores a fetched token and its lifetime.
-    pub fn store_token(&self, token: String, lifetime: std::time::Duration) {
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((Some(SystemTime::now() + lifetime), token));
-    }
-
-    /// The header to inject.
-    pub fn header(&self) -> Result<(HeaderName, HeaderValue), CredentialError> {
-        let secret = self.secret()?;
-        let scheme = self
-            .scheme
-            .as_deref()
-            .or(matches!(self.source, Source::OAuth2(_)).then_some("Bearer"));
-        let value = match scheme {
-            Some(scheme) => format!("{scheme} {secret}"),
-            None => secret,
-        };
-        let name =
-            HeaderName::from_bytes(self.header.as_bytes()).map_err(|_| CredentialError::Invalid(self.origin()))?;
-        let mut value = HeaderValue::from_str(&value).map_err(|_| CredentialError::Invalid(self.origin()))?;
-        value.set_sensitive(true);
-        Ok((name, value))
+    pub fn store_token(&self, token: String, lifetime: std::time::Duration) -> Result<(), CredentialError> {
+        let mut cached = self.cache();
+        self.keep(&mut cached, Some(SystemTime::now() + lifetime), token)
+            .map(drop)
     }
 }
 
@@ -226,14 +306,22 @@ mod tests {
             oauth2: None,
             refresh: std::time::Duration::from_secs(300),
         };
-        let c = Credential::new(&spec);
+        let mut c = Credential::new(&spec);
         assert_eq!(c.header().unwrap().1, "Bearer sk-first");
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "sk-second").unwrap();
         let t = SystemTime::now() + std::time::Duration::from_secs(1);
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(t).unwrap();
+        // Within the recheck interval the value read stays in use...
+        assert_eq!(c.header().unwrap().1, "Bearer sk-first");
+        assert_eq!(c.secret().unwrap(), "sk-first");
+        // ...and once it has passed, the changed file is read.
+        c.recheck = std::time::Duration::ZERO;
         assert_eq!(c.header().unwrap().1, "Bearer sk-second");
+        assert_eq!(c.secret().unwrap(), "sk-second");
+        // One build per value: requests share it.
+        assert!(Arc::ptr_eq(&c.material().unwrap(), &c.material().unwrap()));
         std::fs::write(&path, "bad\nvalue").unwrap();
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(t + std::time::Duration::from_secs(1)).unwrap();

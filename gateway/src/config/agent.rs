@@ -90,7 +90,7 @@ pub struct CredentialSpec {
     pub scheme: Option<String>,
     /// Read the secret from this environment variable of the gateway.
     pub env: Option<String>,
-    /// Read the secret from this root-only file (re-read when it changes).
+    /// Read the secret from this root-only file (re-read within a second of a change).
     pub file: Option<std::path::PathBuf>,
     /// Run this command (program and arguments, no shell) and use its output;
     /// it is run again after `refresh`.

@@ -382,7 +382,7 @@ async fn allowed(
         req.headers_mut().remove(header::ACCEPT_ENCODING);
         Some(
             s.ctx
-                .mask_plan(&decision.mask, secret.as_deref())
+                .mask_plan(&decision.mask, secret.as_ref().map(|m| m.secret.as_str()))
                 .map_err(gateway_err)?,
         )
     };
@@ -437,8 +437,11 @@ fn refusal(decision: &Decision) -> Response<Body> {
 }
 
 /// Strips placeholders and hop-by-hop headers and injects the credential.
-/// Returns the injected secret, if a credential was injected.
-async fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<String>, String> {
+/// Returns the injected credential, if one was injected.
+async fn prepare(
+    req: &mut Request<Body>,
+    s: &HttpSession,
+) -> Result<Option<Arc<crate::credentials::Material>>, String> {
     let upgrading = upgrade::is_upgrade(req);
     headers::strip_hop_by_hop(req.headers_mut(), upgrading);
     let Some(credential) = &s.credential else {
@@ -461,12 +464,12 @@ async fn prepare(req: &mut Request<Body>, s: &HttpSession) -> Result<Option<Stri
     }
     if let Some(oauth) = credential.needs_token() {
         let (token, lifetime) = fetch::client_credentials(&s.ctx, oauth).await?;
-        credential.store_token(token, lifetime);
+        credential.store_token(token, lifetime).map_err(|e| e.to_string())?;
     }
-    let (name, value) = credential.header().map_err(|e| e.to_string())?;
-    headers.remove(&name);
-    headers.insert(name, value);
-    credential.secret().map(Some).map_err(|e| e.to_string())
+    let material = credential.material().map_err(|e| e.to_string())?;
+    headers.remove(&material.name);
+    headers.insert(material.name.clone(), material.value.clone());
+    Ok(Some(material))
 }
 
 /// Sends one request upstream on a connection from the pool (or a new one)

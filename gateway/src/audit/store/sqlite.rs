@@ -471,7 +471,14 @@ mod tests {
             .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;")
             .unwrap();
         let mut store = SqliteStore::open(&old).unwrap();
-        let mut r = Record::next("i", "h", 1, crate::audit::record::GENESIS, r#"{"event":"grant"}"#.into()).unwrap();
+        let mut r = Record::next(
+            "i",
+            "h",
+            1,
+            crate::audit::record::GENESIS,
+            r#"{"event":"grant"}"#.into(),
+        )
+        .unwrap();
         store.append(std::slice::from_mut(&mut r), None).unwrap();
         assert_eq!(store.head("i").unwrap(), Some((1, r.hash.clone())));
         drop(store);
