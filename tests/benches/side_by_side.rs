@@ -129,6 +129,17 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// Rounds of `scenario`: one at half the direct maximum, an overload
+    /// for every contender but direct on this VM (the report shows it, no
+    /// target reads it), so the full run stays under 20 minutes.
+    pub fn rounds_of(&self, scenario: &str) -> u32 {
+        if scenario.contains("half the direct") {
+            1
+        } else {
+            self.rounds
+        }
+    }
+
     /// Whether `scenario` is selected.
     pub fn runs(&self, scenario: &str) -> bool {
         // --quick keeps one of each kind (under 3 minutes): no 64 KB, one

@@ -81,7 +81,7 @@ pub fn fixed_rate(b: &mut Bench, scenario: &str, rate: f64, contenders: &[Conten
     if !b.runs(scenario) || !rate.is_finite() || rate < 1.0 {
         return;
     }
-    for round in 0..b.rounds {
+    for round in 0..b.rounds_of(scenario) {
         for (name, addr, via) in contenders {
             if !b.wanted(scenario, name) {
                 continue;

@@ -239,7 +239,7 @@ pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
     let t = Table::new(&samples);
     let mut out = String::from("# Interlock side by side\n\n");
     out.push_str(&format!(
-        "{} rounds of {} s per contender, interleaved, on one 2-core VM (load generator, proxies and origin share it). \
+        "{} rounds of {} s per contender (one at half the direct maximum, an overload), interleaved, on one 2-core VM (load generator, proxies and origin share it). \
          Interlock runs with its eBPF redirect, policy (Cedar), masking rules loaded and the audit trail (SQLite, every event committed before the answer) on.\n\n\
          ![throughput ratios](ratios.svg)\n\n",
         summary["rounds"], summary["seconds_per_run"]
