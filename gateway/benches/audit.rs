@@ -93,6 +93,7 @@ fn event(n: u64) -> audit::Event {
         masked_request: Vec::new(),
         upstream_error: None,
         duration_ms: 3,
+        bodies: None,
     }))
 }
 

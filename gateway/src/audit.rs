@@ -119,6 +119,27 @@ pub struct HttpExchangeEvent {
     pub upstream_error: Option<String>,
     /// Milliseconds until the response headers.
     pub duration_ms: u64,
+    /// The bodies, when the whole response was at hand with its head: then
+    /// no `http_body` event follows. A response still streaming when its
+    /// head went out has its bodies in the `http_body` event instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<ExchangeBodies>,
+}
+
+/// An exchange's bodies as recorded with it, up to the configured cap of
+/// each, as they crossed the gateway (after masking).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExchangeBodies {
+    /// The request body as sent upstream (capped).
+    pub request_body: String,
+    /// Its full length.
+    pub request_bytes: u64,
+    /// The response body as delivered (capped).
+    pub response_body: String,
+    /// Its full length.
+    pub response_bytes: u64,
+    /// The response body was whole (always, for bodies recorded with the exchange).
+    pub response_complete: bool,
 }
 
 /// The bodies of one HTTP exchange, up to the configured cap of each, as

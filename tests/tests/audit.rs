@@ -620,7 +620,9 @@ fn bodies_are_kept_capped_and_masked_originals_only_sealed() {
     let masked = &exchange["masked_request"][0];
     assert_eq!(masked["detector"], "email");
     assert!(masked["sealed"].as_str().is_some_and(|s| s.len() > 40), "{masked}");
-    wait_for(10, || search(&gw, &["--kind", "http_body"]).into_iter().next()).expect("body event");
+    // The echo's whole answer came with its head: the bodies are recorded
+    // with the exchange, and no `http_body` event follows.
+    assert!(exchange["bodies"].is_object(), "{exchange}");
     let out = gw.cli(&["audit", "show", &exchange["id"].to_string()]);
     let shown: Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -654,7 +656,9 @@ fn a_zero_body_cap_keeps_no_bodies() {
     );
     assert!(curl(&cg, &format!("http://{}/nobody", web.addr)).ends_with("200"));
     let exchange = wait_for(10, || search(&gw, &["--kind", "http_exchange"]).into_iter().next());
-    assert_eq!(exchange.expect("exchange event")["path"], "/nobody");
+    let exchange = exchange.expect("exchange event");
+    assert_eq!(exchange["path"], "/nobody");
+    assert!(exchange["bodies"].is_null(), "{exchange}");
     // The connection's own event comes after the body would have: once it is
     // in, a body event would be too.
     wait_for(10, || {
@@ -662,4 +666,95 @@ fn a_zero_body_cap_keeps_no_bodies() {
     })
     .expect("connection event");
     assert!(search(&gw, &["--kind", "http_body"]).is_empty());
+}
+
+/// An upstream on `ip` answering each connection's request with a head
+/// announcing `body`, then, after `delay`, the body (with no delay, head and
+/// body in one write: the whole answer at hand at once).
+fn delayed_body_upstream(ip: &str, body: &'static str, delay: std::time::Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("upstream listens");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                if delay.is_zero() {
+                    let _ = conn.write_all(format!("{answer}{body}").as_bytes());
+                    return;
+                }
+                let _ = conn.write_all(answer.as_bytes()).and_then(|()| conn.flush());
+                std::thread::sleep(delay);
+                let _ = conn.write_all(body.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_whole_answer_is_one_event_and_a_late_body_its_own() {
+    let cg = TestCgroup::new(&unique("auditsettle"));
+    let quick = delayed_body_upstream("127.0.0.73", "all at once", std::time::Duration::ZERO);
+    let late = delayed_body_upstream("127.0.0.74", "came later", std::time::Duration::from_millis(400));
+    let target = |name: &str, addr: std::net::SocketAddr| {
+        format!(
+            "[[targets]]\nname = \"{name}\"\ncidrs = [\"{}/32\"]\nprotocol = \"http\"\n",
+            addr.ip()
+        )
+    };
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![target("quick", quick), target("late", late)],
+            ..Default::default()
+        },
+    );
+    assert!(curl(&cg, &format!("http://{quick}/q")).ends_with("200"));
+    assert!(curl(&cg, &format!("http://{late}/l")).ends_with("200"));
+    let events = gw.events();
+    // The whole answer: its bodies in the exchange event, no body event.
+    let q = events.wait("http_exchange", |e| e["path"] == "/q");
+    assert_eq!(q["bodies"]["response_body"], "all at once", "{q}");
+    assert_eq!(q["bodies"]["response_bytes"], 11);
+    assert_eq!(q["bodies"]["response_complete"], true);
+    // The late body: the head went out before it came, so the exchange
+    // event has no bodies and the body event records it when it ended.
+    let l = events.wait("http_exchange", |e| e["path"] == "/l");
+    assert!(l["bodies"].is_null(), "{l}");
+    let body = events.wait("http_body", |e| e["path"] == "/l");
+    assert_eq!(body["response_body"], "came later");
+    assert_eq!(body["exchange"], l["exchange"]);
+    // Both connections have ended (their events come last): no body event
+    // for the whole answer came after all.
+    events.wait("connection", |e| e["target"] == "late");
+    events.wait("connection", |e| e["target"] == "quick");
+    assert!(
+        !events
+            .all()
+            .iter()
+            .any(|e| e["event"] == "http_body" && e["path"] == "/q"),
+        "a body event for an exchange that has its bodies"
+    );
+    // `audit show` finds the bodies either way.
+    for (e, text) in [(&q, "all at once"), (&l, "came later")] {
+        let found = search(&gw, &["--kind", "http_exchange"])
+            .into_iter()
+            .find(|s| s["path"] == e["path"])
+            .expect("exchange in the store");
+        let out = gw.cli(&["audit", "show", &found["id"].to_string()]);
+        let shown: Value = serde_json::from_slice(&out.stdout).expect("audit show prints JSON");
+        assert_eq!(shown["bodies"]["response_body"], text, "{shown}");
+    }
 }

@@ -213,12 +213,18 @@ fn openai_script_run(script: &str, policies: Option<Vec<(String, String)>>, prom
         .stderr(std::process::Stdio::piped());
     let r = Client::new(&cg).run_cmd(cmd);
     assert!(r.success, "openai client failed: {}\n{}", r.stderr, gw.log());
-    // Exchange events come first; body and masking events follow when the
-    // streams end: wait until both bodies are in and nothing more arrives.
+    // Exchange events come first; a streamed response's bodies and masking
+    // events follow when the stream ends (a whole answer has its bodies in
+    // the exchange event): wait until both exchanges' bodies are in and
+    // nothing more arrives.
     let events = interlock_tests::wait_for(10, || {
         let all = gw.events().all();
         let count = |kind: &str| all.iter().filter(|e| e["event"] == kind).count();
-        if count("http_exchange") < 2 || count("http_body") < 2 {
+        let with_bodies = all
+            .iter()
+            .filter(|e| e["event"] == "http_exchange" && e["bodies"].is_object())
+            .count();
+        if count("http_exchange") < 2 || with_bodies + count("http_body") < 2 {
             return None;
         }
         std::thread::sleep(std::time::Duration::from_millis(300));

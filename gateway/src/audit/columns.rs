@@ -188,6 +188,30 @@ mod tests {
             masked_request: Vec::new(),
             upstream_error: None,
             duration_ms: 0,
+            bodies: None,
+        })));
+        events.push(Event::HttpExchange(Box::new(HttpExchangeEvent {
+            time: "t1".into(),
+            conn_id: ConnId(2),
+            agent: agent.clone(),
+            identity: caller(true),
+            target: "web".into(),
+            method: "POST".into(),
+            path: "/v1/chat".into(),
+            exchange: 2,
+            status: 200,
+            decision: decision(Outcome::Allow),
+            credential_injected: true,
+            masked_request: Vec::new(),
+            upstream_error: None,
+            duration_ms: 1,
+            bodies: Some(crate::audit::ExchangeBodies {
+                request_body: "{\"q\":\"é\"}".into(),
+                request_bytes: 11,
+                response_body: "{\"a\":1}".into(),
+                response_bytes: 7,
+                response_complete: true,
+            }),
         })));
         events.push(Event::HttpBody(Box::new(HttpBodyEvent {
             time: "t2".into(),

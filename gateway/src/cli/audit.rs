@@ -235,7 +235,8 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
             if let Some(defect) = r.defect() {
                 v["integrity"] = Value::String(defect);
             }
-            if r.kind == "http_exchange" {
+            // Bodies recorded with the exchange are in it; otherwise in its `http_body` event.
+            if r.kind == "http_exchange" && v["bodies"].is_null() {
                 if let Some(bodies) = bodies_of(store.as_mut(), &r, &v)? {
                     v["bodies"] = bodies;
                 }

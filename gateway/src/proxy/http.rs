@@ -33,6 +33,7 @@ mod headers;
 mod mask;
 mod park;
 mod pool;
+mod ready;
 mod upgrade;
 
 pub use pool::Pool;
@@ -302,11 +303,12 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
     let mut injected = false;
     let mut upstream_error = None;
     let mut masked = Vec::new();
+    let mut settled = None;
     let response = if decision.outcome != PolicyOutcome::Allow {
         refusal(&decision)
     } else {
         let bodies = capture::Bodies::new(s, exchange, &path);
-        match allowed(req, s, &decision, bodies, &mut injected, &mut masked).await {
+        match allowed(req, s, &decision, bodies, &mut injected, &mut masked, &mut settled).await {
             Ok(resp) => resp,
             Err((kind, message, status)) => {
                 tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
@@ -331,6 +333,7 @@ async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> 
         masked_request: masked,
         upstream_error,
         duration_ms: started.elapsed().as_millis() as u64,
+        bodies: settled,
     };
     if let Err(e) = s.ctx.events.record(Event::HttpExchange(Box::new(event))).await {
         // The exchange is not in the audit trail: the agent does not get its answer.
@@ -350,6 +353,7 @@ async fn allowed(
     bodies: capture::Bodies,
     injected: &mut bool,
     masked: &mut Vec<crate::masking::MaskedValue>,
+    settled: &mut Option<crate::audit::ExchangeBodies>,
 ) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
     let secret = prepare(&mut req, s)
         .await
@@ -391,7 +395,7 @@ async fn allowed(
         .await
         .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
     let Some(m) = masker else {
-        return Ok(resp.map(|b| bodies.response(b)));
+        return Ok(settle(resp, bodies, settled).await);
     };
     let (events, conn, agent, target, path) = (
         s.ctx.events.clone(),
@@ -420,7 +424,24 @@ async fn allowed(
         });
     })
     .await;
-    Ok(resp.map(|b| bodies.response(b)))
+    Ok(settle(resp, bodies, settled).await)
+}
+
+/// The response as it goes to the agent, its bodies in `settled` when they
+/// are recorded with the exchange (see [`capture::Bodies::settle`]).
+async fn settle(
+    resp: Response<Body>,
+    bodies: capture::Bodies,
+    settled: &mut Option<crate::audit::ExchangeBodies>,
+) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (body, kept) = bodies.settle(body, length).await;
+    *settled = kept;
+    Response::from_parts(parts, body)
 }
 
 /// 403 for a denial (by policy, by a reviewer, or a review that timed out).
