@@ -170,11 +170,17 @@ impl Bodies {
             let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
             taken = super::ready::take_until(taken, max, deadline).await;
         }
-        if !taken.ended {
+        // An upstream may answer before the request body has gone (or
+        // ended): then its bodies wait for the `http_body` event, which
+        // comes once the response has ended.
+        let request = match taken.ended {
+            true => self.request.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            false => None,
+        };
+        let Some(request) = request else {
             return (self.response(taken.into_body()), None);
-        }
+        };
         let (kept, total) = taken.data(cap);
-        let request = self.request_seen();
         let bodies = ExchangeBodies {
             request_body: text(&request),
             request_bytes: request.total,
