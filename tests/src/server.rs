@@ -74,6 +74,19 @@ impl Upstream {
     }
 }
 
+/// Reads from `s` into `head` until it holds a whole HTTP head (the blank
+/// line); false when the peer closed or failed first.
+pub fn read_head(s: &mut TcpStream, head: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 fn serve(mut s: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut first = Vec::new();
@@ -92,11 +105,8 @@ fn serve(mut s: TcpStream) {
         }
     }
     if first.starts_with(b"GET ") {
-        while !first.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => first.extend_from_slice(&buf[..n]),
-            }
+        if !read_head(&mut s, &mut first) {
+            return;
         }
         let reply = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",

@@ -672,19 +672,14 @@ fn a_zero_body_cap_keeps_no_bodies() {
 /// announcing `body`, then, after `delay`, the body (with no delay, head and
 /// body in one write: the whole answer at hand at once).
 fn delayed_body_upstream(ip: &str, body: &'static str, delay: std::time::Duration) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind((ip, 0)).expect("upstream listens");
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !interlock_tests::server::read_head(&mut conn, &mut Vec::new()) {
+                    return;
                 }
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

@@ -138,8 +138,8 @@ impl Bodies {
         .boxed()
     }
 
-    /// The request body as captured (empty if it never ended: recorded as
-    /// an `http_body` event has always recorded it).
+    /// The request body as captured; empty when its capture never finished
+    /// (the body was not sent upstream).
     fn request_seen(&self) -> Seen {
         self.request
             .lock()
