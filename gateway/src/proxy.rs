@@ -20,6 +20,7 @@ use crate::{
     types::{ConnId, OrigDst},
 };
 
+mod built;
 mod counted;
 mod http;
 mod live;
@@ -69,11 +70,11 @@ pub struct ProxyCtx {
     pub gate: Arc<Gate>,
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
-    upstream_tls: Mutex<HashMap<Option<PathBuf>, tls::UpstreamTls>>,
+    upstream_tls: built::Built<Option<PathBuf>, tls::UpstreamTls>,
     /// Agent-side TLS acceptors, by the address their leaf certificates
     /// fall back to: one config (and session cache) shared by connections.
-    agent_tls: Mutex<HashMap<std::net::IpAddr, tokio_rustls::TlsAcceptor>>,
-    maskers: Mutex<HashMap<MaskerKey, Arc<crate::masking::MaskPlan>>>,
+    agent_tls: built::Built<std::net::IpAddr, tokio_rustls::TlsAcceptor>,
+    maskers: built::Built<MaskerKey, Arc<crate::masking::MaskPlan>>,
     /// Masking detectors and rules from config.
     catalog: crate::masking::Catalog,
     /// Upstream HTTP connections lent per exchange.
@@ -130,9 +131,9 @@ impl ProxyCtx {
             gate,
             ca,
             catalog,
-            upstream_tls: Mutex::new(HashMap::new()),
-            agent_tls: Mutex::new(HashMap::new()),
-            maskers: Mutex::new(HashMap::new()),
+            upstream_tls: built::Built::default(),
+            agent_tls: built::Built::default(),
+            maskers: built::Built::default(),
             pool: Arc::default(),
             credentials: Mutex::new(HashMap::new()),
             pg_cancels: pg::CancelTable::default(),
@@ -146,16 +147,8 @@ impl ProxyCtx {
     /// the gateway injected one (built once per set).
     pub fn mask_plan(&self, names: &[String], secret: Option<&str>) -> Result<Arc<crate::masking::MaskPlan>, String> {
         let key = (names.to_vec(), secret.map(str::to_owned));
-        let mut cache = self.maskers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(&key) {
-            return Ok(hit.clone());
-        }
-        let masker = Arc::new(self.catalog.plan(names, secret)?);
-        if cache.len() >= 256 {
-            cache.clear();
-        }
-        cache.insert(key, masker.clone());
-        Ok(masker)
+        self.maskers
+            .get_or_build(key, || self.catalog.plan(names, secret).map(Arc::new))
     }
 
     /// The credential of a target, shared across its connections (replaced
@@ -183,28 +176,13 @@ impl ProxyCtx {
         fallback: std::net::IpAddr,
         build: impl FnOnce() -> Result<tokio_rustls::TlsAcceptor, rustls::Error>,
     ) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
-        let mut cache = self.agent_tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(&fallback) {
-            return Ok(hit.clone());
-        }
-        let acceptor = build()?;
-        if cache.len() >= 256 {
-            cache.clear();
-        }
-        cache.insert(fallback, acceptor.clone());
-        Ok(acceptor)
+        self.agent_tls.get_or_build(fallback, build)
     }
 
     /// The upstream TLS client config for a CA bundle (built once, then shared).
     pub fn upstream_tls(&self, ca_file: Option<&std::path::Path>) -> Result<tls::UpstreamTls, tls::TlsError> {
-        let key = ca_file.map(std::path::Path::to_owned);
-        let mut cache = self.upstream_tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = cache.get(&key) {
-            return Ok(hit.clone());
-        }
-        let config = tls::upstream_config(ca_file)?;
-        cache.insert(key, config.clone());
-        Ok(config)
+        self.upstream_tls
+            .get_or_build(ca_file.map(std::path::Path::to_owned), || tls::upstream_config(ca_file))
     }
 }
 

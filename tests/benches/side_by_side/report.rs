@@ -127,46 +127,47 @@ fn targets(t: &Table<'_>, summary: &Value) -> String {
     let rss_kib = summary["gateway_rss_1000_idle_kib"].as_f64().unwrap_or(f64::NAN);
     // The target is in MB (10^6 bytes); RSS is reported in KiB.
     let (rss_mib, rss_mb) = (rss_kib / 1024.0, rss_kib * 1024.0 / 1e6);
+    // A throughput ratio to a peer of at least `min`; an added p50 of at most 100 µs.
+    let vs = |target: &'static str, scenario: &str, peer: &str, min: f64, digits: usize| {
+        let r = ratio(scenario, peer);
+        (target, format!("{r:.digits$}×"), r >= min)
+    };
+    let quick = |target: &'static str, scenario: &str| {
+        let a = added(scenario);
+        (target, us(a), a <= 100.0)
+    };
     let rows: Vec<(&str, String, bool)> = vec![
-        (
+        vs(
             "HTTP throughput ≥ 0.9× haproxy (keep-alive 1 KB)",
-            format!("{:.2}×", ratio("HTTP/1.1 keep-alive, 1 KB", "haproxy")),
-            ratio("HTTP/1.1 keep-alive, 1 KB", "haproxy") >= 0.9,
+            "HTTP/1.1 keep-alive, 1 KB",
+            "haproxy",
+            0.9,
+            2,
         ),
-        (
-            "TLS interception ≥ nginx",
-            format!("{:.2}×", ratio(https, "nginx")),
-            ratio(https, "nginx") >= 1.0,
-        ),
-        (
-            "TLS interception ≥ 20× mitmproxy",
-            format!("{:.1}×", ratio(https, "mitmproxy")),
-            ratio(https, "mitmproxy") >= 20.0,
-        ),
-        (
+        vs("TLS interception ≥ nginx", https, "nginx", 1.0, 2),
+        vs("TLS interception ≥ 20× mitmproxy", https, "mitmproxy", 20.0, 1),
+        vs(
             "pgbench TPS ≥ pgbouncer session mode (-S simple, 8 clients)",
-            format!("{:.2}×", ratio("pgbench -S -M simple, 8 clients", "pgbouncer-session")),
-            ratio("pgbench -S -M simple, 8 clients", "pgbouncer-session") >= 1.0,
+            "pgbench -S -M simple, 8 clients",
+            "pgbouncer-session",
+            1.0,
+            2,
         ),
-        (
+        quick(
             "added p50 ≤ 100 µs, HTTP (at half Interlock's maximum)",
-            us(added("HTTP 1 KB at half Interlock's maximum")),
-            added("HTTP 1 KB at half Interlock's maximum") <= 100.0,
+            "HTTP 1 KB at half Interlock's maximum",
         ),
-        (
+        quick(
             "added p50 ≤ 100 µs, PostgreSQL (at half Interlock's maximum)",
-            us(added("pgbench -S -R at half Interlock's maximum, 8 clients")),
-            added("pgbench -S -R at half Interlock's maximum, 8 clients") <= 100.0,
+            "pgbench -S -R at half Interlock's maximum, 8 clients",
         ),
-        (
+        quick(
             "added p50 ≤ 100 µs, HTTP (at 1,000 requests/s)",
-            us(added("HTTP 1 KB at 1,000 requests/s")),
-            added("HTTP 1 KB at 1,000 requests/s") <= 100.0,
+            "HTTP 1 KB at 1,000 requests/s",
         ),
-        (
+        quick(
             "added p50 ≤ 100 µs, PostgreSQL (at 1,000 transactions/s)",
-            us(added("pgbench -S -R at 1,000 transactions/s, 8 clients")),
-            added("pgbench -S -R at 1,000 transactions/s, 8 clients") <= 100.0,
+            "pgbench -S -R at 1,000 transactions/s, 8 clients",
         ),
         (
             "RSS ≤ 40 MB with 1,000 idle connections",

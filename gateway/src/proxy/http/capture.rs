@@ -166,14 +166,14 @@ impl Bodies {
         }
         let max = cap.max(SETTLE_MAX);
         let mut taken = super::ready::take_ready(body, max);
-        if !taken.ended && length.is_some_and(|n| n <= max as u64) {
+        if !taken.ended() && length.is_some_and(|n| n <= max as u64) {
             let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
             taken = super::ready::take_until(taken, max, deadline).await;
         }
         // An upstream may answer before the request body has gone (or
         // ended): then its bodies wait for the `http_body` event, which
         // comes once the response has ended.
-        let request = match taken.ended {
+        let request = match taken.ended() {
             true => self.request.lock().unwrap_or_else(|p| p.into_inner()).take(),
             false => None,
         };

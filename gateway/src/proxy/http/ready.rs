@@ -18,8 +18,6 @@ use super::Body;
 pub(super) struct Taken {
     /// The frames, in order.
     pub frames: VecDeque<Frame<Bytes>>,
-    /// The body ended: the frames are all of it.
-    pub ended: bool,
     /// What the body is left with, when it did not end (an error it gave
     /// comes after the frames).
     rest: Rest,
@@ -59,11 +57,7 @@ pub(super) fn take_ready(mut body: Body, max: usize) -> Taken {
             Poll::Pending => break Rest::Body(body),
         }
     };
-    Taken {
-        frames,
-        ended: matches!(rest, Rest::Ended),
-        rest,
-    }
+    Taken { frames, rest }
 }
 
 /// Goes on taking frames from what `taken` left of its body until it ends,
@@ -91,11 +85,15 @@ pub(super) async fn take_until(mut taken: Taken, max: usize, deadline: tokio::ti
             Err(_) => break,
         }
     }
-    taken.ended = matches!(taken.rest, Rest::Ended);
     taken
 }
 
 impl Taken {
+    /// The body ended: the frames are all of it.
+    pub(super) fn ended(&self) -> bool {
+        matches!(self.rest, Rest::Ended)
+    }
+
     /// The data frames' bytes, up to `cap` of them, and their full length.
     pub(super) fn data(&self, cap: usize) -> (Vec<u8>, u64) {
         let mut kept = Vec::new();

@@ -29,7 +29,7 @@ async fn all(body: Body) -> Vec<u8> {
 #[tokio::test]
 async fn a_body_at_hand_is_taken_whole_and_given_back() {
     let taken = take_ready(full("hello"), 1024);
-    assert!(taken.ended);
+    assert!(taken.ended());
     assert_eq!(taken.data(1024), (b"hello".to_vec(), 5));
     assert_eq!(taken.data(3), (b"hel".to_vec(), 5), "capped, full length kept");
     let body = taken.into_body();
@@ -42,7 +42,7 @@ async fn a_body_at_hand_is_taken_whole_and_given_back() {
 async fn an_empty_body_has_ended_with_nothing_taken() {
     let body = Empty::<Bytes>::new().map_err(|never| match never {}).boxed();
     let taken = take_ready(body, 1024);
-    assert!(taken.ended);
+    assert!(taken.ended());
     assert_eq!(taken.data(1024), (Vec::new(), 0));
     assert!(taken.into_body().is_end_stream());
 }
@@ -51,7 +51,7 @@ async fn an_empty_body_has_ended_with_nothing_taken() {
 async fn a_streaming_body_keeps_what_was_taken_and_goes_on() {
     let (body, more) = streaming(&["ab", "cd"]);
     let taken = take_ready(body, 1024);
-    assert!(!taken.ended, "the stream waits for more");
+    assert!(!taken.ended(), "the stream waits for more");
     assert_eq!(taken.data(1024), (b"abcd".to_vec(), 4));
     let body = taken.into_body();
     let rest = tokio::spawn(all(body));
@@ -65,7 +65,7 @@ async fn taking_stops_past_the_limit_and_loses_nothing() {
     let (body, more) = streaming(&["1234", "5678", "9abc"]);
     drop(more);
     let taken = take_ready(body, 5);
-    assert!(!taken.ended, "stopped at the limit, not at the end");
+    assert!(!taken.ended(), "stopped at the limit, not at the end");
     assert_eq!(taken.data(1024).1, 8);
     assert_eq!(all(taken.into_body()).await, b"123456789abc");
 }
@@ -81,13 +81,13 @@ async fn the_rest_that_comes_in_time_is_taken_and_a_late_rest_streams_on() {
     });
     let taken = take_until(taken, 1024, soon()).await;
     sender.await.unwrap();
-    assert!(taken.ended, "the body ended within the wait");
+    assert!(taken.ended(), "the body ended within the wait");
     assert_eq!(taken.data(1024), (b"abcd".to_vec(), 4));
 
     let (body, more) = streaming(&["ab"]);
     let past = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
     let taken = take_until(take_ready(body, 1024), 1024, past).await;
-    assert!(!taken.ended, "nothing more came before the deadline");
+    assert!(!taken.ended(), "nothing more came before the deadline");
     let rest = tokio::spawn(all(taken.into_body()));
     more.send("cd").await.unwrap();
     drop(more);
