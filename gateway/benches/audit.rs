@@ -91,6 +91,7 @@ fn event(n: u64) -> audit::Event {
         },
         credential_injected: true,
         masked_request: Vec::new(),
+        masked_response: Vec::new(),
         upstream_error: None,
         duration_ms: 3,
         bodies: None,

@@ -115,6 +115,11 @@ pub struct HttpExchangeEvent {
     pub credential_injected: bool,
     /// What was masked in the request body: detector and field (never the values).
     pub masked_request: Vec<crate::masking::MaskedValue>,
+    /// What was masked in the response, when masking had finished before
+    /// this event (a whole response); a response still streaming has a
+    /// `masked` event after this one instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked_response: Vec<crate::masking::MaskedValue>,
     /// Why the upstream could not answer, when it could not (upstream side).
     pub upstream_error: Option<String>,
     /// Milliseconds until the response headers.
@@ -199,7 +204,8 @@ pub enum Event {
         target: String,
         /// Request path.
         path: String,
-        /// `response` (request masking is on the exchange event).
+        /// `response` (request masking, and response masking that ended before
+    /// the exchange's event, are on the exchange event).
         direction: String,
         /// What was masked: detector and field or offset, in order (never the values).
         detectors: Vec<crate::masking::MaskedValue>,

@@ -277,6 +277,9 @@ fn main() {
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
+            // What a deployment logs (the daemon's default): the tests'
+            // per-connection debug lines cost a few % with a connection per request.
+            log_filter: Some("info".into()),
             listener: vec![
                 "nat_redirect = true".into(),
                 format!("nat_port = {nat_port}"),

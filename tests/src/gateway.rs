@@ -27,6 +27,9 @@ pub struct GatewayOptions {
     /// means one policy that permits everything, so tests about other
     /// stages are not decided by policy.
     pub policies: Option<Vec<(String, String)>>,
+    /// `RUST_LOG` for the gateway; `None` means `info,gateway=debug` (tests
+    /// want the per-connection lines when something fails).
+    pub log_filter: Option<String>,
 }
 
 /// The policy tests use when they are not about policy.
@@ -49,6 +52,7 @@ pub struct Gateway {
     child: Option<Child>,
     gateway_cgroup: Option<PathBuf>,
     starts: u32,
+    log_filter: Option<String>,
 }
 
 /// The interlock binary under test.
@@ -138,6 +142,7 @@ impl Gateway {
             child: None,
             gateway_cgroup: opts.gateway_cgroup,
             starts: 0,
+            log_filter: opts.log_filter,
         };
         gw.spawn();
         gw
@@ -151,7 +156,7 @@ impl Gateway {
         let mut cmd = Command::new(binary());
         cmd.arg("--config").arg(&self.config).arg("run");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        cmd.env("RUST_LOG", "info,gateway=debug");
+        cmd.env("RUST_LOG", self.log_filter.as_deref().unwrap_or("info,gateway=debug"));
         if let Some(cg) = &self.gateway_cgroup {
             cgroup::enter(&mut cmd, cg);
         }

@@ -277,6 +277,10 @@ fn a_card_split_across_sse_chunks_is_masked_and_prompts_are_redacted() {
         masked["detectors"],
         serde_json::json!([{"detector": "credit_card", "at": "choices[0].delta.content"}])
     );
+    // A stream's findings come after its exchange, which has none of them.
+    let at = |kind: &str| events.iter().position(|e| e["event"] == kind).unwrap();
+    assert!(at("http_exchange") < at("masked"), "{events:#?}");
+    assert!(exchanges.iter().all(|e| e.get("masked_response").is_none()));
     assert!(
         !serde_json::to_string(&events).unwrap().contains("4111"),
         "a card number reached the audit trail"
@@ -302,6 +306,17 @@ fn an_upstream_echo_of_the_real_key_is_scrubbed() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["auth_ok"], true);
     assert_eq!(body["echoed_authorization"], "Bearer [REDACTED:credential_echo]");
+    // A whole response: what was masked is on the exchange's event, and no
+    // `masked` event of its own comes before (or after) it.
+    let ev = s.gw.events().wait("http_exchange", |e| e["path"] == "/v1/echo-auth");
+    let masked = ev["masked_response"].as_array().expect("masked_response");
+    assert_eq!(masked.len(), 1, "{ev}");
+    assert_eq!(masked[0]["detector"], "credential_echo", "{ev}");
+    assert!(ev["bodies"]["response_body"].as_str().unwrap().contains("[REDACTED:credential_echo]"));
+    assert!(
+        !s.gw.events().all().iter().any(|e| e["event"] == "masked"),
+        "a whole response's findings are on its exchange"
+    );
 }
 
 #[test]
@@ -497,6 +512,13 @@ fn masking_rules_apply_to_their_json_fields_in_responses() {
     // The field rule masks only `body` of the response, in the rule's style.
     assert_eq!(body["body"], "{\"prompt\":\"mail xxx@xx.xx\"}");
     assert_eq!(body["path"], "/v1/echo");
+    let ev = s.gw.events().wait("http_exchange", |e| e["path"] == "/v1/echo");
+    assert_eq!(
+        ev["masked_response"],
+        serde_json::json!([{"detector": "email", "at": "body"}]),
+        "{ev}"
+    );
+    assert!(!s.gw.events().all().iter().any(|e| e["event"] == "masked"));
 }
 
 #[test]

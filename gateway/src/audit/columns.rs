@@ -186,6 +186,7 @@ mod tests {
             decision: decision(Outcome::Allow),
             credential_injected: false,
             masked_request: Vec::new(),
+            masked_response: Vec::new(),
             upstream_error: None,
             duration_ms: 0,
             bodies: None,
@@ -203,6 +204,7 @@ mod tests {
             decision: decision(Outcome::Allow),
             credential_injected: true,
             masked_request: Vec::new(),
+            masked_response: Vec::new(),
             upstream_error: None,
             duration_ms: 1,
             bodies: Some(crate::audit::ExchangeBodies {

@@ -3,12 +3,12 @@
 //! and the real secret injected), upstream (a verified connection lent from
 //! the pool for the exchange, HTTP/1.1 or HTTP/2 as negotiated), response
 //! (streamed back unbuffered), logging (one event per exchange).
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::{body::Incoming, service::service_fn};
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -19,15 +19,16 @@ use super::{
     ProxyCtx, RelayStats, SessionStart,
 };
 use crate::{
-    audit::{self, Event, HttpExchangeEvent, Outcome},
+    audit::Outcome,
     config::{TargetProtocol, TargetSpec},
     credentials::Credential,
     identity::Identity,
-    policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query, TargetRef},
+    policy::TargetRef,
     types::{AgentName, ConnId, OrigDst},
 };
 
 mod capture;
+mod exchange;
 pub(crate) mod fetch;
 mod headers;
 mod mask;
@@ -188,7 +189,7 @@ where
             service_fn(move |req| {
                 let session = session.clone();
                 let exchange = state.begin();
-                Box::pin(async move { Ok::<_, Infallible>(park::tracked(handle(req, &session).await, exchange)) })
+                Box::pin(async move { Ok::<_, Infallible>(park::tracked(exchange::handle(req, &session).await, exchange)) })
             })
         };
         let mut io = io;
@@ -258,239 +259,6 @@ pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Res
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> {
-    let started = Instant::now();
-    let time = audit::now();
-    let exchange = s.exchanges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let (req, model, body_size) = match mask::body_facts(req.map(|b| b.boxed()), s.spec.llm).await {
-        Ok(facts) => facts,
-        Err(resp) => return resp,
-    };
-    // Request filter: policy on this request.
-    let action = ActionKind::HttpRequest {
-        method: method.clone(),
-        path: path.clone(),
-        model,
-        body_size,
-    };
-    let query = Query {
-        agent: &s.agent,
-        identity: &s.identity,
-        target: &s.target,
-        action: &action,
-        now: std::time::SystemTime::now(),
-    };
-    let mut decision = s.ctx.gate.policies.decide(&query);
-    if let Err(e) = s.ctx.events.accepting() {
-        // What cannot be recorded is not served.
-        decision = Decision::deny(Vec::new(), e.to_string());
-    }
-    if decision.outcome == PolicyOutcome::Review {
-        // Held: the agent's call waits for a person.
-        let held = crate::review::HeldRequest {
-            agent: &s.agent,
-            identity: &s.identity,
-            target: &s.target,
-            action: &action,
-            decision: &decision,
-        };
-        decision = crate::review::settle(&s.ctx, held, s.spec.review_webhook.as_deref()).await;
-    }
-    let mut injected = false;
-    let mut upstream_error = None;
-    let mut masked = Vec::new();
-    let mut settled = None;
-    let response = if decision.outcome != PolicyOutcome::Allow {
-        refusal(&decision)
-    } else {
-        let bodies = capture::Bodies::new(s, exchange, &path);
-        match allowed(req, s, &decision, bodies, &mut injected, &mut masked, &mut settled).await {
-            Ok(resp) => resp,
-            Err((kind, message, status)) => {
-                tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
-                upstream_error = Some(message.clone());
-                let body = serde_json::json!({"error": {"type": kind, "target": s.target.name, "message": message}});
-                json_response(status, body)
-            }
-        }
-    };
-    let event = HttpExchangeEvent {
-        time,
-        conn_id: s.conn_id,
-        agent: s.agent.clone(),
-        identity: s.identity.clone(),
-        target: s.target.name.clone(),
-        method,
-        path,
-        exchange,
-        status: response.status().as_u16(),
-        decision,
-        credential_injected: injected,
-        masked_request: masked,
-        upstream_error,
-        duration_ms: started.elapsed().as_millis() as u64,
-        bodies: settled,
-    };
-    if let Err(e) = s.ctx.events.record(Event::HttpExchange(Box::new(event))).await {
-        // The exchange is not in the audit trail: the agent does not get its answer.
-        tracing::error!(conn = %s.conn_id, "exchange event not recorded, response withheld: {e}");
-        let body = serde_json::json!({"error": {"type": "gateway", "message": e.to_string()}});
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, body);
-    }
-    response
-}
-
-/// The phases after an allow: credentials, request masking, upstream,
-/// response masking. Errors are (side, message, status).
-async fn allowed(
-    mut req: Request<Body>,
-    s: &Arc<HttpSession>,
-    decision: &Decision,
-    bodies: capture::Bodies,
-    injected: &mut bool,
-    masked: &mut Vec<crate::masking::MaskedValue>,
-    settled: &mut Option<crate::audit::ExchangeBodies>,
-) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
-    let secret = prepare(&mut req, s)
-        .await
-        .map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
-    *injected = secret.is_some();
-    if upgrade::is_upgrade(&req) {
-        // WebSocket and other upgrades pass through once allowed.
-        return upgrade::forward(req, s)
-            .await
-            .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY));
-    }
-    let gateway_err = |m: String| ("gateway", m, StatusCode::BAD_GATEWAY);
-    if !decision.mask.is_empty() {
-        // Prompt redaction: the request body, with the policy's detectors only.
-        let plan = s.ctx.mask_plan(&decision.mask, None).map_err(gateway_err)?;
-        let seal = |v: &[u8]| s.ctx.sealer.seal(v);
-        let (masked_req, fired) = match mask::request(req, &plan, &seal).await {
-            Ok(ok) => ok,
-            Err(resp) => return Ok(resp),
-        };
-        req = masked_req;
-        *masked = fired;
-    }
-    // Responses are masked with the policy's detectors, and scrubbed of the
-    // injected secret should the upstream echo it back.
-    let masker = if decision.mask.is_empty() && secret.is_none() {
-        None
-    } else {
-        // Compressed answers cannot be masked: ask for plain ones.
-        req.headers_mut().remove(header::ACCEPT_ENCODING);
-        Some(
-            s.ctx
-                .mask_plan(&decision.mask, secret.as_ref().map(|m| m.secret.as_str()))
-                .map_err(gateway_err)?,
-        )
-    };
-    let req = req.map(|b| bodies.request(b));
-    let resp = forward(req, s)
-        .await
-        .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
-    let Some(m) = masker else {
-        return Ok(settle(resp, bodies, settled).await);
-    };
-    let (events, conn, agent, target, path) = (
-        s.ctx.events.clone(),
-        s.conn_id,
-        s.agent.clone(),
-        s.target.name.clone(),
-        bodies.path().to_owned(),
-    );
-    let resp = mask::response(resp, m, move |fired| {
-        if fired.is_empty() {
-            return;
-        }
-        tokio::spawn(async move {
-            let event = Event::Masked {
-                time: audit::now(),
-                conn_id: conn,
-                agent,
-                target,
-                path,
-                direction: "response".into(),
-                detectors: fired,
-            };
-            if let Err(e) = events.record(event).await {
-                tracing::error!("masking event lost: {e}");
-            }
-        });
-    })
-    .await;
-    Ok(settle(resp, bodies, settled).await)
-}
-
-/// The response as it goes to the agent, its bodies in `settled` when they
-/// are recorded with the exchange (see [`capture::Bodies::settle`]).
-async fn settle(
-    resp: Response<Body>,
-    bodies: capture::Bodies,
-    settled: &mut Option<crate::audit::ExchangeBodies>,
-) -> Response<Body> {
-    let (parts, body) = resp.into_parts();
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let (body, kept) = bodies.settle(body, length).await;
-    *settled = kept;
-    Response::from_parts(parts, body)
-}
-
-/// 403 for a denial (by policy, by a reviewer, or a review that timed out).
-fn refusal(decision: &Decision) -> Response<Body> {
-    let body = serde_json::json!({
-        "error": {
-            "type": "policy",
-            "outcome": decision.outcome,
-            "policies": decision.policies,
-            "message": decision.reason,
-        }
-    });
-    json_response(StatusCode::FORBIDDEN, body)
-}
-
-/// Strips placeholders and hop-by-hop headers and injects the credential.
-/// Returns the injected credential, if one was injected.
-async fn prepare(
-    req: &mut Request<Body>,
-    s: &HttpSession,
-) -> Result<Option<Arc<crate::credentials::Material>>, String> {
-    let upgrading = upgrade::is_upgrade(req);
-    headers::strip_hop_by_hop(req.headers_mut(), upgrading);
-    let Some(credential) = &s.credential else {
-        return Ok(None);
-    };
-    // Only to an upstream whose identity is established: verified TLS, an
-    // operator-set address, or an address inside the target's networks.
-    let verified = s.spec.protocol == TargetProtocol::Https
-        || s.spec.upstream.is_some()
-        || s.spec.cidrs.iter().any(|c| c.contains(&s.upstream.0.ip()));
-    if !verified {
-        return Err(format!(
-            "credential withheld: {} is not an address of target {}",
-            s.upstream, s.target.name
-        ));
-    }
-    let headers = req.headers_mut();
-    for name in headers::SECRET_HEADERS {
-        headers.remove(name);
-    }
-    if let Some(oauth) = credential.needs_token() {
-        let (token, lifetime) = fetch::client_credentials(&s.ctx, oauth).await?;
-        credential.store_token(token, lifetime).map_err(|e| e.to_string())?;
-    }
-    let material = credential.material().map_err(|e| e.to_string())?;
-    headers.remove(&material.name);
-    headers.insert(material.name.clone(), material.value.clone());
-    Ok(Some(material))
 }
 
 /// Sends one request upstream on a connection from the pool (or a new one)

@@ -1,7 +1,7 @@
 //! Masking phases of an HTTP exchange: the request body (prompt redaction,
 //! buffered up to a bound because its length must be known) and the response
 //! body (streamed, event-aware for server-sent events).
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -10,6 +10,50 @@ use hyper::body::Frame;
 
 use super::{json_response, Body};
 use crate::masking::{MaskPlan, MaskedValue, SseMasker, StreamMasker};
+
+/// Where a response's masking findings go. A masker that finished before
+/// the exchange's event is built (the whole response was at hand) puts
+/// them into that event; one still streaming then hands them to a `masked`
+/// event of their own when the stream ends, which is after the exchange's.
+#[derive(Clone, Default)]
+pub(super) struct Findings(Arc<Mutex<FindingsState>>);
+
+#[derive(Default)]
+enum FindingsState {
+    /// The masker runs and the exchange's event is not built yet.
+    #[default]
+    Open,
+    /// The masker finished first: these go into the exchange's event.
+    Done(Vec<MaskedValue>),
+    /// The exchange's event is built: later findings get an event of their own.
+    Detached,
+}
+
+impl Findings {
+    /// The masker's end: keeps the findings for the exchange's event, or,
+    /// once that is built, hands the non-empty ones to `late`.
+    pub(super) fn finish(&self, fired: Vec<MaskedValue>, late: impl FnOnce(Vec<MaskedValue>)) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, FindingsState::Detached) {
+            drop(state);
+            if !fired.is_empty() {
+                late(fired);
+            }
+        } else {
+            *state = FindingsState::Done(fired);
+        }
+    }
+
+    /// For the exchange's event: what the masker found if it has finished
+    /// (nothing otherwise: its findings come later, on their own).
+    pub(super) fn for_exchange(&self) -> Vec<MaskedValue> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match std::mem::replace(&mut *state, FindingsState::Detached) {
+            FindingsState::Done(fired) => fired,
+            FindingsState::Open | FindingsState::Detached => Vec::new(),
+        }
+    }
+}
 
 /// Largest request body the gateway will buffer to mask.
 pub(super) const MAX_MASKED_REQUEST: usize = 8 * 1024 * 1024;
