@@ -205,7 +205,7 @@ pub enum Event {
         /// Request path.
         path: String,
         /// `response` (request masking, and response masking that ended before
-    /// the exchange's event, are on the exchange event).
+        /// the exchange's event, are on the exchange event).
         direction: String,
         /// What was masked: detector and field or offset, in order (never the values).
         detectors: Vec<crate::masking::MaskedValue>,

@@ -312,7 +312,10 @@ fn an_upstream_echo_of_the_real_key_is_scrubbed() {
     let masked = ev["masked_response"].as_array().expect("masked_response");
     assert_eq!(masked.len(), 1, "{ev}");
     assert_eq!(masked[0]["detector"], "credential_echo", "{ev}");
-    assert!(ev["bodies"]["response_body"].as_str().unwrap().contains("[REDACTED:credential_echo]"));
+    assert!(ev["bodies"]["response_body"]
+        .as_str()
+        .unwrap()
+        .contains("[REDACTED:credential_echo]"));
     assert!(
         !s.gw.events().all().iter().any(|e| e["event"] == "masked"),
         "a whole response's findings are on its exchange"

@@ -189,7 +189,9 @@ where
             service_fn(move |req| {
                 let session = session.clone();
                 let exchange = state.begin();
-                Box::pin(async move { Ok::<_, Infallible>(park::tracked(exchange::handle(req, &session).await, exchange)) })
+                Box::pin(
+                    async move { Ok::<_, Infallible>(park::tracked(exchange::handle(req, &session).await, exchange)) },
+                )
             })
         };
         let mut io = io;

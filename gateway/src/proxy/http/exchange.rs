@@ -198,11 +198,7 @@ async fn allowed(
 
 /// The response as it goes to the agent, its bodies in `settled` when they
 /// are recorded with the exchange (see [`capture::Bodies::settle`]).
-async fn settle(
-    resp: Response<Body>,
-    bodies: capture::Bodies,
-    settled: &mut Option<ExchangeBodies>,
-) -> Response<Body> {
+async fn settle(resp: Response<Body>, bodies: capture::Bodies, settled: &mut Option<ExchangeBodies>) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let length = parts
         .headers
@@ -261,4 +257,3 @@ async fn prepare(
     headers.insert(material.name.clone(), material.value.clone());
     Ok(Some(material))
 }
-
