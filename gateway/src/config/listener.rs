@@ -50,8 +50,9 @@ pub struct ListenerConfig {
     /// the agent's next request. Agents' HTTP clients keep pools of idle
     /// connections; parking costs a few microseconds per request that
     /// follows a pause. Parked or not, a kept-alive connection whose next
-    /// request does not arrive within `header_timeout` is closed. `0s`:
-    /// never park.
+    /// request head has not fully arrived within `header_timeout` of the
+    /// last exchange is closed (a head begun just before that gets at least
+    /// twice `park_idle` to end). `0s`: never park.
     #[serde(with = "humantime_serde")]
     pub park_idle: Duration,
     /// Also accept connections a NAT REDIRECT rule (iptables/nftables) sent

@@ -231,11 +231,15 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
+        // A fresh hyper connection times its first head with the whole
+        // header timeout, unless it takes over from a park (below).
+        let mut resumed = None;
         if ahead.is_empty() {
             h1.stats.set_parked(true);
             // hyper's header timer ran while the connection was quiet
             // before parking: the wait here is what is left of it.
             let left = h1.header_timeout.saturating_sub(h1.park_after);
+            let parked_at = tokio::time::Instant::now();
             let next = tokio::time::timeout(left, next_bytes(&mut io)).await;
             h1.stats.set_parked(false);
             ahead = match next {
@@ -244,12 +248,26 @@ where
                 Ok(Ok(bytes)) if bytes.is_empty() => return Ok(Ended::Closed),
                 Ok(Ok(bytes)) => bytes,
             };
+            resumed = Some(head_budget(left.saturating_sub(parked_at.elapsed()), &h1));
         }
         h1.state.begun.store(0, Relaxed);
         h1.state.parking.store(false, Relaxed);
         let stream = Parkable::new(io, ahead, h1.state.clone());
+        let taken_over;
+        let builder = match resumed {
+            // The head begun while parked must still end within the header
+            // timeout of the connection going quiet: a byte now and the rest
+            // much later must not get hyper's whole timeout again.
+            Some(budget) => {
+                let mut b = h1.builder.clone();
+                b.header_read_timeout(budget);
+                taken_over = b;
+                &taken_over
+            }
+            None => &h1.builder,
+        };
         let conn = Box::new(
-            h1.builder
+            builder
                 .serve_connection(TokioIo::new(stream), h1.service.clone())
                 .with_upgrades(),
         );
@@ -267,6 +285,15 @@ where
         };
         io = stream.inner;
     }
+}
+
+/// hyper's header timer for a connection taken over from a park: what is
+/// left of the agent's time for its next head, but never less than twice
+/// the park delay. hyper times every head of the connection with it, idle
+/// waits included, and an idle connection is parked only after
+/// `park_after`: the floor keeps hyper from closing it first.
+fn head_budget<S>(left: Duration, h1: &H1<S>) -> Duration {
+    left.max(h1.park_after * 2).min(h1.header_timeout)
 }
 
 type Conn<IO, S> = http1::UpgradeableConnection<TokioIo<Parkable<IO>>, S>;

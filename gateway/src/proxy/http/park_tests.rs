@@ -171,3 +171,35 @@ async fn a_parked_connection_without_a_next_request_is_closed_at_the_header_time
     let mut buf = [0u8; 16];
     assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed once the session ended");
 }
+
+#[tokio::test]
+async fn a_head_begun_while_parked_gets_only_what_is_left_of_the_header_timeout() {
+    let (mut client, server) = pair().await;
+    // Header timeout 2 s, parked after 50 ms of quiet.
+    let (stats, task) = serve(server, Duration::from_millis(50), Duration::ZERO);
+    exchange(&mut client).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !stats.is_parked() {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 1.5 s into the 2 s, the first bytes of a head that never ends.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let sent = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+    // ~0.45 s were left; a new hyper connection with its whole timeout
+    // would have waited 2 s.
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    assert!(
+        sent.elapsed() < Duration::from_millis(1500),
+        "closed after {:?}",
+        sent.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.is_err(), "a head timeout is the agent's error: {ended:?}");
+}
