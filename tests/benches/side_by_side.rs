@@ -7,7 +7,9 @@
 //! Environment: BENCH_QUICK=1 (fewer, shorter rounds), BENCH_ONLY=text
 //! (scenarios whose names contain it), BENCH_CONTENDERS=a,b, BENCH_DIR
 //! (where the JSON and Markdown go), BENCH_BODY_CAP ([audit] body_cap),
-//! BENCH_HOLD=secs (keep everything up for a profiler), OHA (oha's path).
+//! BENCH_HOLD=secs (keep everything up for a profiler), BENCH_PERF=dir (a
+//! `perf record` of one Interlock round per scenario, for `cargo xtask
+//! flamegraph`), OHA (oha's path).
 use std::{process::Command, time::Duration};
 
 use interlock_tests::{nat::NatRule, postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup};
@@ -19,6 +21,8 @@ mod http;
 mod peers;
 #[path = "side_by_side/pg.rs"]
 mod pg;
+#[path = "side_by_side/profile.rs"]
+mod profile;
 #[path = "side_by_side/report.rs"]
 mod report;
 
@@ -125,6 +129,8 @@ pub struct Bench {
     contenders: String,
     quick: bool,
     gateway_pid: u32,
+    /// `BENCH_PERF`: where recordings of the gateway go.
+    perf_dir: Option<std::path::PathBuf>,
     samples: Vec<Value>,
 }
 
@@ -173,9 +179,17 @@ impl Bench {
         args: &[String],
         parse: impl FnOnce(&str) -> Value,
     ) {
+        let recording = self
+            .perf_dir
+            .as_deref()
+            .filter(|_| contender == "interlock" && round == self.rounds_of(scenario) / 2)
+            .map(|dir| profile::start(dir, scenario, self.gateway_pid, self.secs));
         let cpu0 = cpu_seconds(self.gateway_pid);
         let mut s = parse(&run(via, program, args));
         let cpu = cpu_seconds(self.gateway_pid) - cpu0;
+        if let Some(recording) = recording {
+            recording.finish();
+        }
         let count = s["count"].as_f64().unwrap_or(0.0);
         if contender.starts_with("interlock") && count > 0.0 {
             s["gateway_cpu_us"] = json!(cpu / count * 1e6);
@@ -345,6 +359,7 @@ fn main() {
         contenders: std::env::var("BENCH_CONTENDERS").unwrap_or_default(),
         quick,
         gateway_pid,
+        perf_dir: std::env::var_os("BENCH_PERF").map(Into::into),
         samples: Vec::new(),
     };
     // Interlock three ways: the eBPF redirect; dialled explicitly; sent by
@@ -443,7 +458,16 @@ fn main() {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let log = std::fs::read_to_string(out_dir.join("OPTIMISATIONS.md")).unwrap_or_default();
-    let md = report::markdown(&summary, &internals, &log);
+    let mut flamegraphs: Vec<String> = std::fs::read_dir(&out_dir)
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| name.starts_with("flamegraph-") && name.ends_with(".svg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    flamegraphs.sort();
+    let md = report::markdown(&summary, &internals, &log, &flamegraphs);
     std::fs::write(out_dir.join("REPORT.md"), &md).expect("write report");
     std::fs::write(out_dir.join("ratios.svg"), report::svg(&summary)).expect("write chart");
     println!("{md}");

@@ -1,9 +1,10 @@
-//! Developer and CI tasks: `cargo xtask setup | run | test`.
+//! Developer and CI tasks: `cargo xtask setup | run | test | bench | flamegraph`.
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod flamegraph;
 mod setup;
 mod shell;
 mod test;
@@ -34,6 +35,13 @@ enum Command {
         /// Fewer and shorter rounds, for a development loop.
         #[arg(long)]
         quick: bool,
+    },
+    /// Flame graphs of the gateway under a bench scenario's load (perf and
+    /// inferno), written to bench/flamegraph-<scenario>.svg.
+    Flamegraph {
+        /// Scenarios to draw (text matched against scenario names); by
+        /// default HTTP keep-alive 1 KB and pgbench -S simple, 8 clients.
+        scenarios: Vec<String>,
     },
     /// Setup, lint, unit tests, then the privileged integration tests.
     Test {
@@ -70,6 +78,14 @@ fn main() -> Result<()> {
         }
         Command::Test { no_lint, filter } => test::run(&root, !no_lint, filter.as_deref()),
         Command::Bench { quick } => bench(&root, quick),
+        Command::Flamegraph { scenarios } => {
+            let scenarios = if scenarios.is_empty() {
+                flamegraph::DEFAULT_SCENARIOS.map(str::to_owned).to_vec()
+            } else {
+                scenarios
+            };
+            flamegraph::run(&root, &scenarios)
+        }
     }
 }
 

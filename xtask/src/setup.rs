@@ -56,6 +56,9 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/mitmdump", "mitmproxy"),
 ];
 
+/// What `cargo xtask flamegraph` samples with.
+pub const PROFILE_PACKAGES: &[(&str, &str)] = &[("perf", "linux-perf")];
+
 /// `$CARGO_HOME`, or `~/.cargo`.
 fn cargo_home() -> PathBuf {
     std::env::var("CARGO_HOME")
@@ -69,14 +72,36 @@ const OHA_VERSION: &str = "1.16.0";
 
 /// Installs oha from crates.io (once per version) and returns its path.
 pub fn oha() -> Result<PathBuf> {
-    let cargo_home = cargo_home();
-    let bin = cargo_home.join("bin/oha");
-    if output(bin.to_str().unwrap_or("oha"), &["--version"]).is_some_and(|v| v.contains(OHA_VERSION)) {
+    crate_binary("oha", OHA_VERSION, "oha")
+}
+
+/// inferno, which folds `perf script` stacks and draws them as a flame
+/// graph (a Rust port of Brendan Gregg's scripts); not packaged by Debian.
+const INFERNO_VERSION: &str = "0.12.8";
+
+/// Installs inferno from crates.io (once per version) and returns the
+/// directory holding `inferno-collapse-perf` and `inferno-flamegraph`.
+pub fn inferno() -> Result<PathBuf> {
+    let bin = crate_binary("inferno", INFERNO_VERSION, "inferno-flamegraph")?;
+    Ok(bin.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// `cargo install`s `krate` at `version` unless `binary` (in cargo's bin
+/// directory) says it is that version, or cargo lists it installed (not
+/// every binary has `--version`); returns the binary's path.
+fn crate_binary(krate: &str, version: &str, binary: &str) -> Result<PathBuf> {
+    let bin = cargo_home().join("bin").join(binary);
+    let says = || output(bin.to_str().unwrap_or(binary), &["--version"]).is_some_and(|v| v.contains(version));
+    let listed = || {
+        output("cargo", &["install", "--list"])
+            .is_some_and(|list| list.lines().any(|l| l.starts_with(&format!("{krate} v{version}:"))))
+    };
+    if bin.exists() && (says() || listed()) {
         return Ok(bin);
     }
     shell::run(&mut cmd(
         "cargo",
-        &["install", "oha", "--locked", "--force", "--version", OHA_VERSION],
+        &["install", krate, "--locked", "--force", "--version", version],
     ))?;
     Ok(bin)
 }

@@ -234,8 +234,8 @@ fn ways_in(t: &Table<'_>) -> String {
 }
 
 /// Markdown for a result document; `internals` are the criterion results,
-/// `log` the optimisation log.
-pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
+/// `log` the optimisation log, `flamegraphs` the flame graph files beside it.
+pub fn markdown(summary: &Value, internals: &[Value], log: &str, flamegraphs: &[String]) -> String {
     let samples = summary["samples"].as_array().cloned().unwrap_or_default();
     let t = Table::new(&samples);
     let mut out = String::from("# Interlock side by side\n\n");
@@ -313,6 +313,17 @@ pub fn markdown(summary: &Value, internals: &[Value], log: &str) -> String {
                 String::new()
             };
             out.push_str(&format!("| {} | {time} | {thrpt} |\n", i["id"].as_str().unwrap_or("?")));
+        }
+    }
+    if !flamegraphs.is_empty() {
+        out.push_str(
+            "\n## Flame graphs\n\nThe gateway under load, Interlock alone, sampled by `perf` (DWARF call \
+             graphs) through one round; made by `cargo xtask flamegraph`, apart from this run (sampling \
+             slows the round it covers). Each tower is rooted at its thread: tokio workers, the audit \
+             store writer, the WAL checkpointer, the journal thread.\n\n",
+        );
+        for file in flamegraphs {
+            out.push_str(&format!("- [{file}]({file})\n"));
         }
     }
     if !log.trim().is_empty() {
