@@ -165,8 +165,14 @@ async fn allowed(
     let resp = forward(req, s)
         .await
         .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
+    // Read before masking, which streams without a length: a small body
+    // announced by the upstream is still worth its short wait in `settle`.
+    let announced = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let Some(m) = masker else {
-        return Ok(settle(resp, bodies, &mut recorded.bodies).await);
+        return Ok(settle(resp, bodies, announced, &mut recorded.bodies).await);
     };
     let (events, conn, agent, target, path) = (
         s.ctx.events.clone(),
@@ -193,18 +199,20 @@ async fn allowed(
     };
     let findings = recorded.masked_response.clone();
     let resp = mask::response(resp, m, move |fired| findings.finish(fired, late)).await;
-    Ok(settle(resp, bodies, &mut recorded.bodies).await)
+    Ok(settle(resp, bodies, announced, &mut recorded.bodies).await)
 }
 
 /// The response as it goes to the agent, its bodies in `settled` when they
 /// are recorded with the exchange (see [`capture::Bodies::settle`]).
-async fn settle(resp: Response<Body>, bodies: capture::Bodies, settled: &mut Option<ExchangeBodies>) -> Response<Body> {
+/// `announced` is the upstream's Content-Length: a masker streams without one.
+async fn settle(
+    resp: Response<Body>,
+    bodies: capture::Bodies,
+    announced: Option<u64>,
+    settled: &mut Option<ExchangeBodies>,
+) -> Response<Body> {
     let (parts, body) = resp.into_parts();
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let (body, kept) = bodies.settle(body, length).await;
+    let (body, kept) = bodies.settle(body, announced).await;
     *settled = kept;
     Response::from_parts(parts, body)
 }
