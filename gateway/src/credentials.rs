@@ -117,12 +117,6 @@ impl Credential {
         Ok(self.material()?.secret.clone())
     }
 
-    /// The header to inject.
-    pub fn header(&self) -> Result<(HeaderName, HeaderValue), CredentialError> {
-        let m = self.material()?;
-        Ok((m.name.clone(), m.value.clone()))
-    }
-
     /// The current value: the header built once per value read, shared by
     /// every request until the source changes.
     pub fn material(&self) -> Result<Arc<Material>, CredentialError> {
@@ -307,25 +301,25 @@ mod tests {
             refresh: std::time::Duration::from_secs(300),
         };
         let mut c = Credential::new(&spec);
-        assert_eq!(c.header().unwrap().1, "Bearer sk-first");
+        assert_eq!(c.material().unwrap().value, "Bearer sk-first");
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "sk-second").unwrap();
         let t = SystemTime::now() + std::time::Duration::from_secs(1);
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(t).unwrap();
         // Within the recheck interval the value read stays in use...
-        assert_eq!(c.header().unwrap().1, "Bearer sk-first");
+        assert_eq!(c.material().unwrap().value, "Bearer sk-first");
         assert_eq!(c.secret().unwrap(), "sk-first");
         // ...and once it has passed, the changed file is read.
         c.recheck = std::time::Duration::ZERO;
-        assert_eq!(c.header().unwrap().1, "Bearer sk-second");
+        assert_eq!(c.material().unwrap().value, "Bearer sk-second");
         assert_eq!(c.secret().unwrap(), "sk-second");
         // One build per value: requests share it.
         assert!(Arc::ptr_eq(&c.material().unwrap(), &c.material().unwrap()));
         std::fs::write(&path, "bad\nvalue").unwrap();
         let f = std::fs::File::options().write(true).open(&path).unwrap();
         f.set_modified(t + std::time::Duration::from_secs(1)).unwrap();
-        let err = c.header().unwrap_err().to_string();
+        let err = c.material().err().expect("an error").to_string();
         assert!(!err.contains("bad"), "{err}");
         let env = Credential::new(&CredentialSpec {
             header: "x-api-key".into(),
@@ -337,8 +331,9 @@ mod tests {
             refresh: std::time::Duration::from_secs(300),
         });
         assert!(env
-            .header()
-            .unwrap_err()
+            .material()
+            .err()
+            .expect("an error")
             .to_string()
             .contains("INTERLOCK_TEST_NO_SUCH_VAR"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -357,19 +352,21 @@ mod tests {
         };
         assert_eq!(
             Credential::new(&spec(&["/bin/echo", "sk-from-command"]))
-                .header()
+                .material()
                 .unwrap()
-                .1,
+                .value,
             "sk-from-command"
         );
         let e = Credential::new(&spec(&["/bin/sh", "-c", "echo secret-out; exit 3"]))
-            .header()
-            .unwrap_err()
+            .material()
+            .err()
+            .expect("an error")
             .to_string();
         assert!(e.contains("failed") && !e.contains("secret-out"), "{e}");
         let e = Credential::new(&spec(&["/no/such/program"]))
-            .header()
-            .unwrap_err()
+            .material()
+            .err()
+            .expect("an error")
             .to_string();
         assert!(e.contains("could not start"), "{e}");
     }

@@ -132,7 +132,7 @@ fn targets(t: &Table<'_>, summary: &Value) -> String {
         let r = ratio(scenario, peer);
         (target, format!("{r:.digits$}×"), r >= min)
     };
-    let quick = |target: &'static str, scenario: &str| {
+    let within_100us = |target: &'static str, scenario: &str| {
         let a = added(scenario);
         (target, us(a), a <= 100.0)
     };
@@ -153,19 +153,19 @@ fn targets(t: &Table<'_>, summary: &Value) -> String {
             1.0,
             2,
         ),
-        quick(
+        within_100us(
             "added p50 ≤ 100 µs, HTTP (at half Interlock's maximum)",
             "HTTP 1 KB at half Interlock's maximum",
         ),
-        quick(
+        within_100us(
             "added p50 ≤ 100 µs, PostgreSQL (at half Interlock's maximum)",
             "pgbench -S -R at half Interlock's maximum, 8 clients",
         ),
-        quick(
+        within_100us(
             "added p50 ≤ 100 µs, HTTP (at 1,000 requests/s)",
             "HTTP 1 KB at 1,000 requests/s",
         ),
-        quick(
+        within_100us(
             "added p50 ≤ 100 µs, PostgreSQL (at 1,000 transactions/s)",
             "pgbench -S -R at 1,000 transactions/s, 8 clients",
         ),

@@ -138,14 +138,10 @@ impl Bodies {
         .boxed()
     }
 
-    /// The request body as captured; empty when its capture never finished
-    /// (the body was not sent upstream).
-    fn request_seen(&self) -> Seen {
-        self.request
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or_default()
+    /// The request body as captured, once its capture has finished (the
+    /// body went upstream to its end); taken: only one event records it.
+    fn take_request(&self) -> Option<Seen> {
+        self.request.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The response body as it goes to the agent, with the bodies for the
@@ -174,7 +170,7 @@ impl Bodies {
         // ended): then its bodies wait for the `http_body` event, which
         // comes once the response has ended.
         let request = match taken.ended() {
-            true => self.request.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            true => self.take_request(),
             false => None,
         };
         let Some(request) = request else {
@@ -203,7 +199,8 @@ impl Bodies {
             cap,
             seen: Seen::default(),
             done: Some(Box::new(move |response| {
-                let request = self.request_seen();
+                // Empty when the request body never went upstream.
+                let request = self.take_request().unwrap_or_default();
                 let s = &self.session;
                 let event = HttpBodyEvent {
                     time: audit::now(),

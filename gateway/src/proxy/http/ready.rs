@@ -18,6 +18,8 @@ use super::Body;
 pub(super) struct Taken {
     /// The frames, in order.
     pub frames: VecDeque<Frame<Bytes>>,
+    /// Data bytes in them.
+    bytes: usize,
     /// What the body is left with, when it did not end (an error it gave
     /// comes after the frames).
     rest: Rest,
@@ -36,28 +38,20 @@ enum Rest {
 /// are ready and until `max` data bytes are taken. Polling without a real
 /// waker is sound for the bodies here: each poll registers the caller's
 /// waker again, and whoever polls next (hyper, writing to the agent) does.
-pub(super) fn take_ready(mut body: Body, max: usize) -> Taken {
+pub(super) fn take_ready(body: Body, max: usize) -> Taken {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut frames = VecDeque::new();
-    let mut bytes = 0usize;
-    let rest = loop {
-        if body.is_end_stream() {
-            break Rest::Ended;
-        }
-        if bytes > max {
-            break Rest::Body(body);
-        }
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                bytes += frame.data_ref().map_or(0, Bytes::len);
-                frames.push_back(frame);
-            }
-            Poll::Ready(None) => break Rest::Ended,
-            Poll::Ready(Some(Err(e))) => break Rest::Failed(e),
-            Poll::Pending => break Rest::Body(body),
-        }
+    let mut taken = Taken {
+        frames: VecDeque::new(),
+        bytes: 0,
+        rest: Rest::Body(body),
     };
-    Taken { frames, rest }
+    while let Some(body) = taken.streaming(max) {
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(polled) => taken.push(polled),
+            Poll::Pending => break,
+        }
+    }
+    taken
 }
 
 /// Goes on taking frames from what `taken` left of its body until it ends,
@@ -65,23 +59,10 @@ pub(super) fn take_ready(mut body: Body, max: usize) -> Taken {
 /// taken so far stay taken either way).
 pub(super) async fn take_until(mut taken: Taken, max: usize, deadline: tokio::time::Instant) -> Taken {
     use http_body_util::BodyExt;
-    let mut bytes: usize = taken.frames.iter().filter_map(Frame::data_ref).map(Bytes::len).sum();
-    while let Rest::Body(body) = &mut taken.rest {
-        if body.is_end_stream() {
-            taken.rest = Rest::Ended;
-            break;
-        }
-        if bytes > max {
-            break;
-        }
+    while let Some(body) = taken.streaming(max) {
         // `frame()` only polls the body: dropping it at the deadline loses nothing.
         match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                bytes += frame.data_ref().map_or(0, Bytes::len);
-                taken.frames.push_back(frame);
-            }
-            Ok(None) => taken.rest = Rest::Ended,
-            Ok(Some(Err(e))) => taken.rest = Rest::Failed(e),
+            Ok(polled) => taken.push(polled),
             Err(_) => break,
         }
     }
@@ -89,6 +70,30 @@ pub(super) async fn take_until(mut taken: Taken, max: usize, deadline: tokio::ti
 }
 
 impl Taken {
+    /// The body to take more from: still streaming, and no more than `max`
+    /// bytes taken yet.
+    fn streaming(&mut self, max: usize) -> Option<&mut Body> {
+        if matches!(&self.rest, Rest::Body(body) if body.is_end_stream()) {
+            self.rest = Rest::Ended;
+        }
+        match &mut self.rest {
+            Rest::Body(body) if self.bytes <= max => Some(body),
+            _ => None,
+        }
+    }
+
+    /// One poll's result: a frame kept, or how the body ended.
+    fn push(&mut self, polled: Option<Result<Frame<Bytes>, hyper::Error>>) {
+        match polled {
+            Some(Ok(frame)) => {
+                self.bytes += frame.data_ref().map_or(0, Bytes::len);
+                self.frames.push_back(frame);
+            }
+            Some(Err(e)) => self.rest = Rest::Failed(e),
+            None => self.rest = Rest::Ended,
+        }
+    }
+
     /// The body ended: the frames are all of it.
     pub(super) fn ended(&self) -> bool {
         matches!(self.rest, Rest::Ended)
