@@ -92,7 +92,14 @@ fn policy(c: &mut Criterion) {
     );
     let dst = OrigDst("10.20.0.5:5432".parse().expect("address"));
     g.bench_function("gate connect, cached decision", |b| {
-        b.iter(|| black_box(gate.connect(&identity, dst, None)))
+        b.iter(|| {
+            black_box(gate.connect(
+                gate.agent_of(&identity),
+                &identity,
+                dst,
+                &gateway::targets::Judged::default(),
+            ))
+        })
     });
     g.finish();
 }

@@ -12,6 +12,7 @@ use crate::{
 };
 
 mod columns;
+pub mod head;
 pub mod keys;
 pub mod record;
 pub mod seal;
@@ -278,6 +279,20 @@ pub enum Event {
         review: Box<crate::review::ReviewRecord>,
         /// The person who made the change.
         by: Option<crate::review::Person>,
+    },
+    /// Refusals by a per-agent limit that were counted, not recorded one by
+    /// one (the first of each burst has an event of its own).
+    Limited {
+        /// Time (RFC 3339).
+        time: String,
+        /// The agent.
+        agent: AgentName,
+        /// `max_connections_per_agent`, `connection_rate` or `request_rate`.
+        limit: String,
+        /// Why, in words.
+        reason: String,
+        /// How many were refused since the last such event.
+        refused: u64,
     },
     /// The gateway stopped (agents are refused until it returns).
     GatewayStopped {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 mod agent;
 mod api;
 mod audit;
+mod limits;
 mod listener;
 mod masking;
 mod postgres;
@@ -17,6 +18,7 @@ mod rule;
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use api::{ApiConfig, Roles};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
+pub use limits::{LimitsConfig, Rate};
 pub use listener::{ExplicitListener, ListenerConfig};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
@@ -86,6 +88,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// The operator HTTP API.
     pub api: ApiConfig,
+    /// What one agent may take of the gateway.
+    pub limits: LimitsConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -287,6 +291,9 @@ impl Config {
             .map_err(|(field, message)| invalid(&field, message))?;
         self.api
             .validate()
+            .map_err(|(field, message)| invalid(&field, message))?;
+        self.limits
+            .validate(self.listener.max_connections)
             .map_err(|(field, message)| invalid(&field, message))?;
         self.control
             .admin_gid()

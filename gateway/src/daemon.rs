@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod maintenance;
+pub mod private;
 mod reload;
 
 /// Errors starting or running the daemon.
@@ -56,6 +57,12 @@ pub enum DaemonError {
     /// A listener could not be bound.
     #[error(transparent)]
     Listener(#[from] listener::ListenerError),
+    /// A configured group does not exist (operator input).
+    #[error("config `{0}`: {1}")]
+    Group(&'static str, String),
+    /// The state or run directory could not be made private.
+    #[error(transparent)]
+    Private(#[from] private::PrivateError),
     /// The event log could not be opened.
     #[error(transparent)]
     Events(#[from] audit::SinkError),
@@ -135,6 +142,23 @@ fn settings(config: &Config, fork_child_pid_offset: u16, watch_exec: bool) -> Se
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    // Before anything is written: what the gateway keeps is root's alone.
+    let openings = private::Openings {
+        admin_gid: config
+            .control
+            .admin_gid()
+            .map_err(|m| DaemonError::Group("control.admin_group", m))?,
+        mirror_gid: config
+            .audit
+            .mirror_gid()
+            .map_err(|m| DaemonError::Group("audit.mirror_group", m))?,
+    };
+    private::lock_down(
+        &config.paths.state_dir,
+        &config.paths.run_dir,
+        &config.paths.events_file(),
+        openings,
+    )?;
     let placement = placement(&config)?;
     let book = RuleBook::load(&config)?;
     let catalog = Catalog::new(&config.masking);
@@ -243,6 +267,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     };
     let handoff = Arc::new(handoff);
     let ca = Arc::new(LocalCa::load_or_create(&config.paths.state_dir.join("ca"))?);
+    let limits = Arc::new(crate::limits::Limits::new(
+        &config.limits,
+        config.listener.max_connections,
+    ));
     let ctx = Arc::new(ProxyCtx::new(crate::proxy::ProxyParts {
         settings: proxy_settings,
         live: live.clone(),
@@ -252,6 +280,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         catalog,
         sealer: Arc::new(crate::audit::seal::Sealer::load_or_create(&config.paths.state_dir)?),
         reviews: reviews.clone(),
+        limits: limits.clone(),
     }));
     let shared = Arc::new(Shared::new(
         handoff.clone(),
@@ -270,6 +299,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     for b in bound {
         tasks.spawn(listener::serve(b, shared.clone()));
     }
+    tasks.spawn(limits.record_counts(events.clone()));
     let state = Arc::new(ControlState {
         book: tokio::sync::Mutex::new(book),
         grants: tokio::sync::Mutex::new(grants),
@@ -314,7 +344,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);
     events.record(Event::GatewayStopped { time: audit::now() }).await?;
-    events.flush().await?;
+    // A checkpoint covers the newest records, not only the head file.
+    events.seal().await?;
     tracing::info!("gateway stopped; kernel programs stay pinned, so agents are refused until it is back");
     Ok(())
 }

@@ -24,8 +24,33 @@ pub enum Protocol {
     Http2,
     /// A PostgreSQL SSLRequest, GSSENCRequest or StartupMessage.
     Postgres,
-    /// Anything else, or nothing within the wait: relayed as raw TCP.
-    Raw,
+    /// Anything else, or nothing within the wait: relayed as raw TCP to
+    /// a `tcp` target or an undeclared destination, refused by any other.
+    Raw(Unknown),
+}
+
+/// Why the first bytes named no protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// Nothing arrived within the wait (or the agent closed at once).
+    Silent,
+    /// Some bytes arrived, but not enough to tell within the wait.
+    Incomplete,
+    /// The bytes are no protocol the gateway knows.
+    Unrecognised,
+    /// A ClientHello or request head longer than the most looked at.
+    TooLong,
+}
+
+impl std::fmt::Display for Unknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Silent => "nothing was sent within the detection wait",
+            Self::Incomplete => "the first message did not arrive whole within the detection wait",
+            Self::Unrecognised => "the first bytes are not a protocol the gateway knows",
+            Self::TooLong => "the first message is longer than 16 KiB",
+        })
+    }
 }
 
 impl Protocol {
@@ -60,9 +85,15 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     for m in METHODS {
         let n = buf.len().min(m.len());
         if buf[..n] == m.as_bytes()[..n] {
-            // Wait for the whole request head (or a full peek) to read Host.
-            let complete = buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PEEK;
-            return (buf.len() >= m.len() && complete).then(|| Protocol::Http1 { host: http_host(buf) });
+            // Wait for the whole request head to read Host: a head longer
+            // than the peek names no host anyone could check.
+            if buf.len() < m.len() {
+                return None;
+            }
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Some(Protocol::Http1 { host: http_host(buf) });
+            }
+            return (buf.len() >= PEEK).then_some(Protocol::Raw(Unknown::TooLong));
         }
     }
     if buf.len() >= 8 {
@@ -72,7 +103,7 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
         if (8..=10_000).contains(&len) && (matches!(code, 80_877_102..=80_877_104) || code >> 16 == 3) {
             return Some(Protocol::Postgres);
         }
-        return Some(Protocol::Raw);
+        return Some(Protocol::Raw(Unknown::Unrecognised));
     }
     None
 }
@@ -108,7 +139,7 @@ fn tls(buf: &[u8]) -> Option<Protocol> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rd = buf;
     if acceptor.read_tls(&mut rd).is_err() {
-        return Some(Protocol::Raw);
+        return Some(Protocol::Raw(Unknown::Unrecognised));
     }
     match acceptor.accept() {
         Ok(Some(accepted)) => {
@@ -122,7 +153,8 @@ fn tls(buf: &[u8]) -> Option<Protocol> {
         }
         // A partial ClientHello: wait for more, unless the peek is full.
         Ok(None) if buf.len() < PEEK => None,
-        _ => Some(Protocol::Raw),
+        Ok(None) => Some(Protocol::Raw(Unknown::TooLong)),
+        Err(_) => Some(Protocol::Raw(Unknown::Unrecognised)),
     }
 }
 
@@ -134,20 +166,25 @@ pub async fn sniff(stream: &TcpStream, wait: Duration) -> Protocol {
     let mut last = 0;
     loop {
         let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        let silent = |n: usize| Protocol::Raw(if n == 0 { Unknown::Silent } else { Unknown::Incomplete });
         let n = match peeked {
             Ok(Ok(n)) => n,
-            _ => return Protocol::Raw,
+            _ => return silent(last),
         };
         if let Some(p) = classify(&buf[..n]) {
             return p;
         }
-        if n == 0 || n == last {
+        if n == 0 {
+            // The agent closed without a byte.
+            return silent(0);
+        }
+        if n == last {
             // Nothing new arrived yet: wait for readiness again, briefly.
             if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
                 .await
                 .is_err()
             {
-                return Protocol::Raw;
+                return silent(n);
             }
         }
         last = n;
@@ -208,10 +245,16 @@ mod tests {
         let mut startup = vec![0, 0, 0, 8];
         startup.extend_from_slice(&80_877_103u32.to_be_bytes());
         assert_eq!(classify(&startup), Some(Protocol::Postgres));
-        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n"), Some(Protocol::Raw));
+        assert_eq!(
+            classify(b"SSH-2.0-OpenSSH_9.2\r\n"),
+            Some(Protocol::Raw(Unknown::Unrecognised))
+        );
         assert_eq!(
             classify(&[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff]),
-            Some(Protocol::Raw)
+            Some(Protocol::Raw(Unknown::Unrecognised))
         );
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(PEEK, b'a');
+        assert_eq!(classify(&long), Some(Protocol::Raw(Unknown::TooLong)));
     }
 }

@@ -20,7 +20,9 @@ use tokio::{
 };
 
 use crate::{
-    audit, detect,
+    audit,
+    config::TargetProtocol,
+    detect,
     identity::{self, OwnerFinder, Resolver},
     kernel::{Handoff, KernelView},
     proxy::{self, ProxyCtx, SessionStart},
@@ -210,11 +212,18 @@ pub async fn serve(bound: Bound, shared: Arc<Shared>) {
 async fn handle(stream: TcpStream, peer: SocketAddr, way: origin::Way, shared: Arc<Shared>) {
     // Admission is boxed: its futures' room is freed before the session
     // starts, and the task then holds little more than the session.
-    let Some((stream, start, permit)) = Box::pin(admit(stream, peer, way, &shared)).await else {
+    let Some((stream, start, held)) = Box::pin(admit(stream, peer, way, &shared)).await else {
         return;
     };
     proxy::run(stream, start, shared.ctx.clone()).await;
-    drop(permit);
+    drop(held);
+}
+
+/// A session's place: one of the shared slots and one of its agent's
+/// share, both given back when the session ends.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _share: crate::limits::ShareGuard,
 }
 
 /// Finds the caller and the original destination, takes a connection slot,
@@ -225,7 +234,7 @@ async fn admit(
     peer: SocketAddr,
     way: origin::Way,
     shared: &Shared,
-) -> Option<(TcpStream, SessionStart, tokio::sync::OwnedSemaphorePermit)> {
+) -> Option<(TcpStream, SessionStart, Held)> {
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
     let (record, via) = match origin::find(shared, way, &stream, peer).await {
         Ok(found) => found,
@@ -233,6 +242,21 @@ async fn admit(
             tracing::warn!(conn = %id, %peer, "refused: {reason}");
             refuse(stream);
             proxy::record_refusal(&shared.ctx.events, id, peer, &reason).await;
+            return None;
+        }
+    };
+    let identity = shared.resolver.resolve(&record);
+    let agent = shared.ctx.gate.agent_of(&identity);
+    // The agent's share first: a flooding agent is refused before it can
+    // take the slots every agent shares.
+    let share = match shared.ctx.limits.admit_connection(&agent) {
+        Ok(share) => share,
+        Err(refused) => {
+            tracing::debug!(conn = %id, %peer, %agent, "refused: {}", refused.reason);
+            refuse(stream);
+            if refused.record {
+                proxy::record_refusal(&shared.ctx.events, id, peer, &refused.reason).await;
+            }
             return None;
         }
     };
@@ -249,11 +273,17 @@ async fn admit(
         return None;
     }
     let _ = stream.set_nodelay(true);
-    let identity = shared.resolver.resolve(&record);
     let orig_dst = identity::orig_dst(&record);
-    let protocol = detect::sniff(&stream, shared.detect_wait).await;
-    let host = protocol.host().map(str::to_owned);
-    let verdict = shared.ctx.gate.connect(&identity, orig_dst, host.as_deref());
+    let targets = shared.ctx.gate.targets();
+    // A target known by its address to speak HTTP(S) or PostgreSQL gets
+    // the header timeout to start: its first bytes decide, not a pause.
+    let wait = match targets.by_addr(orig_dst).map(|t| t.protocol) {
+        None | Some(TargetProtocol::Tcp) => shared.detect_wait,
+        Some(_) => shared.ctx.settings.header_timeout.max(shared.detect_wait),
+    };
+    let protocol = detect::sniff(&stream, wait).await;
+    let judged = targets.judge(orig_dst, protocol.host(), &shared.ctx.gate.names).await;
+    let verdict = shared.ctx.gate.connect(agent, &identity, orig_dst, &judged);
     tracing::debug!(conn = %id, via, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");
     let start = SessionStart {
         id,
@@ -262,9 +292,17 @@ async fn admit(
         orig_dst,
         time: audit::now(),
         protocol,
+        judged,
         verdict,
     };
-    Some((stream, start, permit))
+    Some((
+        stream,
+        start,
+        Held {
+            _permit: permit,
+            _share: share,
+        },
+    ))
 }
 
 /// Closes with a reset, so the caller sees the refusal at once.

@@ -57,6 +57,11 @@ enum Command {
         /// Cgroup to run in (default: the first configured agent cgroup).
         #[arg(long)]
         cgroup: Option<String>,
+        /// Pass this inherited descriptor on to the command (repeatable);
+        /// every other one above stderr is closed, since a socket opened
+        /// outside the agent cgroup would reach the agent unhooked.
+        #[arg(long = "keep-fd", value_name = "FD")]
+        keep_fd: Vec<i32>,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
@@ -274,9 +279,14 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let args = Cli::parse();
     let config = cli::load_config(args.config.as_deref())?;
-    if let Command::Exec { cgroup, command } = &args.command {
+    if let Command::Exec {
+        cgroup,
+        keep_fd,
+        command,
+    } = &args.command
+    {
         // exec replaces this process: no runtime needed.
-        return cli::exec(&config, cgroup.as_deref(), command).map_err(Into::into);
+        return cli::exec(&config, cgroup.as_deref(), keep_fd, command).map_err(Into::into);
     }
     match &args.command {
         Command::Detach => return cli::detach(&config).map_err(Into::into),

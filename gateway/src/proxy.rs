@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 
 use crate::{
     audit::{self, ConnectionEvent, Event, EventSink, Outcome},
-    config::TargetProtocol,
     detect::Protocol,
     identity::Identity,
     policy::{self, ConnectVerdict, Gate},
@@ -24,6 +23,7 @@ mod built;
 mod counted;
 mod http;
 mod live;
+mod misfit;
 pub mod pg;
 mod relay;
 pub mod tls;
@@ -89,6 +89,8 @@ pub struct ProxyCtx {
     pub sealer: Arc<crate::audit::seal::Sealer>,
     /// Requests held for review.
     pub reviews: Arc<crate::review::Reviews>,
+    /// Per-agent shares and rates.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// What a proxy context is built from.
@@ -109,6 +111,8 @@ pub struct ProxyParts {
     pub sealer: Arc<crate::audit::seal::Sealer>,
     /// Held requests.
     pub reviews: Arc<crate::review::Reviews>,
+    /// Per-agent shares and rates.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl ProxyCtx {
@@ -123,6 +127,7 @@ impl ProxyCtx {
             catalog,
             sealer,
             reviews,
+            limits,
         } = parts;
         Self {
             settings,
@@ -140,6 +145,7 @@ impl ProxyCtx {
             pg_pool: Arc::default(),
             sealer,
             reviews,
+            limits,
         }
     }
 
@@ -200,12 +206,14 @@ pub struct SessionStart {
     pub time: String,
     /// What the agent speaks.
     pub protocol: Protocol,
+    /// The target it was judged as, and the name it gave.
+    pub judged: crate::targets::Judged,
     /// The policy stage's verdict on the connect.
     pub verdict: ConnectVerdict,
 }
 
 /// Runs a session to completion and records its event: refuse it, inspect it
-/// as HTTP(S) when its target says so, or relay it as raw TCP.
+/// as HTTP(S) or PostgreSQL when its target says so, or relay it as raw TCP.
 pub async fn run(agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) {
     let began = Instant::now();
     // While the session runs, this task holds the start, the live handle
@@ -213,10 +221,10 @@ pub async fn run(agent: TcpStream, start: SessionStart, ctx: Arc<ProxyCtx>) {
     // costs little more than what its protocol keeps.
     let (outcome, totals) = match open(agent, &start, &ctx) {
         Opened::Denied => (Outcome::Denied, (0, 0)),
-        Opened::PlaintextToTls(agent) => {
-            Box::pin(refuse_plaintext(agent)).await;
-            let reason = "plaintext HTTP to a TLS target".into();
-            (Outcome::Refused { reason }, (0, 0))
+        Opened::Misfit(agent, misfit) => {
+            tracing::info!(conn = %start.id, agent = %start.verdict.agent, dst = %start.orig_dst, "refused: {}", misfit.reason);
+            Box::pin(misfit::answer(agent, misfit.answer, &misfit.reason)).await;
+            (Outcome::Refused { reason: misfit.reason }, (0, 0))
         }
         Opened::Session(session, handle) => {
             let outcome = session.await;
@@ -235,8 +243,8 @@ type SessionFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Outc
 enum Opened<'a> {
     /// Denied by policy (closed with a reset).
     Denied,
-    /// Plaintext HTTP to a TLS target: answered 400.
-    PlaintextToTls(TcpStream),
+    /// What the agent sent does not fit its target: answered and closed.
+    Misfit(TcpStream, misfit::Misfit),
     /// A session to run, registered in the live table.
     Session(SessionFuture<'a>, live::LiveHandle),
 }
@@ -251,50 +259,35 @@ fn open<'a>(agent: TcpStream, start: &'a SessionStart, ctx: &'a Arc<ProxyCtx>) -
         let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
         return Opened::Denied;
     }
-    let host = start.protocol.host().map(str::to_owned);
-    let spec = ctx.gate.targets().find(start.orig_dst, host.as_deref()).cloned();
+    let spec = start.judged.spec.clone();
     let upstream_addr = OrigDst(spec.as_ref().and_then(|s| s.upstream).unwrap_or(start.orig_dst.0));
-    let protocol = spec.as_ref().map(|s| s.protocol);
-    let inspect = matches!(
-        (&start.protocol, protocol),
-        (Protocol::Tls { .. }, Some(TargetProtocol::Https))
-            | (Protocol::Http1 { .. } | Protocol::Http2, Some(TargetProtocol::Http))
-    );
-    if matches!(
-        (&start.protocol, protocol),
-        (Protocol::Http1 { .. } | Protocol::Http2, Some(TargetProtocol::Https))
-    ) {
-        return Opened::PlaintextToTls(agent);
-    }
+    let fit = match &spec {
+        Some(spec) => misfit::fit(spec, &start.protocol, &start.judged),
+        None => Ok(misfit::Fit::Raw),
+    };
+    let fit = match fit {
+        Ok(fit) => fit,
+        Err(misfit) => return Opened::Misfit(agent, misfit),
+    };
     let handle = ctx
         .live
         .insert(start.id, &start.identity, &start.verdict.agent.0, start.orig_dst);
     let stats = &handle.stats;
-    let session: SessionFuture<'a> = match spec {
-        // Whatever the first bytes looked like: a PostgreSQL target is never relayed blind.
-        Some(spec) if spec.protocol == TargetProtocol::Postgres => {
+    let session: SessionFuture<'a> = match (fit, spec) {
+        (misfit::Fit::Postgres, Some(spec)) => {
             let stats = stats.clone();
             Box::pin(async move { pg::serve(agent, start, spec, upstream_addr, ctx, &stats).await })
         }
-        Some(spec) if inspect => Box::pin(http::serve(agent, start, spec, upstream_addr, host, ctx, stats)),
+        (misfit::Fit::Http, Some(spec)) => {
+            let name = start.judged.session_name().map(str::to_owned);
+            Box::pin(http::serve(agent, start, spec, upstream_addr, name, ctx, stats))
+        }
         _ => {
             let (settings, stats, id) = (ctx.settings.clone(), stats.clone(), start.id);
             Box::pin(async move { relay_tcp(agent, upstream_addr, &settings, &stats, id).await })
         }
     };
     Opened::Session(session, handle)
-}
-
-/// Plaintext HTTP to a TLS target: answer clearly instead of relaying
-/// bytes the upstream cannot parse.
-async fn refuse_plaintext(mut agent: TcpStream) {
-    let body = "this target requires TLS (https://)\n";
-    let reply = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::io::AsyncWriteExt::write_all(&mut agent, reply.as_bytes()).await;
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut agent).await;
 }
 
 /// The raw TCP path: connect upstream and relay bytes both ways.

@@ -281,7 +281,9 @@ fn main() {
     let web = format!(
         "[[targets]]\nname = \"origin\"\ncidrs = [\"{}/32\", \"{}/32\"]\nprotocol = \"http\"\n\n\
          [[targets]]\nname = \"tls-origin\"\ncidrs = [\"{}/32\"]\nprotocol = \"https\"\nca_file = \"{}\"\n\
-         credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
+         credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n\n\
+         # Every bench client is one agent, and the peers limit no client: no rate limits here.\n\
+         [limits]\nconnection_rate = {{ per_second = 0, burst = 0 }}\nrequest_rate = {{ per_second = 0, burst = 0 }}\n",
         origin.addr.ip(),
         nat_origin.addr.ip(),
         tls_origin.addr.ip(),

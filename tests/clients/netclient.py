@@ -216,7 +216,76 @@ def hold_many(spec):
             s.close()
 
 
-OPS = {"hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+def peer_issuer(tls_sock):
+    """The issuer's common name of the certificate the peer showed, read
+    without verifying it (the test asks who answered, not whether to trust)."""
+    import ssl
+    import tempfile
+    der = tls_sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+        f.write(ssl.DER_cert_to_PEM_cert(der))
+        f.flush()
+        decoded = ssl._ssl._test_decode_cert(f.name)
+    for rdn in decoded.get("issuer", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+def exchange(spec):
+    """Connect, optionally pause before the first byte, optionally speak TLS
+    (with the SNI given, not verifying: the report names the issuer of the
+    certificate the agent was shown), send `send` (in `pieces` parts,
+    `gap` seconds apart), and read the answer until the peer closes or
+    the timeout passes."""
+    import ssl
+    timeout = spec.get("timeout", TIMEOUT)
+    out = {"ok": True}
+    try:
+        s = socket.create_connection(addr_of(spec), timeout=timeout)
+    except OSError as e:
+        return fail(e)
+    try:
+        if spec.get("pause"):
+            time.sleep(spec["pause"])
+        if "tls" in spec:
+            t = spec["tls"]
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            s = ctx.wrap_socket(s, server_hostname=t.get("sni"))
+            out["issuer"] = peer_issuer(s)
+        data = spec.get("send", "").encode()
+        pieces = max(1, spec.get("pieces", 1))
+        step = max(1, -(-len(data) // pieces))
+        for i in range(0, len(data), step):
+            if i and spec.get("gap"):
+                time.sleep(spec["gap"])
+            s.sendall(data[i:i + step])
+        got = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except socket.timeout:
+            out["timed_out"] = True
+        out["received"] = got.decode(errors="replace")
+        return out
+    except (OSError, ssl.SSLError) as e:
+        r = fail(e)
+        r.update({k: v for k, v in out.items() if k != "ok"})
+        return r
+    finally:
+        s.close()
+
+
+OPS = {"exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

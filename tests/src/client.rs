@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::cgroup::CgroupDir;
 
+/// The `nobody` user's uid (and group).
+pub const NOBODY: u32 = 65534;
+
 /// The Python test client script.
 pub fn netclient() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/netclient.py")
@@ -51,6 +54,13 @@ impl Client {
             cgroup: cgroup.dir().to_owned(),
             uid: None,
         }
+    }
+
+    /// An unprivileged agent in `cgroup`: uid and gid `nobody`, no
+    /// supplementary groups, and so no capabilities (setuid from root to a
+    /// non-zero uid clears them).
+    pub fn agent(cgroup: &impl CgroupDir) -> Self {
+        Self::new(cgroup).as_uid(NOBODY)
     }
 
     /// Run as `uid` (and gid `uid`).

@@ -30,6 +30,11 @@ pub struct GatewayOptions {
     /// `RUST_LOG` for the gateway; `None` means `info,gateway=debug` (tests
     /// want the per-connection lines when something fails).
     pub log_filter: Option<String>,
+    /// Names the gateway's own resolver knows, as (name, address): the
+    /// gateway runs in a mount namespace of its own where /etc/hosts holds
+    /// these (and localhost) and /etc/resolv.conf names only 127.0.0.1, so
+    /// no test ever sends a DNS query off the machine.
+    pub hosts: Vec<(String, String)>,
 }
 
 /// The policy tests use when they are not about policy.
@@ -53,6 +58,41 @@ pub struct Gateway {
     gateway_cgroup: Option<PathBuf>,
     starts: u32,
     log_filter: Option<String>,
+}
+
+/// Mounts bpffs at /sys/fs/bpf on the host if it is not mounted yet (what
+/// the gateway would do itself, outside a namespace of its own).
+fn ensure_bpffs() {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return;
+    }
+    let out = Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount bpffs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes the gateway's own /etc/hosts and /etc/resolv.conf into `dir`.
+fn write_resolver_files(dir: &Path, hosts: &[(String, String)]) {
+    let mut text = "127.0.0.1 localhost\n::1 localhost\n".to_owned();
+    for (name, addr) in hosts {
+        text += &format!("{addr} {name}\n");
+    }
+    fs::write(dir.join("hosts"), text).unwrap();
+    fs::write(
+        dir.join("resolv.conf"),
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
 }
 
 /// The interlock binary under test.
@@ -134,6 +174,7 @@ impl Gateway {
         }
         let config = dir.join("interlock.toml");
         fs::write(&config, toml).unwrap();
+        write_resolver_files(&dir, &opts.hosts);
         let mut gw = Self {
             dir,
             config,
@@ -151,10 +192,21 @@ impl Gateway {
     /// Starts the gateway process (again) and waits until its control socket answers.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "gateway already running");
+        // The gateway's mount namespace must share the host's bpffs, or its
+        // pins would vanish with it (and a restarted gateway could not adopt them).
+        ensure_bpffs();
         self.starts += 1;
         let log = fs::File::create(self.dir.join(format!("gateway-{}.log", self.starts))).unwrap();
-        let mut cmd = Command::new(binary());
-        cmd.arg("--config").arg(&self.config).arg("run");
+        // Its own mount namespace, where the resolver files are the test's.
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "slave", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/resolv.conf && mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"")
+            .arg(self.dir.join("resolv.conf"))
+            .arg(self.dir.join("hosts"))
+            .arg(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         cmd.env("RUST_LOG", self.log_filter.as_deref().unwrap_or("info,gateway=debug"));
         if let Some(cg) = &self.gateway_cgroup {

@@ -108,8 +108,10 @@ fn serve(mut s: TcpStream) {
         if !read_head(&mut s, &mut first) {
             return;
         }
+        // The request line as it arrived, so a test can tell what went upstream.
+        let line = String::from_utf8_lossy(first.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
         let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Request-Line: {line}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
             HTTP_BODY.len()
         );
         let _ = s.write_all(reply.as_bytes());

@@ -1,115 +1,141 @@
-//! The known ways around a connect hook are caught or refused, never passed.
-use std::process::Command;
+//! The bypass suite: what an agent cannot do. Each test runs its agent as
+//! `nobody` with no capabilities inside the test's cgroup, and each one
+//! failed before the fix it stands for. (A root process inside the agent
+//! cgroup is out of scope: it can leave the cgroup.)
+//!
+//! - hooks: ways around the connect hooks (IPv6 forms, TCP Fast Open,
+//!   io_uring, children and threads);
+//! - protocols: a slow first byte, a dripped head or foreign bytes never turn
+//!   an HTTP(S) target into a blind relay;
+//! - names: a name the agent chose (SNI, Host, :authority) decides nothing
+//!   unless it is bound to the address, and never carries a credential
+//!   elsewhere;
+//! - paths: dot segments and encodings cannot walk around path policy;
+//! - files: the audit trail and the gateway's state are root's alone;
+//! - flood: one agent past its share or its rates is refused while the
+//!   others are served;
+//! - descriptors: `interlock exec` hands the agent no socket opened outside
+//!   its cgroup.
+#[path = "bypass/descriptors.rs"]
+mod descriptors;
+#[path = "bypass/files.rs"]
+mod files;
+#[path = "bypass/flood.rs"]
+mod flood;
+#[path = "bypass/hooks.rs"]
+mod hooks;
+#[path = "bypass/names.rs"]
+mod names;
+#[path = "bypass/paths.rs"]
+mod paths;
+#[path = "bypass/protocols.rs"]
+mod protocols;
 
-use interlock_tests::{unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
-use serde_json::json;
+use interlock_tests::{https::HttpsUpstream, unique, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
+use serde_json::{json, Value};
 
-const EPERM: u64 = 1;
+/// The name agents use for the HTTPS API.
+const HOST: &str = "api.example.test";
+/// Where agents think the API is; nothing listens there (the redirect catches it).
+const API_IP: &str = "127.0.0.10";
+/// The credential only the gateway holds.
+const REAL_KEY: &str = "sk-real-bypass-0123456789";
 
-fn gateway_with_deny(cg: &TestCgroup, denied: &Upstream) -> Gateway {
-    let opts = GatewayOptions {
-        rules: vec![(
-            "deny-target".into(),
-            format!("{}/32", denied.addr.ip()),
-            denied.addr.port().to_string(),
-            "deny".into(),
-        )],
-        ..Default::default()
-    };
-    Gateway::start(cg, opts)
+/// Policies for the suite: connects permitted; requests permitted except
+/// the `/v1/files*` uploads and anything under `/forbidden`.
+fn request_policies() -> Vec<(String, String)> {
+    vec![(
+        "p.cedar".into(),
+        "@id(\"allow\")\npermit (principal, action, resource);\n\
+         @id(\"no-uploads\")\n@reason(\"uploads need approval\")\nforbid (principal, action == Interlock::Action::\"http_request\", resource)\nwhen { context.path like \"/v1/files*\" || context.path like \"/forbidden*\" };\n"
+            .into(),
+    )]
 }
 
-#[test]
-fn ipv4_mapped_ipv6_destination_is_judged_as_ipv4() {
-    let cg = TestCgroup::new(&unique("mapped"));
-    let denied = Upstream::start("127.0.0.5");
-    let open = Upstream::start("127.0.0.2");
-    let gw = gateway_with_deny(&cg, &denied);
-    let mapped = |ip: &str, port: u16| {
-        Client::new(&cg).net(json!({"op": "tcp", "family": "v6", "host": format!("::ffff:{ip}"), "port": port}))
-    };
-    let out = mapped("127.0.0.5", denied.addr.port()).json();
-    assert_eq!(out["errno"], EPERM, "mapped address escaped the IPv4 deny rule: {out}");
-    assert!(denied.peers().is_empty());
-
-    let r = mapped("127.0.0.2", open.addr.port());
-    let out = r.json();
-    assert_eq!(out["ok"], true, "{out}");
-    assert_eq!(
-        out["peer"][0], "::ffff:127.0.0.2",
-        "getpeername6 must show the mapped original"
-    );
-    let ev = gw.events().for_dst_pid(&open.dst(), r.pid);
-    assert_eq!(ev["orig_dst"], open.dst());
+/// An HTTPS target `api` on API_IP (by its networks), served by a real TLS
+/// upstream that accepts only the real key.
+struct Https {
+    cg: TestCgroup,
+    gw: Gateway,
+    _up: HttpsUpstream,
+    dir: std::path::PathBuf,
 }
 
-#[test]
-fn tcp_fast_open_is_caught() {
-    let cg = TestCgroup::new(&unique("tfo"));
-    let denied = Upstream::start("127.0.0.5");
-    let open = Upstream::start("127.0.0.2");
-    let gw = gateway_with_deny(&cg, &denied);
-    let tfo = |up: &Upstream| {
-        Client::new(&cg).net(json!({"op": "tcp", "tfo": true, "host": up.addr.ip().to_string(), "port": up.addr.port(), "send": "fast open"}))
-    };
-    let out = tfo(&denied).json();
-    assert_eq!(out["errno"], EPERM, "{out}");
-    assert!(denied.peers().is_empty());
-    let r = tfo(&open);
-    let out = r.json();
-    assert_eq!(out["ok"], true, "{out}");
-    assert_eq!(out["received"], "fast open");
-    gw.events().for_dst_pid(&open.dst(), r.pid);
-}
-
-#[test]
-fn io_uring_connect_is_caught() {
-    let cg = TestCgroup::new(&unique("uring"));
-    let denied = Upstream::start("127.0.0.5");
-    let open = Upstream::start("127.0.0.2");
-    let gw = gateway_with_deny(&cg, &denied);
-    let uring = |up: &Upstream| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring_connect"));
-        cmd.args([up.dst(), "via io_uring".into()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        Client::new(&cg).run_cmd(cmd)
-    };
-    let out = uring(&denied).json();
-    assert_eq!(out["errno"], EPERM, "{out}");
-    assert!(denied.peers().is_empty());
-    let r = uring(&open);
-    let out = r.json();
-    assert_eq!(out["ok"], true, "{out} {}", r.stderr);
-    assert_eq!(out["received"], "via io_uring");
-    gw.events().for_dst_pid(&open.dst(), r.pid);
-}
-
-#[test]
-fn children_and_threads_of_an_agent_are_agents() {
-    let cg = TestCgroup::new(&unique("family"));
-    let denied = Upstream::start("127.0.0.5");
-    let open = Upstream::start("127.0.0.2");
-    let gw = gateway_with_deny(&cg, &denied);
-    let inner = |up: &Upstream| json!({"op": "tcp", "host": up.addr.ip().to_string(), "port": up.addr.port()});
-
-    let r = Client::new(&cg).net(json!({"op": "thread", "inner": inner(&open)}));
-    let out = r.json();
-    assert_eq!(out["ok"], true, "{out}");
-    let ev = gw.events().for_dst_pid(&open.dst(), r.pid);
-    assert_eq!(ev["identity"]["tid"], out["tid"], "the calling thread is recorded");
-    assert_ne!(ev["identity"]["tid"], ev["identity"]["pid"]);
-
-    let r = Client::new(&cg).net(json!({"op": "fork", "inner": inner(&open)}));
-    let out = r.json();
-    assert_eq!(out["ok"], true, "{out}");
-    let child = out["child_pid"].as_u64().unwrap() as u32;
-    let ev = gw.events().for_dst_pid(&open.dst(), child);
-    assert_eq!(ev["identity"]["process"]["ppid"], r.pid);
-
-    for op in ["thread", "fork"] {
-        let out = Client::new(&cg).net(json!({"op": op, "inner": inner(&denied)})).json();
-        assert_eq!(out["errno"], EPERM, "{op}: {out}");
+impl Https {
+    fn start(tag: &str, listener: Vec<String>) -> Self {
+        let cg = TestCgroup::new(&unique(tag));
+        let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
+        let dir = std::env::temp_dir().join(unique("bypass-key"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, REAL_KEY).unwrap();
+        let target = format!(
+            "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\ncidrs = [\"{API_IP}/32\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\nca_file = \"{}\"\ncredential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
+            up.addr,
+            up.ca_file.display(),
+            key.display()
+        );
+        let gw = Gateway::start(
+            &cg,
+            GatewayOptions {
+                listener,
+                extra_toml: vec![target],
+                policies: Some(request_policies()),
+                ..Default::default()
+            },
+        );
+        Self { cg, gw, _up: up, dir }
     }
-    assert!(denied.peers().is_empty());
+
+    /// An unprivileged agent's exchange with API_IP:443 (see the
+    /// netclient's `exchange`), TLS with `sni` unless `sni` is None.
+    fn exchange(&self, sni: Option<&str>, extra: Value) -> Value {
+        let mut spec = json!({"op": "exchange", "host": API_IP, "port": 443});
+        if let Some(sni) = sni {
+            spec["tls"] = json!({"sni": sni});
+        }
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        Client::agent(&self.cg).net(spec).json()
+    }
+}
+
+impl Drop for Https {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plaintext HTTP target `plain` on 127.0.0.2 (an echoing origin that
+/// reports the request line it received), with extra `[listener]` lines.
+fn plain(tag: &str, listener: Vec<String>, policies: Vec<(String, String)>) -> (TestCgroup, Upstream, Gateway) {
+    let cg = TestCgroup::new(&unique(tag));
+    let up = Upstream::start("127.0.0.2");
+    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener,
+            extra_toml: vec![target],
+            policies: Some(policies),
+            ..Default::default()
+        },
+    );
+    (cg, up, gw)
+}
+
+/// `GET path` with `Host: host`, one request then close.
+fn get(path: &str, host: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+}
+
+/// The status code of a raw HTTP answer (0 if none).
+fn status(out: &Value) -> u16 {
+    out["received"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("HTTP/1.1 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

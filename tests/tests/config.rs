@@ -75,10 +75,13 @@ fn hup(gw: &Gateway) {
 fn connection_limit_refuses_extra_connections() {
     let cg = TestCgroup::new(&unique("limit"));
     let up = Upstream::start_counting("127.0.0.2");
+    // Two agents, so the global limit (not one agent's share) is what refuses.
+    let agents = "[[agents]]\nname = \"a\"\ncmdline = \"\\\"tag\\\": ?\\\"a\\\"\"\n\n[[agents]]\nname = \"b\"\ncmdline = \"\\\"tag\\\": ?\\\"b\\\"\"\n";
     let gw = Gateway::start(
         &cg,
         GatewayOptions {
             listener: vec!["max_connections = 1".into()],
+            extra_toml: vec![agents.into()],
             ..Default::default()
         },
     );
@@ -86,7 +89,7 @@ fn connection_limit_refuses_extra_connections() {
     let mut holder = Command::new("python3");
     holder.args([
         interlock_tests::client::netclient().to_str().unwrap(),
-        &json!({"op": "idle", "host": "127.0.0.2", "port": up.addr.port(), "wait": 15}).to_string(),
+        &json!({"op": "idle", "tag": "a", "host": "127.0.0.2", "port": up.addr.port(), "wait": 15}).to_string(),
     ]);
     holder.stdout(std::process::Stdio::null());
     cg.enter(&mut holder);
@@ -96,7 +99,7 @@ fn connection_limit_refuses_extra_connections() {
         .and_then(|s| (s["connections"].as_array()?.len() == 1).then_some(())))
     .is_some());
     let out = Client::new(&cg)
-        .net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port()}))
+        .net(json!({"op": "tcp", "tag": "b", "host": "127.0.0.2", "port": up.addr.port()}))
         .json();
     let _ = holder.kill();
     let _ = holder.wait();

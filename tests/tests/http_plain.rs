@@ -56,21 +56,22 @@ fn credentials_go_only_to_the_targets_own_addresses() {
         ok.stdout,
         ok.stderr
     );
-    // Naming the host while dialling another address does not get the secret sent there.
+    // Naming the host while dialling another address does not make it the
+    // target: judged by its address alone (undeclared, here allowed raw),
+    // nothing is inspected there and no credential is injected.
     let spoofed = get(&elsewhere.addr);
-    assert!(spoofed.stdout.ends_with("502"), "{}", spoofed.stdout);
-    assert!(spoofed.stdout.contains("credential withheld"), "{}", spoofed.stdout);
-    assert!(elsewhere.peers().is_empty(), "the spoofed upstream was contacted");
-    let both = interlock_tests::wait_for(5, || {
-        (gw.events()
-            .all()
-            .iter()
-            .filter(|e| e["event"] == "http_exchange")
-            .count()
-            == 2)
-            .then_some(())
-    });
-    assert!(both.is_some(), "{:#?}", gw.events().all());
+    assert!(spoofed.stdout.ends_with("200"), "{}", spoofed.stdout);
+    let ev = gw.events().wait_connection(|e| e["orig_dst"] == elsewhere.dst());
+    assert_eq!(ev["target"], elsewhere.dst(), "{ev}");
+    let exchanges: Vec<_> = gw
+        .events()
+        .all()
+        .into_iter()
+        .filter(|e| e["event"] == "http_exchange")
+        .collect();
+    assert_eq!(exchanges.len(), 1, "{exchanges:#?}");
+    assert_eq!(exchanges[0]["target"], "internal");
+    assert_eq!(exchanges[0]["credential_injected"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -39,7 +39,7 @@ fn setup_full(trust_upstream_ca: bool, extra_policy: Option<&str>, extra_toml: &
         String::new()
     };
     let target = format!(
-        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nllm = true\nupstream = \"{}\"\n{ca_line}credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\ncidrs = [\"{API_IP}/32\"]\nports = \"443\"\nprotocol = \"https\"\nllm = true\nupstream = \"{}\"\n{ca_line}credential = {{ header = \"authorization\", scheme = \"Bearer\", file = \"{}\" }}\n",
         up.addr,
         key_file.display()
     );
@@ -158,6 +158,10 @@ fn an_untrusted_upstream_certificate_gives_502() {
         body["error"]["message"].as_str().unwrap().contains("certificate"),
         "{body}"
     );
+    // Nothing was sent, so no credential was injected.
+    let ev = s.gw.events().wait("http_exchange", |e| e["path"] == "/v1/models");
+    assert_eq!(ev["status"], 502, "{ev}");
+    assert_eq!(ev["credential_injected"], false, "{ev}");
 }
 
 #[test]
@@ -200,6 +204,9 @@ fn openai_script_run(script: &str, policies: Option<Vec<(String, String)>>, prom
         GatewayOptions {
             extra_toml: vec![target],
             policies,
+            // The target names no networks: the agent's SNI binds to its
+            // address through the gateway's own resolver, as on a real host.
+            hosts: vec![("api.openai.com".into(), API_IP.into())],
             ..Default::default()
         },
     );
@@ -533,7 +540,7 @@ fn oauth2_client_credentials_tokens_are_fetched_cached_and_injected() {
     let secret = dir.join("client-secret");
     std::fs::write(&secret, "client-secret-xyz\n").unwrap();
     let target = format!(
-        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{up}\"\nca_file = \"{ca}\"\n[targets.credential.oauth2]\ntoken_url = \"https://{up}/oauth/token\"\nclient_id = \"interlock-test\"\nclient_secret_file = \"{secret}\"\nca_file = \"{ca}\"\n",
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\ncidrs = [\"{API_IP}/32\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{up}\"\nca_file = \"{ca}\"\n[targets.credential.oauth2]\ntoken_url = \"https://{up}/oauth/token\"\nclient_id = \"interlock-test\"\nclient_secret_file = \"{secret}\"\nca_file = \"{ca}\"\n",
         up = up.addr,
         ca = up.ca_file.display(),
         secret = secret.display()
@@ -598,7 +605,7 @@ fn an_idle_keep_alive_connection_is_closed() {
 fn short_header_timeout(cg: &TestCgroup) -> (Gateway, HttpsUpstream, PathBuf) {
     let up = HttpsUpstream::start("127.0.0.9", HOST, REAL_KEY);
     let target = format!(
-        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\nca_file = \"{}\"\n",
+        "[[targets]]\nname = \"api\"\nhosts = [\"{HOST}\"]\ncidrs = [\"{API_IP}/32\"]\nports = \"443\"\nprotocol = \"https\"\nupstream = \"{}\"\nca_file = \"{}\"\n",
         up.addr,
         up.ca_file.display()
     );

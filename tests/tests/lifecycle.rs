@@ -206,3 +206,18 @@ fn agent_in_its_own_network_namespace_is_refused_not_passed() {
     assert!(up.peers().is_empty());
     assert!(gw.events().connections().is_empty());
 }
+
+#[test]
+fn status_as_another_user_does_not_claim_the_gateway_is_down() {
+    let cg = TestCgroup::new(&unique("statususer"));
+    let gw = Gateway::start(&cg, GatewayOptions::default());
+    let out = gw.cli_as(65534, 65534, &["status"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("NOT RUNNING"), "{text}");
+    assert!(text.contains("cannot use the control socket"), "{text}");
+}

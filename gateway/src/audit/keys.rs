@@ -89,7 +89,13 @@ impl Identity {
         Ok(Self { instance, key })
     }
 
-    /// Signs a checkpoint; returns (key id, signature) in hex.
+    /// The public half of the signing key.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
+    }
+
+    /// Signs (instance, seq, hash): a checkpoint's or a head's statement
+    /// that the record `seq` of `instance` has `hash`. Returns (key id, signature) in hex.
     pub fn sign(&self, instance: &str, seq: i64, hash: &str) -> (String, String) {
         let sig = self.key.sign(&checkpoint_message(instance, seq, hash));
         (key_id(self.key.public_key().as_ref()), hex(sig.as_ref()))

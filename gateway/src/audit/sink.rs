@@ -32,6 +32,8 @@ mod writer;
 
 use journal::Journal;
 use mirror::Mirror;
+
+use super::head::SignedHead;
 use writer::{Msg, Writer};
 
 /// Errors of the event sink (gateway side).
@@ -336,7 +338,9 @@ impl EventSink {
         let backend =
             |what: &std::path::Path, e: std::io::Error| SinkError::Backend(format!("{}: {e}", what.display()));
         let identity = Identity::load_or_create(&config.paths.state_dir)?;
-        let mirror = Mirror::open(&config.paths.events_file()).map_err(|e| backend(&config.paths.events_file(), e))?;
+        let group = audit.mirror_gid().map_err(SinkError::Backend)?;
+        let mirror =
+            Mirror::open(&config.paths.events_file(), group).map_err(|e| backend(&config.paths.events_file(), e))?;
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
@@ -346,6 +350,9 @@ impl EventSink {
             head_file: config.paths.state_dir.join("audit-head"),
             head: None,
             checkpoint_every: audit.checkpoint_every,
+            checkpoint_interval: audit.checkpoint_interval,
+            last_checkpoint: std::time::Instant::now(),
+            checkpointed: 0,
             max_age: audit.max_age,
             max_records: audit.max_records,
             seq: 0,
@@ -358,6 +365,7 @@ impl EventSink {
             writer.seq = seq;
             writer.prev = hash;
         }
+        let head = signed_head(&writer, &config.paths.state_dir.join("audit-head"))?;
         let journal_path = config.paths.state_dir.join("audit-journal");
         let mut recovered = journal::recover(&journal_path, &instance, writer.seq, &writer.prev);
         if !recovered.is_empty() {
@@ -370,6 +378,15 @@ impl EventSink {
                 writer.commit(batch).map_err(SinkError::Backend)?;
             }
             tracing::warn!(records = recovered.len(), "audit records recovered from the journal");
+        }
+        if let Some(h) = head {
+            // What the journal gave back must reach what the head vouches for.
+            if writer.store.hash_at(&instance, h.seq)?.as_deref() != Some(h.hash.as_str()) {
+                return Err(SinkError::Backend(format!(
+                    "the audit store lacks the record this gateway last wrote (seq {}, per its signed head), and the journal did not hold it; see `interlock audit verify`",
+                    h.seq
+                )));
+            }
         }
         let journal = Journal::open(&journal_path).map_err(|e| backend(&journal_path, e))?;
         tracing::info!(%instance, seq = writer.seq, "audit trail open");
@@ -405,6 +422,19 @@ impl EventSink {
             .spawn(move || writer.run(rx, &for_writer))
             .map_err(|e| SinkError::Backend(format!("writer thread: {e}")))?;
         Ok(shared)
+    }
+
+    /// Signs everything stored (the gateway is stopping): a chain's newest
+    /// records are then covered by a checkpoint, not only the head file.
+    pub async fn seal(&self) -> Result<(), SinkError> {
+        self.flush().await?;
+        let (done, wait) = oneshot::channel();
+        self.shared
+            .chain()
+            .tx
+            .send(Msg::Seal(done))
+            .map_err(|_| SinkError::Closed)?;
+        wait.await.map_err(|_| SinkError::Closed)
     }
 
     fn spawn_prober(&self) {
@@ -504,6 +534,45 @@ impl EventSink {
             .map_err(|_| SinkError::Closed)?;
         wait.await.map_err(|_| SinkError::Closed)
     }
+}
+
+/// The head file this gateway signed, checked against the store before the
+/// chain goes on: the store must not be ahead of it (records after it were
+/// not written by this gateway) nor differ from it. A head the journal will
+/// bring the store up to is returned, to be checked once it has.
+fn signed_head(writer: &Writer, path: &std::path::Path) -> Result<Option<SignedHead>, SinkError> {
+    let instance = &writer.identity.instance;
+    let Some(head) = SignedHead::read(path).filter(|h| &h.instance == instance) else {
+        return Ok(None);
+    };
+    if head.signature.is_none() {
+        tracing::warn!("the audit head file is not signed (an older version wrote it); it is signed from now on");
+        return Ok(None);
+    }
+    let public = writer.identity.public_key();
+    let trusted = [(super::keys::key_id(&public), public.as_slice())].into();
+    let refuse = |why: String| {
+        Err(SinkError::Backend(format!(
+            "{why}: the audit store or {} was changed while the gateway was down. Run `interlock audit verify`; to start a new trail, move the store and the head file aside",
+            path.display()
+        )))
+    };
+    if let Err(why) = head.check(&trusted) {
+        return refuse(why);
+    }
+    if writer.seq > head.seq {
+        return refuse(format!(
+            "the store holds records after the last one this gateway wrote (seq {})",
+            head.seq
+        ));
+    }
+    if writer.seq == head.seq && writer.prev != head.hash {
+        return refuse(format!(
+            "the store's record seq {} is not the one this gateway wrote",
+            head.seq
+        ));
+    }
+    Ok(Some(head))
 }
 
 /// Appends one event from outside the daemon (e.g. `interlock detach`,

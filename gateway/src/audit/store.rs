@@ -69,6 +69,8 @@ pub struct Filter {
 pub trait Store: Send {
     /// The last (seq, hash) of a chain, if it has records.
     fn head(&mut self, instance: &str) -> Result<Option<(i64, String)>, StoreError>;
+    /// The hash of a chain's record at `seq`, if the store has it.
+    fn hash_at(&mut self, instance: &str, seq: i64) -> Result<Option<String>, StoreError>;
     /// Stores a batch (and a checkpoint) atomically; sets the records' ids.
     fn append(&mut self, records: &mut [Record], checkpoint: Option<&Checkpoint>) -> Result<(), StoreError>;
     /// Removes records older than `cutoff` or beyond `max_records`, only up

@@ -1,10 +1,16 @@
 //! Checking a store's chains: every record's own hash, its link to the
 //! previous record, contiguous sequence numbers, signed checkpoints, and
-//! (on the gateway's host) the last record the gateway wrote. The first
-//! problem found, in chain order, is named.
+//! (on the gateway's host) the signed head: the last record the gateway
+//! wrote, and its hash. Every record must be covered by a signature: a
+//! signed checkpoint at or after it, or the signed head. Whoever can write
+//! the store without the signing key can delete checkpoints and re-hash
+//! the chain, so a chain whose newest records no signature covers is not
+//! verified, and the first such record is named. The first problem found,
+//! in chain order, is named.
 use std::collections::HashMap;
 
 use super::{
+    head::SignedHead,
     keys,
     record::GENESIS,
     store::{Reader, StoreError},
@@ -45,17 +51,9 @@ pub struct Report {
     pub problem: Option<Problem>,
 }
 
-/// The last record a gateway wrote, from its state directory.
-#[derive(Debug, Clone)]
-pub struct Head {
-    /// Its chain.
-    pub instance: String,
-    /// Its seq.
-    pub seq: i64,
-}
-
-/// Verifies every chain; checkpoints must be signed by one of the trusted `keys`.
-pub fn verify(reader: &mut dyn Reader, keys: &[Vec<u8>], head: Option<&Head>) -> Result<Report, StoreError> {
+/// Verifies every chain; checkpoints (and the head, the last record this
+/// host's gateway wrote) must be signed by one of the trusted `keys`.
+pub fn verify(reader: &mut dyn Reader, keys: &[Vec<u8>], head: Option<&SignedHead>) -> Result<Report, StoreError> {
     let trusted: HashMap<String, &[u8]> = keys.iter().map(|k| (keys::key_id(k), k.as_slice())).collect();
     let mut report = Report::default();
     let mut instances = reader.instances()?;
@@ -81,7 +79,7 @@ fn chain(
     reader: &mut dyn Reader,
     instance: &str,
     trusted: &HashMap<String, &[u8]>,
-    head: Option<&Head>,
+    head: Option<&SignedHead>,
 ) -> Result<ChainResult, StoreError> {
     let cps: HashMap<i64, _> = reader.checkpoints(instance)?.into_iter().map(|c| (c.seq, c)).collect();
     let problem = |seq: i64, id: Option<i64>, reason: String| Problem {
@@ -106,6 +104,12 @@ fn chain(
                 cps.len(),
                 Some(problem(c.seq, None, "its checkpoint's signature is not valid".into())),
             ));
+        }
+    }
+    let head = head.filter(|h| h.instance == instance);
+    if let Some(h) = head {
+        if let Err(why) = h.check(trusted) {
+            return Ok((0, cps.len(), Some(problem(h.seq, None, why))));
         }
     }
     let start = reader.pruned_to(instance)?;
@@ -147,6 +151,10 @@ fn chain(
                     return Ok((checked, cps.len(), Some(problem(r.seq, Some(r.id), reason))));
                 }
             }
+            if head.is_some_and(|h| h.seq == r.seq && h.hash != r.hash) {
+                let reason = "differs from what the gateway's signed head vouches for (rewritten)".to_owned();
+                return Ok((checked, cps.len(), Some(problem(r.seq, Some(r.id), reason))));
+            }
             prev = r.hash;
             expected += 1;
             checked += 1;
@@ -160,7 +168,7 @@ fn chain(
         );
         return Ok((checked, cps.len(), Some(problem(last + 1, None, reason))));
     }
-    if let Some(h) = head.filter(|h| h.instance == instance && h.seq > last) {
+    if let Some(h) = head.filter(|h| h.seq > last) {
         let reason = format!(
             "records from {} to {} were deleted (this gateway wrote up to {})",
             last + 1,
@@ -168,6 +176,24 @@ fn chain(
             h.seq
         );
         return Ok((checked, cps.len(), Some(problem(last + 1, None, reason))));
+    }
+    // Every record is vouched for by the newest signature at or after it.
+    let covered = cps
+        .keys()
+        .copied()
+        .chain(head.map(|h| h.seq))
+        .filter(|s| *s <= last)
+        .max()
+        .unwrap_or(start);
+    if last > covered {
+        let reason = format!(
+            "no signature covers records {} to {last}: no signed checkpoint or signed head vouches for them \
+             (a gateway signs at least every `checkpoint_every` records and `checkpoint_interval`, and when it stops, \
+             so checkpoints were removed, or a running gateway has not signed them yet: verify on its host, where its \
+             signed head covers them)",
+            covered + 1
+        );
+        return Ok((checked, cps.len(), Some(problem(covered + 1, None, reason))));
     }
     Ok((checked, cps.len(), None))
 }

@@ -10,7 +10,7 @@ use crate::{
     audit::{
         record::Record,
         store::{open_reader, Filter, Reader},
-        verify::{self, Head},
+        verify,
     },
     config::Config,
 };
@@ -159,15 +159,7 @@ pub fn audit(config: &Config, command: &AuditCommand) -> Result<(), CliError> {
                 .iter()
                 .map(|p| crate::audit::keys::read_public(p).map_err(store_err))
                 .collect::<Result<Vec<_>, _>>()?;
-            let head = std::fs::read_to_string(config.paths.state_dir.join("audit-head"))
-                .ok()
-                .and_then(|t| {
-                    let mut parts = t.split_whitespace();
-                    Some(Head {
-                        instance: parts.next()?.to_owned(),
-                        seq: parts.next()?.parse().ok()?,
-                    })
-                });
+            let head = crate::audit::head::SignedHead::read(&config.paths.state_dir.join("audit-head"));
             let report = verify::verify(store.as_mut(), &keys, head.as_ref()).map_err(store_err)?;
             for (instance, records, checkpoints) in &report.chains {
                 let _ = writeln!(

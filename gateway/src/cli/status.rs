@@ -83,7 +83,12 @@ fn offline(config: &Config, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("gateway: NOT RUNNING");
-    if links.is_empty() {
+    if links.is_empty() && !nix::unistd::geteuid().is_root() {
+        println!(
+            "no programs pinned at {} visible to this user: run as root to see what the kernel enforces",
+            config.paths.pin_dir.display()
+        );
+    } else if links.is_empty() {
         println!(
             "no programs pinned at {}: agents are not intercepted",
             config.paths.pin_dir.display()

@@ -60,6 +60,12 @@ pub struct TargetSpec {
     pub postgres: Option<super::PostgresSpec>,
     /// Announce reviews of requests to this target here (Slack-compatible JSON).
     pub review_webhook: Option<String>,
+    /// HTTP(S): pass `%2F` and `%5C` in request paths (kept encoded) instead
+    /// of refusing them; for APIs that put encoded slashes in path
+    /// segments. Off: such paths are answered 400, since servers disagree
+    /// on whether they separate segments.
+    #[serde(default)]
+    pub encoded_slashes: bool,
 }
 
 /// How traffic to a target is handled.

@@ -22,6 +22,12 @@ pub struct AuditConfig {
     pub on_failure: OnFailure,
     /// A signed checkpoint every this many records.
     pub checkpoint_every: u64,
+    /// And at least this often while records are added (a quiet gateway
+    /// signs what it has once this has passed), and when it stops: records
+    /// no checkpoint covers are verified only by the signed head file on the
+    /// gateway's own host.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// Records older than this are removed (at a checkpoint); none by default.
     #[serde(with = "humantime_serde")]
     pub max_age: Option<Duration>,
@@ -30,6 +36,18 @@ pub struct AuditConfig {
     /// Bytes of SQL text and of each HTTP body kept per event; 0 keeps no
     /// HTTP bodies (and records no `http_body` events).
     pub body_cap: usize,
+    /// A group (name or number) that may read the JSON-lines mirror
+    /// (`events.jsonl`, mode 0640 for it). None by default: the mirror, like
+    /// everything in the state directory, is root's alone (0600), since it
+    /// holds every agent's command lines, targets and masked bodies.
+    pub mirror_group: Option<String>,
+}
+
+impl AuditConfig {
+    /// The mirror group's gid.
+    pub fn mirror_gid(&self) -> Result<Option<u32>, String> {
+        self.mirror_group.as_deref().map(super::review::group_gid).transpose()
+    }
 }
 
 impl Default for AuditConfig {
@@ -41,9 +59,11 @@ impl Default for AuditConfig {
             queue: 8192,
             on_failure: OnFailure::Refuse,
             checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
             max_age: None,
             max_records: None,
             body_cap: 16 << 10,
+            mirror_group: None,
         }
     }
 }
@@ -99,8 +119,12 @@ fn default_pg_port() -> u16 {
 impl AuditConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        self.mirror_gid().map_err(|m| ("audit.mirror_group".to_owned(), m))?;
         if self.queue == 0 {
             return Err(("audit.queue".into(), "must be at least 1".into()));
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err(("audit.checkpoint_interval".into(), "must be more than 0s".into()));
         }
         if self.checkpoint_every == 0 {
             return Err(("audit.checkpoint_every".into(), "must be at least 1".into()));

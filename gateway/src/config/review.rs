@@ -35,16 +35,18 @@ pub struct ControlConfig {
 impl ControlConfig {
     /// The admin group's gid.
     pub fn admin_gid(&self) -> Result<Option<u32>, String> {
-        let Some(group) = &self.admin_group else {
-            return Ok(None);
-        };
-        if let Ok(gid) = group.parse::<u32>() {
-            return Ok(Some(gid));
-        }
-        match nix::unistd::Group::from_name(group) {
-            Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
-            Ok(None) => Err(format!("no group named `{group}` on this host")),
-            Err(e) => Err(format!("looking up group `{group}`: {e}")),
-        }
+        self.admin_group.as_deref().map(group_gid).transpose()
+    }
+}
+
+/// A group's gid, from its number or its name on this host.
+pub(crate) fn group_gid(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named `{group}` on this host")),
+        Err(e) => Err(format!("looking up group `{group}`: {e}")),
     }
 }

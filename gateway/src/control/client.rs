@@ -19,6 +19,17 @@ pub enum ClientError {
         /// The connect error.
         source: std::io::Error,
     },
+    /// The socket exists but this user may not use it: the gateway may well
+    /// be running.
+    #[error(
+        "cannot use the control socket at {path}: {source} (run as root, or as a member of `control.admin_group`)"
+    )]
+    NotPermitted {
+        /// The socket path.
+        path: String,
+        /// The connect error.
+        source: std::io::Error,
+    },
     /// The exchange failed midway.
     #[error("control socket: {0}")]
     Io(#[from] std::io::Error),
@@ -29,12 +40,14 @@ pub enum ClientError {
 
 /// Sends one request and reads the answer.
 pub async fn request(socket: &Path, request: &Request) -> Result<Response, ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::NotRunning {
-            path: socket.display().to_string(),
-            source,
-        })?;
+    let stream = UnixStream::connect(socket).await.map_err(|source| {
+        let path = socket.display().to_string();
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::NotPermitted { path, source }
+        } else {
+            ClientError::NotRunning { path, source }
+        }
+    })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');

@@ -9,7 +9,7 @@ use std::{
 use super::{ActionKind, Decision, PolicyStore, Query};
 use crate::{
     identity::{AgentMatcher, Identity},
-    targets::TargetTable,
+    targets::{Judged, Names, TargetTable},
     types::{AgentName, OrigDst},
 };
 
@@ -27,6 +27,8 @@ pub struct ConnectVerdict {
 pub struct Gate {
     /// The policy set.
     pub policies: PolicyStore,
+    /// Which names resolve to which addresses (kept across reloads).
+    pub names: Names,
     naming: RwLock<(std::sync::Arc<AgentMatcher>, std::sync::Arc<TargetTable>)>,
     cache: Mutex<HashMap<ConnectKey, Decision>>,
 }
@@ -57,6 +59,7 @@ impl Gate {
     pub fn new(policies: PolicyStore, agents: AgentMatcher, targets: TargetTable) -> Self {
         Self {
             policies,
+            names: Names::default(),
             naming: RwLock::new((agents.into(), targets.into())),
             cache: Mutex::new(HashMap::new()),
         }
@@ -79,11 +82,18 @@ impl Gate {
         self.naming().0.name_of(identity)
     }
 
-    /// Decides whether a redirected connection may proceed.
-    pub fn connect(&self, identity: &Identity, dst: OrigDst, host: Option<&str>) -> ConnectVerdict {
-        let (agents, targets) = self.naming();
-        let agent = agents.name_of(identity);
-        let target = targets.resolve_host(dst, host, if host.is_some() { "tls" } else { "tcp" });
+    /// Decides whether a redirected connection may proceed, as the target it
+    /// was judged as (see [`TargetTable::judge`]).
+    /// `agent` is the identity's agent name (see [`agent_of`](Self::agent_of)).
+    pub fn connect(&self, agent: AgentName, identity: &Identity, dst: OrigDst, judged: &Judged) -> ConnectVerdict {
+        let host = judged.bound.as_deref();
+        let target = crate::policy::TargetRef {
+            name: judged.spec.as_ref().map_or_else(|| dst.to_string(), |t| t.name.clone()),
+            ip: dst.0.ip(),
+            port: dst.0.port(),
+            host: host.unwrap_or_default().to_owned(),
+            protocol: if judged.claimed.is_some() { "tls" } else { "tcp" }.to_owned(),
+        };
         let (generation, set) = self.policies.snapshot();
         let key = (!set.reads_context).then(|| ConnectKey {
             generation,
@@ -158,17 +168,23 @@ mod tests {
         let id = Identity::unattributed();
         let dst = OrigDst("192.0.2.1:443".parse().unwrap());
         assert_eq!(
-            gate.connect(&id, dst, None).decision.outcome,
+            gate.connect(gate.agent_of(&id), &id, dst, &Judged::default())
+                .decision
+                .outcome,
             super::super::Outcome::Allow
         );
         assert_eq!(
-            gate.connect(&id, dst, None).decision.outcome,
+            gate.connect(gate.agent_of(&id), &id, dst, &Judged::default())
+                .decision
+                .outcome,
             super::super::Outcome::Allow
         );
         std::fs::write(dir.join("p.cedar"), "forbid (principal, action, resource);").unwrap();
         gate.policies.reload().unwrap();
         assert_eq!(
-            gate.connect(&id, dst, None).decision.outcome,
+            gate.connect(gate.agent_of(&id), &id, dst, &Judged::default())
+                .decision
+                .outcome,
             super::super::Outcome::Deny
         );
         let _ = std::fs::remove_dir_all(&dir);

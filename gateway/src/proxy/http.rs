@@ -36,6 +36,7 @@ mod park;
 mod pool;
 mod ready;
 mod upgrade;
+mod vet;
 
 pub use pool::Pool;
 
@@ -57,6 +58,8 @@ struct HttpSession {
     upstream: OrigDst,
     /// Host to name upstream (SNI and :authority).
     host: String,
+    /// The agent's TLS SNI: every request's name must match it.
+    sni: Option<String>,
     credential: Option<Arc<Credential>>,
     /// Exchanges so far on this connection.
     exchanges: std::sync::atomic::AtomicU64,
@@ -76,21 +79,34 @@ impl HttpSession {
 /// Serves one inspected connection until it ends or is cut. The session
 /// is set up before the returned future is first polled, which then holds
 /// only the stream and shared state: what an idle connection keeps.
+/// `name` is the agent's name for the upstream when it may be used (see
+/// [`crate::targets::Judged::session_name`]).
 pub(super) fn serve(
     agent: TcpStream,
     start: &SessionStart,
     spec: Arc<TargetSpec>,
     upstream: OrigDst,
-    sni: Option<String>,
+    name: Option<String>,
     ctx: &Arc<ProxyCtx>,
     stats: &Arc<RelayStats>,
 ) -> impl std::future::Future<Output = Outcome> + Send + 'static {
-    let host = sni
+    let host = name
         .clone()
         .or_else(|| spec.hosts.first().filter(|h| !h.starts_with('*')).cloned())
         .unwrap_or_else(|| upstream.0.ip().to_string());
-    let target = ctx.gate.targets().resolve_host(start.orig_dst, sni.as_deref(), "https");
+    let sni = match &start.protocol {
+        crate::detect::Protocol::Tls { sni, .. } => sni.clone(),
+        _ => None,
+    };
+    let target = TargetRef {
+        name: spec.name.clone(),
+        ip: start.orig_dst.0.ip(),
+        port: start.orig_dst.0.port(),
+        host: start.judged.bound.clone().unwrap_or_default(),
+        protocol: "https".into(),
+    };
     let session = Arc::new(HttpSession {
+        sni,
         ctx: ctx.clone(),
         conn_id: start.id,
         agent: start.verdict.agent.clone(),

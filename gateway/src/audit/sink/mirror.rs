@@ -19,27 +19,46 @@ pub(super) struct Mirror {
     file: File,
     size: u64,
     limit: u64,
+    /// The group that may read it (`audit.mirror_group`), if any.
+    group: Option<u32>,
 }
 
-fn open(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+/// Opens a mirror file: root's alone (0600), or readable by `group` (0640)
+/// when the operator chose one.
+fn open(path: &Path, group: Option<u32>) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::fchown(&file, Some(0), Some(gid))?;
+            0o640
+        }
+        None => 0o600,
+    };
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(file)
 }
 
 impl Mirror {
-    /// Opens (appends to) the mirror at `path`.
-    pub(super) fn open(path: &Path) -> std::io::Result<Self> {
-        Self::with_limit(path, ROTATE_AT)
+    /// Opens (appends to) the mirror at `path`, readable by `group` if given.
+    pub(super) fn open(path: &Path, group: Option<u32>) -> std::io::Result<Self> {
+        Self::with_limit(path, ROTATE_AT, group)
     }
 
-    fn with_limit(path: &Path, limit: u64) -> std::io::Result<Self> {
+    fn with_limit(path: &Path, limit: u64, group: Option<u32>) -> std::io::Result<Self> {
         super::sweep_retired(path);
-        let file = open(path)?;
+        let file = open(path, group)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path: path.to_owned(),
             file,
             size,
             limit,
+            group,
         })
     }
 
@@ -53,7 +72,7 @@ impl Mirror {
             // Renaming over the previous `.1` would free its blocks here.
             super::retire(Path::new(&rotated));
             std::fs::rename(&self.path, &rotated)?;
-            self.file = open(&self.path)?;
+            self.file = open(&self.path, self.group)?;
             self.size = 0;
         }
         Ok(())
@@ -69,7 +88,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("interlock-mirror-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("events.jsonl");
-        let mut m = Mirror::with_limit(&path, 10).unwrap();
+        let mut m = Mirror::with_limit(&path, 10, None).unwrap();
         m.write(b"{\"a\":1}\n").unwrap();
         m.write(b"{\"a\":2}\n").unwrap(); // 16 bytes: rotated after this write
         m.write(b"{\"a\":3}\n").unwrap();
@@ -78,7 +97,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":3}\n");
         // Reopened, it keeps counting from the file's size.
         drop(m);
-        let mut m = Mirror::with_limit(&path, 10).unwrap();
+        let mut m = Mirror::with_limit(&path, 10, None).unwrap();
         m.write(b"{\"a\":4}\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("events.jsonl.1")).unwrap(),
@@ -99,7 +118,7 @@ mod tests {
         super::super::retire(&path);
         // A leftover from a stopped gateway is swept when the mirror opens.
         std::fs::write(dir.join("events.jsonl.1.retired-1-0"), "y").unwrap();
-        drop(Mirror::open(&dir.join("events.jsonl")).unwrap());
+        drop(Mirror::open(&dir.join("events.jsonl"), None).unwrap());
         let none_left = || {
             std::fs::read_dir(&dir)
                 .unwrap()

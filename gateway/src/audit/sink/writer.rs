@@ -1,7 +1,11 @@
 //! The store writer: one thread takes records already chained and in the
 //! journal, copies them to the JSON-lines mirror (one write per batch, off
 //! the agents' path) and puts them into the store in batches, signing a
-//! checkpoint every `checkpoint_every` records and applying retention. A batch the
+//! checkpoint every `checkpoint_every` records, at least every
+//! `checkpoint_interval` while records are added (a quiet writer signs
+//! what it has once the interval is up), and when the gateway stops, and
+//! applying retention. After every batch the head file is rewritten, signed.
+//! A batch the
 //! store refuses stays pending and is retried (by the prober, or with the
 //! next batch): records acknowledged to agents are never dropped here.
 use std::{
@@ -27,6 +31,9 @@ pub(super) enum Msg {
     Flush(oneshot::Sender<()>),
     /// Try the failing store again.
     Probe,
+    /// Sign what is stored (a checkpoint now, if any record is not covered
+    /// yet), then answer: the gateway is stopping.
+    Seal(oneshot::Sender<()>),
 }
 
 /// Records written in one transaction at most.
@@ -44,8 +51,9 @@ const GATHER: Duration = Duration::from_millis(20);
 /// records with large bodies would otherwise be copied whole first).
 const MIRROR_WRITE: usize = 256 << 10;
 
-/// Length of the head file's line (instance, seq and a SHA-256 hash fit).
-const HEAD_LEN: usize = 127;
+/// Length of the head file's line (instance, seq, a SHA-256 hash, a key id
+/// and an Ed25519 signature fit).
+const HEAD_LEN: usize = 300;
 
 /// Everything the writer needs.
 pub(super) struct Writer {
@@ -54,6 +62,12 @@ pub(super) struct Writer {
     pub(super) head_file: PathBuf,
     pub(super) head: Option<std::fs::File>,
     pub(super) checkpoint_every: u64,
+    /// A checkpoint at least this often while records are added.
+    pub(super) checkpoint_interval: Duration,
+    /// When the last checkpoint was signed.
+    pub(super) last_checkpoint: std::time::Instant,
+    /// The seq the last checkpoint (or the start) covers.
+    pub(super) checkpointed: i64,
     pub(super) max_age: Option<Duration>,
     pub(super) max_records: Option<u64>,
     /// Last record in the store.
@@ -70,7 +84,20 @@ impl Writer {
     pub(super) fn run(mut self, rx: mpsc::Receiver<Msg>, shared: &Weak<Shared>) {
         let mut pending: Vec<Record> = Vec::new();
         loop {
-            let first = if pending.is_empty() {
+            let first = if pending.is_empty() && self.seq > self.checkpointed {
+                // Records no checkpoint covers yet: sign them once the interval is up.
+                let due = self.checkpoint_interval.saturating_sub(self.last_checkpoint.elapsed());
+                match rx.recv_timeout(due) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = self.seal() {
+                            tracing::warn!("audit checkpoint: {e}");
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                }
+            } else if pending.is_empty() {
                 rx.recv().ok()
             } else {
                 // Failing: retry the pending batch now and then even if nothing arrives.
@@ -83,7 +110,7 @@ impl Writer {
             let Some(first) = first else { break };
             let Some(shared) = shared.upgrade() else { break };
             let gather = matches!(first, Msg::Record(_)) && pending.is_empty();
-            let (mut flushes, mut probe) = (Vec::new(), false);
+            let (mut flushes, mut probe, mut seals) = (Vec::new(), false, Vec::new());
             let mut mirrored = pending.len();
             let mut next = Some(first);
             let mut gathered = false;
@@ -93,6 +120,7 @@ impl Writer {
                         Msg::Record(r) => pending.push(*r),
                         Msg::Flush(done) => flushes.push(done),
                         Msg::Probe => probe = true,
+                        Msg::Seal(done) => seals.push(done),
                     }
                     next = if pending.len() < BATCH {
                         rx.try_recv().ok()
@@ -142,6 +170,41 @@ impl Writer {
             for done in flushes {
                 let _ = done.send(());
             }
+            if !seals.is_empty() && pending.is_empty() {
+                if let Err(e) = self.seal() {
+                    tracing::warn!("audit checkpoint at stop: {e}");
+                }
+            }
+            for done in seals {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// A signed checkpoint for the newest stored record, if no checkpoint
+    /// covers it yet.
+    pub(super) fn seal(&mut self) -> Result<(), String> {
+        if self.seq <= self.checkpointed {
+            return Ok(());
+        }
+        let checkpoint = self.checkpoint(&self.identity.instance.clone(), self.seq, &self.prev.clone());
+        self.store
+            .append(&mut [], Some(&checkpoint))
+            .map_err(|e| e.to_string())?;
+        self.checkpointed = self.seq;
+        self.last_checkpoint = std::time::Instant::now();
+        Ok(())
+    }
+
+    fn checkpoint(&self, instance: &str, seq: i64, hash: &str) -> Checkpoint {
+        let (key_id, signature) = self.identity.sign(instance, seq, hash);
+        Checkpoint {
+            instance: instance.to_owned(),
+            seq,
+            hash: hash.to_owned(),
+            time: crate::audit::now(),
+            key_id,
+            signature,
         }
     }
 
@@ -167,23 +230,20 @@ impl Writer {
         let Some(last) = records.last() else { return Ok(()) };
         let (instance, seq, hash) = (last.instance.clone(), last.seq, last.hash.clone());
         let every = self.checkpoint_every as i64;
-        let checkpoint = (seq / every > self.seq / every).then(|| {
-            let (key_id, signature) = self.identity.sign(&instance, seq, &hash);
-            Checkpoint {
-                instance: instance.clone(),
-                seq,
-                hash: hash.clone(),
-                time: crate::audit::now(),
-                key_id,
-                signature,
-            }
-        });
+        let due = seq / every > self.seq / every || self.last_checkpoint.elapsed() >= self.checkpoint_interval;
+        let checkpoint = due.then(|| self.checkpoint(&instance, seq, &hash));
+        // The head first: the store is never ahead of it, so records found
+        // after it at start were not written by this gateway.
+        self.write_head(&instance, seq, &hash);
         self.store
             .append(records, checkpoint.as_ref())
             .map_err(|e| e.to_string())?;
         self.seq = seq;
         self.prev = hash;
-        self.write_head(&instance, seq);
+        if checkpoint.is_some() {
+            self.checkpointed = seq;
+            self.last_checkpoint = std::time::Instant::now();
+        }
         if checkpoint.is_some() && (self.max_age.is_some() || self.max_records.is_some()) {
             let cutoff = self
                 .max_age
@@ -197,12 +257,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Overwrites the head file in place: one short line at offset 0, padded
+    /// Overwrites the head file in place with the signed head of the batch
+    /// about to be stored: one short line at offset 0, padded
     /// to a fixed length. Not write-and-rename: on ext4 a rename over a file
     /// forces its data to disk at once (auto_da_alloc), a disk write per batch.
-    fn write_head(&mut self, instance: &str, seq: i64) {
+    fn write_head(&mut self, instance: &str, seq: i64, hash: &str) {
         use std::os::unix::fs::FileExt;
-        let line = format!("{instance} {seq} {}", self.prev);
+        let line = crate::audit::head::SignedHead::new(&self.identity, instance, seq, hash).line();
         let padded = format!("{line:<HEAD_LEN$}\n");
         if self.head.is_none() {
             let opened = std::fs::OpenOptions::new()

@@ -213,6 +213,14 @@ impl Store for PgStore {
         Ok(rows.first().map(|r| (r.get(0), r.get(1))))
     }
 
+    fn hash_at(&mut self, instance: &str, seq: i64) -> Result<Option<String>, StoreError> {
+        let rows = self.query(
+            "SELECT hash FROM interlock_audit_events WHERE instance = $1 AND seq = $2",
+            &[&instance, &seq],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
     fn append(&mut self, records: &mut [Record], checkpoint: Option<&Checkpoint>) -> Result<(), StoreError> {
         let result = self.rt.block_on(async {
             let tx = self.client.transaction().await?;

@@ -224,6 +224,17 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    fn hash_at(&mut self, instance: &str, seq: i64) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT hash FROM events WHERE instance = ?1 AND seq = ?2",
+                params![instance, seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     fn append(&mut self, records: &mut [Record], checkpoint: Option<&Checkpoint>) -> Result<(), StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| fail_str(&path, e))?;

@@ -8,7 +8,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{capture, fetch, forward, headers, json_response, mask, upgrade, Body, HttpSession};
+use super::{capture, fetch, forward, headers, json_response, mask, upgrade, vet, Body, HttpSession};
 use crate::{
     audit::{self, Event, ExchangeBodies, HttpExchangeEvent},
     config::TargetProtocol,
@@ -31,59 +31,44 @@ struct Recorded {
 
 /// Serves one request: the agent gets the response only once the
 /// exchange's event is recorded.
-pub(super) async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> {
+pub(super) async fn handle(mut req: Request<Incoming>, s: &Arc<HttpSession>) -> Response<Body> {
     let started = Instant::now();
     let time = audit::now();
     let exchange = s.exchanges.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let (req, model, body_size) = match mask::body_facts(req.map(|b| b.boxed()), s.spec.llm).await {
-        Ok(facts) => facts,
-        Err(resp) => return resp,
-    };
-    // Request filter: policy on this request.
-    let action = ActionKind::HttpRequest {
-        method: method.clone(),
-        path: path.clone(),
-        model,
-        body_size,
-    };
-    let query = Query {
-        agent: &s.agent,
-        identity: &s.identity,
-        target: &s.target,
-        action: &action,
-        now: std::time::SystemTime::now(),
-    };
-    let mut decision = s.ctx.gate.policies.decide(&query);
-    if let Err(e) = s.ctx.events.accepting() {
-        // What cannot be recorded is not served.
-        decision = Decision::deny(Vec::new(), e.to_string());
-    }
-    if decision.outcome == PolicyOutcome::Review {
-        // Held: the agent's call waits for a person.
-        let held = crate::review::HeldRequest {
-            agent: &s.agent,
-            identity: &s.identity,
-            target: &s.target,
-            action: &action,
-            decision: &decision,
-        };
-        decision = crate::review::settle(&s.ctx, held, s.spec.review_webhook.as_deref()).await;
-    }
+    let vetted = vet::vet(&mut req, s).and_then(|path| match s.ctx.limits.admit_request(&s.agent) {
+        Ok(()) => Ok(path),
+        Err(limited) => Err(vet::Vetoed {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            reason: limited.reason,
+            record: limited.record,
+        }),
+    });
+    let path = vetted.clone().unwrap_or_else(|_| req.uri().path().to_owned());
     let mut upstream_error = None;
     let mut recorded = Recorded::default();
-    let response = if decision.outcome != PolicyOutcome::Allow {
-        refusal(&decision)
-    } else {
-        let bodies = capture::Bodies::new(s, exchange, &path);
-        match allowed(req, s, &decision, bodies, &mut recorded).await {
-            Ok(resp) => resp,
-            Err((kind, message, status)) => {
-                tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
-                upstream_error = Some(message.clone());
-                let body = serde_json::json!({"error": {"type": kind, "target": s.target.name, "message": message}});
-                json_response(status, body)
+    let (decision, response) = match vetted {
+        Err(vetoed) => {
+            tracing::debug!(conn = %s.conn_id, target = %s.target.name, "request refused: {}", vetoed.reason);
+            let body =
+                serde_json::json!({"error": {"type": "gateway", "target": s.target.name, "message": vetoed.reason}});
+            let mut response = json_response(vetoed.status, body);
+            if vetoed.status == StatusCode::TOO_MANY_REQUESTS {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            if !vetoed.record {
+                // Counted into the burst's `limited` event instead.
+                return response;
+            }
+            (Decision::deny(Vec::new(), vetoed.reason), response)
+        }
+        Ok(_) => {
+            let served = decide_and_serve(req, s, &method, &path, exchange, &mut recorded, &mut upstream_error);
+            match served.await {
+                Ok(done) => done,
+                Err(resp) => return resp,
             }
         }
     };
@@ -117,6 +102,65 @@ pub(super) async fn handle(req: Request<Incoming>, s: &Arc<HttpSession>) -> Resp
     response
 }
 
+/// Policy on a vetted request, then its allowed phases: the decision and
+/// the response (`Err`: a body that could not be read, answered as is).
+async fn decide_and_serve(
+    req: Request<Incoming>,
+    s: &Arc<HttpSession>,
+    method: &str,
+    path: &str,
+    exchange: u64,
+    recorded: &mut Recorded,
+    upstream_error: &mut Option<String>,
+) -> Result<(Decision, Response<Body>), Response<Body>> {
+    let (req, model, body_size) = mask::body_facts(req.map(|b| b.boxed()), s.spec.llm).await?;
+    // Request filter: policy on this request.
+    let action = ActionKind::HttpRequest {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        model,
+        body_size,
+    };
+    let query = Query {
+        agent: &s.agent,
+        identity: &s.identity,
+        target: &s.target,
+        action: &action,
+        now: std::time::SystemTime::now(),
+    };
+    let mut decision = s.ctx.gate.policies.decide(&query);
+    if let Err(e) = s.ctx.events.accepting() {
+        // What cannot be recorded is not served.
+        decision = Decision::deny(Vec::new(), e.to_string());
+    }
+    if decision.outcome == PolicyOutcome::Review {
+        // Held: the agent's call waits for a person.
+        let held = crate::review::HeldRequest {
+            agent: &s.agent,
+            identity: &s.identity,
+            target: &s.target,
+            action: &action,
+            decision: &decision,
+        };
+        decision = crate::review::settle(&s.ctx, held, s.spec.review_webhook.as_deref()).await;
+    }
+    let response = if decision.outcome != PolicyOutcome::Allow {
+        refusal(&decision)
+    } else {
+        let bodies = capture::Bodies::new(s, exchange, path);
+        match allowed(req, s, &decision, bodies, recorded).await {
+            Ok(resp) => resp,
+            Err((kind, message, status)) => {
+                tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
+                *upstream_error = Some(message.clone());
+                let body = serde_json::json!({"error": {"type": kind, "target": s.target.name, "message": message}});
+                json_response(status, body)
+            }
+        }
+    };
+    Ok((decision, response))
+}
+
 /// The phases after an allow: credentials, request masking, upstream,
 /// response masking. Errors are (side, message, status).
 async fn allowed(
@@ -129,12 +173,16 @@ async fn allowed(
     let secret = prepare(&mut req, s)
         .await
         .map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
-    recorded.injected = secret.is_some();
+    // Recorded as injected only once the request went upstream: a failed
+    // connect or TLS verification sent nothing.
+    let injected = secret.is_some();
     if upgrade::is_upgrade(&req) {
         // WebSocket and other upgrades pass through once allowed.
-        return upgrade::forward(req, s)
+        let resp = upgrade::forward(req, s)
             .await
-            .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY));
+            .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
+        recorded.injected = injected;
+        return Ok(resp);
     }
     let gateway_err = |m: String| ("gateway", m, StatusCode::BAD_GATEWAY);
     if !decision.mask.is_empty() {
@@ -165,6 +213,7 @@ async fn allowed(
     let resp = forward(req, s)
         .await
         .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
+    recorded.injected = injected;
     // Read before masking, which streams without a length: a small body
     // announced by the upstream is still worth its short wait in `settle`.
     let announced = resp
