@@ -298,6 +298,192 @@ c.commit()
     assert!(verify(&gw).0);
 }
 
+/// Re-hashes the chain from the record at `from` on (after changing its
+/// body), as a store writer without the signing key would; with
+/// `drop_checkpoints`, deletes every checkpoint first.
+fn rehash_from(db: &std::path::Path, from: i64, drop_checkpoints: bool) {
+    let code = format!(
+        "import hashlib, sqlite3, sys
+def h(parts):
+    m = hashlib.sha256()
+    for p in parts:
+        b = p.encode()
+        m.update(len(b).to_bytes(8, 'big')); m.update(b)
+    return m.hexdigest()
+c = sqlite3.connect(sys.argv[1])
+if {drop}:
+    c.execute('DELETE FROM checkpoints')
+rows = c.execute('SELECT id, instance, seq, time, kind, body, prev_hash FROM events WHERE seq >= {from} ORDER BY seq').fetchall()
+prev = None
+for (id, inst, seq, time, kind, body, prev_hash) in rows:
+    if seq == {from}:
+        body = body.replace('\"time\"', '\"time\" ')
+        prev = prev_hash
+    new = h([inst, str(seq), time, kind, body, prev])
+    c.execute('UPDATE events SET body = ?, prev_hash = ?, hash = ? WHERE id = ?', (body, prev, new, id))
+    prev = new
+c.commit()
+c.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+",
+        drop = if drop_checkpoints { "True" } else { "False" }
+    );
+    let out = Command::new("python3").args(["-c", &code]).arg(db).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_store_writer_without_the_signing_key_cannot_pass_verify() {
+    let cg = TestCgroup::new(&unique("auditforge"));
+    let web = Upstream::start("127.0.0.43");
+    let mut gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![web_target(&web), "[audit]\ncheckpoint_every = 5\n".into()],
+            ..Default::default()
+        },
+    );
+    // Requests until the newest records are past the last checkpoint (a
+    // batch that crosses a multiple of 5 ends on one).
+    let checkpoint_at_end = |gw: &Gateway| {
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nprint(c.execute('SELECT max(seq) FROM events').fetchone()[0] == c.execute('SELECT max(seq) FROM checkpoints').fetchone()[0])";
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(gw.state_dir().join("audit.db"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "True"
+    };
+    let mut sent = 0;
+    while sent < 6 || checkpoint_at_end(&gw) {
+        assert!(sent < 30, "every batch ended on a checkpoint");
+        assert!(curl(&cg, &format!("http://{}/f{sent}", web.addr)).ends_with("200"));
+        sent += 1;
+        wait_for(10, || {
+            (search(&gw, &["--kind", "http_exchange"]).len() == sent).then_some(())
+        });
+        // The connection event follows the exchange.
+        wait_for(10, || {
+            (search(&gw, &["--kind", "connection"]).len() == sent).then_some(())
+        });
+    }
+    // Killed: no checkpoint at stop, so the newest records are covered by
+    // the signed head file alone.
+    gw.kill9();
+    let db = gw.state_dir().join("audit.db");
+    let head = gw.state_dir().join("audit-head");
+    let key = gw.state_dir().join("audit-signing.pub");
+    let (backup, head_backup) = (
+        gw.state_dir().join("audit.db.good"),
+        gw.state_dir().join("audit-head.good"),
+    );
+    sql(&db, "SELECT 1;");
+    std::fs::copy(&db, &backup).unwrap();
+    std::fs::copy(&head, &head_backup).unwrap();
+    let verify = |gw: &Gateway| {
+        let out = gw.cli(&["audit", "verify", "--key", key.to_str().unwrap()]);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = verify(&gw);
+    assert!(ok, "{err}");
+    let total = search(&gw, &[]).len() as i64;
+    let last_checkpoint: i64 = {
+        let out = Command::new("python3")
+            .args(["-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT coalesce(max(seq), 0) FROM checkpoints').fetchone()[0])"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert!(
+        last_checkpoint < total,
+        "the test needs records after the last checkpoint"
+    );
+
+    // Every checkpoint deleted and the chain re-hashed from a modified record.
+    rehash_from(&db, 3, true);
+    let (ok, err) = verify(&gw);
+    assert!(!ok, "verify passed with the checkpoints deleted");
+    assert!(
+        err.contains(&format!("seq {total}")) && err.contains("signed head"),
+        "{err}"
+    );
+    // ... and verified away from the gateway's host (no head file): no
+    // signature covers any record.
+    std::fs::remove_file(&head).unwrap();
+    let (ok, err) = verify(&gw);
+    assert!(
+        !ok && err.contains(&format!("no signature covers records 1 to {total}")),
+        "{err}"
+    );
+
+    // The records after the last checkpoint rewritten and re-hashed.
+    std::fs::copy(&backup, &db).unwrap();
+    std::fs::copy(&head_backup, &head).unwrap();
+    rehash_from(&db, last_checkpoint + 1, false);
+    let (ok, err) = verify(&gw);
+    assert!(!ok, "verify passed with the tail rewritten");
+    assert!(err.contains("signed head"), "{err}");
+    // ... with the head file rewritten along with them: not signed.
+    let line = std::fs::read_to_string(&head).unwrap();
+    let mut parts = line.split_whitespace();
+    let (instance, seq) = (parts.next().unwrap(), parts.next().unwrap());
+    std::fs::write(&head, format!("{instance} {seq} {}\n", "0".repeat(64))).unwrap();
+    let (ok, err) = verify(&gw);
+    assert!(!ok && err.contains("not signed"), "{err}");
+    // The gateway itself does not go on over a store it did not write.
+    std::fs::copy(&head_backup, &head).unwrap();
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(interlock_tests::gateway::binary())
+        .arg("--config")
+        .arg(gw.config_path())
+        .arg("run")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the gateway started on a rewritten store");
+    assert!(stderr.contains("changed while the gateway was down"), "{stderr}");
+}
+
+#[test]
+fn checkpoints_come_at_least_every_interval_and_when_the_gateway_stops() {
+    let cg = TestCgroup::new(&unique("auditinterval"));
+    let web = Upstream::start("127.0.0.44");
+    let mut gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![web_target(&web), "[audit]\ncheckpoint_interval = \"1s\"\n".into()],
+            ..Default::default()
+        },
+    );
+    let covered = |gw: &Gateway| {
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nprint(c.execute('SELECT max(seq) FROM events').fetchone()[0], c.execute('SELECT coalesce(max(seq), 0) FROM checkpoints').fetchone()[0])";
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(gw.state_dir().join("audit.db"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text.split_whitespace().map(|n| n.parse::<i64>().unwrap_or(-1));
+        (it.next().unwrap_or(-1), it.next().unwrap_or(-1))
+    };
+    assert!(curl(&cg, &format!("http://{}/a", web.addr)).ends_with("200"));
+    // Quiet afterwards: signed once the interval is up, not 1000 records later.
+    let signed = wait_for(10, || {
+        let (last, cp) = covered(&gw);
+        (last > 0 && last == cp).then_some(())
+    });
+    assert!(
+        signed.is_some(),
+        "no checkpoint covers the newest records: {:?}",
+        covered(&gw)
+    );
+    assert!(curl(&cg, &format!("http://{}/b", web.addr)).ends_with("200"));
+    assert!(gw.stop().success());
+    let (last, cp) = covered(&gw);
+    assert_eq!(last, cp, "the stop left records no checkpoint covers");
+}
+
 #[test]
 fn events_acknowledged_before_kill_9_are_in_the_store_after_restart() {
     let cg = TestCgroup::new(&unique("auditkill"));
@@ -463,7 +649,7 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
     std::fs::write(&pw, "audit-pw").unwrap();
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     let audit = format!(
-        "[audit]\nbackend = \"postgres\"\ncheckpoint_every = 3\n[audit.postgres]\nhost = \"{}\"\nport = {}\ndbname = \"audit\"\nuser = \"auditor\"\npassword_file = \"{}\"\ntls = \"disable\"\n",
+        "[audit]\nbackend = \"postgres\"\ncheckpoint_every = 3\ncheckpoint_interval = \"1s\"\n[audit.postgres]\nhost = \"{}\"\nport = {}\ndbname = \"audit\"\nuser = \"auditor\"\npassword_file = \"{}\"\ntls = \"disable\"\n",
         pg.addr.ip(),
         pg.addr.port(),
         pw.display()
@@ -514,16 +700,22 @@ fn two_gateways_write_one_postgresql_store_and_it_verifies() {
     .is_some());
     let key1 = gw1.state_dir().join("audit-signing.pub");
     let key2 = gw2.state_dir().join("audit-signing.pub");
-    let out = gw1.cli(&[
-        "audit",
-        "verify",
-        "--key",
-        key1.to_str().unwrap(),
-        "--key",
-        key2.to_str().unwrap(),
-    ]);
+    let verify_both = || {
+        gw1.cli(&[
+            "audit",
+            "verify",
+            "--key",
+            key1.to_str().unwrap(),
+            "--key",
+            key2.to_str().unwrap(),
+        ])
+    };
+    // From gw1's host, gw2's newest records are covered once gw2 has signed
+    // them (within its 1 s checkpoint interval).
+    let verified = wait_for(10, || verify_both().status.success().then_some(()));
+    let out = verify_both();
     assert!(
-        out.status.success(),
+        verified.is_some(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
