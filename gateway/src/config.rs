@@ -18,7 +18,7 @@ mod rule;
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use api::{ApiConfig, Roles};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
-pub use limits::{LimitsConfig, Rate};
+pub use limits::{ByteSize, LimitsConfig, Rate};
 pub use listener::{ExplicitListener, ListenerConfig};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};

@@ -16,6 +16,10 @@ use crate::{
     types::AgentName,
 };
 
+pub mod budget;
+
+pub use budget::{Budget, OverBudget, Reserved};
+
 /// Which limit refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
@@ -102,6 +106,8 @@ pub struct Limits {
     config: LimitsConfig,
     share: usize,
     agents: Mutex<HashMap<AgentName, AgentState>>,
+    /// Memory for messages held whole, across all sessions.
+    pub budget: Arc<Budget>,
 }
 
 /// Quiet time after which a burst of refusals is over.
@@ -133,6 +139,7 @@ impl Limits {
             share: config.connections_per_agent(max_connections),
             config: config.clone(),
             agents: Mutex::default(),
+            budget: Budget::new(config.buffer_budget.0),
         }
     }
 
@@ -282,6 +289,7 @@ mod tests {
                 per_second: req.0,
                 burst: req.1,
             },
+            ..LimitsConfig::default()
         };
         Arc::new(Limits::new(&config, 100))
     }

@@ -285,7 +285,120 @@ def exchange(spec):
         s.close()
 
 
-OPS = {"exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+class PgReader:
+    """Backend messages off a socket, whole."""
+
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b""
+
+    def until(self, want):
+        """The next message whose type is in `want`, or the first
+        ErrorResponse: (type, body); (None, b"") if the peer closed."""
+        while True:
+            while len(self.buf) >= 5:
+                kind, length = self.buf[:1], int.from_bytes(self.buf[1:5], "big")
+                if len(self.buf) < 1 + length:
+                    break
+                body, self.buf = self.buf[5:1 + length], self.buf[1 + length:]
+                if kind in want or kind == b"E":
+                    return kind, body
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None, b""
+            self.buf += chunk
+
+
+def pg_error_code(body):
+    for field in body.split(b"\0"):
+        if field[:1] == b"C":
+            return field[1:].decode()
+    return None
+
+
+def slow_query(spec):
+    """A PostgreSQL session (plaintext, any password) that sends one Query of
+    about `size` bytes: its first `first` bytes, then, after `hold` seconds
+    (answering at once if the gateway refuses meanwhile), the rest."""
+    import select
+    size, hold = spec["size"], spec.get("hold", 2)
+    try:
+        s = socket.create_connection(addr_of(spec), timeout=TIMEOUT * 2)
+        params = b"user\0agent\0database\0" + spec.get("dbname", "shop").encode() + b"\0\0"
+        s.sendall((8 + len(params)).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params)
+        reader = PgReader(s)
+        while True:
+            kind, body = reader.until((b"R", b"Z"))
+            if kind == b"R" and int.from_bytes(body[:4], "big") in (3, 5, 10):
+                pw = b"not-the-real-one\0"
+                s.sendall(b"p" + (4 + len(pw)).to_bytes(4, "big") + pw)
+                continue
+            if kind == b"R":
+                continue
+            if kind != b"Z":
+                return {"ok": False, "stage": "login", "code": pg_error_code(body)}
+            break
+        filler = size - 40
+        sql = ("SELECT length('" + "x" * filler + "')").encode() + b"\0"
+        msg = b"Q" + (4 + len(sql)).to_bytes(4, "big") + sql
+        first = spec.get("first", 64 << 10)
+        s.sendall(msg[:first])
+        ready, _, _ = select.select([s], [], [], hold)
+        if not ready:
+            s.sendall(msg[first:])
+        kind, body = reader.until((b"D",))
+        if kind == b"E":
+            return {"ok": False, "code": pg_error_code(body), "early": bool(ready)}
+        if kind is None:
+            return {"ok": False, "closed": True}
+        return {"ok": True, "length": int(body[6:].decode() or 0)}
+    except OSError as e:
+        return fail(e)
+
+
+def slow_post(spec):
+    """An HTTP POST of a JSON body of about `size` bytes, announced with
+    Content-Length: its first `first` bytes, then after `hold` seconds (or at
+    once if the gateway answers meanwhile) the rest; reports the status."""
+    import select
+    size, hold = spec["size"], spec.get("hold", 2)
+    body = ('{"note": "' + "y" * (size - 14) + '"}').encode()
+    head = ("POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % (spec.get("path", "/"), spec.get("host_header", "x"), len(body))).encode()
+    try:
+        s = socket.create_connection(addr_of(spec), timeout=TIMEOUT * 2)
+        first = spec.get("first", 64 << 10)
+        s.sendall(head + body[:first])
+        ready, _, _ = select.select([s], [], [], hold)
+        if not ready:
+            s.sendall(body[first:])
+        got = b""
+        while b"\r\n" not in got:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        status = int(got.split(b" ")[1]) if got.startswith(b"HTTP/1.") else 0
+        return {"ok": True, "status": status, "early": bool(ready)}
+    except OSError as e:
+        return fail(e)
+
+
+def parallel(spec):
+    """Runs `count` copies of `inner` at once, in threads; their reports in order."""
+    results = [None] * spec["count"]
+
+    def one(i):
+        results[i] = run(spec["inner"])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(spec["count"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 6)
+    return {"ok": True, "results": results}
+
+
+OPS = {"parallel": parallel, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

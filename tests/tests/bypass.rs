@@ -14,6 +14,7 @@
 //! - files: the audit trail and the gateway's state are root's alone;
 //! - flood: one agent past its share or its rates is refused while the
 //!   others are served;
+//! - memory: large messages at once are refused past one memory budget;
 //! - descriptors: `interlock exec` hands the agent no socket opened outside
 //!   its cgroup.
 #[path = "bypass/descriptors.rs"]
@@ -24,6 +25,8 @@ mod files;
 mod flood;
 #[path = "bypass/hooks.rs"]
 mod hooks;
+#[path = "bypass/memory.rs"]
+mod memory;
 #[path = "bypass/names.rs"]
 mod names;
 #[path = "bypass/paths.rs"]

@@ -31,6 +31,7 @@ mod capture;
 mod exchange;
 pub(crate) mod fetch;
 mod headers;
+mod held;
 mod mask;
 mod park;
 mod pool;

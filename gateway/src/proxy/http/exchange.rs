@@ -113,7 +113,7 @@ async fn decide_and_serve(
     recorded: &mut Recorded,
     upstream_error: &mut Option<String>,
 ) -> Result<(Decision, Response<Body>), Response<Body>> {
-    let (req, model, body_size) = mask::body_facts(req.map(|b| b.boxed()), s.spec.llm).await?;
+    let (req, model, body_size) = mask::body_facts(req.map(|b| b.boxed()), s.spec.llm, &s.ctx.limits.budget).await?;
     // Request filter: policy on this request.
     let action = ActionKind::HttpRequest {
         method: method.to_owned(),
@@ -189,7 +189,7 @@ async fn allowed(
         // Prompt redaction: the request body, with the policy's detectors only.
         let plan = s.ctx.mask_plan(&decision.mask, None).map_err(gateway_err)?;
         let seal = |v: &[u8]| s.ctx.sealer.seal(v);
-        let (masked_req, fired) = match mask::request(req, &plan, &seal).await {
+        let (masked_req, fired) = match mask::request(req, &plan, &seal, &s.ctx.limits.budget).await {
             Ok(ok) => ok,
             Err(resp) => return Ok(resp),
         };
@@ -247,7 +247,7 @@ async fn allowed(
         });
     };
     let findings = recorded.masked_response.clone();
-    let resp = mask::response(resp, m, move |fired| findings.finish(fired, late)).await;
+    let resp = mask::response(resp, m, &s.ctx.limits.budget, move |fired| findings.finish(fired, late)).await;
     Ok(settle(resp, bodies, announced, &mut recorded.bodies).await)
 }
 

@@ -5,11 +5,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use super::{json_response, Body};
-use crate::masking::{MaskPlan, MaskedValue, SseMasker, StreamMasker};
+use super::{
+    held::{self, HeldBody, Unheld},
+    json_response, Body,
+};
+use crate::{
+    limits::Budget,
+    masking::{MaskPlan, MaskedValue, SseMasker, StreamMasker},
+};
 
 /// Where a response's masking findings go. A masker that finished before
 /// the exchange's event is built (the whole response was at hand) puts
@@ -55,17 +61,18 @@ impl Findings {
     }
 }
 
-/// Largest request body the gateway will buffer to mask.
-pub(super) const MAX_MASKED_REQUEST: usize = 8 * 1024 * 1024;
-
-fn full(bytes: Vec<u8>) -> Body {
-    Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed()
+fn announced(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// What policy needs from a request body: for LLM targets the JSON body is
 /// read (bounded) for its `model`; otherwise only Content-Length is used.
 /// Returns the request (with the body put back), the model, and the size.
-pub(super) async fn body_facts(req: Request<Body>, llm: bool) -> Result<(Request<Body>, String, i64), Response<Body>> {
+pub(super) async fn body_facts(
+    req: Request<Body>,
+    llm: bool,
+    budget: &Arc<Budget>,
+) -> Result<(Request<Body>, String, i64), Response<Body>> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -81,34 +88,35 @@ pub(super) async fn body_facts(req: Request<Body>, llm: bool) -> Result<(Request
         return Ok((req, String::new(), declared));
     }
     let (parts, body) = req.into_parts();
-    let bytes = read_bounded(body).await?;
+    let (bytes, held) = read_request(body, announced(&parts.headers), budget).await?;
     let model = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_default();
     let size = bytes.len() as i64;
-    Ok((Request::from_parts(parts, full(bytes.to_vec())), model, size))
+    Ok((
+        Request::from_parts(parts, HeldBody::boxed(bytes.to_vec(), Some(held))),
+        model,
+        size,
+    ))
 }
 
-async fn read_bounded(body: Body) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, MAX_MASKED_REQUEST).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            let (status, message) = if too_big {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_MASKED_REQUEST} bytes cannot be inspected"),
-                )
-            } else {
-                (StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
-            };
-            Err(json_response(
-                status,
-                serde_json::json!({"error": {"type": "agent", "message": message}}),
-            ))
-        }
-    }
+/// A request body held whole; 413 past the per-body limit or the budget.
+async fn read_request(
+    body: Body,
+    announced: Option<u64>,
+    budget: &Arc<Budget>,
+) -> Result<(Bytes, crate::limits::Reserved), Response<Body>> {
+    held::collect(body, announced, budget).await.map_err(|e| {
+        let status = match e {
+            Unheld::TooLarge | Unheld::OverBudget(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Unheld::Read(_) => StatusCode::BAD_REQUEST,
+        };
+        json_response(
+            status,
+            serde_json::json!({"error": {"type": "agent", "message": format!("request body: {e}")}}),
+        )
+    })
 }
 
 /// Masks a request body (JSON field by field when it is JSON); a body over
@@ -117,14 +125,16 @@ pub(super) async fn request(
     req: Request<Body>,
     plan: &MaskPlan,
     seal: &(dyn Fn(&[u8]) -> Option<String> + Sync),
+    budget: &Arc<Budget>,
 ) -> Result<(Request<Body>, Vec<MaskedValue>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
-    let collected = read_bounded(body).await?;
+    let (collected, held) = read_request(body, announced(&parts.headers), budget).await?;
     let (masked, fired) = mask_bytes(&collected, plan, is_json(&parts.headers), seal);
+    drop(collected);
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
-    Ok((Request::from_parts(parts, full(masked)), fired))
+    Ok((Request::from_parts(parts, HeldBody::boxed(masked, Some(held))), fired))
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {
@@ -205,6 +215,7 @@ impl Mode {
 pub(super) async fn response(
     resp: Response<Body>,
     plan: Arc<MaskPlan>,
+    budget: &Arc<Budget>,
     done: impl FnOnce(Vec<MaskedValue>) + Send + Sync + 'static,
 ) -> Response<Body> {
     let content_type = resp
@@ -221,23 +232,29 @@ pub(super) async fn response(
     if !plan.fields.is_empty() && content_type.contains("json") && !sse {
         // Field rules need the whole document.
         let (mut parts, body) = resp.into_parts();
-        let bytes = match Limited::new(body, MAX_MASKED_REQUEST).collect().await {
-            Ok(c) => c.to_bytes(),
+        let (bytes, held) = match held::collect(body, announced(&parts.headers), budget).await {
+            Ok(whole) => whole,
             Err(e) => {
+                // Unmasked is never an option: the agent gets an error instead.
+                let status = match e {
+                    Unheld::OverBudget(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    Unheld::TooLarge | Unheld::Read(_) => StatusCode::BAD_GATEWAY,
+                };
                 let message = format!("response could not be masked: {e}");
                 return json_response(
-                    StatusCode::BAD_GATEWAY,
+                    status,
                     serde_json::json!({"error": {"type": "upstream", "message": message}}),
                 );
             }
         };
         // Response originals are not kept.
         let (masked, fired) = mask_bytes(&bytes, &plan, true, &|_| None);
+        drop(bytes);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(masked.len()));
         done(fired);
-        return Response::from_parts(parts, full(masked));
+        return Response::from_parts(parts, HeldBody::boxed(masked, Some(held)));
     }
     let Some(masker) = plan.any.clone() else { return resp };
     let mode = if sse {

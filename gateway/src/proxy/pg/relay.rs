@@ -54,8 +54,15 @@ pub async fn relay(
         let mut prepared = request::Prepared::default();
         let mut buf = BytesMut::with_capacity(8 << 10);
         let mut out = BytesMut::new();
+        // The budget held by the large message being read, if one is.
+        let mut held: Option<crate::limits::Reserved> = None;
         loop {
+            // A whole large message, kept counted until it has been sent on.
+            let mut sending = None;
             while let Some(total) = wire::complete_len(&buf, "agent")? {
+                if held.is_some() {
+                    sending = held.take();
+                }
                 let raw = buf.split_to(total).freeze();
                 let frame = wire::Frame { tag: raw[0], raw };
                 if matches!(frame.tag, b'Q' | b'E' | b'F') {
@@ -86,6 +93,26 @@ pub async fn relay(
             if !out.is_empty() {
                 up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
                 out.clear();
+            }
+            if sending.take().is_some() {
+                // Room a large message needed is not kept by the session.
+                out = BytesMut::new();
+                if buf.is_empty() {
+                    buf = BytesMut::with_capacity(8 << 10);
+                }
+            }
+            // A large message reserves its room before it is read whole,
+            // and the buffer grows to it exactly (doubling would hold twice).
+            if let Some(total) = wire::announced_len(&buf, "agent")? {
+                if held.is_none() && total >= wire::HELD_FROM && total > buf.len() {
+                    let budget = &s.ctx.limits.budget;
+                    held = Some(
+                        budget
+                            .reserve(total)
+                            .map_err(|source| wire::WireError::OverBudget { side: "agent", source })?,
+                    );
+                    buf.reserve(total - buf.len());
+                }
             }
             if agent_r.read_buf(&mut buf).await.map_err(|e| io_err("agent", e))? == 0 {
                 if buf.is_empty() {
@@ -181,6 +208,11 @@ pub async fn relay(
                 side: "gateway".into(),
                 error: e,
             }
+        }
+        Err(Ended::Wire(e @ wire::WireError::OverBudget { .. })) => {
+            let fatal = wire::ErrorFields::fatal("54000", format!("interlock refused this message: {e}"));
+            let _ = agent_w.write_all(&fatal.to_bytes()).await;
+            Outcome::Refused { reason: e.to_string() }
         }
         Err(Ended::Wire(e)) => {
             if e.side() == "agent" || matches!(e, wire::WireError::Malformed { .. }) {

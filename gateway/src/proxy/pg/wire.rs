@@ -33,6 +33,15 @@ pub enum WireError {
         /// What was wrong.
         message: String,
     },
+    /// A message the gateway would have to hold does not fit its buffer
+    /// budget (SQLSTATE 54000 to the agent).
+    #[error("{side}: {source}")]
+    OverBudget {
+        /// `agent` or `upstream`.
+        side: &'static str,
+        /// What did not fit.
+        source: crate::limits::OverBudget,
+    },
 }
 
 impl WireError {
@@ -47,7 +56,7 @@ impl WireError {
     /// Which side caused it.
     pub fn side(&self) -> &'static str {
         match self {
-            Self::Io { side, .. } | Self::Malformed { side, .. } => side,
+            Self::Io { side, .. } | Self::Malformed { side, .. } | Self::OverBudget { side, .. } => side,
         }
     }
 }
@@ -66,6 +75,16 @@ impl Frame {
     pub fn body(&self) -> &[u8] {
         &self.raw[5..]
     }
+}
+
+/// Messages at least this long reserve their room in the buffer budget
+/// before they are read whole; smaller ones are a session's ordinary buffer.
+pub const HELD_FROM: usize = 64 << 10;
+
+/// The length the next message in `buf` announces, once its header is there.
+pub fn announced_len(buf: &[u8], side: &'static str) -> Result<Option<usize>, WireError> {
+    let header = Header::parse(buf).map_err(|e| WireError::malformed(side, e.to_string()))?;
+    Ok(header.map(|h| h.len() as usize + 1))
 }
 
 /// The length of the next whole message in `buf`, if it is all there.
