@@ -23,6 +23,7 @@ pub mod store;
 mod tests;
 pub mod verify;
 
+pub(crate) use sink::journal::{line as journal_line, parse as journal_parse};
 pub use sink::{append_direct, EventSink, SinkError};
 pub use sql::{MaskCount, PgSessionEvent, SqlStatementEvent};
 

@@ -14,6 +14,8 @@ pub mod control;
 pub mod credentials;
 pub mod daemon;
 pub mod detect;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod identity;
 pub mod kernel;
 pub mod limits;

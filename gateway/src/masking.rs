@@ -139,11 +139,19 @@ impl Masker {
 
     /// Masks `input`; returns the output and what was masked.
     pub fn mask(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
+        self.mask_after(input, 0)
+    }
+
+    /// Masks `input[skip..]` as it would be masked right after
+    /// `input[..skip]`, which is context only (already released by a
+    /// stream): a word boundary, or a multi-byte character, at the joint is
+    /// then read as in the whole text. Offsets are from `skip`.
+    pub fn mask_after(&self, input: &[u8], skip: usize) -> (Vec<u8>, Vec<Finding>) {
         let mut spans = self.styled_spans(input);
         spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
-        let mut out = Vec::with_capacity(input.len());
+        let mut out = Vec::with_capacity(input.len() - skip);
         let mut findings = Vec::new();
-        let mut at = 0;
+        let mut at = skip;
         for (start, end, name, style) in spans {
             if start < at {
                 continue; // overlaps a value already masked
@@ -152,7 +160,7 @@ impl Masker {
             out.extend_from_slice(&replace(&input[start..end], name, style));
             findings.push(Finding {
                 detector: name.to_owned(),
-                offset: start,
+                offset: start - skip,
                 len: end - start,
                 field: None,
                 original: self.keep.iter().any(|k| k == name).then(|| input[start..end].to_vec()),

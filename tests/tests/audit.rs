@@ -244,15 +244,6 @@ fn verify_names_the_first_modified_deleted_or_reordered_record() {
     assert!(verify(&gw).0, "{}", verify(&gw).1);
     let total = search(&gw, &[]).len() as i64;
     assert!(total >= 16, "{total}");
-    let rehash = "
-import hashlib, sqlite3, sys
-def h(parts):
-    m = hashlib.sha256()
-    for p in parts:
-        b = p.encode()
-        m.update(len(b).to_bytes(8, 'big')); m.update(b)
-    return m.hexdigest()
-";
     let cases: Vec<(&str, String, &str)> = vec![
         ("modified", "UPDATE events SET body = replace(body, '/r3', '/r9') WHERE body LIKE '%/r3%' AND kind = 'http_exchange';".into(), "modified"),
         ("deleted", "DELETE FROM events WHERE seq = 9;".into(), "seq 9: missing"),
@@ -275,27 +266,20 @@ def h(parts):
     // Rewriting a record and re-hashing the rest of the chain is caught by
     // the next signed checkpoint.
     std::fs::copy(&backup, &db).unwrap();
-    let code = format!(
-        "{rehash}
-c = sqlite3.connect(sys.argv[1])
-rows = c.execute('SELECT id, instance, seq, time, kind, body, prev_hash FROM events WHERE seq >= 3 ORDER BY seq').fetchall()
-prev = None
-for (id, inst, seq, time, kind, body, prev_hash) in rows:
-    if seq == 3:
-        body = body.replace('\"time\"', '\"time\" ')
-        prev = prev_hash
-    new = h([inst, str(seq), time, kind, body, prev])
-    c.execute('UPDATE events SET body = ?, prev_hash = ?, hash = ? WHERE id = ?', (body, prev, new, id))
-    prev = new
-c.commit()
-"
-    );
-    let out = Command::new("python3").args(["-c", &code]).arg(&db).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rehash_from(&db, 3, false);
     let (ok, err) = verify(&gw);
     assert!(!ok && err.contains("signed checkpoint"), "{err}");
     std::fs::copy(&backup, &db).unwrap();
     assert!(verify(&gw).0);
+}
+
+/// The store's newest record's seq and newest checkpoint's seq (0 for none).
+fn newest_seqs(db: &std::path::Path) -> (i64, i64) {
+    let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nprint(c.execute('SELECT coalesce(max(seq), 0) FROM events').fetchone()[0], c.execute('SELECT coalesce(max(seq), 0) FROM checkpoints').fetchone()[0])";
+    let out = Command::new("python3").args(["-c", script]).arg(db).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = text.split_whitespace().map(|n| n.parse::<i64>().unwrap_or(-1));
+    (it.next().unwrap_or(-1), it.next().unwrap_or(-1))
 }
 
 /// Re-hashes the chain from the record at `from` on (after changing its
@@ -345,13 +329,8 @@ fn a_store_writer_without_the_signing_key_cannot_pass_verify() {
     // Requests until the newest records are past the last checkpoint (a
     // batch that crosses a multiple of 5 ends on one).
     let checkpoint_at_end = |gw: &Gateway| {
-        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nprint(c.execute('SELECT max(seq) FROM events').fetchone()[0] == c.execute('SELECT max(seq) FROM checkpoints').fetchone()[0])";
-        let out = Command::new("python3")
-            .args(["-c", script])
-            .arg(gw.state_dir().join("audit.db"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "True"
+        let (last, checkpoint) = newest_seqs(&gw.state_dir().join("audit.db"));
+        last == checkpoint
     };
     let mut sent = 0;
     while sent < 6 || checkpoint_at_end(&gw) {
@@ -386,14 +365,7 @@ fn a_store_writer_without_the_signing_key_cannot_pass_verify() {
     let (ok, err) = verify(&gw);
     assert!(ok, "{err}");
     let total = search(&gw, &[]).len() as i64;
-    let last_checkpoint: i64 = {
-        let out = Command::new("python3")
-            .args(["-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT coalesce(max(seq), 0) FROM checkpoints').fetchone()[0])"])
-            .arg(&db)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
+    let last_checkpoint = newest_seqs(&db).1;
     assert!(
         last_checkpoint < total,
         "the test needs records after the last checkpoint"
@@ -456,17 +428,7 @@ fn checkpoints_come_at_least_every_interval_and_when_the_gateway_stops() {
             ..Default::default()
         },
     );
-    let covered = |gw: &Gateway| {
-        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nprint(c.execute('SELECT max(seq) FROM events').fetchone()[0], c.execute('SELECT coalesce(max(seq), 0) FROM checkpoints').fetchone()[0])";
-        let out = Command::new("python3")
-            .args(["-c", script])
-            .arg(gw.state_dir().join("audit.db"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut it = text.split_whitespace().map(|n| n.parse::<i64>().unwrap_or(-1));
-        (it.next().unwrap_or(-1), it.next().unwrap_or(-1))
-    };
+    let covered = |gw: &Gateway| newest_seqs(&gw.state_dir().join("audit.db"));
     assert!(curl(&cg, &format!("http://{}/a", web.addr)).ends_with("200"));
     // Quiet afterwards: signed once the interval is up, not 1000 records later.
     let signed = wait_for(10, || {

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod flamegraph;
+mod fuzz;
 mod setup;
 mod shell;
 mod test;
@@ -43,6 +44,15 @@ enum Command {
         /// default HTTP keep-alive 1 KB and pgbench -S simple, 8 clients.
         scenarios: Vec<String>,
     },
+    /// Run the fuzz targets (cargo-fuzz on the nightly toolchain) from
+    /// their committed corpora, each for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (all by default).
+        targets: Vec<String>,
+    },
     /// Setup, lint, unit tests, then the privileged integration tests.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -77,6 +87,10 @@ fn main() -> Result<()> {
             shell::run(&mut run)
         }
         Command::Test { no_lint, filter } => test::run(&root, !no_lint, filter.as_deref()),
+        Command::Fuzz { seconds, targets } => {
+            setup::run(&root)?;
+            fuzz::run(&root, seconds, &targets)
+        }
         Command::Bench { quick } => bench(&root, quick),
         Command::Flamegraph { scenarios } => {
             let scenarios = if scenarios.is_empty() {

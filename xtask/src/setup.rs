@@ -89,7 +89,7 @@ pub fn inferno() -> Result<PathBuf> {
 /// `cargo install`s `krate` at `version` unless `binary` (in cargo's bin
 /// directory) says it is that version, or cargo lists it installed (not
 /// every binary has `--version`); returns the binary's path.
-fn crate_binary(krate: &str, version: &str, binary: &str) -> Result<PathBuf> {
+pub fn crate_binary(krate: &str, version: &str, binary: &str) -> Result<PathBuf> {
     let bin = cargo_home().join("bin").join(binary);
     let says = || output(bin.to_str().unwrap_or(binary), &["--version"]).is_some_and(|v| v.contains(version));
     let listed = || {

@@ -10,6 +10,9 @@ use crate::{
     shell::{self, cmd},
 };
 
+/// Seconds each fuzz target runs in the suite.
+const FUZZ_SECONDS: u64 = 5;
+
 /// Runs the whole suite.
 pub fn run(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
     setup::run(root)?;
@@ -40,7 +43,15 @@ pub fn run(root: &Path, lint: bool, filter: Option<&str>) -> Result<()> {
     }
     it.envs(env.iter().cloned()).env("INTERLOCK_BIN", bin);
     let integration = shell::run_tests(&mut it)?;
-    println!("xtask: unit {} passed, integration {} passed", unit.0, integration.0);
+    // Each fuzz target briefly from its corpus: a parser regression on
+    // agent or upstream bytes fails the suite.
+    crate::fuzz::run(root, FUZZ_SECONDS, &[])?;
+    println!(
+        "xtask: unit {} passed, integration {} passed, {} fuzz targets ran {FUZZ_SECONDS} s each without a finding",
+        unit.0,
+        integration.0,
+        crate::fuzz::TARGETS.len()
+    );
     println!("{} passed, {} failed", unit.0 + integration.0, unit.1 + integration.1);
     Ok(())
 }

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config::{Config, OnFailure};
 
-mod journal;
+pub(crate) mod journal;
 mod mirror;
 mod writer;
 

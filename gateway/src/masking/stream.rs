@@ -11,7 +11,16 @@ pub struct StreamMasker {
     held: Vec<u8>,
     /// Bytes already released (for finding offsets).
     released: usize,
+    /// The last released bytes (a character at most), read as context
+    /// before what is held: a value right after the joint is then masked as
+    /// in the whole text (found by fuzzing: `...\xdf` released, then
+    /// `\x86sk-...` masked alone saw a word boundary the whole text does
+    /// not have, inside the character U+07C6).
+    context: Vec<u8>,
 }
+
+/// Bytes of context kept: one UTF-8 character.
+const CONTEXT: usize = 4;
 
 impl StreamMasker {
     /// A fresh stream.
@@ -20,6 +29,7 @@ impl StreamMasker {
             masker,
             held: Vec::new(),
             released: 0,
+            context: Vec::new(),
         }
     }
 
@@ -30,7 +40,11 @@ impl StreamMasker {
         // grow into a value, moved back to the start of any match that reaches
         // past that point.
         let mut cut = self.held.len() - self.masker.holdback(&self.held);
-        for (start, end, _) in self.masker.spans(&self.held) {
+        let mut joined = self.context.clone();
+        joined.extend_from_slice(&self.held);
+        let skip = self.context.len();
+        for (start, end, _) in self.masker.spans(&joined) {
+            let (start, end) = (start.saturating_sub(skip), end.saturating_sub(skip));
             if start < cut && end > cut {
                 cut = start;
             }
@@ -51,11 +65,15 @@ impl StreamMasker {
     fn release(&mut self, cut: usize) -> (Vec<u8>, Vec<Finding>) {
         let rest = self.held.split_off(cut);
         let head = std::mem::replace(&mut self.held, rest);
-        let (out, mut findings) = self.masker.mask(&head);
+        let mut joined = std::mem::take(&mut self.context);
+        let skip = joined.len();
+        joined.extend_from_slice(&head);
+        let (out, mut findings) = self.masker.mask_after(&joined, skip);
         for f in &mut findings {
             f.offset += self.released;
         }
         self.released += head.len();
+        self.context = joined[joined.len().saturating_sub(CONTEXT)..].to_vec();
         (out, findings)
     }
 }

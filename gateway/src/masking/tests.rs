@@ -112,6 +112,32 @@ fn streams_hold_back_only_what_could_still_become_a_value() {
 }
 
 #[test]
+fn a_stream_cut_inside_a_word_or_a_character_masks_as_the_whole_text() {
+    // Found by the stream_mask fuzz target: released apart, the second
+    // piece began with a word boundary the whole text does not have.
+    let keys = std::sync::Arc::new(masker(&["api_key"], Style::Redact));
+    let whole_text: &[u8] = b"x \xdf\x86sk-fuzz-secret-0061728394 y";
+    let whole = keys.mask(whole_text).0;
+    for cut in 1..whole_text.len() {
+        let mut s = StreamMasker::new(keys.clone());
+        let mut out = s.push(&whole_text[..cut]).0;
+        out.extend(s.push(&whole_text[cut..]).0);
+        out.extend(s.finish().0);
+        assert_eq!(out, whole, "cut at {cut}");
+    }
+    // The same for a word character before the key.
+    let whole_text: &[u8] = b"ask-live-0123456789abcdef0123 sk-live-0123456789abcdef0123";
+    let whole = keys.mask(whole_text).0;
+    for cut in 1..whole_text.len() {
+        let mut s = StreamMasker::new(keys.clone());
+        let mut out = s.push(&whole_text[..cut]).0;
+        out.extend(s.push(&whole_text[cut..]).0);
+        out.extend(s.finish().0);
+        assert_eq!(out, whole, "cut at {cut}");
+    }
+}
+
+#[test]
 fn catalog_rules_choose_detectors_styles_and_fields() {
     let config: crate::config::Config = crate::config::Config::parse(
         r#"

@@ -26,7 +26,7 @@ mod request;
 mod response;
 mod session;
 mod startup;
-mod wire;
+pub(crate) mod wire;
 
 pub use cancel::CancelTable;
 pub use pool::PgPool;

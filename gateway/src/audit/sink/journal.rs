@@ -145,7 +145,7 @@ struct Line {
 
 /// A record's journal line. Its event must be the JSON text the record was
 /// chained with (as [`Record::next`] made it).
-pub(super) fn line(record: &Record) -> Result<Vec<u8>, String> {
+pub(crate) fn line(record: &Record) -> Result<Vec<u8>, String> {
     let head = Head {
         id: record.id,
         instance: &record.instance,
@@ -173,7 +173,7 @@ pub(super) fn line(record: &Record) -> Result<Vec<u8>, String> {
 }
 
 /// Reads one journal line back into its record.
-fn parse(text: &str) -> Result<Record, serde_json::Error> {
+pub(crate) fn parse(text: &str) -> Result<Record, serde_json::Error> {
     let l: Line = serde_json::from_str(text)?;
     let raw = l.body.get();
     let body = if raw.starts_with('"') {
