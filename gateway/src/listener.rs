@@ -241,7 +241,7 @@ async fn admit(
         Err(reason) => {
             tracing::warn!(conn = %id, %peer, "refused: {reason}");
             refuse(stream);
-            proxy::record_refusal(&shared.ctx.events, id, peer, &reason).await;
+            proxy::record_refusal(&shared.ctx.events, id, peer, None, &reason).await;
             return None;
         }
     };
@@ -255,7 +255,8 @@ async fn admit(
             tracing::debug!(conn = %id, %peer, %agent, "refused: {}", refused.reason);
             refuse(stream);
             if refused.record {
-                proxy::record_refusal(&shared.ctx.events, id, peer, &refused.reason).await;
+                let caller = Some((&agent, &identity));
+                proxy::record_refusal(&shared.ctx.events, id, peer, caller, &refused.reason).await;
             }
             return None;
         }
@@ -263,7 +264,8 @@ async fn admit(
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         tracing::warn!(conn = %id, %peer, "refused: connection limit reached");
         refuse(stream);
-        proxy::record_refusal(&shared.ctx.events, id, peer, "connection limit reached").await;
+        let caller = Some((&agent, &identity));
+        proxy::record_refusal(&shared.ctx.events, id, peer, caller, "connection limit reached").await;
         return None;
     };
     if let Err(e) = shared.ctx.events.accepting() {

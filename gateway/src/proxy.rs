@@ -354,13 +354,20 @@ async fn record(
     }
 }
 
-/// Records a connection the listener refused before any session started.
-pub async fn record_refusal(events: &EventSink, id: ConnId, peer: std::net::SocketAddr, reason: &str) {
+/// Records a connection the listener refused before any session started;
+/// `caller` when it is known by then (who is flooding, say).
+pub async fn record_refusal(
+    events: &EventSink,
+    id: ConnId,
+    peer: std::net::SocketAddr,
+    caller: Option<(&crate::types::AgentName, &Identity)>,
+    reason: &str,
+) {
     let event = ConnectionEvent {
         time: audit::now(),
         conn_id: id,
-        agent: None,
-        identity: None,
+        agent: caller.map(|(agent, _)| agent.clone()),
+        identity: caller.map(|(_, identity)| identity.clone()),
         target: None,
         decision: None,
         peer,

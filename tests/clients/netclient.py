@@ -315,6 +315,74 @@ def pg_error_code(body):
     return None
 
 
+def pg_login(spec):
+    """A PostgreSQL session (plaintext, any password): (socket, reader), or
+    the error code of a refused login."""
+    s = socket.create_connection(addr_of(spec), timeout=TIMEOUT * 2)
+    params = b"user\0agent\0database\0" + spec.get("dbname", "shop").encode() + b"\0\0"
+    s.sendall((8 + len(params)).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params)
+    reader = PgReader(s)
+    while True:
+        kind, body = reader.until((b"R", b"Z"))
+        if kind == b"R" and int.from_bytes(body[:4], "big") in (3, 5, 10):
+            pw = b"not-the-real-one\0"
+            s.sendall(b"p" + (4 + len(pw)).to_bytes(4, "big") + pw)
+            continue
+        if kind == b"R":
+            continue
+        if kind != b"Z":
+            return None, pg_error_code(body)
+        return s, reader
+
+
+def pg_msg(kind, body):
+    return kind + (4 + len(body)).to_bytes(4, "big") + body
+
+
+def pg_run(s, reader, messages):
+    """Sends `messages`, reads to ReadyForQuery: the first error's code, or
+    "ok" and the first column of the last DataRow."""
+    s.sendall(b"".join(messages))
+    code, value = "ok", None
+    while True:
+        kind, body = reader.until((b"D", b"Z"))
+        if kind is None:
+            return "closed", None
+        if kind == b"E" and code == "ok":
+            code = pg_error_code(body)
+        if kind == b"D" and int.from_bytes(body[2:6], "big", signed=True) >= 0:
+            value = body[6:6 + int.from_bytes(body[2:6], "big")].decode()
+        if kind == b"Z":
+            return code, value
+
+
+def pg_flood(spec):
+    """One session: `simple` Queries, then `extended` executions
+    (Parse/Bind/Execute/Sync each), each answered before the next, then
+    after `pause` seconds one more Query of `last`: each one's SQLSTATE."""
+    try:
+        s, reader = pg_login(spec)
+        if s is None:
+            return {"ok": False, "stage": "login", "code": reader}
+        out = []
+        for _ in range(spec.get("simple", 0)):
+            out.append(["simple", pg_run(s, reader, [pg_msg(b"Q", b"SELECT 1\0")])[0]])
+        for i in range(spec.get("extended", 0)):
+            value = str(i).encode()
+            out.append(["extended", pg_run(s, reader, [
+                pg_msg(b"P", b"\0SELECT $1::int\0\0\0"),
+                pg_msg(b"B", b"\0\0\0\0\0\1" + len(value).to_bytes(4, "big") + value + b"\0\0"),
+                pg_msg(b"E", b"\0\0\0\0\0"),
+                pg_msg(b"S", b""),
+            ])[0]])
+        time.sleep(spec.get("pause", 0))
+        last = pg_run(s, reader, [pg_msg(b"Q", spec["last"].encode() + b"\0")])
+        s.close()
+        return {"ok": True, "codes": out, "last": list(last)}
+    except OSError as e:
+        return fail(e)
+
+
 def slow_query(spec):
     """A PostgreSQL session (plaintext, any password) that sends one Query of
     about `size` bytes: its first `first` bytes, then, after `hold` seconds
@@ -322,21 +390,9 @@ def slow_query(spec):
     import select
     size, hold = spec["size"], spec.get("hold", 2)
     try:
-        s = socket.create_connection(addr_of(spec), timeout=TIMEOUT * 2)
-        params = b"user\0agent\0database\0" + spec.get("dbname", "shop").encode() + b"\0\0"
-        s.sendall((8 + len(params)).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params)
-        reader = PgReader(s)
-        while True:
-            kind, body = reader.until((b"R", b"Z"))
-            if kind == b"R" and int.from_bytes(body[:4], "big") in (3, 5, 10):
-                pw = b"not-the-real-one\0"
-                s.sendall(b"p" + (4 + len(pw)).to_bytes(4, "big") + pw)
-                continue
-            if kind == b"R":
-                continue
-            if kind != b"Z":
-                return {"ok": False, "stage": "login", "code": pg_error_code(body)}
-            break
+        s, reader = pg_login(spec)
+        if s is None:
+            return {"ok": False, "stage": "login", "code": reader}
         filler = size - 40
         sql = ("SELECT length('" + "x" * filler + "')").encode() + b"\0"
         msg = b"Q" + (4 + len(sql)).to_bytes(4, "big") + sql
@@ -398,7 +454,7 @@ def parallel(spec):
     return {"ok": True, "results": results}
 
 
-OPS = {"parallel": parallel, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+OPS = {"parallel": parallel, "pg_flood": pg_flood, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

@@ -426,15 +426,9 @@ impl EventSink {
 
     /// Signs everything stored (the gateway is stopping): a chain's newest
     /// records are then covered by a checkpoint, not only the head file.
+    /// What was recorded before is stored first, as for [`flush`](Self::flush).
     pub async fn seal(&self) -> Result<(), SinkError> {
-        self.flush().await?;
-        let (done, wait) = oneshot::channel();
-        self.shared
-            .chain()
-            .tx
-            .send(Msg::Seal(done))
-            .map_err(|_| SinkError::Closed)?;
-        wait.await.map_err(|_| SinkError::Closed)
+        self.ask_writer(Msg::Seal).await
     }
 
     fn spawn_prober(&self) {
@@ -526,12 +520,13 @@ impl EventSink {
     /// Waits until everything recorded so far is in the store (or the store
     /// failed to take it; it stays in the journal).
     pub async fn flush(&self) -> Result<(), SinkError> {
+        self.ask_writer(Msg::Flush).await
+    }
+
+    /// Sends the writer a message that answers once it is done.
+    async fn ask_writer(&self, msg: impl FnOnce(oneshot::Sender<()>) -> Msg) -> Result<(), SinkError> {
         let (done, wait) = oneshot::channel();
-        self.shared
-            .chain()
-            .tx
-            .send(Msg::Flush(done))
-            .map_err(|_| SinkError::Closed)?;
+        self.shared.chain().tx.send(msg(done)).map_err(|_| SinkError::Closed)?;
         wait.await.map_err(|_| SinkError::Closed)
     }
 }

@@ -66,6 +66,9 @@ pub struct Statement {
     /// It touches a table with masked columns: computed result columns are
     /// masked too, and error details withheld.
     computed: bool,
+    /// Refused by a rate limit within a burst already recorded: counted
+    /// into the burst's `limited` event instead of an event of its own.
+    counted: bool,
 }
 
 /// One execution of a statement, until its completion.
@@ -116,6 +119,9 @@ impl Session {
     /// Records a finished statement; the agent gets its answer only after this.
     async fn record(&self, run: Box<Run>, how: &'static str) -> Result<(), crate::audit::SinkError> {
         let st = &run.statement;
+        if st.counted {
+            return Ok(());
+        }
         let mut masked: Vec<MaskCount> = run
             .masked
             .into_iter()

@@ -1,8 +1,9 @@
 //! One agent cannot starve the others: past its share of connections, its
-//! connection rate or its request rate it is refused while the others are
-//! served, and its refusals are recorded once per burst (the rest counted
-//! into `limited` events), so a flood does not flood the audit trail.
-use interlock_tests::{wait_for, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
+//! connection rate or its request rate (HTTP requests, SQL executions) it is
+//! refused while the others are served, and its refusals are recorded once
+//! per burst (the rest counted into `limited` events), so a flood does not
+//! flood the audit trail.
+use interlock_tests::{postgres::PgServer, wait_for, Client, Gateway, GatewayOptions, TestCgroup, Upstream};
 use serde_json::{json, Value};
 
 use super::{get, status};
@@ -31,7 +32,11 @@ fn refusals(gw: &Gateway, total: u64) -> (Vec<Value>, Vec<Value>) {
             .filter(|e| {
                 let refused = e["event"] == "connection" && e["outcome"]["kind"] == "refused";
                 let limited = e["event"] == "http_exchange" && e["status"] == 429;
-                refused || limited
+                let sql = e["event"] == "sql_statement"
+                    && e["decision"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("sends requests faster"));
+                refused || limited || sql
             })
             .cloned()
             .collect();
@@ -127,4 +132,49 @@ fn an_agent_sending_requests_too_fast_gets_429_and_another_is_served() {
         .contains("sends requests faster than 0.5/s"));
     let spec = json!({"op": "exchange", "tag": "other", "host": "127.0.0.2", "port": up.addr.port(), "send": get("/x", "plain")});
     assert_eq!(status(&Client::agent(&cg).net(spec).json()), 200);
+}
+
+#[test]
+fn an_agent_sending_statements_too_fast_gets_53400_and_another_is_served() {
+    let pg = PgServer::start("127.0.0.75");
+    pg.shop();
+    let cg = TestCgroup::new(&interlock_tests::unique("sqlrate"));
+    let limits = "[limits]\nrequest_rate = { per_second = 0.5, burst = 3 }\n";
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![AGENTS.into(), pg.target(&[]), limits.into()],
+            ..Default::default()
+        },
+    );
+    let (host, port) = (pg.addr.ip().to_string(), pg.addr.port());
+    // Twelve executions on one session, six by the simple protocol and six
+    // prepared, then one more once the rate has let a token back in.
+    let flood = json!({"op": "pg_flood", "tag": "flood", "host": host, "port": port,
+                       "simple": 6, "extended": 6, "pause": 2.5, "last": "SELECT count(*) FROM items"});
+    let out = Client::agent(&cg).net(flood).json();
+    let codes: Vec<(String, String)> =
+        serde_json::from_value(out["codes"].clone()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let refused = codes.iter().filter(|(_, code)| code == "53400").count() as u64;
+    assert!(refused >= 8, "{out}");
+    assert!(codes.iter().all(|(_, code)| code == "ok" || code == "53400"), "{out}");
+    for protocol in ["simple", "extended"] {
+        assert!(
+            codes.iter().any(|(p, code)| p == protocol && code == "53400"),
+            "no {protocol} execution refused: {out}"
+        );
+    }
+    assert_eq!(out["last"], json!(["ok", "10"]), "the session goes on: {out}");
+    let (first, counted) = refusals(&gw, refused);
+    assert_eq!(first.len(), 1, "one event for the burst: {first:#?}");
+    assert_eq!(first[0]["agent"], "flooder");
+    assert_eq!(first[0]["identity"]["uid"], 65534);
+    assert_eq!(first[0]["outcome"], "denied");
+    assert!(counted
+        .iter()
+        .all(|e| e["agent"] == "flooder" && e["limit"] == "request_rate"));
+    let other =
+        json!({"op": "pg_flood", "tag": "other", "host": host, "port": port, "last": "SELECT count(*) FROM items"});
+    let out = Client::agent(&cg).net(other).json();
+    assert_eq!(out["last"], json!(["ok", "10"]), "{out}");
 }

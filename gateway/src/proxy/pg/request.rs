@@ -149,14 +149,40 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
         detectors,
         denial,
         computed: touches_masked,
+        counted: false,
     };
     (statement, action)
 }
 
-/// A statement the server refuses at parse time, naming the session's nonce
-/// so its error is recognised.
+/// A statement the server refuses at parse time (or a portal it does not
+/// have), naming the session's nonce so its error is recognised.
 fn substitute(s: &Session) -> String {
     format!("{} INTERLOCK DENIED", s.nonce)
+}
+
+/// Counts one execution (a simple Query or an Execute) against the agent's
+/// request rate; past it, the refusal.
+fn over_rate(s: &Session) -> Option<crate::limits::Refused> {
+    s.ctx.limits.admit_request(&s.agent).err()
+}
+
+/// What an execution refused by the request rate is recorded as; `like` is
+/// the prepared statement it would have run. Not classified: a flood
+/// should cost the gateway as little as it can.
+fn refused_statement(s: &Session, sql: &str, like: Option<&Statement>, refused: crate::limits::Refused) -> Statement {
+    let message = format!("interlock refused this statement: {}; try again later", refused.reason);
+    Statement {
+        sql: cap(sql, s.ctx.settings.body_cap),
+        kind: like.map_or_else(|| "unclassified".to_owned(), |st| st.kind.clone()),
+        tables_read: like.map(|st| st.tables_read.clone()).unwrap_or_default(),
+        tables_written: like.map(|st| st.tables_written.clone()).unwrap_or_default(),
+        decision: Decision::deny(Vec::new(), refused.reason),
+        detectors: None,
+        // 53400 configuration_limit_exceeded: a limit the operator set.
+        denial: Some(ErrorFields::error("53400", message)),
+        computed: false,
+        counted: !refused.record,
+    }
 }
 
 impl Prepared {
@@ -179,10 +205,18 @@ impl Prepared {
             b'Q' => {
                 let sql = c.cstr()?;
                 c.end()?;
-                let (statement, action) = judge(s, sql, settled.take());
-                if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
-                    return Ok(Step::Hold(Box::new((action, statement.decision))));
-                }
+                // A settled review was counted when it first came.
+                let limited = if reviewed { None } else { over_rate(s) };
+                let statement = match limited {
+                    Some(refused) => refused_statement(s, sql, None, refused),
+                    None => {
+                        let (statement, action) = judge(s, sql, settled.take());
+                        if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
+                            return Ok(Step::Hold(Box::new((action, statement.decision))));
+                        }
+                        statement
+                    }
+                };
                 let statement = Arc::new(statement);
                 let denied = statement.denial.is_some();
                 push(Expect::Query(Box::new(Run::new(statement, "simple", Vec::new()))));
@@ -290,6 +324,17 @@ impl Prepared {
                     }
                     None => (Arc::new(unknown_statement(&portal)), Vec::new(), true),
                 };
+                if let Some(refused) = over_rate(s) {
+                    // Executed in its place: a portal that does not exist,
+                    // named with the nonce, so the server answers with an
+                    // error the response side turns into this refusal.
+                    let refused = refused_statement(s, &statement.sql, Some(&statement), refused);
+                    let mut run = Run::new(Arc::new(refused), "extended", params);
+                    run.portal = portal;
+                    push(Expect::Execute(Box::new(run)));
+                    frontend::execute(&substitute(s), 0, out).map_err(io)?;
+                    return Ok(Step::More);
+                }
                 // Masking needs the result's columns: describe the portal for
                 // the response side when the agent did not.
                 if !described && (!s.masked.is_empty() || statement.detectors.is_some()) {
@@ -335,6 +380,7 @@ impl Prepared {
                         "42501",
                         "interlock denied this call: the function-call protocol is not allowed through the gateway",
                     )),
+                    counted: false,
                 };
                 push(Expect::Query(Box::new(Run::new(
                     Arc::new(statement),
@@ -378,6 +424,7 @@ fn unknown_statement(name: &str) -> Statement {
         detectors: None,
         denial: None,
         computed: false,
+        counted: false,
     }
 }
 

@@ -332,9 +332,12 @@ impl Responses {
                 done.push((run, "denied"));
             }
             Some(Expect::Execute(mut run)) => {
-                forward(None, out)?;
+                // Only an execution refused by a limit has a denial here
+                // (one denied at Parse never gets this far).
+                let refused = ours && run.statement.denial.is_some();
+                forward(run.statement.denial.as_ref(), out)?;
                 run.error = Some(text);
-                done.push((run, "error"));
+                done.push((run, if refused { "denied" } else { "error" }));
             }
             Some(Expect::Sync) => {
                 forward(None, out)?;
