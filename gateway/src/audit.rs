@@ -54,6 +54,9 @@ pub enum Outcome {
         /// Which revocation.
         reason: String,
     },
+    /// Closed by the gateway as it stopped: still open when
+    /// `listener.drain_timeout` ran out.
+    Shutdown,
     /// The gateway refused the connection before relaying anything.
     Refused {
         /// Why.

@@ -20,6 +20,7 @@ use crate::{
     types::OrigDst,
 };
 
+mod drain;
 mod maintenance;
 pub mod private;
 mod reload;
@@ -295,10 +296,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .filter_map(|b| b.local_addr())
         .map(|a| a.to_string())
         .collect();
-    let mut tasks = tokio::task::JoinSet::new();
+    // The accept loops apart from the other tasks: they stop first.
+    let mut accepting = tokio::task::JoinSet::new();
     for b in bound {
-        tasks.spawn(listener::serve(b, shared.clone()));
+        accepting.spawn(listener::serve(b, shared.clone()));
     }
+    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(limits.record_counts(events.clone()));
     let state = Arc::new(ControlState {
         book: tokio::sync::Mutex::new(book),
@@ -341,6 +344,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     reload::wait_for_shutdown(config_path.as_deref(), &state, &gate).await?;
     // Held requests fail now, cleanly, and their records say why.
     reviews.fail_all("the gateway stopped while the request was held").await;
+    // Stop accepting (the listening sockets close as their tasks end), then
+    // drain the sessions: each records its own connection event.
+    accepting.abort_all();
+    while accepting.join_next().await.is_some() {}
+    drain::drain(&shared.sessions, &shared.ctx.live, config.listener.drain_timeout).await;
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);
     events.record(Event::GatewayStopped { time: audit::now() }).await?;

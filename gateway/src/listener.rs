@@ -77,6 +77,9 @@ pub struct Shared {
     pub ctx: Arc<ProxyCtx>,
     /// Limits concurrent sessions.
     pub slots: Arc<Semaphore>,
+    /// Every accepted connection's task, from accept to its event: the
+    /// drain at shutdown waits for them.
+    pub sessions: tokio_util::task::TaskTracker,
     /// How long to wait for an agent's first bytes before treating the
     /// connection as raw TCP (server-first protocols send nothing).
     pub detect_wait: Duration,
@@ -101,6 +104,7 @@ impl Shared {
             resolver: Resolver::default(),
             ctx,
             slots: Arc::new(Semaphore::new(max)),
+            sessions: tokio_util::task::TaskTracker::new(),
             detect_wait,
             next_id: AtomicU64::new(1),
         }
@@ -205,7 +209,8 @@ pub async fn serve(bound: Bound, shared: Arc<Shared>) {
             netns_cookie: bound.netns_cookie,
             arrival: bound.arrival,
         };
-        tokio::spawn(async move { handle(stream, peer, way, shared).await });
+        let sessions = shared.sessions.clone();
+        sessions.spawn(async move { handle(stream, peer, way, shared).await });
     }
 }
 
@@ -283,7 +288,16 @@ async fn admit(
         None | Some(TargetProtocol::Tcp) => shared.detect_wait,
         Some(_) => shared.ctx.settings.header_timeout.max(shared.detect_wait),
     };
-    let protocol = detect::sniff(&stream, wait).await;
+    let protocol = tokio::select! {
+        protocol = detect::sniff(&stream, wait) => protocol,
+        // The drain at shutdown is over: nothing new starts.
+        () = shared.ctx.live.closed() => {
+            refuse(stream);
+            let caller = Some((&agent, &identity));
+            proxy::record_refusal(&shared.ctx.events, id, peer, caller, "the gateway is shutting down").await;
+            return None;
+        }
+    };
     let judged = targets.judge(orig_dst, protocol.host(), &shared.ctx.gate.names).await;
     let verdict = shared.ctx.gate.connect(agent, &identity, orig_dst, &judged);
     tracing::debug!(conn = %id, via, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");

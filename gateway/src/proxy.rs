@@ -32,7 +32,7 @@ mod upstream;
 pub(crate) use http::fetch::fetch;
 pub use http::fetch::GatewayHttp;
 pub use live::{LiveConn, LiveTable};
-pub use relay::{relay, RelayEnd, RelayError, RelayStats};
+pub use relay::{relay, Cut, RelayEnd, RelayError, RelayStats};
 pub use upstream::{connect_upstream, UpstreamError};
 
 /// Settings every session needs.
@@ -313,9 +313,7 @@ async fn relay_tcp(
                 // Abort both sides: nothing more may pass.
                 let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
                 let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
-                Outcome::Revoked {
-                    reason: stats.cut_reason().unwrap_or_default(),
-                }
+                stats.cut_outcome()
             }
             Err(e) => Outcome::Error {
                 side: e.side().to_owned(),

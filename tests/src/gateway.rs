@@ -134,6 +134,11 @@ impl Gateway {
             toml += line;
             toml.push('\n');
         }
+        if !opts.listener.iter().any(|l| l.starts_with("drain_timeout")) {
+            // A test that stops its gateway with a client still connected
+            // waits this long, not the default ten seconds.
+            toml += "drain_timeout = \"2s\"\n";
+        }
         toml += "\n[intercept]\n";
         toml += &opts
             .cgroups_line

@@ -221,3 +221,62 @@ fn status_as_another_user_does_not_claim_the_gateway_is_down() {
     assert!(!text.contains("NOT RUNNING"), "{text}");
     assert!(text.contains("cannot use the control socket"), "{text}");
 }
+
+#[test]
+fn sessions_open_at_sigterm_are_drained_and_each_has_its_event_before_gateway_stopped() {
+    let cg = TestCgroup::new(&unique("drain"));
+    let up = Upstream::start("127.0.0.2");
+    let mut gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec!["drain_timeout = \"3s\"".into()],
+            ..Default::default()
+        },
+    );
+    // Two sessions open at SIGTERM: one the agent ends during the drain,
+    // one still open when the drain is over.
+    let hold = json!({"op": "hold", "host": "127.0.0.2", "port": up.addr.port(), "wait": 30});
+    let short = Client::agent(&cg).spawn_holding("/usr/bin/python3", hold.clone());
+    let long = Client::agent(&cg).spawn_holding("/usr/bin/python3", hold);
+    let (short_pid, long_pid) = (short.pid(), long.pid());
+    let (status, during, report) = std::thread::scope(|s| {
+        let stopping = s.spawn(|| gw.stop());
+        std::thread::sleep(Duration::from_millis(500));
+        // Draining: nothing new is accepted, so a new connection fails closed.
+        let during = Client::agent(&cg)
+            .net(json!({"op": "tcp", "host": "127.0.0.2", "port": up.addr.port()}))
+            .json();
+        drop(short);
+        // Returns once the gateway has closed the long session.
+        let report = long.finish();
+        (stopping.join().unwrap(), during, report)
+    });
+    assert!(status.success(), "{}", gw.log());
+    assert_eq!(during["errno"], ECONNREFUSED, "accepted while draining: {during}");
+    // Closed by the gateway (a reset, as for a revocation), not by the
+    // client's own timeout.
+    const ECONNRESET: u64 = 104;
+    assert!(
+        report["first"]["closed"] == true || report["first"]["errno"] == ECONNRESET,
+        "{report}"
+    );
+    assert_eq!(report["second"]["errno"], ECONNREFUSED, "{report}");
+    let events = gw.events().all();
+    let stopped = events
+        .iter()
+        .position(|e| e["event"] == "gateway_stopped")
+        .unwrap_or_else(|| panic!("no gateway_stopped: {events:#?}"));
+    let connection = |pid: u32| {
+        events
+            .iter()
+            .position(|e| e["event"] == "connection" && e["identity"]["pid"] == pid)
+            .unwrap_or_else(|| panic!("no connection event for pid {pid}: {events:#?}"))
+    };
+    let (short_at, long_at) = (connection(short_pid), connection(long_pid));
+    assert!(short_at < stopped && long_at < stopped, "{events:#?}");
+    assert_eq!(events[short_at]["outcome"]["kind"], "closed", "{:#}", events[short_at]);
+    assert_eq!(events[long_at]["outcome"]["kind"], "shutdown", "{:#}", events[long_at]);
+    assert!(gw
+        .log()
+        .contains("closing the sessions still open after the drain timeout"));
+}

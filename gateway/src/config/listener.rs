@@ -55,6 +55,12 @@ pub struct ListenerConfig {
     /// twice `park_idle` to end). `0s`: never park.
     #[serde(with = "humantime_serde")]
     pub park_idle: Duration,
+    /// At SIGTERM the gateway stops accepting and lets open sessions finish
+    /// for up to this long (idle kept-alive HTTP connections are closed at
+    /// once); then it closes the rest. Every session's `connection` event
+    /// is recorded before `gateway_stopped`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Also accept connections a NAT REDIRECT rule (iptables/nftables) sent
     /// to the listener: the original destination comes from conntrack
     /// (SO_ORIGINAL_DST) and the caller from sock_diag and /proc. The rule
@@ -100,6 +106,7 @@ impl Default for ListenerConfig {
             header_timeout: Duration::from_secs(30),
             max_request_head: 8 << 10,
             park_idle: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(10),
             nat_redirect: false,
             nat_port: None,
             explicit: Vec::new(),

@@ -262,7 +262,7 @@ where
             Ok(park::Ended::IdleTimeout) => Outcome::IdleTimeout,
             Err(error) => Outcome::Error { side: "agent".into(), error },
         },
-        () = stats.cut_notified() => Outcome::Revoked { reason: stats.cut_reason().unwrap_or_default() },
+        () = stats.cut_notified() => stats.cut_outcome(),
     }
 }
 

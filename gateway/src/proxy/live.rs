@@ -1,13 +1,18 @@
-//! The table of connections being relayed now, for status and for cutting.
+//! The table of connections being relayed now, for status, for cutting,
+//! and for closing what is left at shutdown.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::SystemTime,
 };
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
-use super::RelayStats;
+use super::{Cut, RelayStats};
 use crate::{
     identity::Identity,
     types::{ConnId, OrigDst},
@@ -52,6 +57,10 @@ struct Entry {
 #[derive(Default)]
 pub struct LiveTable {
     conns: Mutex<BTreeMap<ConnId, Entry>>,
+    /// Set once the drain at shutdown is over: what is added is cut at once.
+    closed: AtomicBool,
+    /// Cancelled with `closed`, for connections not yet in the table.
+    closing: CancellationToken,
 }
 
 /// What a session keeps while it is in the table.
@@ -75,7 +84,13 @@ impl LiveTable {
             started: SystemTime::now(),
             stats: stats.clone(),
         };
-        self.lock().insert(id, entry);
+        let mut conns = self.lock();
+        // Checked under the lock `close` takes: no insert slips between
+        // its flag and its sweep.
+        if self.closed.load(Ordering::Acquire) {
+            stats.cut(Cut::Shutdown);
+        }
+        conns.insert(id, entry);
         LiveHandle { stats }
     }
 
@@ -111,15 +126,90 @@ impl LiveTable {
             .collect()
     }
 
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes the idle kept-alive HTTP connections (parked between
+    /// requests): at shutdown they need not wait for a request that may
+    /// never come. Returns how many.
+    pub fn close_idle(&self) -> usize {
+        let conns = self.lock();
+        let idle = conns.values().filter(|e| e.stats.is_parked());
+        idle.map(|e| e.stats.cut(Cut::Shutdown)).count()
+    }
+
+    /// Closes every connection, and every one added from now on; returns
+    /// how many were live.
+    pub fn close(&self) -> usize {
+        let conns = self.lock();
+        self.closed.store(true, Ordering::Release);
+        self.closing.cancel();
+        conns.values().map(|e| e.stats.cut(Cut::Shutdown)).count()
+    }
+
+    /// Resolves once `close` has been called: connections still being
+    /// admitted stop waiting for their first bytes.
+    pub async fn closed(&self) {
+        self.closing.cancelled().await;
+    }
+
     /// Cuts every live connection whose caller (identity, agent) matches
     /// `pred`, recording `reason`; returns how many.
     pub fn cut_where(&self, reason: &str, pred: impl Fn(&Identity, &str) -> bool) -> usize {
         let conns = self.lock();
         let mut n = 0;
         for e in conns.values().filter(|e| pred(&e.identity, &e.agent)) {
-            e.stats.cut(reason);
+            e.stats.cut(Cut::Revoked(reason.to_owned()));
             n += 1;
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dst() -> OrigDst {
+        OrigDst("127.0.0.2:80".parse().unwrap())
+    }
+
+    #[test]
+    fn close_cuts_the_live_and_every_later_connection_as_shutdown() {
+        let table = LiveTable::default();
+        let before = table.insert(ConnId(1), &Identity::unattributed(), "a", dst());
+        assert_eq!(table.close(), 1);
+        let after = table.insert(ConnId(2), &Identity::unattributed(), "a", dst());
+        for handle in [before, after] {
+            assert_eq!(handle.stats.cut_why(), Some(Cut::Shutdown));
+            assert_eq!(handle.stats.cut_outcome(), crate::audit::Outcome::Shutdown);
+        }
+    }
+
+    #[test]
+    fn a_revocation_is_not_overwritten_by_the_shutdown() {
+        let table = LiveTable::default();
+        let h = table.insert(ConnId(1), &Identity::unattributed(), "a", dst());
+        assert_eq!(table.cut_where("revoked pid 1", |_, _| true), 1);
+        table.close();
+        assert_eq!(h.stats.cut_why(), Some(Cut::Revoked("revoked pid 1".into())));
+    }
+
+    #[test]
+    fn close_idle_cuts_only_parked_connections() {
+        let table = LiveTable::default();
+        let busy = table.insert(ConnId(1), &Identity::unattributed(), "a", dst());
+        let idle = table.insert(ConnId(2), &Identity::unattributed(), "a", dst());
+        idle.stats.set_parked(true);
+        assert_eq!(table.close_idle(), 1);
+        assert_eq!(idle.stats.cut_why(), Some(Cut::Shutdown));
+        assert_eq!(busy.stats.cut_why(), None);
     }
 }

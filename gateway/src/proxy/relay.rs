@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use crate::audit::Outcome;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -24,15 +25,48 @@ pub struct RelayStats {
     down: AtomicU64,
     /// Wakes the relay to end the connection at once.
     cut: Notify,
-    cut_reason: std::sync::Mutex<Option<String>>,
+    cut_why: std::sync::Mutex<Option<Cut>>,
     /// Parked: an idle HTTP/1.1 keep-alive connection held outside hyper.
     parked: std::sync::atomic::AtomicBool,
 }
 
+/// Why a connection was cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cut {
+    /// Its caller was revoked (the revocation, in words).
+    Revoked(String),
+    /// The gateway is stopping and the connection outlived the drain.
+    Shutdown,
+}
+
+impl Cut {
+    /// How the connection ended, for its event.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Self::Revoked(reason) => Outcome::Revoked { reason },
+            Self::Shutdown => Outcome::Shutdown,
+        }
+    }
+
+    /// In words, for what the agent is told.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Revoked(reason) => reason,
+            Self::Shutdown => "the gateway is shutting down",
+        }
+    }
+}
+
 impl RelayStats {
-    /// Ends the relay at once, for `reason`.
-    pub fn cut(&self, reason: &str) {
-        *self.cut_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    /// Ends the relay at once, for `why`. A revocation is not overwritten
+    /// by a later shutdown.
+    pub fn cut(&self, why: Cut) {
+        {
+            let mut slot = self.cut_why.lock().unwrap_or_else(|p| p.into_inner());
+            if !matches!(*slot, Some(Cut::Revoked(_))) {
+                *slot = Some(why);
+            }
+        }
         // notify_one stores a permit, so a cut before the relay waits is not lost.
         self.cut.notify_one();
     }
@@ -53,8 +87,15 @@ impl RelayStats {
     }
 
     /// Why the relay was cut, if it was.
-    pub fn cut_reason(&self) -> Option<String> {
-        self.cut_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn cut_why(&self) -> Option<Cut> {
+        self.cut_why.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How a relay woken by `cut_notified` ended.
+    pub fn cut_outcome(&self) -> Outcome {
+        // Only `cut` notifies, and it records why first.
+        self.cut_why()
+            .map_or(Outcome::Revoked { reason: String::new() }, Cut::outcome)
     }
 
     /// Marks the connection parked (idle, held outside hyper) or not.

@@ -169,10 +169,11 @@ pub async fn relay(
         r = requests => r.map(|()| true).map_err(Ended::Wire),
         r = responses => r.map(|()| false),
         () = stats.cut_notified() => {
-            let reason = stats.cut_reason().unwrap_or_default();
-            let fatal = wire::ErrorFields::fatal("57P01", format!("interlock terminated this session: {reason}"));
+            let why = stats.cut_why().map(|w| w.reason().to_owned()).unwrap_or_default();
+            // 57P01 admin_shutdown, as the server says it when it is stopped.
+            let fatal = wire::ErrorFields::fatal("57P01", format!("interlock terminated this session: {why}"));
             let _ = agent_w.write_all(&fatal.to_bytes()).await;
-            return Relayed { outcome: Outcome::Revoked { reason }, statements: statements.into_inner(), kept: None };
+            return Relayed { outcome: stats.cut_outcome(), statements: statements.into_inner(), kept: None };
         }
     };
     let clean = matches!(ended, Ok(true))

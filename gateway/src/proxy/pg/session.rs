@@ -270,6 +270,7 @@ fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Closed => "closed".into(),
         Outcome::Revoked { reason } => format!("revoked: {reason}"),
+        Outcome::Shutdown => "closed at the gateway's shutdown".into(),
         Outcome::Error { side, error } => format!("{side} error: {error}"),
         other => format!("{other:?}"),
     }
