@@ -129,17 +129,25 @@ pub fn sse(data: &[u8]) {
 }
 
 /// PostgreSQL frontend bytes: the startup-phase message, then tagged
-/// messages cut from the stream the way the gateway cuts them.
+/// messages cut from the stream the way the gateway cuts them, each parsed
+/// as the request filter parses it (a parsed one must encode back to the
+/// same bytes).
 pub fn pg_frontend(data: &[u8]) {
     use crate::proxy::pg::wire;
     let _ = wire::parse_hello(data);
     let mut rest = data;
     while let Ok(Some(total)) = wire::complete_len(rest, "agent") {
         assert!(total >= 5 && total <= rest.len());
-        let body = &rest[5..total];
-        let mut c = wire::Cursor::new(body, "agent");
-        // Parse: name, query, parameter types (what the gateway reads of it).
-        let _ = c.cstr().and_then(|_| c.cstr()).and_then(|_| c.i16());
+        let frame = wire::Frame {
+            tag: rest[0],
+            raw: bytes::Bytes::copy_from_slice(&rest[..total]),
+        };
+        // What parses is exactly what was sent: encoded again, the same bytes.
+        if let Ok(message) = crate::proxy::pg::frontend::parse(&frame) {
+            let mut again = BytesMut::new();
+            message.encode(&mut again);
+            assert_eq!(&again[..], &frame.raw[..], "{message:?}");
+        }
         rest = &rest[total..];
     }
 }

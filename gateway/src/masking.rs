@@ -147,9 +147,19 @@ impl Masker {
     /// stream): a word boundary, or a multi-byte character, at the joint is
     /// then read as in the whole text. Offsets are from `skip`.
     pub fn mask_after(&self, input: &[u8], skip: usize) -> (Vec<u8>, Vec<Finding>) {
+        self.mask_within(input, skip, input.len())
+    }
+
+    /// Masks `input[skip..limit]` as it would be masked inside the whole
+    /// text: `input[..skip]` was released before it and `input[limit..]`
+    /// comes after it (a stream's next character, so that a word boundary
+    /// at the end reads as in the whole text). Values reaching past
+    /// `limit` are left to the next release. Offsets are from `skip`.
+    pub fn mask_within(&self, input: &[u8], skip: usize, limit: usize) -> (Vec<u8>, Vec<Finding>) {
         let mut spans = self.styled_spans(input);
+        spans.retain(|s| s.1 <= limit);
         spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
-        let mut out = Vec::with_capacity(input.len() - skip);
+        let mut out = Vec::with_capacity(limit - skip);
         let mut findings = Vec::new();
         let mut at = skip;
         for (start, end, name, style) in spans {
@@ -167,7 +177,7 @@ impl Masker {
             });
             at = end;
         }
-        out.extend_from_slice(&input[at..]);
+        out.extend_from_slice(&input[at.min(limit)..limit]);
         (out, findings)
     }
 

@@ -138,6 +138,31 @@ fn a_stream_cut_inside_a_word_or_a_character_masks_as_the_whole_text() {
 }
 
 #[test]
+fn a_value_before_a_character_split_between_reads_masks_as_the_whole_text() {
+    // Found by the long stream_mask run: "111" then "\xd1" ending a read
+    // looked like a card number's end; with "\x9c" after it, U+045C is a
+    // letter, no word boundary, and no card number in the whole text.
+    let cards = std::sync::Arc::new(masker(&["credit_card"], Style::Redact));
+    for whole_text in [
+        &b"pay 4111 111 111111 111\xd1\x9cgm, ok"[..],
+        b"pay 4111 111 111111 111 \xd1\x9c ok",
+    ] {
+        let whole = cards.mask(whole_text).0;
+        for cut in 1..whole_text.len() {
+            let mut s = StreamMasker::new(cards.clone());
+            let mut out = s.push(&whole_text[..cut]).0;
+            out.extend(s.push(&whole_text[cut..]).0);
+            out.extend(s.finish().0);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&whole),
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
 fn catalog_rules_choose_detectors_styles_and_fields() {
     let config: crate::config::Config = crate::config::Config::parse(
         r#"

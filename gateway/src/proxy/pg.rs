@@ -19,6 +19,7 @@ use crate::{
 
 mod cancel;
 pub mod columns;
+pub(crate) mod frontend;
 mod login;
 mod pool;
 mod relay;

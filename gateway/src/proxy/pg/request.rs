@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 
 use super::{
-    wire::{Cursor, ErrorFields, Frame, WireError},
+    frontend::{self as parsed, Frontend, Named},
+    wire::{ErrorFields, Frame, WireError},
     Expect, Run, Session, Statement,
 };
 use crate::{
@@ -200,11 +201,8 @@ impl Prepared {
         let mut settled = settled;
         let push = |e: Expect| pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(e);
         let io = |e: std::io::Error| WireError::malformed("agent", e.to_string());
-        let mut c = Cursor::new(frame.body(), "agent");
-        match frame.tag {
-            b'Q' => {
-                let sql = c.cstr()?;
-                c.end()?;
+        match parsed::parse(frame)? {
+            Frontend::Query { sql } => {
                 // A settled review was counted when it first came.
                 let limited = if reviewed { None } else { over_rate(s) };
                 let statement = match limited {
@@ -225,165 +223,72 @@ impl Prepared {
                     return Ok(Step::More);
                 }
             }
-            b'P' => {
-                let name = c.cstr()?.to_owned();
-                let sql = c.cstr()?;
-                let n = c.i16()?;
-                for _ in 0..n.max(0) {
-                    c.i32()?;
-                }
-                c.end()?;
+            Frontend::Parse { name, sql, .. } => {
                 let (statement, action) = judge(s, sql, settled.take());
                 if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
                     return Ok(Step::Hold(Box::new((action, statement.decision))));
                 }
                 let statement = Arc::new(statement);
-                self.statements.insert(name.clone(), statement.clone());
+                self.statements.insert(name.to_owned(), statement.clone());
                 if statement.denial.is_some() {
                     push(Expect::Parse(Some(Box::new(Run::new(
                         statement,
                         "extended",
                         Vec::new(),
                     )))));
-                    frontend::parse(&name, &substitute(s), std::iter::empty(), out).map_err(io)?;
+                    frontend::parse(name, &substitute(s), std::iter::empty(), out).map_err(io)?;
                     return Ok(Step::More);
                 }
                 push(Expect::Parse(None));
             }
-            b'B' => {
-                let portal = c.cstr()?.to_owned();
-                let name = c.cstr()?;
-                let formats: Vec<i16> = (0..c.i16()?.max(0)).map(|_| c.i16()).collect::<Result<_, _>>()?;
-                let count = c.i16()?.max(0) as usize;
-                let statement = self.statements.get(name).cloned();
-                let mut params = Vec::with_capacity(count);
-                for i in 0..count {
-                    let len = c.i32()?;
-                    if len < 0 {
-                        params.push(None);
-                        continue;
-                    }
-                    let value = c.bytes(len as usize)?;
-                    let binary = match formats.as_slice() {
-                        [] => false,
-                        [one] => *one == 1,
-                        many => many.get(i).is_some_and(|f| *f == 1),
-                    };
-                    params.push(Some(param_text(value, binary, statement.as_deref())));
-                }
-                let results = c.i16()?.max(0);
-                for _ in 0..results {
-                    c.i16()?;
-                }
-                c.end()?;
-                let statement = statement.unwrap_or_else(|| Arc::new(unknown_statement(name)));
-                self.portals.insert(
-                    portal,
-                    Portal {
-                        statement,
-                        params,
-                        described: false,
-                    },
-                );
+            Frontend::Bind(bind) => {
+                let statement = self.statements.get(bind.statement).cloned();
+                let params = (bind.params.iter().enumerate())
+                    .map(|(i, p)| p.map(|v| param_text(v, bind.binary(i), statement.as_deref())))
+                    .collect();
+                let statement = statement.unwrap_or_else(|| Arc::new(unknown_statement(bind.statement)));
+                let portal = Portal {
+                    statement,
+                    params,
+                    described: false,
+                };
+                self.portals.insert(bind.portal.to_owned(), portal);
                 push(Expect::Bind);
             }
-            b'D' => {
-                let which = c.u8()?;
-                let name = c.cstr()?.to_owned();
-                c.end()?;
-                match which {
-                    b'S' => push(Expect::DescribeStatement {
-                        computed: self.statements.get(&name).is_some_and(|st| st.computed),
-                    }),
-                    b'P' => {
-                        let computed = match self.portals.get_mut(&name) {
-                            Some(p) => {
-                                p.described = true;
-                                p.statement.computed
-                            }
-                            None => false,
-                        };
-                        push(Expect::DescribePortal {
-                            portal: name,
-                            swallow: false,
-                            computed,
-                        });
-                    }
-                    other => return Err(WireError::malformed("agent", format!("Describe of kind {other}"))),
-                }
+            Frontend::Describe {
+                kind: Named::Statement,
+                name,
+            } => push(Expect::DescribeStatement {
+                computed: self.statements.get(name).is_some_and(|st| st.computed),
+            }),
+            Frontend::Describe {
+                kind: Named::Portal,
+                name,
+            } => {
+                let computed = self.portals.get_mut(name).is_some_and(|p| {
+                    p.described = true;
+                    p.statement.computed
+                });
+                push(Expect::DescribePortal {
+                    portal: name.to_owned(),
+                    swallow: false,
+                    computed,
+                });
             }
-            b'E' => {
-                let portal = c.cstr()?.to_owned();
-                c.i32()?;
-                c.end()?;
-                let (statement, params, described) = match self.portals.get_mut(&portal) {
-                    Some(p) => {
-                        let was = p.described;
-                        p.described = true;
-                        (p.statement.clone(), p.params.clone(), was)
-                    }
-                    None => (Arc::new(unknown_statement(&portal)), Vec::new(), true),
+            Frontend::Execute { portal, .. } => return self.execute(s, portal, frame, out, push),
+            Frontend::Close { kind, name } => {
+                match kind {
+                    Named::Statement => self.statements.remove(name).map(drop),
+                    Named::Portal => self.portals.remove(name).map(drop),
                 };
-                if let Some(refused) = over_rate(s) {
-                    // Executed in its place: a portal that does not exist,
-                    // named with the nonce, so the server answers with an
-                    // error the response side turns into this refusal.
-                    let refused = refused_statement(s, &statement.sql, Some(&statement), refused);
-                    let mut run = Run::new(Arc::new(refused), "extended", params);
-                    run.portal = portal;
-                    push(Expect::Execute(Box::new(run)));
-                    frontend::execute(&substitute(s), 0, out).map_err(io)?;
-                    return Ok(Step::More);
-                }
-                // Masking needs the result's columns: describe the portal for
-                // the response side when the agent did not.
-                if !described && (!s.masked.is_empty() || statement.detectors.is_some()) {
-                    push(Expect::DescribePortal {
-                        portal: portal.clone(),
-                        swallow: true,
-                        computed: statement.computed,
-                    });
-                    frontend::describe(b'P', &portal, out).map_err(io)?;
-                }
-                let mut run = Run::new(statement, "extended", params);
-                run.portal = portal;
-                push(Expect::Execute(Box::new(run)));
-            }
-            b'C' => {
-                let which = c.u8()?;
-                let name = c.cstr()?;
-                c.end()?;
-                match which {
-                    b'S' => {
-                        self.statements.remove(name);
-                    }
-                    b'P' => {
-                        self.portals.remove(name);
-                    }
-                    other => return Err(WireError::malformed("agent", format!("Close of kind {other}"))),
-                }
                 push(Expect::Close);
             }
-            b'S' => push(Expect::Sync),
-            b'F' => {
+            Frontend::Sync => push(Expect::Sync),
+            Frontend::FunctionCall(_) => {
                 // The fast-path function call runs a function by oid, past
                 // any SQL inspection (large objects, among others): refused.
-                let statement = Statement {
-                    sql: "<function call>".into(),
-                    kind: "function_call".into(),
-                    tables_read: Vec::new(),
-                    tables_written: Vec::new(),
-                    decision: Decision::deny(Vec::new(), "the function-call protocol bypasses SQL inspection".into()),
-                    detectors: None,
-                    computed: false,
-                    denial: Some(ErrorFields::error(
-                        "42501",
-                        "interlock denied this call: the function-call protocol is not allowed through the gateway",
-                    )),
-                    counted: false,
-                };
                 push(Expect::Query(Box::new(Run::new(
-                    Arc::new(statement),
+                    Arc::new(function_call()),
                     "function_call",
                     Vec::new(),
                 ))));
@@ -392,18 +297,77 @@ impl Prepared {
             }
             // Not passed on here: the relay ends the upstream session, or
             // keeps it for the pool.
-            b'X' => return Ok(Step::Terminate),
+            Frontend::Terminate => return Ok(Step::Terminate),
             // Flush and COPY sub-protocol messages pass as they are.
-            b'H' | b'd' | b'c' | b'f' => {}
-            other => {
-                return Err(WireError::malformed(
-                    "agent",
-                    format!("unexpected message type {:?} after startup", other as char),
-                ))
-            }
+            Frontend::Flush | Frontend::CopyData(_) | Frontend::CopyDone | Frontend::CopyFail(_) => {}
         }
         out.extend_from_slice(&frame.raw);
         Ok(Step::More)
+    }
+
+    /// An Execute: counted against the request rate, and the portal
+    /// described for the response side when masking needs its columns.
+    fn execute(
+        &mut self,
+        s: &Session,
+        portal: &str,
+        frame: &Frame,
+        out: &mut BytesMut,
+        push: impl Fn(Expect),
+    ) -> Result<Step, WireError> {
+        let io = |e: std::io::Error| WireError::malformed("agent", e.to_string());
+        let (statement, params, described) = match self.portals.get_mut(portal) {
+            Some(p) => {
+                let was = p.described;
+                p.described = true;
+                (p.statement.clone(), p.params.clone(), was)
+            }
+            None => (Arc::new(unknown_statement(portal)), Vec::new(), true),
+        };
+        if let Some(refused) = over_rate(s) {
+            // Executed in its place: a portal that does not exist, named
+            // with the nonce, so the server answers with an error the
+            // response side turns into this refusal.
+            let refused = refused_statement(s, &statement.sql, Some(&statement), refused);
+            let mut run = Run::new(Arc::new(refused), "extended", params);
+            run.portal = portal.to_owned();
+            push(Expect::Execute(Box::new(run)));
+            frontend::execute(&substitute(s), 0, out).map_err(io)?;
+            return Ok(Step::More);
+        }
+        // Masking needs the result's columns: describe the portal for the
+        // response side when the agent did not.
+        if !described && (!s.masked.is_empty() || statement.detectors.is_some()) {
+            push(Expect::DescribePortal {
+                portal: portal.to_owned(),
+                swallow: true,
+                computed: statement.computed,
+            });
+            frontend::describe(b'P', portal, out).map_err(io)?;
+        }
+        let mut run = Run::new(statement, "extended", params);
+        run.portal = portal.to_owned();
+        push(Expect::Execute(Box::new(run)));
+        out.extend_from_slice(&frame.raw);
+        Ok(Step::More)
+    }
+}
+
+/// What a refused fast-path function call is recorded as.
+fn function_call() -> Statement {
+    Statement {
+        sql: "<function call>".into(),
+        kind: "function_call".into(),
+        tables_read: Vec::new(),
+        tables_written: Vec::new(),
+        decision: Decision::deny(Vec::new(), "the function-call protocol bypasses SQL inspection".into()),
+        detectors: None,
+        computed: false,
+        denial: Some(ErrorFields::error(
+            "42501",
+            "interlock denied this call: the function-call protocol is not allowed through the gateway",
+        )),
+        counted: false,
     }
 }
 

@@ -183,6 +183,11 @@ impl<'a> Cursor<'a> {
         Ok(head)
     }
 
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Fails unless the body was consumed exactly.
     pub fn end(&self) -> Result<(), WireError> {
         if self.buf.is_empty() {
