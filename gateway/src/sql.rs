@@ -307,6 +307,27 @@ mod tests {
     }
 
     #[test]
+    fn a_text_the_parser_refuses_never_takes_a_parsed_twins_facts() {
+        // Found by the long sql fuzz run: the shape ignored whitespace, and
+        // `:` then a name parses where `:` then a newline does not.
+        for (parses, refused) in [
+            ("SELECT i &:x", "SELECT i &:\nx"),
+            ("CREATE TABLE t (a varchar(10))", "CREATE TABLE t (a varchar(1.5))"),
+            (
+                "CREATE TABLE t (a varchar(10))",
+                "CREATE TABLE t (a varchar(99999999999999999999))",
+            ),
+        ] {
+            assert!(classify_uncached(parses).is_ok(), "{parses}");
+            assert!(classify_uncached(refused).is_err(), "{refused}");
+            for _ in 0..2 {
+                assert!(classify(parses).is_ok(), "{parses}");
+                assert!(classify(refused).is_err(), "{refused} took the facts of {parses}");
+            }
+        }
+    }
+
+    #[test]
     fn facts_kept_by_shape_are_the_parsers_and_carry_each_text() {
         let variants = [
             "UPDATE accounts SET balance = balance - 10 WHERE id = 7",

@@ -74,26 +74,50 @@ pub(crate) fn of(sql: &str) -> Option<String> {
     }
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
     let mut shape = String::with_capacity(sql.len() + 32);
+    let mut spaced = false;
     for token in &tokens {
         let text = match token {
-            Token::Whitespace(_) => continue,
+            // Where whitespace is, not what it is: the parser reads some
+            // tokens only when nothing separates them (`:name`), so texts
+            // that differ there do not share facts (found by fuzzing:
+            // `&:\n` took the facts of `&:x`).
+            Token::Whitespace(_) if spaced => continue,
+            Token::Whitespace(_) => {
+                spaced = true;
+                "#w".to_owned()
+            }
             Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("copy") => return None,
-            Token::Number(..) => "#n".to_owned(),
-            Token::SingleQuotedString(_)
-            | Token::EscapedStringLiteral(_)
-            | Token::NationalStringLiteral(_)
-            | Token::UnicodeStringLiteral(_)
-            | Token::HexStringLiteral(_)
-            | Token::DollarQuotedString(_)
-            | Token::SingleQuotedByteStringLiteral(_) => "#s".to_owned(),
+            // An integer where the parser may need one (`varchar(10)`) is
+            // not a decimal, nor one too large for 64 bits.
+            Token::Number(n, false) if integer(n) => "#i".to_owned(),
+            Token::Number(n, false) if !n.bytes().all(|b| b.is_ascii_digit()) => "#n".to_owned(),
+            // Each kind of string apart: a place may take one and not another.
+            Token::SingleQuotedString(_) => "#s".to_owned(),
+            Token::EscapedStringLiteral(_) => "#se".to_owned(),
+            Token::NationalStringLiteral(_) => "#sn".to_owned(),
+            Token::UnicodeStringLiteral(_) => "#su".to_owned(),
+            Token::HexStringLiteral(_) => "#sx".to_owned(),
+            Token::DollarQuotedString(_) => "#s$".to_owned(),
+            Token::SingleQuotedByteStringLiteral(_) => "#sb".to_owned(),
             other => other.to_string(),
         };
+        if !matches!(token, Token::Whitespace(_)) {
+            spaced = false;
+        }
         // Length-prefixed, so no two token sequences give one shape.
         shape.push_str(&text.len().to_string());
         shape.push(':');
         shape.push_str(&text);
     }
     Some(shape)
+}
+
+/// Longest digit run that stands for any integer in a shape or sketch:
+/// within 64 bits whatever its digits.
+const INTEGER_DIGITS: usize = 18;
+
+fn integer(n: &str) -> bool {
+    n.len() <= INTEGER_DIGITS && n.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Stands for a replaced literal: not ASCII, so never in a sketched text.
@@ -144,9 +168,10 @@ pub(crate) fn sketch(sql: &str) -> Option<String> {
                 while bytes.get(i).is_some_and(u8::is_ascii_digit) {
                     i += 1;
                 }
-                if bytes.get(i).is_some_and(|&c| word(c)) {
+                if bytes.get(i).is_some_and(|&c| word(c)) || i - start > INTEGER_DIGITS {
                     // Runs into a word (`0x1F`, `1_000`, `2abc`): how it
-                    // tokenises may depend on the digits, so they stay.
+                    // tokenises may depend on the digits, so they stay; so
+                    // do integers too long to be one in the shape.
                     out.push_str(&sql[start..i]);
                 } else {
                     out.push(MARK);
@@ -231,13 +256,28 @@ mod tests {
         // Keywords are compared as written: a different case is another shape (safe, just a miss).
         assert_ne!(of(same[0]), of(same[1]));
         assert_eq!(
-            of("SELECT a FROM t WHERE b = 'x' AND c = 1"),
+            of("SELECT a FROM t WHERE b = 'x' AND c = 1.0"),
             of("SELECT a FROM t WHERE b = 'it''s; DROP TABLE t' AND c = 99.5")
         );
+        let different = [
+            // A kind of string, of number, or where whitespace is, matters
+            // to the parser in some places: each is its own shape.
+            "SELECT a FROM t WHERE b = $$x$$",
+            "SELECT a FROM t WHERE b = 'y'",
+            "SELECT a FROM t WHERE b = E'y'",
+            "SELECT a FROM t WHERE b = 1.5",
+            "SELECT a FROM t WHERE b = 99999999999999999999",
+            "SELECT a FROM t WHERE b = 99999999999999999998",
+            "SELECT a FROM t WHERE b = :x",
+            "SELECT a FROM t WHERE b = :\nx",
+            "SELECT a FROM t WHERE b=1",
+        ];
+        all_differ(&different, of);
         assert_eq!(
-            of("SELECT a FROM t WHERE b = $$x$$"),
-            of("SELECT a FROM t WHERE b = 'y'")
+            of("SELECT a FROM t WHERE b = 1"),
+            of("SELECT a FROM t WHERE b = 999999999999999999")
         );
+        assert_eq!(of("SELECT a \n\t FROM t"), of("SELECT a /* c */ FROM t"));
         let different = [
             "SELECT a FROM t WHERE b = 1",
             "SELECT a FROM u WHERE b = 1",
@@ -287,6 +327,7 @@ mod tests {
                 "SELECT \"we\"\"ird\" FROM t LIMIT 2000",
             ),
             ("SELECT 'a' 'b'", "SELECT '--' '/*'"),
+            ("SELECT 1", "SELECT 999999999999999999"),
         ];
         for (a, b) in pairs {
             assert!(sketch(a).is_some(), "{a}");
@@ -308,6 +349,8 @@ mod tests {
             "SELECT a FROM t1 WHERE b = 1 2 2",
             "SELECT a FROM t1 WHERE b = 'x'",
             "SELECT a FROM t1 WHERE b = x",
+            "SELECT a FROM t1 WHERE b = 99999999999999999999",
+            "SELECT a FROM t1 WHERE b = 99999999999999999998",
         ];
         all_differ(&different, sketch);
         for unplain in [
