@@ -349,6 +349,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     accepting.abort_all();
     while accepting.join_next().await.is_some() {}
     drain::drain(&shared.sessions, &shared.ctx.live, config.listener.drain_timeout).await;
+    // A request held while draining was failed when its session closed.
+    reviews.fail_all("the gateway stopped while the request was held").await;
     tasks.abort_all();
     let _ = std::fs::remove_file(&socket);
     events.record(Event::GatewayStopped { time: audit::now() }).await?;

@@ -156,7 +156,7 @@ impl Masker {
     /// at the end reads as in the whole text). Values reaching past
     /// `limit` are left to the next release. Offsets are from `skip`.
     pub fn mask_within(&self, input: &[u8], skip: usize, limit: usize) -> (Vec<u8>, Vec<Finding>) {
-        let mut spans = self.styled_spans(input);
+        let mut spans = self.styled_spans(input, skip);
         spans.retain(|s| s.1 <= limit);
         spans.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
         let mut out = Vec::with_capacity(limit - skip);
@@ -181,14 +181,14 @@ impl Masker {
         (out, findings)
     }
 
-    fn styled_spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str, Style)> {
+    fn styled_spans<'a>(&'a self, input: &[u8], start: usize) -> Vec<(usize, usize, &'a str, Style)> {
         let candidates = self.prefilter.as_ref().map(|set| set.matches(input));
         self.detectors
             .iter()
             .enumerate()
             .filter(|(i, _)| candidates.as_ref().is_none_or(|c| c.matched(*i)))
             .flat_map(|(_, (d, style))| {
-                d.find_all(input)
+                d.find_from(input, start)
                     .into_iter()
                     .map(move |(s, e)| (s, e, d.name(), *style))
             })
@@ -196,8 +196,8 @@ impl Masker {
     }
 
     /// Every (start, end, detector) match in `input`.
-    pub(crate) fn spans<'a>(&'a self, input: &[u8]) -> Vec<(usize, usize, &'a str)> {
-        self.styled_spans(input)
+    pub(crate) fn spans<'a>(&'a self, input: &[u8], start: usize) -> Vec<(usize, usize, &'a str)> {
+        self.styled_spans(input, start)
             .into_iter()
             .map(|(s, e, n, _)| (s, e, n))
             .collect()

@@ -279,7 +279,12 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
         has_where,
         statements: statements.len() as i64,
     };
-    if let Some(shape) = keep.filter(|_| extras == Extras::default()) {
+    // The parser takes a string literal where a table name goes (`FROM
+    // 'x'`; the server refuses it): then a literal's value is in the facts,
+    // and texts of one shape do not share them (found by fuzzing).
+    let from_literal = |t: &String| t.contains('\'') || t.contains('$');
+    let literal_names = facts.tables_read.iter().chain(&facts.tables_written).any(from_literal);
+    if let Some(shape) = keep.filter(|_| extras == Extras::default() && !literal_names) {
         let kept = shape::keep(shape, facts.clone());
         shape::remember(sql, sketch, kept);
     }
@@ -325,6 +330,16 @@ mod tests {
                 assert!(classify(refused).is_err(), "{refused} took the facts of {parses}");
             }
         }
+    }
+
+    #[test]
+    fn a_string_taken_for_a_table_name_is_not_kept_by_shape() {
+        // Found by the long sql fuzz run: the facts name the literal.
+        assert_eq!(facts("SELECT * FROM m, 'a'").1, vec!["'a'".to_owned(), "m".into()]);
+        assert_eq!(
+            facts("SELECT * FROM m, 'secrets'").1,
+            vec!["'secrets'".to_owned(), "m".into()]
+        );
     }
 
     #[test]

@@ -173,13 +173,21 @@ impl Detector {
         run.min(self.max_len)
     }
 
-    /// Valid matches as (start, end).
-    pub fn find_all(&self, input: &[u8]) -> Vec<(usize, usize)> {
-        self.regex
-            .find_iter(input)
-            .filter(|m| m.len() <= self.max_len && self.valid(m.as_bytes()))
-            .map(|m| (m.start(), m.end()))
-            .collect()
+    /// Valid matches as (start, end), searched from `start` as a search of
+    /// the whole input reaches it: what comes before is read only for word
+    /// boundaries, and a match there does not hide one after `start`.
+    pub fn find_from(&self, input: &[u8], start: usize) -> Vec<(usize, usize)> {
+        let mut found = Vec::new();
+        let mut at = start;
+        while at <= input.len() {
+            let Some(m) = self.regex.find_at(input, at) else { break };
+            if m.len() <= self.max_len && self.valid(m.as_bytes()) {
+                found.push((m.start(), m.end()));
+            }
+            // An empty match moves on by one, as `find_iter` does.
+            at = if m.is_empty() { m.end() + 1 } else { m.end() };
+        }
+        found
     }
 
     fn valid(&self, value: &[u8]) -> bool {

@@ -48,7 +48,7 @@ impl StreamMasker {
         let mut joined = self.context.clone();
         joined.extend_from_slice(&self.held);
         let skip = self.context.len();
-        for (start, end, _) in self.masker.spans(&joined) {
+        for (start, end, _) in self.masker.spans(&joined, skip) {
             let (start, end) = (start.saturating_sub(skip), end.saturating_sub(skip));
             if start < cut && end > cut {
                 cut = start;

@@ -163,6 +163,31 @@ fn a_value_before_a_character_split_between_reads_masks_as_the_whole_text() {
 }
 
 #[test]
+fn a_value_right_after_a_released_one_is_found_as_in_the_whole_text() {
+    // Found by the long stream_mask run: the context before a release held
+    // the end of the last address, a match from there hid the next one.
+    let all = std::sync::Arc::new(masker(&crate::masking::BUILTIN_NAMES, Style::Redact));
+    let whole_text: &[u8] = b"\x92\x9e\x96\x93\xc4 j#ane.deoo@exam.de00617@exam.de006172 4111-oja";
+    let whole = all.mask(whole_text).0;
+    let found = whole.windows(16).filter(|w| w == b"[REDACTED:email]").count();
+    assert_eq!(found, 2, "{}", String::from_utf8_lossy(&whole));
+    for a in 1..whole_text.len() {
+        for b in a..whole_text.len() {
+            let mut s = StreamMasker::new(all.clone());
+            let mut out = s.push(&whole_text[..a]).0;
+            out.extend(s.push(&whole_text[a..b]).0);
+            out.extend(s.push(&whole_text[b..]).0);
+            out.extend(s.finish().0);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&whole),
+                "cut at {a} and {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn catalog_rules_choose_detectors_styles_and_fields() {
     let config: crate::config::Config = crate::config::Config::parse(
         r#"

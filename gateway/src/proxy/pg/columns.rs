@@ -294,7 +294,7 @@ fn detect<'a>(
         return out.into();
     }
     if NUMERIC.contains(&col.type_oid) && col.format == 0 {
-        let spans = masker.spans(value);
+        let spans = masker.spans(value, 0);
         if let Some((_, _, name)) = spans.first() {
             *counts.entry(format!("detector {name}")).or_default() += 1;
             // Digits become 0: the value keeps its shape and still parses.
