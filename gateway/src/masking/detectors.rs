@@ -27,6 +27,10 @@ pub enum DetectorKind {
     Custom,
 }
 
+/// Longest run of a built-in detector's alphabet a stream holds back whole
+/// (a longer one is released from its start, as a window of this size).
+pub const RUN_HELD: usize = 4096;
+
 /// A compiled detector.
 #[derive(Debug, Clone)]
 pub struct Detector {
@@ -145,7 +149,7 @@ impl Detector {
         self.regex.as_str()
     }
 
-    /// How many bytes at the end of `held` could be the start of a value not
+    /// How many bytes at the end of `held` could be part of a value not
     /// yet complete: a stream must hold them back. Every character a
     /// detector's pattern can match is in its alphabet below, so a value that
     /// crosses the end lies entirely inside that trailing run.
@@ -170,7 +174,15 @@ impl Detector {
             DetectorKind::Custom => |_| true,
         };
         let run = held.iter().rev().take_while(|b| in_alphabet(**b)).count();
-        run.min(self.max_len)
+        // The whole run, not only its last `max_len` bytes: where values
+        // of several detectors overlap in one run (a card number and a US
+        // SSN in `0-11-1110-1111…`), which one the whole text masks depends
+        // on where the run ends (found by fuzzing). An operator's pattern
+        // matches anything, so for it the run is every byte: its window.
+        match self.kind {
+            DetectorKind::Custom => run.min(self.max_len),
+            _ => run.min(RUN_HELD),
+        }
     }
 
     /// Valid matches as (start, end), searched from `start` as a search of

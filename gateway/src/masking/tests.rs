@@ -188,6 +188,31 @@ fn a_value_right_after_a_released_one_is_found_as_in_the_whole_text() {
 }
 
 #[test]
+fn overlapping_values_in_one_long_run_mask_as_in_the_whole_text() {
+    // Found by the long stream_mask run: a card number and a US SSN in one
+    // run of digits and dashes; released from the run's start early, the
+    // SSN was masked and the digits the whole text's card number took were
+    // not.
+    let all = std::sync::Arc::new(masker(&crate::masking::BUILTIN_NAMES, Style::Redact));
+    let whole_text: &[u8] = b"0-11-1110-11112009-1110-11110-111120)9-1110-111210-111-";
+    let whole = all.mask(whole_text).0;
+    for a in 1..whole_text.len() {
+        for b in a..whole_text.len() {
+            let mut s = StreamMasker::new(all.clone());
+            let mut out = s.push(&whole_text[..a]).0;
+            out.extend(s.push(&whole_text[a..b]).0);
+            out.extend(s.push(&whole_text[b..]).0);
+            out.extend(s.finish().0);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&whole),
+                "cut at {a} and {b}"
+            );
+        }
+    }
+}
+
+#[test]
 fn catalog_rules_choose_detectors_styles_and_fields() {
     let config: crate::config::Config = crate::config::Config::parse(
         r#"
