@@ -137,6 +137,16 @@ impl Masker {
         self.detectors.iter().map(|(d, _)| d.holdback(held)).max().unwrap_or(0)
     }
 
+    /// Where a stream's release ending at `cut` in `held` must end so that
+    /// it splits no detector's run (see [`Detector::settle`]).
+    pub fn settle(&self, held: &[u8], cut: usize) -> usize {
+        self.detectors
+            .iter()
+            .map(|(d, _)| d.settle(held, cut))
+            .min()
+            .unwrap_or(cut)
+    }
+
     /// Masks `input`; returns the output and what was masked.
     pub fn mask(&self, input: &[u8]) -> (Vec<u8>, Vec<Finding>) {
         self.mask_after(input, 0)

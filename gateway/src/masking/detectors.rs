@@ -149,18 +149,9 @@ impl Detector {
         self.regex.as_str()
     }
 
-    /// How many bytes at the end of `held` could be part of a value not
-    /// yet complete: a stream must hold them back. Every character a
-    /// detector's pattern can match is in its alphabet below, so a value that
-    /// crosses the end lies entirely inside that trailing run.
-    pub fn holdback(&self, held: &[u8]) -> usize {
-        if let Some(value) = &self.literal {
-            return (1..value.len())
-                .rev()
-                .find(|k| held.ends_with(&value[..*k]))
-                .unwrap_or(0);
-        }
-        let in_alphabet: fn(u8) -> bool = match self.kind {
+    /// Every byte a value of this detector can hold.
+    fn alphabet(&self) -> fn(u8) -> bool {
+        match self.kind {
             DetectorKind::CreditCard => |b| b.is_ascii_digit() || b == b' ' || b == b'-',
             DetectorKind::Email => |b| b.is_ascii_alphanumeric() || b"._%+-@".contains(&b),
             DetectorKind::UsSsn => |b| b.is_ascii_digit() || b == b'-',
@@ -170,19 +161,57 @@ impl Detector {
             DetectorKind::AwsAccessKey => |b| b.is_ascii_uppercase() || b.is_ascii_digit(),
             DetectorKind::Jwt => |b| b.is_ascii_alphanumeric() || b"_.-".contains(&b),
             DetectorKind::BearerToken => |b| b.is_ascii_alphanumeric() || b"._~+/= -".contains(&b),
-            // An operator's pattern could match anything: hold a full window.
+            // An operator's pattern could match anything.
             DetectorKind::Custom => |_| true,
-        };
-        let run = held.iter().rev().take_while(|b| in_alphabet(**b)).count();
-        // The whole run, not only its last `max_len` bytes: where values
-        // of several detectors overlap in one run (a card number and a US
-        // SSN in `0-11-1110-1111…`), which one the whole text masks depends
-        // on where the run ends (found by fuzzing). An operator's pattern
-        // matches anything, so for it the run is every byte: its window.
-        match self.kind {
-            DetectorKind::Custom => run.min(self.max_len),
-            _ => run.min(RUN_HELD),
         }
+    }
+
+    /// Whether a stream holds this detector's runs whole (up to
+    /// [`RUN_HELD`]): where values of several detectors overlap in one run
+    /// (a card number and a US SSN in `0-11-1110-1111…`), which one the
+    /// whole text masks depends on where the run ends (found by fuzzing).
+    /// An operator's pattern, and bearer tokens, whose alphabet takes
+    /// prose (letters and spaces), keep a window of their longest value:
+    /// holding their runs whole would hold back whole sentences.
+    fn whole_runs(&self) -> bool {
+        self.literal.is_none() && !matches!(self.kind, DetectorKind::Custom | DetectorKind::BearerToken)
+    }
+
+    /// How many bytes at the end of `held` could be part of a value not
+    /// yet complete: a stream must hold them back. Every character a
+    /// detector's pattern can match is in its alphabet, so a value that
+    /// crosses the end lies entirely inside that trailing run.
+    pub fn holdback(&self, held: &[u8]) -> usize {
+        if let Some(value) = &self.literal {
+            return (1..value.len())
+                .rev()
+                .find(|k| held.ends_with(&value[..*k]))
+                .unwrap_or(0);
+        }
+        let in_alphabet = self.alphabet();
+        let run = held.iter().rev().take_while(|b| in_alphabet(**b)).count();
+        run.min(if self.whole_runs() { RUN_HELD } else { self.max_len })
+    }
+
+    /// Where a stream's release must end instead of `cut` so that it does
+    /// not split one of this detector's runs (found by fuzzing: a release
+    /// ending where another detector's run began, inside a card number's
+    /// run, read the number's end differently from the whole text).
+    pub fn settle(&self, held: &[u8], cut: usize) -> usize {
+        if !self.whole_runs() || cut == 0 || cut >= held.len() {
+            return cut;
+        }
+        let in_alphabet = self.alphabet();
+        if !in_alphabet(held[cut]) || !in_alphabet(held[cut - 1]) {
+            return cut;
+        }
+        let run = held[..cut]
+            .iter()
+            .rev()
+            .take(RUN_HELD)
+            .take_while(|b| in_alphabet(**b))
+            .count();
+        cut - run
     }
 
     /// Valid matches as (start, end), searched from `start` as a search of

@@ -48,10 +48,20 @@ impl StreamMasker {
         let mut joined = self.context.clone();
         joined.extend_from_slice(&self.held);
         let skip = self.context.len();
-        for (start, end, _) in self.masker.spans(&joined, skip) {
-            let (start, end) = (start.saturating_sub(skip), end.saturating_sub(skip));
-            if start < cut && end > cut {
-                cut = start;
+        let spans: Vec<(usize, usize)> = (self.masker.spans(&joined, skip).into_iter())
+            .map(|(start, end, _)| (start.saturating_sub(skip), end.saturating_sub(skip)))
+            .collect();
+        // Until settled: moving back out of a run can land inside a match.
+        loop {
+            let before = cut;
+            for (start, end) in &spans {
+                if *start < cut && *end > cut {
+                    cut = *start;
+                }
+            }
+            cut = self.masker.settle(&self.held, cut);
+            if cut == before {
+                break;
             }
         }
         // Never split a UTF-8 character between two releases.
