@@ -198,6 +198,8 @@ fn overlapping_values_in_one_long_run_mask_as_in_the_whole_text() {
         &b"0-11-1110-11112009-1110-11110-111120)9-1110-111210-111-"[..],
         // A release ended where an address began, inside a card's run.
         b"r\x15c\r 2055 1111 105555 111sk-fuzz-o@et-0jasec[recrne\xcf",
+        // An NKo digit (U+07C6) after a card number's digits.
+        b"c\0\0\x00010-11102 10-1110-111\xdf\x86sk-fuz-sk-f1S@SSan1e00",
     ] {
         let whole = all.mask(whole_text).0;
         for a in 1..whole_text.len() {
