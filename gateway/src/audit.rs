@@ -42,8 +42,8 @@ pub enum Outcome {
     },
     /// A read or write failed mid-stream.
     Error {
-        /// Which side failed: `agent`, `upstream` or `gateway`.
-        side: String,
+        /// Which side failed.
+        side: crate::types::Side,
         /// The error.
         error: String,
     },

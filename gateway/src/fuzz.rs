@@ -4,6 +4,7 @@
 //! the fuzzer reports like a crash). Not an API: hidden from the docs.
 #![allow(missing_docs)]
 
+use crate::types::Side;
 use std::collections::HashMap;
 
 use bytes::BytesMut;
@@ -136,7 +137,7 @@ pub fn pg_frontend(data: &[u8]) {
     use crate::proxy::pg::wire;
     let _ = wire::parse_hello(data);
     let mut rest = data;
-    while let Ok(Some(total)) = wire::complete_len(rest, "agent") {
+    while let Ok(Some(total)) = wire::complete_len(rest, Side::Agent) {
         assert!(total >= 5 && total <= rest.len());
         let frame = wire::Frame {
             tag: rest[0],

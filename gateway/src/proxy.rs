@@ -316,7 +316,7 @@ async fn relay_tcp(
                 stats.cut_outcome()
             }
             Err(e) => Outcome::Error {
-                side: e.side().to_owned(),
+                side: e.side(),
                 error: e.to_string(),
             },
         },

@@ -45,3 +45,33 @@ impl fmt::Display for AgentName {
         f.write_str(&self.0)
     }
 }
+
+/// Which party sent bad bytes or failed: the agent, the upstream, or the
+/// gateway itself. Recorded as `agent`, `upstream` or `gateway`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The agent (client) side.
+    Agent,
+    /// The upstream (server) side.
+    Upstream,
+    /// The gateway.
+    Gateway,
+}
+
+impl Side {
+    /// As recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Upstream => "upstream",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -3,6 +3,7 @@
 //! and the real secret injected), upstream (a verified connection lent from
 //! the pool for the exchange, HTTP/1.1 or HTTP/2 as negotiated), response
 //! (streamed back unbuffered), logging (one event per exchange).
+use crate::types::Side;
 use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
@@ -133,7 +134,7 @@ pub(super) fn serve(
             Ok(a) => a,
             Err(e) => {
                 return Outcome::Error {
-                    side: "gateway".into(),
+                    side: Side::Gateway,
                     error: e.to_string(),
                 }
             }
@@ -143,13 +144,13 @@ pub(super) fn serve(
             Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
                 return Outcome::Error {
-                    side: "agent".into(),
+                    side: Side::Agent,
                     error: format!("TLS handshake: {e}"),
                 }
             }
             Err(_) => {
                 return Outcome::Error {
-                    side: "agent".into(),
+                    side: Side::Agent,
                     error: "TLS handshake timed out".into(),
                 }
             }
@@ -260,7 +261,7 @@ where
         result = served => match result {
             Ok(park::Ended::Closed) => Outcome::Closed,
             Ok(park::Ended::IdleTimeout) => Outcome::IdleTimeout,
-            Err(error) => Outcome::Error { side: "agent".into(), error },
+            Err(error) => Outcome::Error { side: Side::Agent, error },
         },
         () = stats.cut_notified() => stats.cut_outcome(),
     }

@@ -3,6 +3,7 @@
 //! the credential only it holds, then every statement passes the request
 //! filter (policy), results pass the response filter (column rules and
 //! value detectors), and each statement and the session are logged.
+use crate::types::Side;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -178,7 +179,7 @@ pub(super) async fn serve(
 ) -> Outcome {
     let Some(pg) = spec.postgres.clone() else {
         return Outcome::Error {
-            side: "gateway".into(),
+            side: Side::Gateway,
             error: format!("target {} has no postgres settings", spec.name),
         };
     };
@@ -191,7 +192,7 @@ pub(super) async fn serve(
                 session::fatal(&mut io, "08P01", format!("interlock: {e}")).await;
             }
             Outcome::Error {
-                side: e.side().into(),
+                side: e.side(),
                 error: e.to_string(),
             }
         }

@@ -2,6 +2,7 @@
 //! passed on (EOF on one side becomes a FIN on the other), backpressure by
 //! never reading more than one buffer ahead of the writer, an idle timeout
 //! over both directions, and a cut signal for revocation.
+use crate::types::Side;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -137,11 +138,11 @@ pub enum RelayError {
 }
 
 impl RelayError {
-    /// `agent` or `upstream`.
-    pub fn side(&self) -> &'static str {
+    /// The agent or the upstream.
+    pub fn side(&self) -> Side {
         match self {
-            Self::Agent(_) => "agent",
-            Self::Upstream(_) => "upstream",
+            Self::Agent(_) => Side::Agent,
+            Self::Upstream(_) => Side::Upstream,
         }
     }
 }

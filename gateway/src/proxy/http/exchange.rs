@@ -2,6 +2,7 @@
 //! request filter (credentials, request masking), upstream, response filter
 //! (masking), logging (the `http_exchange` event, recorded before the
 //! response goes to the agent).
+use crate::types::Side;
 use std::{sync::Arc, time::Instant};
 
 use http::{header, Request, Response, StatusCode};
@@ -153,7 +154,8 @@ async fn decide_and_serve(
             Err((kind, message, status)) => {
                 tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
                 *upstream_error = Some(message.clone());
-                let body = serde_json::json!({"error": {"type": kind, "target": s.target.name, "message": message}});
+                let body =
+                    serde_json::json!({"error": {"type": kind.as_str(), "target": s.target.name, "message": message}});
                 json_response(status, body)
             }
         }
@@ -169,10 +171,10 @@ async fn allowed(
     decision: &Decision,
     bodies: capture::Bodies,
     recorded: &mut Recorded,
-) -> Result<Response<Body>, (&'static str, String, StatusCode)> {
+) -> Result<Response<Body>, (Side, String, StatusCode)> {
     let secret = prepare(&mut req, s)
         .await
-        .map_err(|m| ("gateway", m, StatusCode::BAD_GATEWAY))?;
+        .map_err(|m| (Side::Gateway, m, StatusCode::BAD_GATEWAY))?;
     // Recorded as injected only once the request went upstream: a failed
     // connect or TLS verification sent nothing.
     let injected = secret.is_some();
@@ -180,11 +182,11 @@ async fn allowed(
         // WebSocket and other upgrades pass through once allowed.
         let resp = upgrade::forward(req, s)
             .await
-            .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
+            .map_err(|m| (Side::Upstream, m, StatusCode::BAD_GATEWAY))?;
         recorded.injected = injected;
         return Ok(resp);
     }
-    let gateway_err = |m: String| ("gateway", m, StatusCode::BAD_GATEWAY);
+    let gateway_err = |m: String| (Side::Gateway, m, StatusCode::BAD_GATEWAY);
     if !decision.mask.is_empty() {
         // Prompt redaction: the request body, with the policy's detectors only.
         let plan = s.ctx.mask_plan(&decision.mask, None).map_err(gateway_err)?;
@@ -212,7 +214,7 @@ async fn allowed(
     let req = req.map(|b| bodies.request(b));
     let resp = forward(req, s)
         .await
-        .map_err(|m| ("upstream", m, StatusCode::BAD_GATEWAY))?;
+        .map_err(|m| (Side::Upstream, m, StatusCode::BAD_GATEWAY))?;
     recorded.injected = injected;
     // Read before masking, which streams without a length: a small body
     // announced by the upstream is still worth its short wait in `settle`.

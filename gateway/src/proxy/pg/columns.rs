@@ -3,6 +3,7 @@
 //! oid and the column's number, so aliases do not hide a column), and how
 //! a masked value is replaced. Value detectors from the masking engine run
 //! on the other text values.
+use crate::types::Side;
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::{BufMut, BytesMut};
@@ -174,7 +175,7 @@ impl Shape {
         computed: bool,
         out: &mut BytesMut,
     ) -> Result<Self, WireError> {
-        let bad = |e: std::io::Error| WireError::malformed("upstream", format!("RowDescription: {e}"));
+        let bad = |e: std::io::Error| WireError::malformed(Side::Upstream, format!("RowDescription: {e}"));
         let mut fields = body.fields();
         let mut cols = Vec::new();
         let mut rewritten = BytesMut::new();
@@ -225,7 +226,7 @@ impl Shape {
         counts: &mut HashMap<String, u64>,
         out: &mut BytesMut,
     ) -> Result<(), WireError> {
-        let bad = |e: std::io::Error| WireError::malformed("upstream", format!("DataRow: {e}"));
+        let bad = |e: std::io::Error| WireError::malformed(Side::Upstream, format!("DataRow: {e}"));
         let buffer = row.buffer();
         let mut ranges = row.ranges();
         let mut values: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::new();
@@ -251,7 +252,12 @@ impl Shape {
                 }
                 Some(col) => Some(detect(value, col, detectors, counts)),
                 // More values than described columns: nothing is known about them.
-                None => return Err(WireError::malformed("upstream", "DataRow has more values than columns")),
+                None => {
+                    return Err(WireError::malformed(
+                        Side::Upstream,
+                        "DataRow has more values than columns",
+                    ))
+                }
             };
             values.push(masked);
         }

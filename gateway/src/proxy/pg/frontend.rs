@@ -2,12 +2,13 @@
 //! request filter acts on them (parse apart from acting): every length,
 //! count and string of an untrusted frame is checked here, and the filter
 //! only reads fields. Counts are unsigned 16-bit, as the server reads them.
+use crate::types::Side;
 use bytes::{BufMut, BytesMut};
 
 use super::wire::{self, Cursor, Frame, WireError};
 
 /// Who sent the bytes parsed here.
-const SIDE: &str = "agent";
+const SIDE: Side = Side::Agent;
 
 /// What a Describe or Close names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! wants it, StartupMessage as the configured role, and the login itself
 //! with the held password (SCRAM-SHA-256, md5 or cleartext), driven by
 //! postgres-protocol. Ends at the server's first ReadyForQuery.
+use crate::types::Side;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -52,11 +53,11 @@ pub enum LoginError {
 }
 
 impl LoginError {
-    /// `upstream` or `gateway`.
-    pub fn side(&self) -> &'static str {
+    /// The upstream, or the gateway (its credential).
+    pub fn side(&self) -> Side {
         match self {
-            Self::Credential(_) => "gateway",
-            _ => "upstream",
+            Self::Credential(_) => Side::Gateway,
+            _ => Side::Upstream,
         }
     }
 }
@@ -95,7 +96,7 @@ pub struct Upstream {
     pub tls: bool,
 }
 
-const SIDE: &str = "upstream";
+const SIDE: Side = Side::Upstream;
 
 fn wire(e: std::io::Error) -> WireError {
     WireError::Io { side: SIDE, source: e }

@@ -1,6 +1,7 @@
 //! The relay of a running session: the request filter reads the agent and
 //! writes the upstream, the response filter the other way, concurrently in
 //! one task; whichever ends first (or a revocation) ends the session.
+use crate::types::Side;
 use std::{
     collections::VecDeque,
     sync::atomic::{AtomicBool, AtomicU8, Ordering},
@@ -59,7 +60,7 @@ pub async fn relay(
         loop {
             // A whole large message, kept counted until it has been sent on.
             let mut sending = None;
-            while let Some(total) = wire::complete_len(&buf, "agent")? {
+            while let Some(total) = wire::complete_len(&buf, Side::Agent)? {
                 if held.is_some() {
                     sending = held.take();
                 }
@@ -72,7 +73,7 @@ pub async fn relay(
                 if let request::Step::Hold(held) = step {
                     // What came before it goes on; this statement waits for a person.
                     if !out.is_empty() {
-                        up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
+                        up_w.write_all(&out).await.map_err(|e| io_err(Side::Upstream, e))?;
                         out.clear();
                     }
                     let (action, decision) = *held;
@@ -83,7 +84,7 @@ pub async fn relay(
                     if !keep {
                         postgres_protocol::message::frontend::terminate(&mut out);
                     }
-                    up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
+                    up_w.write_all(&out).await.map_err(|e| io_err(Side::Upstream, e))?;
                     if !keep {
                         let _ = up_w.shutdown().await;
                     }
@@ -91,7 +92,7 @@ pub async fn relay(
                 }
             }
             if !out.is_empty() {
-                up_w.write_all(&out).await.map_err(|e| io_err("upstream", e))?;
+                up_w.write_all(&out).await.map_err(|e| io_err(Side::Upstream, e))?;
                 out.clear();
             }
             if sending.take().is_some() {
@@ -103,23 +104,22 @@ pub async fn relay(
             }
             // A large message reserves its room before it is read whole,
             // and the buffer grows to it exactly (doubling would hold twice).
-            if let Some(total) = wire::announced_len(&buf, "agent")? {
+            if let Some(total) = wire::announced_len(&buf, Side::Agent)? {
                 if held.is_none() && total >= wire::HELD_FROM && total > buf.len() {
                     let budget = &s.ctx.limits.budget;
-                    held = Some(
-                        budget
-                            .reserve(total)
-                            .map_err(|source| wire::WireError::OverBudget { side: "agent", source })?,
-                    );
+                    held = Some(budget.reserve(total).map_err(|source| wire::WireError::OverBudget {
+                        side: Side::Agent,
+                        source,
+                    })?);
                     buf.reserve(total - buf.len());
                 }
             }
-            if agent_r.read_buf(&mut buf).await.map_err(|e| io_err("agent", e))? == 0 {
+            if agent_r.read_buf(&mut buf).await.map_err(|e| io_err(Side::Agent, e))? == 0 {
                 if buf.is_empty() {
                     return Ok(());
                 }
                 return Err(wire::WireError::malformed(
-                    "agent",
+                    Side::Agent,
                     "connection closed inside a message",
                 ));
             }
@@ -146,20 +146,20 @@ pub async fn relay(
                 agent_w
                     .write_all(&out)
                     .await
-                    .map_err(|e| Ended::Wire(io_err("agent", e)))?;
+                    .map_err(|e| Ended::Wire(io_err(Side::Agent, e)))?;
                 out.clear();
             }
             waiting.store(true, Ordering::Relaxed);
             let n = up_r
                 .read_buf(&mut up_buf)
                 .await
-                .map_err(|e| Ended::Wire(io_err("upstream", e)))?;
+                .map_err(|e| Ended::Wire(io_err(Side::Upstream, e)))?;
             waiting.store(false, Ordering::Relaxed);
             if n == 0 {
                 if up_buf.is_empty() {
                     return Ok::<_, Ended>(());
                 }
-                let e = wire::WireError::malformed("upstream", "connection closed inside a message");
+                let e = wire::WireError::malformed(Side::Upstream, "connection closed inside a message");
                 return Err(Ended::Wire(e));
             }
         }
@@ -206,7 +206,7 @@ pub async fn relay(
             let fatal = wire::ErrorFields::fatal("58000", format!("interlock ended this session: {e}"));
             let _ = agent_w.write_all(&fatal.to_bytes()).await;
             Outcome::Error {
-                side: "gateway".into(),
+                side: Side::Gateway,
                 error: e,
             }
         }
@@ -216,12 +216,12 @@ pub async fn relay(
             Outcome::Refused { reason: e.to_string() }
         }
         Err(Ended::Wire(e)) => {
-            if e.side() == "agent" || matches!(e, wire::WireError::Malformed { .. }) {
+            if e.side() == Side::Agent || matches!(e, wire::WireError::Malformed { .. }) {
                 let fatal = wire::ErrorFields::fatal("08P01", format!("interlock: {e}"));
                 let _ = agent_w.write_all(&fatal.to_bytes()).await;
             }
             Outcome::Error {
-                side: e.side().into(),
+                side: e.side(),
                 error: e.to_string(),
             }
         }
@@ -243,6 +243,6 @@ enum Ended {
     Unrecorded(String),
 }
 
-fn io_err(side: &'static str, source: std::io::Error) -> wire::WireError {
+fn io_err(side: Side, source: std::io::Error) -> wire::WireError {
     wire::WireError::Io { side, source }
 }

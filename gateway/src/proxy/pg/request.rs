@@ -5,6 +5,7 @@
 //! server itself produces the error, aborts a transaction block as any
 //! error would, and skips to Sync. The response filter rewrites that error
 //! into the policy's 42501. Everything else passes as it came.
+use crate::types::Side;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bytes::BytesMut;
@@ -200,7 +201,7 @@ impl Prepared {
         let reviewed = settled.is_some();
         let mut settled = settled;
         let push = |e: Expect| pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(e);
-        let io = |e: std::io::Error| WireError::malformed("agent", e.to_string());
+        let io = |e: std::io::Error| WireError::malformed(Side::Agent, e.to_string());
         match parsed::parse(frame)? {
             Frontend::Query { sql } => {
                 // A settled review was counted when it first came.
@@ -315,7 +316,7 @@ impl Prepared {
         out: &mut BytesMut,
         push: impl Fn(Expect),
     ) -> Result<Step, WireError> {
-        let io = |e: std::io::Error| WireError::malformed("agent", e.to_string());
+        let io = |e: std::io::Error| WireError::malformed(Side::Agent, e.to_string());
         let (statement, params, described) = match self.portals.get_mut(portal) {
             Some(p) => {
                 let was = p.described;

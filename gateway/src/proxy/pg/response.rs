@@ -5,6 +5,7 @@
 //! parse error is turned into the policy's 42501, and how a statement's
 //! audit event gets its rows, errors and duration. Messages the gateway
 //! does not change are copied through as they came.
+use crate::types::Side;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
@@ -20,7 +21,7 @@ use super::{
     Expect, Run, Session, Statement,
 };
 
-const SIDE: &str = "upstream";
+const SIDE: Side = Side::Upstream;
 
 /// A statement that finished, with how.
 pub type Finished = (Box<Run>, &'static str);

@@ -1,6 +1,7 @@
 //! Starting a session once the agent has sent its StartupMessage: refuse
 //! replication, log in upstream, read the masked columns, register a cancel
 //! key, greet the agent, relay, and record the session's start and end.
+use crate::types::Side;
 use std::{sync::Arc, time::Instant};
 
 use bytes::BytesMut;
@@ -151,7 +152,7 @@ impl SessionSetup<'_> {
                 )
                 .await;
                 return Outcome::Error {
-                    side: e.side().into(),
+                    side: e.side(),
                     error: e.to_string(),
                 };
             }
@@ -171,7 +172,7 @@ impl SessionSetup<'_> {
                     )
                     .await;
                     return Outcome::Error {
-                        side: "upstream".into(),
+                        side: Side::Upstream,
                         error: format!("column lookup: {e}"),
                     };
                 }
@@ -187,7 +188,7 @@ impl SessionSetup<'_> {
         let Some(agent_key) = self.ctx.pg_cancels.register(cancel_target) else {
             fatal(&mut io, "08006", "interlock: no random source for a cancel key".into()).await;
             return Outcome::Error {
-                side: "gateway".into(),
+                side: Side::Gateway,
                 error: "getrandom failed".into(),
             };
         };
@@ -242,7 +243,7 @@ impl SessionSetup<'_> {
         }
         let (outcome, statements, kept) = if let Err(e) = io.write_all(&out).await {
             let error = Outcome::Error {
-                side: "agent".into(),
+                side: Side::Agent,
                 error: e.to_string(),
             };
             (error, 0, None)

@@ -3,6 +3,7 @@
 //! (refused), CancelRequest, and the StartupMessage. No password is asked
 //! for: the agent is known by its kernel identity, and the gateway logs in
 //! upstream with credentials only it holds.
+use crate::types::Side;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -67,7 +68,7 @@ pub async fn accept(
             Err(e) => return Err((e, Some(io))),
         };
         let write_err = |e: std::io::Error| WireError::Io {
-            side: "agent",
+            side: Side::Agent,
             source: e,
         };
         match hello {
@@ -76,7 +77,7 @@ pub async fn accept(
                 io.write_all(b"N").await.map_err(|e| (write_err(e), None))?;
             }
             Hello::Ssl if tls => {
-                return Err((WireError::malformed("agent", "SSLRequest inside TLS"), None));
+                return Err((WireError::malformed(Side::Agent, "SSLRequest inside TLS"), None));
             }
             Hello::Ssl if agent_tls == AgentTls::Refuse => {
                 io.write_all(b"N").await.map_err(|e| (write_err(e), None))?;
@@ -93,7 +94,7 @@ pub async fn accept(
         }
     }
     Err((
-        WireError::malformed("agent", "too many requests before the startup message"),
+        WireError::malformed(Side::Agent, "too many requests before the startup message"),
         Some(io),
     ))
 }
@@ -106,7 +107,7 @@ async fn terminate_tls(io: Box<dyn Io>, fallback: String, ctx: &Arc<ProxyCtx>) -
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| WireError::malformed("agent", format!("TLS setup: {e}")))?
+        .map_err(|e| WireError::malformed(Side::Agent, format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     // libpq 17 and later name the protocol in ALPN.
@@ -115,9 +116,9 @@ async fn terminate_tls(io: Box<dyn Io>, fallback: String, ctx: &Arc<ProxyCtx>) -
     match tokio::time::timeout(ctx.settings.connect_timeout, accept).await {
         Ok(Ok(tls)) => Ok(Box::new(tls)),
         Ok(Err(e)) => Err(WireError::Io {
-            side: "agent",
+            side: Side::Agent,
             source: e,
         }),
-        Err(_) => Err(WireError::malformed("agent", "TLS handshake timed out")),
+        Err(_) => Err(WireError::malformed(Side::Agent, "TLS handshake timed out")),
     }
 }

@@ -8,6 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::message::backend::Header;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::types::Side;
+
 /// Largest message accepted from either side (PostgreSQL's own limit is 1 GiB
 /// for a field; the gateway keeps memory per session bounded).
 pub const MAX_MESSAGE: usize = 256 << 20;
@@ -20,16 +22,16 @@ pub enum WireError {
     /// The connection failed or closed mid-message.
     #[error("{side}: connection lost mid-message: {source}")]
     Io {
-        /// `agent` or `upstream`.
-        side: &'static str,
+        /// Who sent the bytes.
+        side: Side,
         /// The I/O error.
         source: std::io::Error,
     },
     /// A message broke the protocol.
     #[error("{side} broke the PostgreSQL protocol: {message}")]
     Malformed {
-        /// `agent` or `upstream`.
-        side: &'static str,
+        /// Who sent the bytes.
+        side: Side,
         /// What was wrong.
         message: String,
     },
@@ -37,8 +39,8 @@ pub enum WireError {
     /// budget (SQLSTATE 54000 to the agent).
     #[error("{side}: {source}")]
     OverBudget {
-        /// `agent` or `upstream`.
-        side: &'static str,
+        /// Who sent the bytes.
+        side: Side,
         /// What did not fit.
         source: crate::limits::OverBudget,
     },
@@ -46,7 +48,7 @@ pub enum WireError {
 
 impl WireError {
     /// A malformed-message error.
-    pub fn malformed(side: &'static str, message: impl Into<String>) -> Self {
+    pub fn malformed(side: Side, message: impl Into<String>) -> Self {
         Self::Malformed {
             side,
             message: message.into(),
@@ -54,9 +56,9 @@ impl WireError {
     }
 
     /// Which side caused it.
-    pub fn side(&self) -> &'static str {
+    pub fn side(&self) -> Side {
         match self {
-            Self::Io { side, .. } | Self::Malformed { side, .. } | Self::OverBudget { side, .. } => side,
+            Self::Io { side, .. } | Self::Malformed { side, .. } | Self::OverBudget { side, .. } => *side,
         }
     }
 }
@@ -82,13 +84,13 @@ impl Frame {
 pub const HELD_FROM: usize = 64 << 10;
 
 /// The length the next message in `buf` announces, once its header is there.
-pub fn announced_len(buf: &[u8], side: &'static str) -> Result<Option<usize>, WireError> {
+pub fn announced_len(buf: &[u8], side: Side) -> Result<Option<usize>, WireError> {
     let header = Header::parse(buf).map_err(|e| WireError::malformed(side, e.to_string()))?;
     Ok(header.map(|h| h.len() as usize + 1))
 }
 
 /// The length of the next whole message in `buf`, if it is all there.
-pub fn complete_len(buf: &[u8], side: &'static str) -> Result<Option<usize>, WireError> {
+pub fn complete_len(buf: &[u8], side: Side) -> Result<Option<usize>, WireError> {
     let header = Header::parse(buf).map_err(|e| WireError::malformed(side, e.to_string()))?;
     let Some(header) = header else { return Ok(None) };
     let total = header.len() as usize + 1;
@@ -103,7 +105,7 @@ pub fn complete_len(buf: &[u8], side: &'static str) -> Result<Option<usize>, Wir
 
 /// Reads one untagged startup-phase message (length, then body).
 pub async fn read_startup<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<Bytes>, WireError> {
-    let side = "agent";
+    let side = Side::Agent;
     let io_err = |source| WireError::Io { side, source };
     let mut len = [0u8; 4];
     match io.read_exact(&mut len).await {
@@ -123,12 +125,12 @@ pub async fn read_startup<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<Byt
 /// A reader over a message body that reports truncation as the agent's error.
 pub struct Cursor<'a> {
     buf: &'a [u8],
-    side: &'static str,
+    side: Side,
 }
 
 impl<'a> Cursor<'a> {
     /// Over `buf`, sent by `side`.
-    pub fn new(buf: &'a [u8], side: &'static str) -> Self {
+    pub fn new(buf: &'a [u8], side: Side) -> Self {
         Self { buf, side }
     }
 
@@ -332,7 +334,7 @@ pub enum Hello {
 
 /// Reads one startup-phase body (after its length).
 pub fn parse_hello(body: &[u8]) -> Result<Hello, WireError> {
-    let mut c = Cursor::new(body, "agent");
+    let mut c = Cursor::new(body, Side::Agent);
     let code = c.i32()?;
     match code {
         80_877_103 => Ok(Hello::Ssl),
@@ -359,7 +361,7 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello, WireError> {
             })
         }
         other => Err(WireError::malformed(
-            "agent",
+            Side::Agent,
             format!(
                 "unsupported protocol version {}.{} (the gateway speaks 3.0)",
                 other >> 16,

@@ -21,7 +21,7 @@ fn refused(f: &Frame) -> String {
     match parse(f) {
         Ok(m) => panic!("accepted {m:?}"),
         Err(e) => {
-            assert_eq!(e.side(), "agent");
+            assert_eq!(e.side(), Side::Agent);
             e.to_string()
         }
     }
