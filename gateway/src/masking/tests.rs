@@ -116,25 +116,9 @@ fn a_stream_cut_inside_a_word_or_a_character_masks_as_the_whole_text() {
     // Found by the stream_mask fuzz target: released apart, the second
     // piece began with a word boundary the whole text does not have.
     let keys = std::sync::Arc::new(masker(&["api_key"], Style::Redact));
-    let whole_text: &[u8] = b"x \xdf\x86sk-fuzz-secret-0061728394 y";
-    let whole = keys.mask(whole_text).0;
-    for cut in 1..whole_text.len() {
-        let mut s = StreamMasker::new(keys.clone());
-        let mut out = s.push(&whole_text[..cut]).0;
-        out.extend(s.push(&whole_text[cut..]).0);
-        out.extend(s.finish().0);
-        assert_eq!(out, whole, "cut at {cut}");
-    }
+    streams_as_whole(&keys, b"x \xdf\x86sk-fuzz-secret-0061728394 y");
     // The same for a word character before the key.
-    let whole_text: &[u8] = b"ask-live-0123456789abcdef0123 sk-live-0123456789abcdef0123";
-    let whole = keys.mask(whole_text).0;
-    for cut in 1..whole_text.len() {
-        let mut s = StreamMasker::new(keys.clone());
-        let mut out = s.push(&whole_text[..cut]).0;
-        out.extend(s.push(&whole_text[cut..]).0);
-        out.extend(s.finish().0);
-        assert_eq!(out, whole, "cut at {cut}");
-    }
+    streams_as_whole(&keys, b"ask-live-0123456789abcdef0123 sk-live-0123456789abcdef0123");
 }
 
 #[test]
@@ -147,16 +131,25 @@ fn a_value_before_a_character_split_between_reads_masks_as_the_whole_text() {
         &b"pay 4111 111 111111 111\xd1\x9cgm, ok"[..],
         b"pay 4111 111 111111 111 \xd1\x9c ok",
     ] {
-        let whole = cards.mask(whole_text).0;
-        for cut in 1..whole_text.len() {
-            let mut s = StreamMasker::new(cards.clone());
-            let mut out = s.push(&whole_text[..cut]).0;
-            out.extend(s.push(&whole_text[cut..]).0);
+        streams_as_whole(&cards, whole_text);
+    }
+}
+
+/// Cut into three reads at every pair of points (two when they meet), the
+/// stream masks `text` exactly as `masker` masks it whole.
+fn streams_as_whole(masker: &std::sync::Arc<Masker>, text: &[u8]) {
+    let whole = masker.mask(text).0;
+    for a in 1..text.len() {
+        for b in a..text.len() {
+            let mut s = StreamMasker::new(masker.clone());
+            let mut out = s.push(&text[..a]).0;
+            out.extend(s.push(&text[a..b]).0);
+            out.extend(s.push(&text[b..]).0);
             out.extend(s.finish().0);
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 String::from_utf8_lossy(&whole),
-                "cut at {cut}"
+                "cut at {a} and {b}"
             );
         }
     }
@@ -171,20 +164,7 @@ fn a_value_right_after_a_released_one_is_found_as_in_the_whole_text() {
     let whole = all.mask(whole_text).0;
     let found = whole.windows(16).filter(|w| w == b"[REDACTED:email]").count();
     assert_eq!(found, 2, "{}", String::from_utf8_lossy(&whole));
-    for a in 1..whole_text.len() {
-        for b in a..whole_text.len() {
-            let mut s = StreamMasker::new(all.clone());
-            let mut out = s.push(&whole_text[..a]).0;
-            out.extend(s.push(&whole_text[a..b]).0);
-            out.extend(s.push(&whole_text[b..]).0);
-            out.extend(s.finish().0);
-            assert_eq!(
-                String::from_utf8_lossy(&out),
-                String::from_utf8_lossy(&whole),
-                "cut at {a} and {b}"
-            );
-        }
-    }
+    streams_as_whole(&all, whole_text);
 }
 
 #[test]
@@ -201,21 +181,7 @@ fn overlapping_values_in_one_long_run_mask_as_in_the_whole_text() {
         // An NKo digit (U+07C6) after a card number's digits.
         b"c\0\0\x00010-11102 10-1110-111\xdf\x86sk-fuz-sk-f1S@SSan1e00",
     ] {
-        let whole = all.mask(whole_text).0;
-        for a in 1..whole_text.len() {
-            for b in a..whole_text.len() {
-                let mut s = StreamMasker::new(all.clone());
-                let mut out = s.push(&whole_text[..a]).0;
-                out.extend(s.push(&whole_text[a..b]).0);
-                out.extend(s.push(&whole_text[b..]).0);
-                out.extend(s.finish().0);
-                assert_eq!(
-                    String::from_utf8_lossy(&out),
-                    String::from_utf8_lossy(&whole),
-                    "cut at {a} and {b}"
-                );
-            }
-        }
+        streams_as_whole(&all, whole_text);
     }
 }
 
