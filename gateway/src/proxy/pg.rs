@@ -73,6 +73,31 @@ pub struct Statement {
     counted: bool,
 }
 
+/// How one execution of a statement ended, as its event records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// It completed.
+    Ok,
+    /// An Execute with a row limit stopped at it (PortalSuspended).
+    Suspended,
+    /// The server answered with an error.
+    Error,
+    /// The gateway refused it (policy, or a limit).
+    Denied,
+}
+
+impl Ran {
+    /// As recorded.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Suspended => "suspended",
+            Self::Error => "error",
+            Self::Denied => "denied",
+        }
+    }
+}
+
 /// One execution of a statement, until its completion.
 pub struct Run {
     statement: Arc<Statement>,
@@ -119,7 +144,7 @@ pub enum Expect {
 
 impl Session {
     /// Records a finished statement; the agent gets its answer only after this.
-    async fn record(&self, run: Box<Run>, how: &'static str) -> Result<(), crate::audit::SinkError> {
+    async fn record(&self, run: Box<Run>, how: Ran) -> Result<(), crate::audit::SinkError> {
         let st = &run.statement;
         if st.counted {
             return Ok(());
@@ -148,8 +173,8 @@ impl Session {
             rows_affected: run.affected,
             duration_ms: run.started.elapsed().as_millis() as u64,
             decision: st.decision.clone(),
-            outcome: how.to_owned(),
-            error: if how == "denied" { None } else { run.error },
+            outcome: how.as_str().to_owned(),
+            error: if how == Ran::Denied { None } else { run.error },
             masked,
         };
         self.ctx.events.record(Event::SqlStatement(Box::new(event))).await

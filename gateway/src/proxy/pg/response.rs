@@ -18,13 +18,13 @@ use super::{
     columns::Shape,
     login::error_text,
     wire::{self, complete_len, WireError},
-    Expect, Run, Session, Statement,
+    Expect, Ran, Run, Session, Statement,
 };
 
 const SIDE: Side = Side::Upstream;
 
 /// A statement that finished, with how.
-pub type Finished = (Box<Run>, &'static str);
+pub type Finished = (Box<Run>, Ran);
 
 /// Result shapes and session status, as the response side knows them.
 #[derive(Default)]
@@ -180,7 +180,7 @@ impl Responses {
                         Some(Expect::Execute(_)) => {
                             if let Some(Expect::Execute(mut run)) = pending.pop_front() {
                                 run.affected = rows;
-                                done.push((run, if tag == b's' { "suspended" } else { "ok" }));
+                                done.push((run, if tag == b's' { Ran::Suspended } else { Ran::Ok }));
                             }
                         }
                         _ => return Err(WireError::malformed(SIDE, "command completion nobody asked for")),
@@ -196,9 +196,9 @@ impl Responses {
                         match pending.pop_front() {
                             Some(Expect::Query(run)) => {
                                 let how = match (&run.statement.denial, &run.error) {
-                                    (Some(_), _) => "denied",
-                                    (None, Some(_)) => "error",
-                                    (None, None) => "ok",
+                                    (Some(_), _) => Ran::Denied,
+                                    (None, Some(_)) => Ran::Error,
+                                    (None, None) => Ran::Ok,
                                 };
                                 done.push((run, how));
                                 break;
@@ -330,7 +330,7 @@ impl Responses {
             }
             Some(Expect::Parse(Some(run))) => {
                 forward(run.statement.denial.as_ref(), out)?;
-                done.push((run, "denied"));
+                done.push((run, Ran::Denied));
             }
             Some(Expect::Execute(mut run)) => {
                 // Only an execution refused by a limit has a denial here
@@ -338,7 +338,7 @@ impl Responses {
                 let refused = ours && run.statement.denial.is_some();
                 forward(run.statement.denial.as_ref(), out)?;
                 run.error = Some(text);
-                done.push((run, if refused { "denied" } else { "error" }));
+                done.push((run, if refused { Ran::Denied } else { Ran::Error }));
             }
             Some(Expect::Sync) => {
                 forward(None, out)?;
@@ -358,7 +358,7 @@ impl Responses {
                 break;
             }
             if let Some(Expect::Parse(Some(run))) = pending.pop_front() {
-                done.push((run, "denied"));
+                done.push((run, Ran::Denied));
             }
         }
         Ok(())
