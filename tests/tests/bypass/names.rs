@@ -56,12 +56,13 @@ fn a_declared_name_sent_to_another_address_is_judged_by_the_address() {
         elsewhere.peers().is_empty(),
         "an undeclared address was reached by naming a target"
     );
-    let denied: Vec<_> = gw
-        .events()
-        .connections()
-        .into_iter()
-        .filter(|e| e["target"] == elsewhere.dst())
-        .collect();
+    // Both events, once the mirror has them (it trails the store).
+    let denied = || -> Vec<_> {
+        let all = gw.events().connections().into_iter();
+        all.filter(|e| e["target"] == elsewhere.dst()).collect()
+    };
+    let both = interlock_tests::wait_for(10, || Some(denied()).filter(|d| d.len() >= 2));
+    let denied = both.unwrap_or_else(|| panic!("not two refusals: {:#?}", denied()));
     assert_eq!(denied.len(), 2, "{denied:#?}");
     assert!(denied.iter().all(|e| e["decision"]["outcome"] == "deny"), "{denied:#?}");
 }
