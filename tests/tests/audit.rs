@@ -250,7 +250,8 @@ with httpx.Client(timeout=5) as c:
     let acknowledged: Vec<String> = r.stdout.lines().map(|i| format!("/load/{i}")).collect();
     assert!(acknowledged.len() > 10, "too little load: {} {}", r.stdout, r.stderr);
     gw.spawn();
-    let stored: std::collections::HashSet<String> = search(&gw, &["--kind", "http_exchange"])
+    // More than search's default 1,000 results on a fast machine.
+    let stored: std::collections::HashSet<String> = search(&gw, &["--kind", "http_exchange", "--limit", "100000"])
         .iter()
         .filter_map(|e| e["path"].as_str().map(str::to_owned))
         .collect();
