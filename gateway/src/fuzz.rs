@@ -4,7 +4,6 @@
 //! the fuzzer reports like a crash). Not an API: hidden from the docs.
 #![allow(missing_docs)]
 
-use crate::types::Side;
 use std::collections::HashMap;
 
 use bytes::BytesMut;
@@ -12,6 +11,7 @@ use bytes::BytesMut;
 use crate::{
     config::{ColumnRule, ColumnStyle, MaskingConfig},
     masking::{Catalog, MaskPlan, SseMasker, StreamMasker, BUILTIN_NAMES},
+    types::Side,
 };
 
 /// Protocol detection and TLS ClientHello peeking over any first bytes,

@@ -105,12 +105,7 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
         if b & 0xC0 == 0x80 {
             continue;
         }
-        let want = match b {
-            0xC0..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF7 => 4,
-            _ => 1,
-        };
+        let want = utf8_len(*b);
         let have = bytes.len() - i;
         return if have < want { have } else { 0 };
     }
@@ -119,17 +114,23 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 
 /// The length of the first character of `bytes` (a stray byte counts as one).
 fn first_char(bytes: &[u8]) -> usize {
-    let want = match bytes.first() {
-        None => return 0,
-        Some(0xC0..=0xDF) => 2,
-        Some(0xE0..=0xEF) => 3,
-        Some(0xF0..=0xF7) => 4,
-        Some(_) => 1,
-    };
+    let Some(lead) = bytes.first() else { return 0 };
+    let want = utf8_len(*lead);
     let continued = bytes[1..]
         .iter()
         .take(want - 1)
         .take_while(|b| *b & 0xC0 == 0x80)
         .count();
     1 + continued
+}
+
+/// The length a UTF-8 character starting with `lead` has (a byte that
+/// starts none counts as one).
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 1,
+    }
 }

@@ -3,7 +3,6 @@
 //! and the real secret injected), upstream (a verified connection lent from
 //! the pool for the exchange, HTTP/1.1 or HTTP/2 as negotiated), response
 //! (streamed back unbuffered), logging (one event per exchange).
-use crate::types::Side;
 use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
@@ -25,6 +24,7 @@ use crate::{
     credentials::Credential,
     identity::Identity,
     policy::TargetRef,
+    types::Side,
     types::{AgentName, ConnId, OrigDst},
 };
 

@@ -2,10 +2,7 @@
 //! and for closing what is left at shutdown.
 use std::{
     collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
@@ -57,9 +54,8 @@ struct Entry {
 #[derive(Default)]
 pub struct LiveTable {
     conns: Mutex<BTreeMap<ConnId, Entry>>,
-    /// Set once the drain at shutdown is over: what is added is cut at once.
-    closed: AtomicBool,
-    /// Cancelled with `closed`, for connections not yet in the table.
+    /// Cancelled once the drain at shutdown is over: what is added is cut
+    /// at once, and connections still being admitted stop waiting.
     closing: CancellationToken,
 }
 
@@ -87,7 +83,7 @@ impl LiveTable {
         let mut conns = self.lock();
         // Checked under the lock `close` takes: no insert slips between
         // its flag and its sweep.
-        if self.closed.load(Ordering::Acquire) {
+        if self.closing.is_cancelled() {
             stats.cut(Cut::Shutdown);
         }
         conns.insert(id, entry);
@@ -126,16 +122,6 @@ impl LiveTable {
             .collect()
     }
 
-    /// How many connections are live.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Closes the idle kept-alive HTTP connections (parked between
     /// requests): at shutdown they need not wait for a request that may
     /// never come. Returns how many.
@@ -149,7 +135,6 @@ impl LiveTable {
     /// how many were live.
     pub fn close(&self) -> usize {
         let conns = self.lock();
-        self.closed.store(true, Ordering::Release);
         self.closing.cancel();
         conns.values().map(|e| e.stats.cut(Cut::Shutdown)).count()
     }

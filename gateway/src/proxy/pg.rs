@@ -3,7 +3,6 @@
 //! the credential only it holds, then every statement passes the request
 //! filter (policy), results pass the response filter (column rules and
 //! value detectors), and each statement and the session are logged.
-use crate::types::Side;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,6 +14,7 @@ use crate::{
     identity::Identity,
     masking::Masker,
     policy::{Decision, TargetRef},
+    types::Side,
     types::{AgentName, ConnId, OrigDst},
 };
 

@@ -2,7 +2,6 @@
 //! passed on (EOF on one side becomes a FIN on the other), backpressure by
 //! never reading more than one buffer ahead of the writer, an idle timeout
 //! over both directions, and a cut signal for revocation.
-use crate::types::Side;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -11,13 +10,14 @@ use std::{
     time::Duration,
 };
 
-use crate::audit::Outcome;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::Notify,
     time::Instant,
 };
+
+use crate::{audit::Outcome, types::Side};
 
 /// Byte counters and the cut switch of one relay, shared with status.
 #[derive(Debug, Default)]
@@ -36,7 +36,7 @@ pub struct RelayStats {
 pub enum Cut {
     /// Its caller was revoked (the revocation, in words).
     Revoked(String),
-    /// The gateway is stopping and the connection outlived the drain.
+    /// The gateway is stopping: the connection was idle, or outlived the drain.
     Shutdown,
 }
 

@@ -2,7 +2,6 @@
 //! request filter (credentials, request masking), upstream, response filter
 //! (masking), logging (the `http_exchange` event, recorded before the
 //! response goes to the agent).
-use crate::types::Side;
 use std::{sync::Arc, time::Instant};
 
 use http::{header, Request, Response, StatusCode};
@@ -15,6 +14,7 @@ use crate::{
     config::TargetProtocol,
     masking::MaskedValue,
     policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query},
+    types::Side,
 };
 
 /// What the allowed phases leave for the exchange's event.

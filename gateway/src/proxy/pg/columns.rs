@@ -3,7 +3,6 @@
 //! oid and the column's number, so aliases do not hide a column), and how
 //! a masked value is replaced. Value detectors from the masking engine run
 //! on the other text values.
-use crate::types::Side;
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::{BufMut, BytesMut};
@@ -14,6 +13,7 @@ use super::wire::{self, WireError};
 use crate::{
     config::{ColumnPattern, ColumnRule, ColumnStyle},
     masking::Masker,
+    types::Side,
 };
 
 const TEXT_OID: u32 = 25;

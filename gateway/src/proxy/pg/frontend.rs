@@ -2,10 +2,10 @@
 //! request filter acts on them (parse apart from acting): every length,
 //! count and string of an untrusted frame is checked here, and the filter
 //! only reads fields. Counts are unsigned 16-bit, as the server reads them.
-use crate::types::Side;
 use bytes::{BufMut, BytesMut};
 
 use super::wire::{self, Cursor, Frame, WireError};
+use crate::types::Side;
 
 /// Who sent the bytes parsed here.
 const SIDE: Side = Side::Agent;

@@ -2,7 +2,6 @@
 //! wants it, StartupMessage as the configured role, and the login itself
 //! with the held password (SCRAM-SHA-256, md5 or cleartext), driven by
 //! postgres-protocol. Ends at the server's first ReadyForQuery.
-use crate::types::Side;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +20,7 @@ use crate::{
     config::UpstreamTls,
     proxy::{connect_upstream, ProxyCtx},
     types::OrigDst,
+    types::Side,
 };
 
 /// Why the gateway could not log in upstream (upstream or gateway side; the

@@ -1,7 +1,6 @@
 //! The relay of a running session: the request filter reads the agent and
 //! writes the upstream, the response filter the other way, concurrently in
 //! one task; whichever ends first (or a revocation) ends the session.
-use crate::types::Side;
 use std::{
     collections::VecDeque,
     sync::atomic::{AtomicBool, AtomicU8, Ordering},
@@ -12,7 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{login, request, response, session::close_gently, wire, Io, Session};
-use crate::{audit::Outcome, proxy::RelayStats};
+use crate::{audit::Outcome, proxy::RelayStats, types::Side};
 
 /// How a relay ended.
 pub struct Relayed {

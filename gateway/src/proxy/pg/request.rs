@@ -5,7 +5,6 @@
 //! server itself produces the error, aborts a transaction block as any
 //! error would, and skips to Sync. The response filter rewrites that error
 //! into the policy's 42501. Everything else passes as it came.
-use crate::types::Side;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bytes::BytesMut;
@@ -20,6 +19,7 @@ use crate::{
     audit,
     config::Unparsed,
     policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query, SqlFacts},
+    types::Side,
 };
 
 /// Longest parameter value kept in an audit event.
@@ -317,15 +317,17 @@ impl Prepared {
         push: impl Fn(Expect),
     ) -> Result<Step, WireError> {
         let io = |e: std::io::Error| WireError::malformed(Side::Agent, e.to_string());
+        let limited = over_rate(s);
         let (statement, params, described) = match self.portals.get_mut(portal) {
             Some(p) => {
                 let was = p.described;
-                p.described = true;
+                // A refused execution describes nothing: the next one must.
+                p.described |= limited.is_none();
                 (p.statement.clone(), p.params.clone(), was)
             }
             None => (Arc::new(unknown_statement(portal)), Vec::new(), true),
         };
-        if let Some(refused) = over_rate(s) {
+        if let Some(refused) = limited {
             // Executed in its place: a portal that does not exist, named
             // with the nonce, so the server answers with an error the
             // response side turns into this refusal.

@@ -5,7 +5,6 @@
 //! parse error is turned into the policy's 42501, and how a statement's
 //! audit event gets its rows, errors and duration. Messages the gateway
 //! does not change are copied through as they came.
-use crate::types::Side;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
@@ -20,6 +19,7 @@ use super::{
     wire::{self, complete_len, WireError},
     Expect, Ran, Run, Session, Statement,
 };
+use crate::types::Side;
 
 const SIDE: Side = Side::Upstream;
 

@@ -1,7 +1,6 @@
 //! Starting a session once the agent has sent its StartupMessage: refuse
 //! replication, log in upstream, read the masked columns, register a cancel
 //! key, greet the agent, relay, and record the session's start and end.
-use crate::types::Side;
 use std::{sync::Arc, time::Instant};
 
 use bytes::BytesMut;
@@ -13,6 +12,7 @@ use crate::{
     config::{PostgresSpec, TargetSpec},
     proxy::{ProxyCtx, RelayStats, SessionStart},
     types::OrigDst,
+    types::Side,
 };
 
 /// What a starting session needs.

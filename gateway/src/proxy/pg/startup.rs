@@ -3,7 +3,6 @@
 //! (refused), CancelRequest, and the StartupMessage. No password is asked
 //! for: the agent is known by its kernel identity, and the gateway logs in
 //! upstream with credentials only it holds.
-use crate::types::Side;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -15,6 +14,7 @@ use super::{
 use crate::{
     config::AgentTls,
     proxy::{tls::LeafResolver, ProxyCtx},
+    types::Side,
 };
 
 /// What the agent opened the connection for.
