@@ -24,7 +24,7 @@ fn policy(c: &mut Criterion) {
         ip: "10.20.0.5".parse().expect("address"),
         port: 5432,
         host: String::new(),
-        protocol: "tcp".into(),
+        protocol: gateway::types::Wire::Tcp,
     };
     let query = |action: &'static ActionKind| Query {
         agent: &agent,

@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use crate::{
     config::{ApiConfig, Roles},
     control::{handle_as, ControlState, Request as Op, Response as OpResult},
-    proxy::ProxyCtx,
 };
 
 mod oidc;
@@ -88,7 +87,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 /// Serves the API until the task is dropped.
-pub async fn serve(config: ApiConfig, state: Arc<ControlState>, ctx: Arc<ProxyCtx>) -> Result<(), ApiError> {
+pub async fn serve(config: ApiConfig, state: Arc<ControlState>, net: Arc<crate::net::Net>) -> Result<(), ApiError> {
     let Some(addr) = config.listen else { return Ok(()) };
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
@@ -96,7 +95,7 @@ pub async fn serve(config: ApiConfig, state: Arc<ControlState>, ctx: Arc<ProxyCt
     };
     let api = Arc::new(Api {
         state,
-        verifier: Verifier::new(ctx, &config)?,
+        verifier: Verifier::new(net, &config)?,
         roles: config.roles.clone(),
     });
     let listener = tokio::net::TcpListener::bind(addr)

@@ -245,7 +245,7 @@ pub enum Event {
         /// `added`, `revoked` or `expired`.
         change: String,
         /// The grant.
-        grant: crate::control::Grant,
+        grant: crate::types::Grant,
         /// Who made the change (`gateway` for expiry).
         by: String,
     },
@@ -256,7 +256,7 @@ pub enum Event {
         /// `added`, `removed` or `expired`.
         change: String,
         /// The revocation.
-        revocation: crate::control::Revocation,
+        revocation: crate::types::Revocation,
         /// Who made the change (`gateway` for expiry).
         by: String,
         /// Live connections cut.
@@ -280,9 +280,9 @@ pub enum Event {
         /// `opened`, `approval`, `approved`, `denied`, `expired` or `failed`.
         change: String,
         /// The review after the change.
-        review: Box<crate::review::ReviewRecord>,
+        review: Box<crate::types::ReviewRecord>,
         /// The person who made the change.
-        by: Option<crate::review::Person>,
+        by: Option<crate::types::Person>,
     },
     /// Refusals by a per-agent limit that were counted, not recorded one by
     /// one (the first of each burst has an event of its own).

@@ -10,14 +10,12 @@ mod revocations;
 mod revoke_ops;
 mod rulebook;
 mod server;
-mod state;
 
 pub use client::{request, ClientError};
 pub use grant_ops::{apply as apply_grants, now_unix, sweep as sweep_grants};
-pub use grants::{Grant, GrantBook, GrantError, GrantRequest, GRANTS_FILE};
+pub use grants::{Grant, GrantBook, GrantError, GrantRequest};
 pub use protocol::{Request, Response, RuleView, StatusReport};
 pub use revocations::{Revocation, RevocationBook, RevocationError, Selector};
 pub use revoke_ops::{apply as apply_revocation, check_exec, sweep as sweep_revocations, RevokeRequest};
 pub use rulebook::{RuleBook, RuleBookError, RuleSource};
 pub use server::{handle_as, label, serve, ControlState};
-pub(crate) use state::save_json;

@@ -12,6 +12,10 @@ use http::{HeaderName, HeaderValue};
 
 use crate::config::CredentialSpec;
 
+mod oauth2;
+
+pub use oauth2::client_credentials;
+
 /// Why a credential is unavailable (gateway side). Never contains the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -24,6 +28,15 @@ pub enum CredentialError {
         /// The file.
         path: PathBuf,
         /// Why (an I/O error; never the content).
+        message: String,
+    },
+    /// The token endpoint did not give a token (upstream side, or the
+    /// secret file is unreadable).
+    #[error("credential: token from {url}: {message}")]
+    Token {
+        /// The token endpoint.
+        url: String,
+        /// Why (never the secret).
         message: String,
     },
     /// No unexpired OAuth2 token is held (fetch one first).

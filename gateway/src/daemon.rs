@@ -177,8 +177,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     revocations.expire(control::now_unix());
     let compiled = book.compile()?;
     let events = EventSink::open(&config).await?;
+    let net = Arc::new(crate::net::Net::new(
+        config.intercept.bypass_mark,
+        config.listener.connect_timeout,
+    ));
     let reviews = Arc::new(crate::review::Reviews::new(
         events.clone(),
+        net.clone(),
         &config.paths.state_dir,
         config.review.timeout,
         config.review.public_url.clone(),
@@ -274,6 +279,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     ));
     let ctx = Arc::new(ProxyCtx::new(crate::proxy::ProxyParts {
         settings: proxy_settings,
+        net: net.clone(),
         live: live.clone(),
         events: events.clone(),
         gate: gate.clone(),
@@ -333,9 +339,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         tasks.spawn(async move { reload::watch_policies(&gate, &events).await });
     }
     if config.api.listen.is_some() {
-        let (api, state, ctx) = (config.api.clone(), state.clone(), ctx.clone());
+        let (api, state, net) = (config.api.clone(), state.clone(), net.clone());
         tasks.spawn(async move {
-            if let Err(e) = crate::api::serve(api, state, ctx).await {
+            if let Err(e) = crate::api::serve(api, state, net).await {
                 tracing::error!("operator API stopped: {e}");
             }
         });

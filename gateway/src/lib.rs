@@ -21,6 +21,8 @@ pub mod kernel;
 pub mod limits;
 pub mod listener;
 pub mod masking;
+pub mod net;
+pub mod persist;
 pub mod policy;
 pub mod proxy;
 pub mod review;

@@ -9,23 +9,11 @@ mod detectors;
 mod sse;
 mod stream;
 
-pub use catalog::{Catalog, FieldPath, MaskPlan};
+pub use crate::types::{FieldPath, Style};
+pub use catalog::{Catalog, MaskPlan};
 pub use detectors::{Detector, DetectorKind, BUILTIN_NAMES};
 pub use sse::SseMasker;
 pub use stream::StreamMasker;
-
-/// How a found value is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Style {
-    /// `[REDACTED:email]`.
-    #[default]
-    Redact,
-    /// Everything but the last four characters replaced by `*`.
-    KeepLast4,
-    /// Same length and shape: digits become `0`, letters `x`, other characters kept.
-    Placeholder,
-}
 
 /// One masked value: which detector, and where in the output it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

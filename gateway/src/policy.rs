@@ -27,6 +27,10 @@ pub use load::{
 };
 pub use request::{ActionKind, Query, RequestError, SqlFacts, SubjectCache, TargetRef};
 
+/// The name grants' generated policies are loaded under (`control` makes
+/// them; decisions say which allowing policies were grants).
+pub const GRANTS_FILE: &str = "<grants>";
+
 /// The policy set in force: the last good files plus generated policies
 /// (grants), and where to reload the files from.
 pub struct PolicyStore {

@@ -4,7 +4,6 @@
 //! ways. Connections to HTTP(S) targets are inspected request by request.
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -15,11 +14,11 @@ use crate::{
     audit::{self, ConnectionEvent, Event, EventSink, Outcome},
     detect::Protocol,
     identity::Identity,
+    net::Built,
     policy::{self, ConnectVerdict, Gate},
     types::{ConnId, OrigDst},
 };
 
-mod built;
 mod counted;
 mod http;
 mod live;
@@ -27,13 +26,9 @@ mod misfit;
 pub mod pg;
 mod relay;
 pub mod tls;
-mod upstream;
 
-pub(crate) use http::fetch::fetch;
-pub use http::fetch::GatewayHttp;
 pub use live::{LiveConn, LiveTable};
 pub use relay::{relay, Cut, RelayEnd, RelayError, RelayStats};
-pub use upstream::{connect_upstream, UpstreamError};
 
 /// Settings every session needs.
 #[derive(Debug, Clone)]
@@ -62,6 +57,8 @@ type MaskerKey = (Vec<String>, Option<String>);
 pub struct ProxyCtx {
     /// Timeouts and the bypass mark.
     pub settings: ProxySettings,
+    /// The gateway's own network client (marked sockets, upstream TLS).
+    pub net: Arc<crate::net::Net>,
     /// Live connections.
     pub live: Arc<LiveTable>,
     /// Event stream.
@@ -70,11 +67,10 @@ pub struct ProxyCtx {
     pub gate: Arc<Gate>,
     /// The local CA for intercepted TLS.
     pub ca: Arc<tls::LocalCa>,
-    upstream_tls: built::Built<Option<PathBuf>, tls::UpstreamTls>,
     /// Agent-side TLS acceptors, by the address their leaf certificates
     /// fall back to: one config (and session cache) shared by connections.
-    agent_tls: built::Built<std::net::IpAddr, tokio_rustls::TlsAcceptor>,
-    maskers: built::Built<MaskerKey, Arc<crate::masking::MaskPlan>>,
+    agent_tls: Built<std::net::IpAddr, tokio_rustls::TlsAcceptor>,
+    maskers: Built<MaskerKey, Arc<crate::masking::MaskPlan>>,
     /// Masking detectors and rules from config.
     catalog: crate::masking::Catalog,
     /// Upstream HTTP connections lent per exchange.
@@ -97,6 +93,8 @@ pub struct ProxyCtx {
 pub struct ProxyParts {
     /// Timeouts, the bypass mark and the audit body cap.
     pub settings: ProxySettings,
+    /// The gateway's own network client.
+    pub net: Arc<crate::net::Net>,
     /// Live connections.
     pub live: Arc<LiveTable>,
     /// Event stream.
@@ -120,6 +118,7 @@ impl ProxyCtx {
     pub fn new(parts: ProxyParts) -> Self {
         let ProxyParts {
             settings,
+            net,
             live,
             events,
             gate,
@@ -131,14 +130,14 @@ impl ProxyCtx {
         } = parts;
         Self {
             settings,
+            net,
             live,
             events,
             gate,
             ca,
             catalog,
-            upstream_tls: built::Built::default(),
-            agent_tls: built::Built::default(),
-            maskers: built::Built::default(),
+            agent_tls: Built::default(),
+            maskers: Built::default(),
             pool: Arc::default(),
             credentials: Mutex::new(HashMap::new()),
             pg_cancels: pg::CancelTable::default(),
@@ -183,12 +182,6 @@ impl ProxyCtx {
         build: impl FnOnce() -> Result<tokio_rustls::TlsAcceptor, rustls::Error>,
     ) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
         self.agent_tls.get_or_build(fallback, build)
-    }
-
-    /// The upstream TLS client config for a CA bundle (built once, then shared).
-    pub fn upstream_tls(&self, ca_file: Option<&std::path::Path>) -> Result<tls::UpstreamTls, tls::TlsError> {
-        self.upstream_tls
-            .get_or_build(ca_file.map(std::path::Path::to_owned), || tls::upstream_config(ca_file))
     }
 }
 
@@ -283,8 +276,8 @@ fn open<'a>(agent: TcpStream, start: &'a SessionStart, ctx: &'a Arc<ProxyCtx>) -
             Box::pin(http::serve(agent, start, spec, upstream_addr, name, ctx, stats))
         }
         _ => {
-            let (settings, stats, id) = (ctx.settings.clone(), stats.clone(), start.id);
-            Box::pin(async move { relay_tcp(agent, upstream_addr, &settings, &stats, id).await })
+            let (net, idle, stats, id) = (ctx.net.clone(), ctx.settings.idle_timeout, stats.clone(), start.id);
+            Box::pin(async move { relay_tcp(agent, upstream_addr, &net, idle, &stats, id).await })
         }
     };
     Opened::Session(session, handle)
@@ -294,11 +287,12 @@ fn open<'a>(agent: TcpStream, start: &'a SessionStart, ctx: &'a Arc<ProxyCtx>) -
 async fn relay_tcp(
     mut agent: TcpStream,
     dst: OrigDst,
-    settings: &ProxySettings,
+    net: &crate::net::Net,
+    idle_timeout: std::time::Duration,
     stats: &Arc<RelayStats>,
     id: ConnId,
 ) -> Outcome {
-    match connect_upstream(dst, settings.bypass_mark, settings.connect_timeout).await {
+    match net.connect(dst).await {
         Err(e) => {
             tracing::info!(conn = %id, %dst, "upstream connect failed: {e}");
             // The agent's connect() already succeeded (to the listener); a reset
@@ -306,7 +300,7 @@ async fn relay_tcp(
             let _ = socket2::SockRef::from(&agent).set_linger(Some(std::time::Duration::ZERO));
             Outcome::UpstreamConnectFailed { error: e.to_string() }
         }
-        Ok(mut upstream) => match relay(&mut agent, &mut upstream, settings.idle_timeout, stats).await {
+        Ok(mut upstream) => match relay(&mut agent, &mut upstream, idle_timeout, stats).await {
             Ok(RelayEnd::Closed) => Outcome::Closed,
             Ok(RelayEnd::IdleTimeout) => Outcome::IdleTimeout,
             Ok(RelayEnd::Cut) => {
@@ -336,7 +330,7 @@ async fn record(
         conn_id: start.id,
         agent: Some(start.verdict.agent),
         identity: Some(start.identity),
-        target: Some(start.verdict.target),
+        target: Some(start.verdict.target.name),
         decision: Some(start.verdict.decision),
         peer: start.peer,
         orig_dst: Some(start.orig_dst),

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     audit::{self, Event, EventSink},
+    net::Net,
     policy::ReviewRules,
 };
 
@@ -18,9 +19,10 @@ mod settle;
 mod types;
 mod webhook;
 
+pub use crate::types::{Person, ReviewRecord, ReviewState, Scope};
 pub use settle::{describe, settle, HeldRequest};
 use settle::{now_unix, Abandoned};
-pub use types::{Person, ReviewError, ReviewRecord, Scope, Verdict};
+pub use types::{ReviewError, Verdict};
 pub use webhook::announce;
 
 struct Pending {
@@ -48,6 +50,8 @@ struct State {
 pub struct Reviews {
     state: Mutex<State>,
     events: EventSink,
+    /// Webhooks go out through the gateway's own client.
+    net: std::sync::Arc<Net>,
     file: PathBuf,
     default_timeout: Duration,
     /// Where people open reviews (webhook links).
@@ -58,6 +62,7 @@ impl Reviews {
     /// Reviews kept in `state_dir`; held requests are refused after `default_timeout`.
     pub fn new(
         events: EventSink,
+        net: std::sync::Arc<Net>,
         state_dir: &std::path::Path,
         default_timeout: Duration,
         link_base: Option<String>,
@@ -65,6 +70,7 @@ impl Reviews {
         Self {
             state: Mutex::new(State::default()),
             events,
+            net,
             file: state_dir.join("reviews.json"),
             default_timeout,
             link_base,
@@ -78,7 +84,7 @@ impl Reviews {
     fn persist(&self, state: &State) {
         let records: Vec<&ReviewRecord> = state.reviews.values().map(|p| &p.record).collect();
         let body = serde_json::json!({"next": state.next, "reviews": records});
-        if let Err(e) = crate::control::save_json(&self.file, &body) {
+        if let Err(e) = crate::persist::save_json(&self.file, &body) {
             tracing::error!("reviews file {}: {e}", self.file.display());
         }
     }
@@ -110,8 +116,8 @@ impl Reviews {
             let mut state = self.lock();
             state.next = saved["next"].as_u64().unwrap_or(0);
             for mut r in records {
-                if r.state == "pending" {
-                    r.state = "failed".into();
+                if r.state == ReviewState::Pending {
+                    r.state = ReviewState::Failed;
                     r.note = Some("the gateway restarted while the request was held; the agent's call failed".into());
                     failed.push(r.clone());
                 }
@@ -126,13 +132,7 @@ impl Reviews {
     }
 
     /// Holds a request until it is decided. Returns how it ended.
-    pub async fn hold(
-        &self,
-        held: HeldRequest<'_>,
-        rules: &ReviewRules,
-        webhooks: &[String],
-        ctx: &std::sync::Arc<crate::proxy::ProxyCtx>,
-    ) -> Verdict {
+    pub async fn hold(&self, held: HeldRequest<'_>, rules: &ReviewRules, webhooks: &[String]) -> Verdict {
         let key = format!(
             "{}\n{}\n{}",
             held.target.name,
@@ -171,7 +171,7 @@ impl Reviews {
                 approvals_needed: rules.approvers.max(1),
                 no_self_approval: rules.no_self_approval,
                 approvals: Vec::new(),
-                state: "pending".into(),
+                state: ReviewState::Pending,
                 decided_by: None,
                 scope: None,
                 note: None,
@@ -191,7 +191,7 @@ impl Reviews {
         tracing::info!(review = %record.id, agent = %record.agent, target = %record.target, "request held for review");
         self.record("opened", record.clone(), None).await;
         for url in webhooks {
-            announce(ctx.clone(), url.clone(), record.clone(), self.link_base.clone());
+            announce(self.net.clone(), url.clone(), record.clone(), self.link_base.clone());
         }
         let wait = Duration::from_secs(record.expires_unix.saturating_sub(now_unix()));
         // If the agent goes away (or its session is cut) while held, the
@@ -207,7 +207,7 @@ impl Reviews {
         };
         guard.id = None;
         if verdict == Verdict::Expired {
-            if let Some(r) = self.close(&record.id, "expired", "nobody decided in time".into()) {
+            if let Some(r) = self.close(&record.id, ReviewState::Expired, "nobody decided in time".into()) {
                 self.record("expired", r, None).await;
             }
         }
@@ -215,10 +215,10 @@ impl Reviews {
     }
 
     /// Marks a pending review closed and returns its record.
-    fn close(&self, id: &str, how: &str, note: String) -> Option<ReviewRecord> {
+    fn close(&self, id: &str, how: ReviewState, note: String) -> Option<ReviewRecord> {
         let mut state = self.lock();
         let pending = open_review(&mut state, id).ok()?;
-        pending.record.state = how.into();
+        pending.record.state = how;
         pending.record.note = Some(note);
         let record = pending.record.clone();
         self.persist(&state);
@@ -255,7 +255,7 @@ impl Reviews {
             let done = r.approvals.len() as u32 >= r.approvals_needed;
             let mut standing = None;
             if done {
-                r.state = "approved".into();
+                r.state = ReviewState::Approved;
                 r.decided_by = Some(person.clone());
                 r.scope = Some(scope);
                 if let Some(tx) = pending.waiter.take() {
@@ -285,7 +285,7 @@ impl Reviews {
         let record = {
             let mut state = self.lock();
             let pending = open_review(&mut state, id)?;
-            pending.record.state = "denied".into();
+            pending.record.state = ReviewState::Denied;
             pending.record.decided_by = Some(person.clone());
             pending.record.note = Some(reason.clone());
             if let Some(tx) = pending.waiter.take() {
@@ -304,8 +304,12 @@ impl Reviews {
         let failed: Vec<ReviewRecord> = {
             let mut state = self.lock();
             let mut failed = Vec::new();
-            for p in state.reviews.values_mut().filter(|p| p.record.state == "pending") {
-                p.record.state = "failed".into();
+            for p in state
+                .reviews
+                .values_mut()
+                .filter(|p| p.record.state == ReviewState::Pending)
+            {
+                p.record.state = ReviewState::Failed;
                 p.record.note = Some(why.to_owned());
                 if let Some(tx) = p.waiter.take() {
                     let _ = tx.send(Verdict::Failed(why.to_owned()));
@@ -327,8 +331,8 @@ fn open_review<'s>(state: &'s mut State, id: &str) -> Result<&'s mut Pending, Re
         .reviews
         .get_mut(&number(id)?)
         .ok_or_else(|| ReviewError::Unknown(id.into()))?;
-    if pending.record.state != "pending" {
-        return Err(ReviewError::Closed(id.into(), pending.record.state.clone()));
+    if pending.record.state != ReviewState::Pending {
+        return Err(ReviewError::Closed(id.into(), pending.record.state));
     }
     Ok(pending)
 }

@@ -14,7 +14,7 @@ use sqlparser::{
     parser::Parser,
 };
 
-use crate::policy::{ActionKind, SqlFacts};
+use crate::types::{ActionKind, SqlFacts};
 
 mod shape;
 

@@ -7,7 +7,10 @@
 //! treatment, and its credential, for an address of its own choosing.
 use std::sync::Arc;
 
-use crate::{config::TargetSpec, policy::TargetRef, types::OrigDst};
+use crate::{
+    config::TargetSpec,
+    types::{OrigDst, TargetRef, Wire},
+};
 
 pub mod names;
 
@@ -122,12 +125,12 @@ impl TargetTable {
 
     /// The target a destination belongs to; an undeclared destination is
     /// named `ip:port` so policies can still match it by address.
-    pub fn resolve(&self, dst: OrigDst, protocol: &str) -> TargetRef {
+    pub fn resolve(&self, dst: OrigDst, protocol: Wire) -> TargetRef {
         self.resolve_host(dst, None, protocol)
     }
 
     /// As [`resolve`](Self::resolve), with a name bound to the destination.
-    pub fn resolve_host(&self, dst: OrigDst, bound: Option<&str>, protocol: &str) -> TargetRef {
+    pub fn resolve_host(&self, dst: OrigDst, bound: Option<&str>, protocol: Wire) -> TargetRef {
         let name = self
             .find(dst, bound)
             .map_or_else(|| dst.to_string(), |t| t.name.clone());
@@ -136,7 +139,7 @@ impl TargetTable {
             ip: dst.0.ip(),
             port: dst.0.port(),
             host: bound.unwrap_or_default().to_owned(),
-            protocol: protocol.to_owned(),
+            protocol,
         }
     }
 
@@ -153,7 +156,7 @@ impl TargetTable {
             ip,
             port: t.ports.lo,
             host,
-            protocol: "tcp".into(),
+            protocol: Wire::Tcp,
         })
     }
 }
@@ -189,7 +192,7 @@ cidrs = ["10.0.0.0/8", "fd00::/8"]
             .try_into()
             .unwrap();
         let table = TargetTable::new(&specs);
-        let name = |s: &str| table.resolve(OrigDst(s.parse().unwrap()), "tcp").name;
+        let name = |s: &str| table.resolve(OrigDst(s.parse().unwrap()), Wire::Tcp).name;
         assert_eq!(name("10.0.0.5:5432"), "db");
         assert_eq!(name("10.0.0.5:80"), "net10");
         assert_eq!(name("[fd00::1]:443"), "net10");
@@ -216,7 +219,7 @@ ports = "443"
         let table = TargetTable::new(&specs);
         let name = |dst: &str, host: &str| {
             table
-                .resolve_host(OrigDst(dst.parse().unwrap()), Some(host), "tls")
+                .resolve_host(OrigDst(dst.parse().unwrap()), Some(host), Wire::Tls)
                 .name
         };
         assert_eq!(name("10.1.1.1:443", "API.openai.com"), "openai");
@@ -277,7 +280,7 @@ cidrs = ["10.0.0.0/8"]
         assert_eq!(j.bound, None);
         assert_eq!(
             table
-                .resolve_host(OrigDst("127.0.0.9:443".parse().unwrap()), j.bound.as_deref(), "tls")
+                .resolve_host(OrigDst("127.0.0.9:443".parse().unwrap()), j.bound.as_deref(), Wire::Tls)
                 .name,
             "127.0.0.9:443"
         );

@@ -1,7 +1,20 @@
-//! Small types that give meaning to numbers and addresses passed between stages.
+//! The model: small types that give meaning to numbers and addresses passed
+//! between stages, and the records every layer above shares (targets and
+//! actions as policies see them, grants, revocations, reviews, masking
+//! styles). The bottom layer: it imports no other module of the crate.
 use std::{fmt, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+mod action;
+mod grant;
+mod mask;
+mod review;
+
+pub use action::{ActionKind, SqlFacts, TargetRef, Wire};
+pub use grant::{Grant, Revocation, Selector};
+pub use mask::{FieldPath, PathSegment, Style, BUILTIN_NAMES};
+pub use review::{Person, ReviewRecord, ReviewState, Scope};
 
 /// Where the agent meant to connect before the kernel redirected it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{proxy::ProxyCtx, review::Person};
+use crate::{net::Net, types::Person};
 
 /// Claims beyond the standard ones, kept whole so the groups claim can be named in config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +55,7 @@ pub struct Verifier {
     issuer: IssuerUrl,
     audience: ClientId,
     groups_claim: String,
-    http: crate::proxy::GatewayHttp,
+    http: crate::net::GatewayHttp,
     discovered: RwLock<Option<Discovered>>,
 }
 
@@ -69,13 +69,13 @@ pub struct Caller {
 
 impl Verifier {
     /// For `issuer` and `audience`; keys are fetched on first use.
-    pub fn new(ctx: Arc<ProxyCtx>, config: &crate::config::ApiConfig) -> Result<Self, AuthError> {
+    pub fn new(net: Arc<Net>, config: &crate::config::ApiConfig) -> Result<Self, AuthError> {
         let issuer = config.issuer.clone().unwrap_or_default();
         Ok(Self {
             issuer: IssuerUrl::new(issuer).map_err(|e| AuthError::Issuer(e.to_string()))?,
             audience: ClientId::new(config.audience.clone().unwrap_or_default()),
             groups_claim: config.groups_claim.clone().unwrap_or_else(|| "groups".into()),
-            http: crate::proxy::GatewayHttp::new(ctx, config.issuer_ca_file.clone()),
+            http: crate::net::GatewayHttp::new(net, config.issuer_ca_file.clone()),
             discovered: RwLock::new(None),
         })
     }

@@ -75,7 +75,7 @@ pub fn policy_explain(
                     "`{target}` is neither a configured target nor an address like 10.0.0.5:5432"
                 ))
             })?;
-            table.resolve(OrigDst(addr), "tcp")
+            table.resolve(OrigDst(addr), crate::types::Wire::Tcp)
         }
     };
     let decision = decide(

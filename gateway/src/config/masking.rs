@@ -2,7 +2,7 @@
 //! detectors, a style, and optionally the JSON fields they apply to.
 use serde::{Deserialize, Serialize};
 
-use crate::masking::{Style, BUILTIN_NAMES};
+use crate::types::{Style, BUILTIN_NAMES};
 
 /// `[masking]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -69,7 +69,7 @@ impl MaskingConfig {
                 return Err((field, format!("unknown detector `{bad}`")));
             }
             for f in &r.fields {
-                crate::masking::FieldPath::parse(f).map_err(|e| (field.clone(), e))?;
+                crate::types::FieldPath::parse(f).map_err(|e| (field.clone(), e))?;
             }
             names.push(&r.name);
         }

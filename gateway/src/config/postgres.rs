@@ -2,7 +2,7 @@
 //! it answers the agent's TLS request, and which result columns it masks.
 use serde::{Deserialize, Serialize};
 
-use crate::masking::BUILTIN_NAMES;
+use crate::types::BUILTIN_NAMES;
 
 /// PostgreSQL settings of a target with `protocol = "postgres"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

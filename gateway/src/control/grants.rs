@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+pub use crate::types::Grant;
+use crate::{config::Config, policy::GRANTS_FILE};
 
 /// Errors adding or removing grants (operator input).
 #[derive(Debug, thiserror::Error)]
@@ -28,28 +29,6 @@ pub enum GrantError {
     },
 }
 
-/// One grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grant {
-    /// `g-N`.
-    pub id: String,
-    /// Agent name.
-    pub agent: String,
-    /// Target name or `ip:port`.
-    pub target: String,
-    /// Cedar actions it covers.
-    pub actions: Vec<String>,
-    /// Unix seconds after which it no longer applies.
-    pub expires_unix: u64,
-    /// Why it was granted.
-    pub reason: String,
-    /// Who granted it (peer credentials of the control socket).
-    pub granted_by: String,
-    /// When (RFC 3339).
-    pub granted_at: String,
-}
-
 /// What the operator asks for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantRequest {
@@ -64,9 +43,6 @@ pub struct GrantRequest {
     /// Why.
     pub reason: String,
 }
-
-/// The name grants' generated policies are loaded under.
-pub const GRANTS_FILE: &str = "<grants>";
 
 const ACTIONS: [&str; 3] = ["connect", "http_request", "sql_statement"];
 /// Longest grant: a week. Longer access belongs in reviewed policy files.
@@ -109,9 +85,9 @@ impl GrantBook {
     /// Loads the persisted grants.
     pub fn load(config: &Config) -> Result<Self, GrantError> {
         let path = config.paths.state_dir.join("grants.json");
-        let state = super::state::load_json(&path).map_err(|message| GrantError::State {
+        let state = crate::persist::load_json(&path).map_err(|e| GrantError::State {
             path: path.clone(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(Self { state, path })
     }
@@ -204,9 +180,9 @@ impl GrantBook {
 
     /// Writes the grants to the state file (atomically).
     pub fn persist(&self) -> Result<(), GrantError> {
-        super::state::save_json(&self.path, &self.state).map_err(|message| GrantError::State {
+        crate::persist::save_json(&self.path, &self.state).map_err(|e| GrantError::State {
             path: self.path.clone(),
-            message,
+            message: e.to_string(),
         })
     }
 }
@@ -252,7 +228,7 @@ mod tests {
                 ip: "10.9.9.9".parse().unwrap(),
                 port: 5432,
                 host: String::new(),
-                protocol: "tcp".into(),
+                protocol: crate::types::Wire::Tcp,
             };
             let agent = crate::types::AgentName(agent.into());
             crate::policy::decide(

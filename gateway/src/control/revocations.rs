@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+pub use crate::types::{Revocation, Selector};
 
 /// Errors adding or removing revocations (operator input).
 #[derive(Debug, thiserror::Error)]
@@ -27,80 +28,6 @@ pub enum RevocationError {
     },
 }
 
-/// Which processes a revocation covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "by", rename_all = "lowercase")]
-pub enum Selector {
-    /// One process (and the children it starts), recognised by its start time.
-    Pid {
-        /// Process id.
-        pid: u32,
-        /// Start time in ticks since boot, so a reused pid is not revoked.
-        start_ticks: u64,
-    },
-    /// Every process running this executable, now or later.
-    Exe {
-        /// Resolved path.
-        path: String,
-    },
-    /// A cgroup and its descendants.
-    Cgroup {
-        /// Path relative to the cgroup2 mount.
-        path: String,
-        /// Its id.
-        id: u64,
-    },
-    /// Every process the named agent matches, now or later.
-    Agent {
-        /// Agent name.
-        name: String,
-    },
-    /// Every process of a user.
-    Uid {
-        /// The uid.
-        uid: u32,
-    },
-}
-
-impl Selector {
-    /// True for selectors that need new images checked at exec.
-    pub fn watches_exec(&self) -> bool {
-        matches!(self, Self::Exe { .. } | Self::Agent { .. })
-    }
-}
-
-impl std::fmt::Display for Selector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Pid { pid, .. } => write!(f, "pid {pid}"),
-            Self::Exe { path } => write!(f, "exe {path}"),
-            Self::Cgroup { path, .. } => write!(f, "cgroup {path}"),
-            Self::Agent { name } => write!(f, "agent {name}"),
-            Self::Uid { uid } => write!(f, "uid {uid}"),
-        }
-    }
-}
-
-/// One revocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Revocation {
-    /// `r-N`.
-    pub id: String,
-    /// N, the value kept in the kernel maps.
-    pub number: u32,
-    /// What it covers.
-    pub selector: Selector,
-    /// Why.
-    pub reason: String,
-    /// Who issued it.
-    pub by: String,
-    /// When (RFC 3339).
-    pub created_at: String,
-    /// Unix seconds when it lapses, if time-limited.
-    pub expires_unix: Option<u64>,
-}
-
 #[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
@@ -118,9 +45,9 @@ impl RevocationBook {
     /// Loads the persisted revocations.
     pub fn load(config: &Config) -> Result<Self, RevocationError> {
         let path = config.paths.state_dir.join("revocations.json");
-        let state = super::state::load_json(&path).map_err(|message| RevocationError::State {
+        let state = crate::persist::load_json(&path).map_err(|e| RevocationError::State {
             path: path.clone(),
-            message,
+            message: e.to_string(),
         })?;
         Ok(Self { state, path })
     }
@@ -182,9 +109,9 @@ impl RevocationBook {
 
     /// Writes the revocations to the state file (atomically).
     pub fn persist(&self) -> Result<(), RevocationError> {
-        super::state::save_json(&self.path, &self.state).map_err(|message| RevocationError::State {
+        crate::persist::save_json(&self.path, &self.state).map_err(|e| RevocationError::State {
             path: self.path.clone(),
-            message,
+            message: e.to_string(),
         })
     }
 }

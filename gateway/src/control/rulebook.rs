@@ -103,10 +103,10 @@ impl RuleBook {
     /// Builds the book from config and the persisted runtime rules.
     pub fn load(config: &Config) -> Result<Self, RuleBookError> {
         let state_file = config.paths.state_dir.join("rules.json");
-        let runtime = super::state::load_json::<StateFile>(&state_file)
-            .map_err(|message| RuleBookError::State {
+        let runtime = crate::persist::load_json::<StateFile>(&state_file)
+            .map_err(|e| RuleBookError::State {
                 path: state_file.clone(),
-                message,
+                message: e.to_string(),
             })?
             .rules;
         let mut book = Self {
@@ -251,9 +251,9 @@ impl RuleBook {
         let state = StateFile {
             rules: self.runtime.clone(),
         };
-        super::state::save_json(&self.state_file, &state).map_err(|message| RuleBookError::State {
+        crate::persist::save_json(&self.state_file, &state).map_err(|e| RuleBookError::State {
             path: self.state_file.clone(),
-            message,
+            message: e.to_string(),
         })
     }
 }

@@ -7,41 +7,7 @@ use serde_json::Value;
 
 use super::{Detector, Finding, Masker, Style, BUILTIN_NAMES};
 use crate::config::MaskingConfig;
-
-/// A JSON field path: `messages[].content` is `messages`, any element, `content`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPath(Vec<Segment>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Key(String),
-    Any,
-}
-
-impl FieldPath {
-    /// Parses `a.b[].c`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut segments = Vec::new();
-        for part in text.split('.') {
-            let (name, arrays) = match part.find("[]") {
-                Some(i) => (&part[..i], &part[i..]),
-                None => (part, ""),
-            };
-            if name.is_empty() || !arrays.replace("[]", "").is_empty() {
-                return Err(format!("bad field path `{text}` (write e.g. `messages[].content`)"));
-            }
-            segments.push(Segment::Key(name.to_owned()));
-            for _ in 0..arrays.len() / 2 {
-                segments.push(Segment::Any);
-            }
-        }
-        Ok(Self(segments))
-    }
-
-    fn matches(&self, at: &[Segment]) -> bool {
-        self.0 == at
-    }
-}
+use crate::types::{FieldPath, PathSegment as Segment};
 
 /// How to mask one exchange: detectors for any value, and detectors for named fields.
 #[derive(Debug, Clone, Default)]

@@ -2,6 +2,8 @@
 //! (Luhn for cards, mod-97 for IBANs) so random digit runs are not masked.
 use regex::bytes::Regex;
 
+pub use crate::types::BUILTIN_NAMES;
+
 /// The built-in detectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DetectorKind {
@@ -48,62 +50,59 @@ pub struct Detector {
 /// an NKo digit ended a card number in a read and not in the whole text).
 const BUILTINS: [(&str, DetectorKind, &str, usize); 9] = [
     (
-        "credit_card",
+        BUILTIN_NAMES[0],
         DetectorKind::CreditCard,
         r"\b[0-9](?:[ -]?[0-9]){12,18}\b",
         40,
     ),
     (
-        "email",
+        BUILTIN_NAMES[1],
         DetectorKind::Email,
         r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
         254,
     ),
-    ("us_ssn", DetectorKind::UsSsn, r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", 11),
     (
-        "iban",
+        BUILTIN_NAMES[2],
+        DetectorKind::UsSsn,
+        r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b",
+        11,
+    ),
+    (
+        BUILTIN_NAMES[3],
         DetectorKind::Iban,
         r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b",
         42,
     ),
     (
-        "phone",
+        BUILTIN_NAMES[4],
         DetectorKind::Phone,
         r"(?:\+[0-9]{1,3}[ .-]?)?\(?[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b",
         20,
     ),
-    ("api_key", DetectorKind::OpenAiKey, r"\bsk-[A-Za-z0-9_-]{20,200}", 204),
     (
-        "aws_access_key",
+        BUILTIN_NAMES[5],
+        DetectorKind::OpenAiKey,
+        r"\bsk-[A-Za-z0-9_-]{20,200}",
+        204,
+    ),
+    (
+        BUILTIN_NAMES[6],
         DetectorKind::AwsAccessKey,
         r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
         20,
     ),
     (
-        "jwt",
+        BUILTIN_NAMES[7],
         DetectorKind::Jwt,
         r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}",
         4096,
     ),
     (
-        "bearer_token",
+        BUILTIN_NAMES[8],
         DetectorKind::BearerToken,
         r"\bBearer [A-Za-z0-9._~+/-]{16,512}=*",
         540,
     ),
-];
-
-/// Names of the built-in detectors.
-pub const BUILTIN_NAMES: [&str; 9] = [
-    BUILTINS[0].0,
-    BUILTINS[1].0,
-    BUILTINS[2].0,
-    BUILTINS[3].0,
-    BUILTINS[4].0,
-    BUILTINS[5].0,
-    BUILTINS[6].0,
-    BUILTINS[7].0,
-    BUILTINS[8].0,
 ];
 
 impl Detector {

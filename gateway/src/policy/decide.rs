@@ -66,7 +66,7 @@ fn reasons(p: &LoadedPolicies, ids: &[String], fallback: &str) -> String {
 /// The grants among `ids` (generated from `interlock grant` and approvals).
 fn granted(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
     ids.iter()
-        .filter(|id| p.meta(id).is_some_and(|m| m.file == crate::control::GRANTS_FILE))
+        .filter(|id| p.meta(id).is_some_and(|m| m.file == super::GRANTS_FILE))
         .cloned()
         .collect()
 }

@@ -6,19 +6,22 @@ use std::{
     time::SystemTime,
 };
 
-use super::{ActionKind, Decision, PolicyStore, Query};
+use super::{ActionKind, Decision, PolicyStore, Query, TargetRef};
 use crate::{
     identity::{AgentMatcher, Identity},
     targets::{Judged, Names, TargetTable},
-    types::{AgentName, OrigDst},
+    types::{AgentName, OrigDst, Wire},
 };
 
 /// What the policy stage says about a new connection.
 pub struct ConnectVerdict {
     /// The caller's agent.
     pub agent: AgentName,
-    /// The destination's target name.
-    pub target: String,
+    /// The destination as it was judged: resolved once per connection, so
+    /// every request of the session names the target this verdict did.
+    pub target: TargetRef,
+    /// The policy generation the verdict was reached under.
+    pub generation: u64,
     /// The decision.
     pub decision: Decision,
 }
@@ -87,12 +90,12 @@ impl Gate {
     /// `agent` is the identity's agent name (see [`agent_of`](Self::agent_of)).
     pub fn connect(&self, agent: AgentName, identity: &Identity, dst: OrigDst, judged: &Judged) -> ConnectVerdict {
         let host = judged.bound.as_deref();
-        let target = crate::policy::TargetRef {
+        let target = TargetRef {
             name: judged.spec.as_ref().map_or_else(|| dst.to_string(), |t| t.name.clone()),
             ip: dst.0.ip(),
             port: dst.0.port(),
             host: host.unwrap_or_default().to_owned(),
-            protocol: if judged.claimed.is_some() { "tls" } else { "tcp" }.to_owned(),
+            protocol: if judged.claimed.is_some() { Wire::Tls } else { Wire::Tcp },
         };
         let (generation, set) = self.policies.snapshot();
         let key = (!set.reads_context).then(|| ConnectKey {
@@ -112,7 +115,8 @@ impl Gate {
             if let Some(hit) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
                 return ConnectVerdict {
                     agent,
-                    target: target.name,
+                    target,
+                    generation,
                     decision: hit.clone(),
                 };
             }
@@ -134,7 +138,8 @@ impl Gate {
         }
         ConnectVerdict {
             agent,
-            target: target.name,
+            target,
+            generation,
             decision,
         }
     }

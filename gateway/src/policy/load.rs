@@ -276,7 +276,7 @@ pub fn embedded_sources() -> Sources {
             .map(|(n, t)| (format!("<embedded>/{n}"), (*t).to_owned()))
             .collect(),
         origin: "embedded default policies".into(),
-        mask_names: crate::masking::BUILTIN_NAMES.iter().map(|n| (*n).to_owned()).collect(),
+        mask_names: crate::types::BUILTIN_NAMES.iter().map(|n| (*n).to_owned()).collect(),
     }
 }
 
@@ -327,7 +327,7 @@ pub fn read_dir_sources(dir: &Path) -> Result<Sources, PolicyError> {
         schema,
         files,
         origin: dir.display().to_string(),
-        mask_names: crate::masking::BUILTIN_NAMES.iter().map(|n| (*n).to_owned()).collect(),
+        mask_names: crate::types::BUILTIN_NAMES.iter().map(|n| (*n).to_owned()).collect(),
     })
 }
 

@@ -3,104 +3,16 @@
 //! context (time and request details).
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
     str::FromStr,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
-use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 use super::load::LoadedPolicies;
+pub use crate::types::{ActionKind, SqlFacts, TargetRef};
 use crate::{identity::Identity, types::AgentName};
-
-/// The destination as policies see it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TargetRef {
-    /// Configured target name, or `ip:port` for an undeclared destination.
-    pub name: String,
-    /// Destination address.
-    pub ip: IpAddr,
-    /// Destination port.
-    pub port: u16,
-    /// Host name, when known (SNI or Host header); empty otherwise.
-    pub host: String,
-    /// Protocol, when known (`tcp` for raw connections).
-    pub protocol: String,
-}
-
-/// What the agent is trying to do.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum ActionKind {
-    /// Open a connection.
-    Connect,
-    /// Send an HTTP request.
-    HttpRequest {
-        /// Method.
-        method: String,
-        /// Path (without the query).
-        path: String,
-        /// `model` from the JSON body, for LLM targets (empty otherwise).
-        #[serde(default)]
-        model: String,
-        /// Body size in bytes when known (Content-Length or buffered), else -1.
-        #[serde(default = "unknown_size")]
-        body_size: i64,
-    },
-    /// Run a SQL statement.
-    SqlStatement {
-        /// What it does (serialised inline, beside `sql`).
-        #[serde(flatten)]
-        facts: SqlFacts,
-        /// The statement text.
-        sql: String,
-    },
-}
-
-/// What policies know of a SQL string besides its text; the same for every
-/// text of one shape (see `sql::shape`), so decisions and classifications
-/// are cached by it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SqlFacts {
-    /// select, insert, update, delete, ddl, other (`unparsed` when the
-    /// parser could not read it).
-    pub kind: String,
-    /// Tables read.
-    pub tables_read: Vec<String>,
-    /// Tables written.
-    pub tables_written: Vec<String>,
-    /// UPDATE/DELETE has a WHERE.
-    pub has_where: bool,
-    /// Statements in the string.
-    pub statements: i64,
-}
-
-fn unknown_size() -> i64 {
-    -1
-}
-
-impl ActionKind {
-    /// An HTTP request with no body facts (model unknown, size unknown).
-    pub fn http(method: &str, path: &str) -> Self {
-        Self::HttpRequest {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            model: String::new(),
-            body_size: -1,
-        }
-    }
-
-    /// The Cedar action id.
-    pub fn cedar_name(&self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::HttpRequest { .. } => "http_request",
-            Self::SqlStatement { .. } => "sql_statement",
-        }
-    }
-}
 
 /// One question for the policy engine.
 pub struct Query<'a> {
@@ -297,7 +209,7 @@ fn subject(f: &Facts, schema: Option<&cedar_policy::Schema>) -> Result<Subject, 
         ("ip", RestrictedExpression::new_ip(t.ip.to_string())),
         ("port", RestrictedExpression::new_long(i64::from(t.port))),
         ("host", str_expr(t.host.clone())),
-        ("protocol", str_expr(t.protocol.clone())),
+        ("protocol", str_expr(t.protocol.as_str())),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

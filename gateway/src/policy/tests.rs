@@ -28,7 +28,7 @@ fn target(name: &str, ip: &str, port: u16) -> TargetRef {
         ip: ip.parse::<IpAddr>().unwrap(),
         port,
         host: String::new(),
-        protocol: "tcp".into(),
+        protocol: crate::types::Wire::Tcp,
     }
 }
 

@@ -12,25 +12,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::{
-    connect_upstream,
-    counted::Counted,
-    tls::{LeafResolver, TlsError},
-    ProxyCtx, RelayStats, SessionStart,
-};
+use super::{counted::Counted, tls::LeafResolver, ProxyCtx, RelayStats, SessionStart};
 use crate::{
     audit::Outcome,
     config::{TargetProtocol, TargetSpec},
     credentials::Credential,
     identity::Identity,
     policy::TargetRef,
-    types::Side,
-    types::{AgentName, ConnId, OrigDst},
+    types::{AgentName, ConnId, OrigDst, Side, Wire},
 };
 
 mod capture;
 mod exchange;
-pub(crate) mod fetch;
 mod headers;
 mod held;
 mod mask;
@@ -100,13 +93,12 @@ pub(super) fn serve(
         crate::detect::Protocol::Tls { sni, .. } => sni.clone(),
         _ => None,
     };
-    let target = TargetRef {
-        name: spec.name.clone(),
-        ip: start.orig_dst.0.ip(),
-        port: start.orig_dst.0.port(),
-        host: start.judged.bound.clone().unwrap_or_default(),
-        protocol: "https".into(),
+    let wire = if spec.protocol == TargetProtocol::Https {
+        Wire::Https
+    } else {
+        Wire::Http
     };
+    let target = start.verdict.target.speaking(wire);
     let session = Arc::new(HttpSession {
         sni,
         ctx: ctx.clone(),
@@ -360,16 +352,15 @@ fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), S
 /// Opens an upstream connection; `h1_only` for upgrades (WebSocket).
 async fn connect(s: &HttpSession, h1_only: bool) -> Result<Sender, String> {
     let settings = &s.ctx.settings;
-    let tcp = connect_upstream(s.upstream, settings.bypass_mark, settings.connect_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tcp = s.ctx.net.connect(s.upstream).await.map_err(|e| e.to_string())?;
     if s.spec.protocol != TargetProtocol::Https {
         return h1(TokioIo::new(tcp)).await;
     }
     let mut config = s
         .ctx
+        .net
         .upstream_tls(s.spec.ca_file.as_deref())
-        .map_err(|e: TlsError| e.to_string())?;
+        .map_err(|e| e.to_string())?;
     if h1_only {
         let mut only_h1 = (*config).clone();
         only_h1.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -190,7 +190,7 @@ async fn settle(s: &Session, action: &crate::policy::ActionKind, decision: &Deci
         action,
         decision,
     };
-    crate::review::settle(&s.ctx, held, s.review_webhook.as_deref()).await
+    crate::review::settle(&s.ctx.reviews, &s.ctx.gate.policies, held, s.review_webhook.as_deref()).await
 }
 
 /// Serves one PostgreSQL connection to a `protocol = "postgres"` target.

@@ -1,11 +1,8 @@
-//! TLS interception: a local CA whose leaf certificates are minted per SNI
-//! for the agent side, and fully verified TLS (system roots plus a target's
-//! own CA) for the upstream side.
+//! TLS interception, agent side: a local CA whose leaf certificates are
+//! minted per SNI. The upstream side (fully verified TLS) is `net`'s.
 mod ca;
-mod upstream;
 
 pub use ca::{LeafResolver, LocalCa};
-pub use upstream::{upstream_config, UpstreamTls};
 
 /// TLS errors.
 #[derive(Debug, thiserror::Error)]
@@ -21,12 +18,4 @@ pub enum TlsError {
     /// Minting or loading a certificate failed (gateway side).
     #[error("gateway certificate: {0}")]
     Cert(String),
-    /// A target's extra CA bundle is unusable (operator input).
-    #[error("CA bundle {path}: {message}")]
-    Bundle {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What failed.
-        message: String,
-    },
 }

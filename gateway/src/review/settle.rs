@@ -2,7 +2,7 @@
 //! decision the request continues with once it is settled.
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Reviews, Scope, Verdict};
+use super::{ReviewState, Reviews, Scope, Verdict};
 use crate::{
     audit::{self, Event},
     identity::Identity,
@@ -50,7 +50,7 @@ impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
         let note = "the agent's request went away while it was held".to_owned();
-        if let Some(record) = self.reviews.close(&id, "failed", note) {
+        if let Some(record) = self.reviews.close(&id, ReviewState::Failed, note) {
             let events = self.reviews.events.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
@@ -72,16 +72,17 @@ impl Drop for Abandoned<'_> {
 /// Holds a `review` decision until it is settled, and turns the outcome into
 /// the decision the request proceeds (or is refused) with.
 pub async fn settle(
-    ctx: &std::sync::Arc<crate::proxy::ProxyCtx>,
+    reviews: &Reviews,
+    policies: &crate::policy::PolicyStore,
     held: HeldRequest<'_>,
     target_webhook: Option<&str>,
 ) -> Decision {
     use crate::policy::Outcome;
-    let policies = ctx.gate.policies.current();
+    let policies = policies.current();
     let (rules, mut webhooks) = policies.review_rules(&held.decision.policies);
     webhooks.extend(target_webhook.map(str::to_owned));
     let decision = held.decision.clone();
-    let verdict = ctx.reviews.hold(held, &rules, &webhooks, ctx).await;
+    let verdict = reviews.hold(held, &rules, &webhooks).await;
     let (outcome, reason) = match verdict {
         Verdict::Approved(by, Scope::Once) => (Outcome::Allow, format!("approved by {}", by.name)),
         Verdict::Approved(by, scope) => (Outcome::Allow, format!("approved by {} ({scope:?})", by.name)),

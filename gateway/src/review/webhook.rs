@@ -4,14 +4,15 @@
 use std::{sync::Arc, time::Duration};
 
 use super::ReviewRecord;
-use crate::proxy::ProxyCtx;
+use crate::net::{GatewayHttp, Net};
 
 /// Attempts per webhook.
 const ATTEMPTS: u32 = 3;
 
 /// Sends the announcement in the background.
-pub fn announce(ctx: Arc<ProxyCtx>, url: String, review: ReviewRecord, link_base: Option<String>) {
+pub fn announce(net: Arc<Net>, url: String, review: ReviewRecord, link_base: Option<String>) {
     tokio::spawn(async move {
+        let http = GatewayHttp::new(net, None);
         let link = link_base.map(|base| format!("{}/reviews/{}", base.trim_end_matches('/'), review.id));
         let text = format!(
             "Review {}: agent {} (pid {}) asks {} for `{}` — {}{}",
@@ -35,7 +36,7 @@ pub fn announce(ctx: Arc<ProxyCtx>, url: String, review: ReviewRecord, link_base
                     return;
                 }
             };
-            let sent = tokio::time::timeout(Duration::from_secs(10), crate::proxy::fetch(&ctx, None, req)).await;
+            let sent = tokio::time::timeout(Duration::from_secs(10), http.send(req)).await;
             match sent {
                 Ok(Ok(resp)) if resp.status().is_success() => return,
                 Ok(Ok(resp)) => tracing::warn!(%url, attempt, status = %resp.status(), "webhook refused the review"),

@@ -25,7 +25,7 @@ use sqlparser::{
     tokenizer::{Token, Tokenizer},
 };
 
-use crate::policy::SqlFacts as Facts;
+use crate::types::SqlFacts as Facts;
 
 /// Shapes kept at most; the table starts afresh when full (a workload's
 /// statements come back at once).

@@ -101,8 +101,7 @@ impl PgStore {
                 } else {
                     tokio_postgres::config::SslMode::Prefer
                 });
-                let base =
-                    crate::proxy::tls::upstream_config(spec.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
+                let base = crate::net::upstream_config(spec.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
                 let mut c = (*base).clone();
                 c.alpn_protocols = vec![b"postgresql".to_vec()];
                 Some(tokio_postgres_rustls::MakeRustlsConnect::new(c))
@@ -116,7 +115,7 @@ impl PgStore {
                 .ok_or_else(|| format!("{} has no address", spec.host))?;
             // Marked like every gateway socket, so its own hooks never
             // redirect the audit store back into the gateway.
-            let tcp = crate::proxy::connect_upstream(OrigDst(addr), bypass_mark, std::time::Duration::from_secs(10))
+            let tcp = crate::net::connect_upstream(OrigDst(addr), bypass_mark, std::time::Duration::from_secs(10))
                 .await
                 .map_err(|e| e.to_string())?;
             let client = match tls {

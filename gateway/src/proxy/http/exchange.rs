@@ -8,7 +8,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{capture, fetch, forward, headers, json_response, mask, upgrade, vet, Body, HttpSession};
+use super::{capture, forward, headers, json_response, mask, upgrade, vet, Body, HttpSession};
 use crate::{
     audit::{self, Event, ExchangeBodies, HttpExchangeEvent},
     config::TargetProtocol,
@@ -143,7 +143,13 @@ async fn decide_and_serve(
             action: &action,
             decision: &decision,
         };
-        decision = crate::review::settle(&s.ctx, held, s.spec.review_webhook.as_deref()).await;
+        decision = crate::review::settle(
+            &s.ctx.reviews,
+            &s.ctx.gate.policies,
+            held,
+            s.spec.review_webhook.as_deref(),
+        )
+        .await;
     }
     let response = if decision.outcome != PolicyOutcome::Allow {
         refusal(&decision)
@@ -308,7 +314,9 @@ async fn prepare(
         headers.remove(name);
     }
     if let Some(oauth) = credential.needs_token() {
-        let (token, lifetime) = fetch::client_credentials(&s.ctx, oauth).await?;
+        let (token, lifetime) = crate::credentials::client_credentials(&s.ctx.net, oauth)
+            .await
+            .map_err(|e| e.to_string())?;
         credential.store_token(token, lifetime).map_err(|e| e.to_string())?;
     }
     let material = credential.material().map_err(|e| e.to_string())?;

@@ -16,12 +16,7 @@ use postgres_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{wire::WireError, Io};
-use crate::{
-    config::UpstreamTls,
-    proxy::{connect_upstream, ProxyCtx},
-    types::OrigDst,
-    types::Side,
-};
+use crate::{config::UpstreamTls, proxy::ProxyCtx, types::OrigDst, types::Side};
 
 /// Why the gateway could not log in upstream (upstream or gateway side; the
 /// agent is told which, never the password).
@@ -201,7 +196,9 @@ pub async fn open(
     ctx: &Arc<ProxyCtx>,
 ) -> Result<(Box<dyn Io>, bool), LoginError> {
     let settings = &ctx.settings;
-    let mut tcp = connect_upstream(addr, settings.bypass_mark, settings.connect_timeout)
+    let mut tcp = ctx
+        .net
+        .connect(addr)
         .await
         .map_err(|e| LoginError::Connect(e.to_string()))?;
     if mode == UpstreamTls::Disable {
@@ -222,7 +219,10 @@ pub async fn open(
         }
         (other, _) => return Err(WireError::malformed(SIDE, format!("answered SSLRequest with byte {other}")).into()),
     }
-    let base = ctx.upstream_tls(ca_file).map_err(|e| LoginError::Tls(e.to_string()))?;
+    let base = ctx
+        .net
+        .upstream_tls(ca_file)
+        .map_err(|e| LoginError::Tls(e.to_string()))?;
     let mut config = (*base).clone();
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     let name = rustls::pki_types::ServerName::try_from(tls_name.to_owned())

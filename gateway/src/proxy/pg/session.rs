@@ -11,8 +11,7 @@ use crate::{
     audit::{self, Event, Outcome, PgSessionEvent},
     config::{PostgresSpec, TargetSpec},
     proxy::{ProxyCtx, RelayStats, SessionStart},
-    types::OrigDst,
-    types::Side,
+    types::{OrigDst, Side, Wire},
 };
 
 /// What a starting session needs.
@@ -178,7 +177,7 @@ impl SessionSetup<'_> {
                 }
             }
         };
-        let target = self.ctx.gate.targets().resolve(self.start.orig_dst, "postgres");
+        let target = self.start.verdict.target.speaking(Wire::Postgres);
         let cancel_target = cancel::CancelTarget {
             agent: self.start.verdict.agent.clone(),
             upstream: self.upstream,

@@ -5,13 +5,27 @@ use std::{path::Path, sync::Arc};
 
 use rustls::{ClientConfig, RootCertStore};
 
-use super::TlsError;
+/// Why an upstream TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A target's extra CA bundle is unusable (operator input).
+    #[error("CA bundle {path}: {message}")]
+    Bundle {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The TLS library refused the configuration (gateway side).
+    #[error("gateway TLS configuration: {0}")]
+    Config(String),
+}
 
 /// A client configuration per CA bundle (shared by all targets without one).
 pub type UpstreamTls = Arc<ClientConfig>;
 
 /// Builds a client config trusting the system roots and `extra_ca`.
-pub fn upstream_config(extra_ca: Option<&Path>) -> Result<UpstreamTls, TlsError> {
+pub fn upstream_config(extra_ca: Option<&Path>) -> Result<UpstreamTls, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for err in &native.errors {
@@ -20,7 +34,7 @@ pub fn upstream_config(extra_ca: Option<&Path>) -> Result<UpstreamTls, TlsError>
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!(added, ignored, "system roots loaded");
     if let Some(path) = extra_ca {
-        let bundle_err = |message: String| TlsError::Bundle {
+        let bundle_err = |message: String| TlsConfigError::Bundle {
             path: path.to_owned(),
             message,
         };
@@ -38,7 +52,7 @@ pub fn upstream_config(extra_ca: Option<&Path>) -> Result<UpstreamTls, TlsError>
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Cert(e.to_string()))?
+        .map_err(|e| TlsConfigError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

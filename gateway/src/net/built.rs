@@ -1,4 +1,4 @@
-//! Things built once and shared by sessions (masking plans, TLS configs):
+//! Things built once and shared (TLS configs, masking plans, acceptors):
 //! a map from what they were built from to the result, bounded so that a
 //! stream of distinct keys cannot grow it without end.
 use std::{collections::HashMap, hash::Hash, sync::Mutex};
@@ -7,7 +7,7 @@ use std::{collections::HashMap, hash::Hash, sync::Mutex};
 const MAX_ENTRIES: usize = 256;
 
 /// A bounded map of built values.
-pub(super) struct Built<K, V> {
+pub struct Built<K, V> {
     map: Mutex<HashMap<K, V>>,
 }
 
@@ -22,7 +22,7 @@ impl<K, V> Default for Built<K, V> {
 impl<K: Hash + Eq, V: Clone> Built<K, V> {
     /// The value for `key`, built with `build` the first time (a failed
     /// build is not kept: the next call tries again).
-    pub(super) fn get_or_build<E>(&self, key: K, build: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
+    pub fn get_or_build<E>(&self, key: K, build: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = map.get(&key) {
             return Ok(hit.clone());

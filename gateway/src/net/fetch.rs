@@ -1,21 +1,22 @@
-//! One HTTP(S) request made by the gateway itself (an OAuth2 token request):
-//! a marked socket, verified TLS, HTTP/1.1. Used as oauth2's HTTP client.
+//! One HTTP(S) request made by the gateway itself (an OAuth2 token request,
+//! OIDC discovery, a review webhook): a marked socket, verified TLS,
+//! HTTP/1.1. Also oauth2's and openidconnect's HTTP client.
 use std::path::Path;
 
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::super::{connect_upstream, ProxyCtx};
+use super::Net;
 use crate::types::OrigDst;
 
 /// Why the gateway's own request failed (upstream side, or gateway side for TLS setup).
 #[derive(Debug, thiserror::Error)]
-#[error("token request: {0}")]
+#[error("gateway request: {0}")]
 pub struct FetchError(pub String);
 
 /// Sends `req` (absolute URI) and returns the whole response.
-pub(crate) async fn fetch(
-    ctx: &ProxyCtx,
+pub(super) async fn fetch(
+    net: &Net,
     ca_file: Option<&Path>,
     req: http::Request<Vec<u8>>,
 ) -> Result<http::Response<Vec<u8>>, FetchError> {
@@ -33,10 +34,7 @@ pub(crate) async fn fetch(
         .map_err(|e| err(format!("resolving {host}: {e}")))?
         .next()
         .ok_or_else(|| err(format!("{host} has no address")))?;
-    let settings = &ctx.settings;
-    let tcp = connect_upstream(OrigDst(addr), settings.bypass_mark, settings.connect_timeout)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let tcp = net.connect(OrigDst(addr)).await.map_err(|e| err(e.to_string()))?;
     let (mut parts, body) = req.into_parts();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = path.parse().map_err(|e| err(format!("{e}")))?;
@@ -46,7 +44,7 @@ pub(crate) async fn fetch(
     );
     let req = http::Request::from_parts(parts, Full::new(bytes::Bytes::from(body)));
     let resp = if https {
-        let mut config = (*ctx.upstream_tls(ca_file).map_err(|e| err(e.to_string()))?).clone();
+        let mut config = (*net.upstream_tls(ca_file).map_err(|e| err(e.to_string()))?).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| err(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
@@ -84,55 +82,33 @@ where
     Ok(http::Response::from_parts(parts, body))
 }
 
-/// Fetches an access token with the client-credentials grant; returns it and
-/// its lifetime. Errors never contain the client secret.
 /// The gateway's own HTTP client for oauth2 and openidconnect: a marked
 /// socket and verified TLS; owns what it needs, and its futures are `Send`.
 pub struct GatewayHttp {
-    ctx: std::sync::Arc<ProxyCtx>,
+    net: std::sync::Arc<Net>,
     ca_file: Option<std::path::PathBuf>,
 }
 
 impl GatewayHttp {
     /// A client trusting the system roots plus `ca_file`.
-    pub fn new(ctx: std::sync::Arc<ProxyCtx>, ca_file: Option<std::path::PathBuf>) -> Self {
-        Self { ctx, ca_file }
+    pub fn new(net: std::sync::Arc<Net>, ca_file: Option<std::path::PathBuf>) -> Self {
+        Self { net, ca_file }
+    }
+
+    /// Sends `req` (absolute URI) and returns the whole response.
+    pub async fn send(&self, req: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
+        fetch(&self.net, self.ca_file.as_deref(), req).await
     }
 }
 
-type TokenFuture<'c> =
+type FetchFuture<'c> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<Vec<u8>>, FetchError>> + Send + 'c>>;
 
 impl<'c> oauth2::AsyncHttpClient<'c> for GatewayHttp {
     type Error = FetchError;
-    type Future = TokenFuture<'c>;
+    type Future = FetchFuture<'c>;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(fetch(&self.ctx, self.ca_file.as_deref(), request))
+        Box::pin(self.send(request))
     }
-}
-
-pub(crate) async fn client_credentials(
-    ctx: &std::sync::Arc<ProxyCtx>,
-    spec: &crate::config::OAuth2Spec,
-) -> Result<(String, std::time::Duration), String> {
-    use oauth2::{basic::BasicClient, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
-    let secret = std::fs::read_to_string(&spec.client_secret_file)
-        .map_err(|e| format!("client secret {}: {}", spec.client_secret_file.display(), e.kind()))?;
-    let client = BasicClient::new(ClientId::new(spec.client_id.clone()))
-        .set_client_secret(ClientSecret::new(secret.trim().to_owned()))
-        .set_token_uri(TokenUrl::new(spec.token_url.clone()).map_err(|e| e.to_string())?);
-    let http = GatewayHttp::new(ctx.clone(), spec.ca_file.clone());
-    let mut request = client.exchange_client_credentials();
-    for scope in &spec.scopes {
-        request = request.add_scope(Scope::new(scope.clone()));
-    }
-    let token = request.request_async(&http).await.map_err(|e| match e {
-        oauth2::RequestTokenError::ServerResponse(r) => format!("token endpoint refused: {}", r.error()),
-        oauth2::RequestTokenError::Request(e) => e.to_string(),
-        oauth2::RequestTokenError::Parse(e, _) => format!("token endpoint answer: {e}"),
-        oauth2::RequestTokenError::Other(m) => m,
-    })?;
-    let lifetime = token.expires_in().unwrap_or(std::time::Duration::from_secs(3600));
-    Ok((token.access_token().secret().clone(), lifetime))
 }
