@@ -21,6 +21,7 @@ use crate::{
 
 mod counted;
 mod http;
+mod judge;
 mod live;
 mod misfit;
 pub mod pg;

@@ -181,16 +181,16 @@ impl Session {
     }
 }
 
-/// Holds a statement for review and returns the settled decision.
-async fn settle(s: &Session, action: &crate::policy::ActionKind, decision: &Decision) -> Decision {
-    let held = crate::review::HeldRequest {
-        agent: &s.agent,
-        identity: &s.identity,
-        target: &s.target,
-        action,
-        decision,
-    };
-    crate::review::settle(&s.ctx.reviews, &s.ctx.gate.policies, held, s.review_webhook.as_deref()).await
+impl Session {
+    /// The session's caller on the decision path.
+    fn caller(&self) -> super::judge::Caller<'_> {
+        super::judge::Caller {
+            agent: &self.agent,
+            identity: &self.identity,
+            target: &self.target,
+            review_webhook: self.review_webhook.as_deref(),
+        }
+    }
 }
 
 /// Serves one PostgreSQL connection to a `protocol = "postgres"` target.

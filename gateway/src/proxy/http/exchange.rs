@@ -13,7 +13,8 @@ use crate::{
     audit::{self, Event, ExchangeBodies, HttpExchangeEvent},
     config::TargetProtocol,
     masking::MaskedValue,
-    policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query},
+    policy::{ActionKind, Decision},
+    proxy::judge::{self, Judgement, Protocol as _},
     types::Side,
 };
 
@@ -122,40 +123,19 @@ async fn decide_and_serve(
         model,
         body_size,
     };
-    let query = Query {
+    let caller = judge::Caller {
         agent: &s.agent,
         identity: &s.identity,
         target: &s.target,
-        action: &action,
-        now: std::time::SystemTime::now(),
+        review_webhook: s.spec.review_webhook.as_deref(),
     };
-    let mut decision = s.ctx.gate.policies.decide(&query);
-    if let Err(e) = s.ctx.events.accepting() {
-        // What cannot be recorded is not served.
-        decision = Decision::deny(Vec::new(), e.to_string());
-    }
-    if decision.outcome == PolicyOutcome::Review {
-        // Held: the agent's call waits for a person.
-        let held = crate::review::HeldRequest {
-            agent: &s.agent,
-            identity: &s.identity,
-            target: &s.target,
-            action: &action,
-            decision: &decision,
-        };
-        decision = crate::review::settle(
-            &s.ctx.reviews,
-            &s.ctx.gate.policies,
-            held,
-            s.spec.review_webhook.as_deref(),
-        )
-        .await;
-    }
-    let response = if decision.outcome != PolicyOutcome::Allow {
-        refusal(&decision)
+    // A review holds the agent's call until a person settles it.
+    let judged = judge::judge(&s.ctx, &caller, &action, &Http).await;
+    let response = if !judged.allowed() {
+        Http.refusal(&judged.decision)
     } else {
         let bodies = capture::Bodies::new(s, exchange, path);
-        match allowed(req, s, &decision, bodies, recorded).await {
+        match allowed(req, s, &judged, bodies, recorded).await {
             Ok(resp) => resp,
             Err((kind, message, status)) => {
                 tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
@@ -166,7 +146,7 @@ async fn decide_and_serve(
             }
         }
     };
-    Ok((decision, response))
+    Ok((judged.decision, response))
 }
 
 /// The phases after an allow: credentials, request masking, upstream,
@@ -174,10 +154,11 @@ async fn decide_and_serve(
 async fn allowed(
     mut req: Request<Body>,
     s: &Arc<HttpSession>,
-    decision: &Decision,
+    judged: &Judgement,
     bodies: capture::Bodies,
     recorded: &mut Recorded,
 ) -> Result<Response<Body>, (Side, String, StatusCode)> {
+    let decision = &judged.decision;
     let secret = prepare(&mut req, s)
         .await
         .map_err(|m| (Side::Gateway, m, StatusCode::BAD_GATEWAY))?;
@@ -193,11 +174,10 @@ async fn allowed(
         return Ok(resp);
     }
     let gateway_err = |m: String| (Side::Gateway, m, StatusCode::BAD_GATEWAY);
-    if !decision.mask.is_empty() {
+    if let Some(plan) = &judged.plan {
         // Prompt redaction: the request body, with the policy's detectors only.
-        let plan = s.ctx.mask_plan(&decision.mask, None).map_err(gateway_err)?;
         let seal = |v: &[u8]| s.ctx.sealer.seal(v);
-        let (masked_req, fired) = match mask::request(req, &plan, &seal, &s.ctx.limits.budget).await {
+        let (masked_req, fired) = match mask::request(req, plan, &seal, &s.ctx.limits.budget).await {
             Ok(ok) => ok,
             Err(resp) => return Ok(resp),
         };
@@ -275,16 +255,24 @@ async fn settle(
 }
 
 /// 403 for a denial (by policy, by a reviewer, or a review that timed out).
-fn refusal(decision: &Decision) -> Response<Body> {
-    let body = serde_json::json!({
-        "error": {
-            "type": "policy",
-            "outcome": decision.outcome,
-            "policies": decision.policies,
-            "message": decision.reason,
-        }
-    });
-    json_response(StatusCode::FORBIDDEN, body)
+/// HTTP on the decision path: no checks of its own; a refusal is a 403
+/// with the decision in JSON.
+struct Http;
+
+impl judge::Protocol for Http {
+    type Refusal = Response<Body>;
+
+    fn refusal(&self, decision: &Decision) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": {
+                "type": "policy",
+                "outcome": decision.outcome,
+                "policies": decision.policies,
+                "message": decision.reason,
+            }
+        });
+        json_response(StatusCode::FORBIDDEN, body)
+    }
 }
 
 /// Strips placeholders and hop-by-hop headers and injects the credential.

@@ -11,7 +11,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{login, request, response, session::close_gently, wire, Io, Session};
-use crate::{audit::Outcome, proxy::RelayStats, types::Side};
+use crate::{
+    audit::Outcome,
+    proxy::{judge, RelayStats},
+    types::Side,
+};
 
 /// How a relay ended.
 pub struct Relayed {
@@ -75,9 +79,8 @@ pub async fn relay(
                         up_w.write_all(&out).await.map_err(|e| io_err(Side::Upstream, e))?;
                         out.clear();
                     }
-                    let (action, decision) = *held;
-                    let settled = super::settle(s, &action, &decision).await;
-                    step = prepared.handle(s, &frame, &pending, &mut out, Some(settled))?;
+                    let settled = judge::hold(&s.ctx, &s.caller(), held.action(), &held.decision).await;
+                    step = prepared.handle(s, &frame, &pending, &mut out, Some((*held, settled)))?;
                 }
                 if matches!(step, request::Step::Terminate) {
                     if !keep {

@@ -18,7 +18,8 @@ use super::{
 use crate::{
     audit,
     config::Unparsed,
-    policy::{ActionKind, Decision, Outcome as PolicyOutcome, Query, SqlFacts},
+    policy::{ActionKind, Decision, Outcome as PolicyOutcome, SqlFacts},
+    proxy::judge::{self, Protocol},
     types::Side,
 };
 
@@ -45,7 +46,7 @@ pub enum Step {
     More,
     /// Policy holds this statement for review: settle it, then hand the
     /// message back with the settled decision.
-    Hold(Box<(ActionKind, Decision)>),
+    Hold(Box<Held>),
     /// The agent sent Terminate (not forwarded: see `relay`).
     Terminate,
 }
@@ -72,12 +73,37 @@ fn cap(text: &str, limit: usize) -> String {
     format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
-/// Classifies and judges one SQL string; `given` is a decision already
-/// made for it (a settled review).
-pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, ActionKind) {
-    let denied = |reason: String| Decision::deny(Vec::new(), reason);
-    let classified = crate::sql::classify_with_extras(sql);
-    let (action, extras, parse_error) = match classified {
+/// A SQL string as the decision path needs it: the action policies see,
+/// and what else the statement does.
+pub struct Classified {
+    action: ActionKind,
+    /// `COPY ... TO STDOUT`; `Some(true)` when binary.
+    copy_out: Option<bool>,
+    /// Why the parser could not read it, if it could not.
+    parse_error: Option<crate::sql::SqlError>,
+    /// It names a table with masked columns.
+    touches_masked: bool,
+}
+
+/// A statement policy holds for review: settle it, then hand the message
+/// back with the settled decision (it is not classified again).
+pub struct Held {
+    /// The statement.
+    pub classified: Classified,
+    /// The `review` decision.
+    pub decision: Decision,
+}
+
+impl Held {
+    /// The action people are asked about.
+    pub fn action(&self) -> &ActionKind {
+        &self.classified.action
+    }
+}
+
+/// Classifies one SQL string (cached by its shape; see `sql`).
+fn classify(s: &Session, sql: &str) -> Classified {
+    let (action, extras, parse_error) = match crate::sql::classify_with_extras(sql) {
         Ok((action, extras)) => (action, extras, None),
         Err(e) => {
             let action = ActionKind::SqlStatement {
@@ -93,41 +119,54 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
             (action, Default::default(), Some(e))
         }
     };
-    let mut decision = match (given, s.ctx.events.accepting(), &parse_error, s.pg.unparsed) {
-        (Some(settled), ..) => settled,
-        (None, Err(e), ..) => denied(e.to_string()),
-        (None, Ok(()), Some(e), Unparsed::Deny) => denied(format!("{e}; unparsable SQL is denied")),
-        _ => s.ctx.gate.policies.decide(&Query {
-            agent: &s.agent,
-            identity: &s.identity,
-            target: &s.target,
-            action: &action,
-            now: std::time::SystemTime::now(),
-        }),
+    let touches_masked = match &action {
+        ActionKind::SqlStatement { facts, .. } => (facts.tables_read.iter())
+            .chain(&facts.tables_written)
+            .any(|t| s.masked.covers(t)),
+        _ => false,
     };
-    let (kind, tables_read, tables_written) = kind_facts(&action);
-    let touches_masked = tables_read.iter().chain(&tables_written).any(|t| s.masked.covers(t));
-    let mut detectors = None;
-    if decision.outcome == PolicyOutcome::Allow {
-        let mut names = s.pg.detectors.clone();
-        names.extend(decision.mask.iter().cloned());
-        match s.ctx.mask_plan(&names, None) {
-            Ok(plan) => detectors = plan.any.clone(),
-            Err(e) => decision = denied(format!("masking rules unavailable ({e}); denied rather than unmasked")),
-        }
+    Classified {
+        action,
+        copy_out: extras.copy_out,
+        parse_error,
+        touches_masked,
+    }
+}
+
+/// SQL on the decision path: unparsable text may be refused before policy,
+/// the target's value detectors apply to every result, COPY out of what
+/// cannot be masked is refused, and a refusal is SQLSTATE 42501.
+struct Sql<'a> {
+    s: &'a Session,
+    c: &'a Classified,
+}
+
+impl Protocol for Sql<'_> {
+    type Refusal = ErrorFields;
+
+    fn before_policy(&self) -> Option<String> {
+        let e = self.c.parse_error.as_ref()?;
+        (self.s.pg.unparsed == Unparsed::Deny).then(|| format!("{e}; unparsable SQL is denied"))
+    }
+
+    fn own_masks(&self) -> &[String] {
+        &self.s.pg.detectors
+    }
+
+    fn after_allow(&self, plan: Option<&crate::masking::MaskPlan>) -> Option<String> {
         // COPY TO STDOUT sends rows without a column description: masked
         // columns could not be found in them, and binary rows cannot be read.
-        match extras.copy_out {
-            Some(_) if touches_masked => {
-                decision = denied("COPY TO STDOUT from a table with masked columns; use SELECT".into());
+        let detectors = plan.is_some_and(|p| p.any.is_some());
+        match self.c.copy_out {
+            Some(_) if self.c.touches_masked => {
+                Some("COPY TO STDOUT from a table with masked columns; use SELECT".into())
             }
-            Some(true) if detectors.is_some() => {
-                decision = denied("binary COPY TO STDOUT cannot be masked; use text format".into());
-            }
-            _ => {}
+            Some(true) if detectors => Some("binary COPY TO STDOUT cannot be masked; use text format".into()),
+            _ => None,
         }
     }
-    let denial = (decision.outcome != PolicyOutcome::Allow).then(|| {
+
+    fn refusal(&self, decision: &Decision) -> ErrorFields {
         let ids = if decision.policies.is_empty() {
             "no policy permits it".to_owned()
         } else {
@@ -137,23 +176,43 @@ pub fn judge(s: &Session, sql: &str, given: Option<Decision>) -> (Statement, Act
             "42501",
             format!("interlock denied this statement: {} ({ids})", decision.reason),
         )
-    });
+    }
+}
+
+/// Judges one SQL string on the shared decision path; `settled` is a held
+/// statement people have decided. `Err`: policy holds it for review.
+pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Result<Statement, Box<Held>> {
+    let (classified, decision) = match settled {
+        Some((held, decision)) => (held.classified, decision),
+        None => {
+            let classified = classify(s, sql);
+            let decision = judge::ask(&s.ctx, &s.caller(), &classified.action, &Sql { s, c: &classified });
+            if decision.outcome == PolicyOutcome::Review {
+                return Err(Box::new(Held { classified, decision }));
+            }
+            (classified, decision)
+        }
+    };
+    let protocol = Sql { s, c: &classified };
+    let judged = judge::conclude(&s.ctx, decision, &protocol);
+    let denial = (!judged.allowed()).then(|| protocol.refusal(&judged.decision));
+    let detectors = judged.plan.and_then(|p| p.any.clone());
     let audit_sql = match &detectors {
         Some(m) => String::from_utf8_lossy(&m.mask(sql.as_bytes()).0).into_owned(),
         None => sql.to_owned(),
     };
-    let statement = Statement {
+    let (kind, tables_read, tables_written) = kind_facts(&classified.action);
+    Ok(Statement {
         sql: cap(&audit_sql, s.ctx.settings.body_cap),
         kind,
         tables_read,
         tables_written,
-        decision,
+        decision: judged.decision,
         detectors,
         denial,
-        computed: touches_masked,
+        computed: classified.touches_masked,
         counted: false,
-    };
-    (statement, action)
+    })
 }
 
 /// A statement the server refuses at parse time (or a portal it does not
@@ -196,7 +255,7 @@ impl Prepared {
         frame: &Frame,
         pending: &std::sync::Mutex<std::collections::VecDeque<Expect>>,
         out: &mut BytesMut,
-        settled: Option<Decision>,
+        settled: Option<(Held, Decision)>,
     ) -> Result<Step, WireError> {
         let reviewed = settled.is_some();
         let mut settled = settled;
@@ -208,13 +267,10 @@ impl Prepared {
                 let limited = if reviewed { None } else { over_rate(s) };
                 let statement = match limited {
                     Some(refused) => refused_statement(s, sql, None, refused),
-                    None => {
-                        let (statement, action) = judge(s, sql, settled.take());
-                        if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
-                            return Ok(Step::Hold(Box::new((action, statement.decision))));
-                        }
-                        statement
-                    }
+                    None => match judge(s, sql, settled.take()) {
+                        Err(held) => return Ok(Step::Hold(held)),
+                        Ok(statement) => statement,
+                    },
                 };
                 let statement = Arc::new(statement);
                 let denied = statement.denial.is_some();
@@ -225,11 +281,10 @@ impl Prepared {
                 }
             }
             Frontend::Parse { name, sql, .. } => {
-                let (statement, action) = judge(s, sql, settled.take());
-                if statement.decision.outcome == PolicyOutcome::Review && !reviewed {
-                    return Ok(Step::Hold(Box::new((action, statement.decision))));
-                }
-                let statement = Arc::new(statement);
+                let statement = match judge(s, sql, settled.take()) {
+                    Err(held) => return Ok(Step::Hold(held)),
+                    Ok(statement) => Arc::new(statement),
+                };
                 self.statements.insert(name.to_owned(), statement.clone());
                 if statement.denial.is_some() {
                     push(Expect::Parse(Some(Box::new(Run::new(
