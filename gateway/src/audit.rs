@@ -25,7 +25,7 @@ pub mod verify;
 
 pub(crate) use sink::journal::{line as journal_line, parse as journal_parse};
 pub use sink::{append_direct, EventSink, SinkError};
-pub use sql::{MaskCount, PgSessionEvent, SqlStatementEvent};
+pub use sql::{MaskCount, PgSessionEvent, Ran, SqlProtocol, SqlStatementEvent};
 
 /// How a connection ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -237,7 +237,7 @@ mod tests {
             target: "db".into(),
             database: "shop".into(),
             user: "app".into(),
-            protocol: "simple".into(),
+            protocol: crate::audit::SqlProtocol::Simple,
             sql: "SELECT 1".into(),
             params: Vec::new(),
             kind: "select".into(),
@@ -247,7 +247,7 @@ mod tests {
             rows_affected: None,
             duration_ms: 0,
             decision: decision(Outcome::Deny),
-            outcome: "refused".into(),
+            outcome: crate::audit::Ran::Denied,
             error: None,
             masked: Vec::new(),
         })));

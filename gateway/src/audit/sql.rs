@@ -25,8 +25,8 @@ pub struct SqlStatementEvent {
     pub database: String,
     /// Role the gateway logged in as.
     pub user: String,
-    /// `simple`, `extended` or `function_call`.
-    pub protocol: String,
+    /// Which message ran it.
+    pub protocol: SqlProtocol,
     /// The SQL text (values the masking rules catch are masked; capped).
     pub sql: String,
     /// Bound parameter values, masked like result values (`None` for NULL).
@@ -45,12 +45,40 @@ pub struct SqlStatementEvent {
     pub duration_ms: u64,
     /// The policy decision.
     pub decision: Decision,
-    /// `ok`, `denied`, `error` or `suspended` (a portal with rows left).
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Ran,
     /// SQLSTATE and message of an error the agent received.
     pub error: Option<String>,
     /// What was masked in the results: column or detector, and how many values.
     pub masked: Vec<MaskCount>,
+}
+
+/// Which PostgreSQL message ran a statement. Recorded as `simple`,
+/// `extended` or `function_call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlProtocol {
+    /// A Query message.
+    Simple,
+    /// Parse, Bind and Execute.
+    Extended,
+    /// A FunctionCall message.
+    FunctionCall,
+}
+
+/// How one execution of a statement ended. Recorded as `ok`, `suspended`,
+/// `error` or `denied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ran {
+    /// It completed.
+    Ok,
+    /// An Execute with a row limit stopped at it (PortalSuspended: rows left).
+    Suspended,
+    /// The server answered with an error.
+    Error,
+    /// The gateway refused it (policy, or a limit).
+    Denied,
 }
 
 /// Values masked by one column rule or detector in one statement.

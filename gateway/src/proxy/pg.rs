@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{counted::Counted, ProxyCtx, RelayStats, SessionStart};
 use crate::{
-    audit::{Event, MaskCount, Outcome, SqlStatementEvent},
+    audit::{Event, MaskCount, Outcome, Ran, SqlProtocol, SqlStatementEvent},
     config::{PostgresSpec, TargetSpec},
     identity::Identity,
     masking::Masker,
@@ -73,35 +73,10 @@ pub struct Statement {
     counted: bool,
 }
 
-/// How one execution of a statement ended, as its event records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ran {
-    /// It completed.
-    Ok,
-    /// An Execute with a row limit stopped at it (PortalSuspended).
-    Suspended,
-    /// The server answered with an error.
-    Error,
-    /// The gateway refused it (policy, or a limit).
-    Denied,
-}
-
-impl Ran {
-    /// As recorded.
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Suspended => "suspended",
-            Self::Error => "error",
-            Self::Denied => "denied",
-        }
-    }
-}
-
 /// One execution of a statement, until its completion.
 pub struct Run {
     statement: Arc<Statement>,
-    protocol: &'static str,
+    protocol: SqlProtocol,
     params: Vec<Option<String>>,
     portal: String,
     time: String,
@@ -163,7 +138,7 @@ impl Session {
             target: self.target.name.clone(),
             database: self.database.clone(),
             user: self.pg.user.clone(),
-            protocol: run.protocol.to_owned(),
+            protocol: run.protocol,
             sql: st.sql.clone(),
             params: run.params,
             kind: st.kind.clone(),
@@ -173,7 +148,7 @@ impl Session {
             rows_affected: run.affected,
             duration_ms: run.started.elapsed().as_millis() as u64,
             decision: st.decision.clone(),
-            outcome: how.as_str().to_owned(),
+            outcome: how,
             error: if how == Ran::Denied { None } else { run.error },
             masked,
         };

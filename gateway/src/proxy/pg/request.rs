@@ -16,7 +16,7 @@ use super::{
     Expect, Run, Session, Statement,
 };
 use crate::{
-    audit,
+    audit::{self, SqlProtocol},
     config::Unparsed,
     policy::{ActionKind, Decision, Outcome as PolicyOutcome, SqlFacts},
     proxy::judge::{self, Protocol},
@@ -274,7 +274,11 @@ impl Prepared {
                 };
                 let statement = Arc::new(statement);
                 let denied = statement.denial.is_some();
-                push(Expect::Query(Box::new(Run::new(statement, "simple", Vec::new()))));
+                push(Expect::Query(Box::new(Run::new(
+                    statement,
+                    SqlProtocol::Simple,
+                    Vec::new(),
+                ))));
                 if denied {
                     frontend::query(&substitute(s), out).map_err(io)?;
                     return Ok(Step::More);
@@ -289,7 +293,7 @@ impl Prepared {
                 if statement.denial.is_some() {
                     push(Expect::Parse(Some(Box::new(Run::new(
                         statement,
-                        "extended",
+                        SqlProtocol::Extended,
                         Vec::new(),
                     )))));
                     frontend::parse(name, &substitute(s), std::iter::empty(), out).map_err(io)?;
@@ -345,7 +349,7 @@ impl Prepared {
                 // any SQL inspection (large objects, among others): refused.
                 push(Expect::Query(Box::new(Run::new(
                     Arc::new(function_call()),
-                    "function_call",
+                    SqlProtocol::FunctionCall,
                     Vec::new(),
                 ))));
                 frontend::query(&substitute(s), out).map_err(io)?;
@@ -387,7 +391,7 @@ impl Prepared {
             // with the nonce, so the server answers with an error the
             // response side turns into this refusal.
             let refused = refused_statement(s, &statement.sql, Some(&statement), refused);
-            let mut run = Run::new(Arc::new(refused), "extended", params);
+            let mut run = Run::new(Arc::new(refused), SqlProtocol::Extended, params);
             run.portal = portal.to_owned();
             push(Expect::Execute(Box::new(run)));
             frontend::execute(&substitute(s), 0, out).map_err(io)?;
@@ -403,7 +407,7 @@ impl Prepared {
             });
             frontend::describe(b'P', portal, out).map_err(io)?;
         }
-        let mut run = Run::new(statement, "extended", params);
+        let mut run = Run::new(statement, SqlProtocol::Extended, params);
         run.portal = portal.to_owned();
         push(Expect::Execute(Box::new(run)));
         out.extend_from_slice(&frame.raw);
@@ -466,7 +470,7 @@ fn param_text(value: &[u8], binary: bool, statement: Option<&Statement>) -> Stri
 
 impl Run {
     /// A statement starting now.
-    pub fn new(statement: Arc<Statement>, protocol: &'static str, params: Vec<Option<String>>) -> Self {
+    pub fn new(statement: Arc<Statement>, protocol: SqlProtocol, params: Vec<Option<String>>) -> Self {
         Self {
             statement,
             protocol,

@@ -17,9 +17,9 @@ use super::{
     columns::Shape,
     login::error_text,
     wire::{self, complete_len, WireError},
-    Expect, Ran, Run, Session, Statement,
+    Expect, Run, Session, Statement,
 };
-use crate::types::Side;
+use crate::{audit::Ran, types::Side};
 
 const SIDE: Side = Side::Upstream;
 
