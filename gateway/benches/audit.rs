@@ -10,7 +10,7 @@ use gateway::{
     audit::{self, EventSink, HttpBodyEvent, HttpExchangeEvent},
     config::Config,
     identity::{Identity, ProcessInfo},
-    policy::{Decision, Outcome},
+    policy::{Decision, Ruling},
     types::{AgentName, ConnId},
 };
 
@@ -84,7 +84,7 @@ fn event(n: u64) -> audit::Event {
         exchange: n / 2,
         status: 200,
         decision: Decision {
-            outcome: Outcome::Allow,
+            outcome: Ruling::Allow,
             policies: vec!["llm-chat".into()],
             reason: "chat completions are allowed".into(),
             mask: vec!["email".into()],

@@ -15,7 +15,7 @@ mod postgres;
 mod review;
 mod rule;
 
-pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
+pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, SecretSource, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use api::{ApiConfig, Roles};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
 pub use limits::{ByteSize, LimitsConfig, Rate};

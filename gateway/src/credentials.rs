@@ -10,7 +10,7 @@ use std::{
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::CredentialSpec;
+use crate::config::{CredentialSpec, SecretSource};
 
 mod oauth2;
 
@@ -103,14 +103,14 @@ pub struct Credential {
 impl Credential {
     /// From validated config.
     pub fn new(spec: &CredentialSpec) -> Self {
-        let source = match (&spec.env, &spec.file, &spec.command) {
-            (Some(var), _, _) => Source::Env(var.clone()),
-            (None, Some(path), _) => Source::File(path.clone()),
-            (None, None, Some(argv)) => Source::Command(argv.clone(), spec.refresh),
-            (None, None, None) => match &spec.oauth2 {
-                Some(o) => Source::OAuth2(o.clone()),
-                None => Source::Env(String::new()),
-            },
+        let source = match spec.source() {
+            Some(SecretSource::Env(var)) => Source::Env(var.to_owned()),
+            Some(SecretSource::File(path)) => Source::File(path.to_owned()),
+            Some(SecretSource::Command(argv)) => Source::Command(argv.to_vec(), spec.refresh),
+            Some(SecretSource::OAuth2(o)) => Source::OAuth2(o.clone()),
+            // Validation refuses such a spec; should one get here, every use
+            // fails (an unnamed variable is never set) and nothing is sent.
+            None => Source::Env(String::new()),
         };
         Self {
             header: spec.header.to_ascii_lowercase(),

@@ -19,7 +19,7 @@ mod gate;
 mod load;
 mod request;
 
-pub use decide::{decide, decide_cached, Decision, Outcome};
+pub use decide::{decide, decide_cached, Decision, Ruling};
 pub use gate::{ConnectVerdict, Gate};
 pub use load::{
     embedded_sources, load_dir, load_embedded, load_sources, read_dir_sources, LoadedPolicies, PolicyError, PolicyMeta,

@@ -245,7 +245,7 @@ enum Opened<'a> {
 
 /// Decides what a connection becomes and sets its session up.
 fn open<'a>(agent: TcpStream, start: &'a SessionStart, ctx: &'a Arc<ProxyCtx>) -> Opened<'a> {
-    if start.verdict.decision.outcome != policy::Outcome::Allow {
+    if start.verdict.decision.outcome != policy::Ruling::Allow {
         let d = &start.verdict.decision;
         tracing::info!(conn = %start.id, agent = %start.verdict.agent, dst = %start.orig_dst, policies = ?d.policies, "denied: {}", d.reason);
         // A reset: the agent's connect() succeeded (to the listener), so this

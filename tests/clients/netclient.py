@@ -439,6 +439,50 @@ def slow_post(spec):
         return fail(e)
 
 
+def h2_hold(spec):
+    """HTTP/2 with prior knowledge: one GET, then hold the connection open
+    (announcing it on stdout) and report how it ended: a GOAWAY from the
+    server, or the connection just closed or reset."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    s = socket.socket(family(spec), socket.SOCK_STREAM)
+    s.settimeout(spec.get("wait", TIMEOUT))
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    status, goaway, announced = None, None, False
+    try:
+        s.connect(addr_of(spec))
+        conn.initiate_connection()
+        headers = [(":method", "GET"), (":path", spec.get("path", "/")), (":scheme", "http"), (":authority", spec["host"])]
+        conn.send_headers(1, headers, end_stream=True)
+        s.sendall(conn.data_to_send())
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return {"ok": True, "status": status, "goaway": goaway, "closed": True}
+            if goaway is not None:
+                # Closed for h2: what follows the GOAWAY is not read.
+                continue
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    goaway = {"error_code": int(event.error_code), "last_stream_id": event.last_stream_id}
+                elif isinstance(event, h2.events.StreamEnded) and not announced:
+                    announced = True
+                    print(json.dumps({"held": True, "status": status}), flush=True)
+            pending = conn.data_to_send()
+            if pending:
+                s.sendall(pending)
+    except OSError as e:
+        out = fail(e)
+        out.update({"status": status, "goaway": goaway})
+        return out
+    finally:
+        s.close()
+
+
 def parallel(spec):
     """Runs `count` copies of `inner` at once, in threads; their reports in order."""
     results = [None] * spec["count"]
@@ -454,7 +498,7 @@ def parallel(spec):
     return {"ok": True, "results": results}
 
 
-OPS = {"parallel": parallel, "pg_flood": pg_flood, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+OPS = {"parallel": parallel, "h2_hold": h2_hold, "pg_flood": pg_flood, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

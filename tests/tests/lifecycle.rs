@@ -280,3 +280,51 @@ fn sessions_open_at_sigterm_are_drained_and_each_has_its_event_before_gateway_st
         .log()
         .contains("closing the sessions still open after the drain timeout"));
 }
+
+#[test]
+fn an_http2_connection_open_at_sigterm_gets_goaway_and_ends_before_the_drain_timeout() {
+    let cg = TestCgroup::new(&unique("goaway"));
+    let up = Upstream::start("127.0.0.2");
+    let target = "[[targets]]\nname = \"plain\"\ncidrs = [\"127.0.0.2/32\"]\nprotocol = \"http\"\n".to_owned();
+    let mut gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            listener: vec!["drain_timeout = \"20s\"".into()],
+            extra_toml: vec![target],
+            ..Default::default()
+        },
+    );
+    // One exchange, then the connection stays open between requests (an
+    // HTTP/2 connection is never parked, so only GOAWAY ends it early).
+    let spec = json!({"op": "h2_hold", "host": "127.0.0.2", "port": up.addr.port(), "path": "/x", "wait": 60});
+    let client = Client::agent(&cg).spawn_holding("/usr/bin/python3", spec);
+    let pid = client.pid();
+    let status = gw.stop();
+    let report = client.finish();
+    assert!(status.success(), "{}", gw.log());
+    assert_eq!(report["status"], 200, "{report}");
+    assert_eq!(report["goaway"]["error_code"], 0, "no GOAWAY (NO_ERROR): {report}");
+    assert_eq!(report["closed"], true, "{report}");
+    assert!(
+        !gw.log()
+            .contains("closing the sessions still open after the drain timeout"),
+        "the connection waited for the drain timeout: {}",
+        gw.log()
+    );
+    let events = gw.events().all();
+    let stopped = events.iter().position(|e| e["event"] == "gateway_stopped");
+    let connection = events
+        .iter()
+        .position(|e| e["event"] == "connection" && e["identity"]["pid"] == pid)
+        .unwrap_or_else(|| panic!("no connection event: {events:#?}"));
+    assert!(stopped.is_some_and(|s| connection < s), "{events:#?}");
+    assert_eq!(
+        events[connection]["outcome"]["kind"], "closed",
+        "{:#}",
+        events[connection]
+    );
+    let exchanges = events
+        .iter()
+        .filter(|e| e["event"] == "http_exchange" && e["identity"]["pid"] == pid);
+    assert_eq!(exchanges.count(), 1, "{events:#?}");
+}

@@ -17,6 +17,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     // Debian's own python runs the clients that tests start as other users.
     ("/usr/bin/python3", "python3"),
+    // HTTP/2 frames for the agent-side clients (GOAWAY at the drain).
+    ("/usr/lib/python3/dist-packages/h2/__init__.py", "python3-h2"),
     // A real PostgreSQL server (tests start their own clusters) and its clients.
     ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
     ("psql", "postgresql-client"),

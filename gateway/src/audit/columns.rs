@@ -6,7 +6,11 @@
 //! ways must give the same columns, or a verified trail would call its own
 //! records modified (the tests below hold them to that).
 use super::{record::Columns, Event};
-use crate::{identity::Identity, policy::Decision, policy::Outcome, types::AgentName};
+use crate::{
+    identity::Identity,
+    policy::{Decision, Ruling},
+    types::AgentName,
+};
 
 /// An event ready to be chained.
 pub(crate) struct Encoded {
@@ -104,11 +108,11 @@ fn columns(
 }
 
 /// An outcome as its JSON spells it.
-fn outcome(o: Outcome) -> &'static str {
+fn outcome(o: Ruling) -> &'static str {
     match o {
-        Outcome::Allow => "allow",
-        Outcome::Deny => "deny",
-        Outcome::Review => "review",
+        Ruling::Allow => "allow",
+        Ruling::Deny => "deny",
+        Ruling::Review => "review",
     }
 }
 
@@ -144,7 +148,7 @@ mod tests {
         id
     }
 
-    fn decision(outcome: Outcome) -> Decision {
+    fn decision(outcome: Ruling) -> Decision {
         Decision {
             outcome,
             policies: vec!["p-1".into(), "p,2".into()],
@@ -157,7 +161,7 @@ mod tests {
     fn typed_columns_are_the_columns_the_json_gives() {
         let agent = AgentName("bot \"ä\"".into());
         let mut events = Vec::new();
-        for (identity, decided) in [(None, None), (Some(caller(false)), Some(decision(Outcome::Review)))] {
+        for (identity, decided) in [(None, None), (Some(caller(false)), Some(decision(Ruling::Review)))] {
             events.push(Event::Connection(Box::new(ConnectionEvent {
                 time: "t0".into(),
                 conn_id: ConnId(1),
@@ -183,7 +187,7 @@ mod tests {
             path: "/".into(),
             exchange: 1,
             status: 200,
-            decision: decision(Outcome::Allow),
+            decision: decision(Ruling::Allow),
             credential_injected: false,
             masked_request: Vec::new(),
             masked_response: Vec::new(),
@@ -201,7 +205,7 @@ mod tests {
             path: "/v1/chat".into(),
             exchange: 2,
             status: 200,
-            decision: decision(Outcome::Allow),
+            decision: decision(Ruling::Allow),
             credential_injected: true,
             masked_request: Vec::new(),
             masked_response: Vec::new(),
@@ -246,7 +250,7 @@ mod tests {
             rows_returned: 1,
             rows_affected: None,
             duration_ms: 0,
-            decision: decision(Outcome::Deny),
+            decision: decision(Ruling::Deny),
             outcome: crate::audit::Ran::Denied,
             error: None,
             masked: Vec::new(),

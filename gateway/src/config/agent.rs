@@ -108,6 +108,33 @@ pub struct CredentialSpec {
     pub refresh: std::time::Duration,
 }
 
+/// Where a credential's secret comes from: exactly one of the four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource<'a> {
+    /// An environment variable of the gateway.
+    Env(&'a str),
+    /// A root-only file.
+    File(&'a std::path::Path),
+    /// A command's output (program and arguments).
+    Command(&'a [String]),
+    /// OAuth2 client-credentials tokens.
+    OAuth2(&'a OAuth2Spec),
+}
+
+impl CredentialSpec {
+    /// The one source the spec names; `None` when it names none or several
+    /// (which validation refuses).
+    pub fn source(&self) -> Option<SecretSource<'_>> {
+        match (&self.env, &self.file, &self.command, &self.oauth2) {
+            (Some(var), None, None, None) => Some(SecretSource::Env(var)),
+            (None, Some(path), None, None) => Some(SecretSource::File(path)),
+            (None, None, Some(argv), None) => Some(SecretSource::Command(argv)),
+            (None, None, None, Some(o)) => Some(SecretSource::OAuth2(o)),
+            _ => None,
+        }
+    }
+}
+
 /// An OAuth2 client-credentials token source.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -213,24 +240,21 @@ impl TargetSpec {
             (None, _) => {}
         }
         if let Some(c) = &self.credential {
-            let sources = [
-                c.env.is_some(),
-                c.file.is_some(),
-                c.command.is_some(),
-                c.oauth2.is_some(),
-            ];
-            if sources.iter().filter(|s| **s).count() != 1 {
+            let Some(source) = c.source() else {
                 return Err(format!(
                     "target `{}`: credential needs exactly one of `env`, `file`, `command` or `oauth2`",
                     self.name
                 ));
-            }
-            if let Some(o) = &c.oauth2 {
-                oauth2::TokenUrl::new(o.token_url.clone())
-                    .map_err(|e| format!("target `{}`: oauth2 token_url: {e}", self.name))?;
-            }
-            if c.command.as_ref().is_some_and(|argv| argv.is_empty()) {
-                return Err(format!("target `{}`: credential `command` is empty", self.name));
+            };
+            match source {
+                SecretSource::OAuth2(o) => {
+                    oauth2::TokenUrl::new(o.token_url.clone())
+                        .map_err(|e| format!("target `{}`: oauth2 token_url: {e}", self.name))?;
+                }
+                SecretSource::Command([]) => {
+                    return Err(format!("target `{}`: credential `command` is empty", self.name));
+                }
+                _ => {}
             }
             if http::HeaderName::from_bytes(c.header.as_bytes()).is_err() {
                 return Err(format!("target `{}`: `{}` is not a header name", self.name, c.header));
@@ -241,7 +265,7 @@ impl TargetSpec {
                     self.name
                 ));
             }
-            if self.protocol == TargetProtocol::Postgres && c.oauth2.is_some() {
+            if self.protocol == TargetProtocol::Postgres && matches!(source, SecretSource::OAuth2(_)) {
                 return Err(format!(
                     "target `{}`: a PostgreSQL password comes from `env`, `file` or `command`, not `oauth2`",
                     self.name

@@ -190,7 +190,7 @@ impl GrantBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{embedded_sources, ActionKind, Outcome};
+    use crate::policy::{embedded_sources, ActionKind, Ruling};
 
     fn book() -> GrantBook {
         let dir = std::env::temp_dir().join(format!(
@@ -243,12 +243,12 @@ mod tests {
             )
         };
         let d = decide("db-reader", "10.9.9.9:5432", 1_059);
-        assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
+        assert_eq!(d.outcome, Ruling::Allow, "{d:?}");
         assert_eq!(d.policies, vec![format!("grant-{}", g.id)]);
-        assert_eq!(decide("db-reader", "10.9.9.9:5432", 1_060).outcome, Outcome::Deny);
-        assert_eq!(decide("assistant", "10.9.9.9:5432", 1_010).outcome, Outcome::Deny);
+        assert_eq!(decide("db-reader", "10.9.9.9:5432", 1_060).outcome, Ruling::Deny);
+        assert_eq!(decide("assistant", "10.9.9.9:5432", 1_010).outcome, Ruling::Deny);
         // The base forbid still wins over a grant.
-        assert_eq!(decide("unknown", "10.9.9.9:5432", 1_010).outcome, Outcome::Deny);
+        assert_eq!(decide("unknown", "10.9.9.9:5432", 1_010).outcome, Ruling::Deny);
     }
 
     #[test]

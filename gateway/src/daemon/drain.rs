@@ -20,6 +20,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// the listeners must be closed already.
 pub(super) async fn drain(sessions: &TaskTracker, live: &LiveTable, timeout: Duration) {
     sessions.close();
+    live.begin_drain();
     if sessions.is_empty() {
         return;
     }

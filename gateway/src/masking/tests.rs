@@ -14,19 +14,8 @@ fn text(m: &Masker, s: &str) -> (String, Vec<String>) {
 
 #[test]
 fn detectors_find_what_they_should_and_skip_lookalikes() {
-    let all = masker(
-        &[
-            "credit_card",
-            "email",
-            "us_ssn",
-            "iban",
-            "phone",
-            "api_key",
-            "aws_access_key",
-            "jwt",
-        ],
-        Style::Redact,
-    );
+    // Every built-in but bearer_token (the last), whose cases are its own.
+    let all = masker(&crate::masking::BUILTIN_NAMES[..8], Style::Redact);
     let cases = [
         ("card 4111 1111 1111 1111 ok", "card [REDACTED:credit_card] ok"),
         ("card 4111-1111-1111-1112 not luhn", "card 4111-1111-1111-1112 not luhn"),

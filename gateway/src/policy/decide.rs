@@ -11,15 +11,16 @@ use super::{
     request::{request, ActionKind, Query, Subject, SubjectCache},
 };
 
-/// What happens to the request.
+/// What policy rules for a request (the audit trail's `Outcome` is how a
+/// connection ended; this is what it was allowed to do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum Ruling {
     /// Go ahead.
     Allow,
     /// Refused.
     Deny,
-    /// Held for a person's approval (refused until the approvals queue exists).
+    /// Held for people to approve or deny.
     Review,
 }
 
@@ -27,7 +28,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// The outcome.
-    pub outcome: Outcome,
+    pub outcome: Ruling,
     /// Ids of the deciding policies (empty for the default deny).
     pub policies: Vec<String>,
     /// Why, in words (from `@reason` where given).
@@ -40,7 +41,7 @@ impl Decision {
     /// A denial by `policies` (none for the gateway's own refusals), for `reason`.
     pub fn deny(policies: Vec<String>, reason: String) -> Self {
         Self {
-            outcome: Outcome::Deny,
+            outcome: Ruling::Deny,
             policies,
             reason,
             mask: Vec::new(),
@@ -74,7 +75,7 @@ fn granted(p: &LoadedPolicies, ids: &[String]) -> Vec<String> {
 /// Allowed by grants, which answer the review a policy asks for.
 fn by_grants(p: &LoadedPolicies, grants: Vec<String>, mask: Vec<String>) -> Decision {
     Decision {
-        outcome: Outcome::Allow,
+        outcome: Ruling::Allow,
         reason: reasons(p, &grants, "granted by"),
         policies: grants,
         mask,
@@ -197,7 +198,7 @@ fn decide_subject(p: &LoadedPolicies, q: &Query<'_>, subject: &Subject) -> Decis
             if !review.is_empty() {
                 let reason = reasons(p, &review, "held for review by");
                 return Decision {
-                    outcome: Outcome::Review,
+                    outcome: Ruling::Review,
                     policies: review,
                     reason,
                     // What applies once a person approves it.
@@ -206,7 +207,7 @@ fn decide_subject(p: &LoadedPolicies, q: &Query<'_>, subject: &Subject) -> Decis
             }
             let reason = reasons(p, &deciding, "permitted by");
             Decision {
-                outcome: Outcome::Allow,
+                outcome: Ruling::Allow,
                 policies: deciding,
                 reason,
                 mask,
@@ -235,7 +236,7 @@ fn decide_subject(p: &LoadedPolicies, q: &Query<'_>, subject: &Subject) -> Decis
                 }
                 let reason = reasons(p, &deciding, "held for review by");
                 Decision {
-                    outcome: Outcome::Review,
+                    outcome: Ruling::Review,
                     policies: deciding,
                     reason,
                     mask: masks(p, &permits),

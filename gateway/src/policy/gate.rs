@@ -176,13 +176,13 @@ mod tests {
             gate.connect(gate.agent_of(&id), &id, dst, &Judged::default())
                 .decision
                 .outcome,
-            super::super::Outcome::Allow
+            super::super::Ruling::Allow
         );
         assert_eq!(
             gate.connect(gate.agent_of(&id), &id, dst, &Judged::default())
                 .decision
                 .outcome,
-            super::super::Outcome::Allow
+            super::super::Ruling::Allow
         );
         std::fs::write(dir.join("p.cedar"), "forbid (principal, action, resource);").unwrap();
         gate.policies.reload().unwrap();
@@ -190,7 +190,7 @@ mod tests {
             gate.connect(gate.agent_of(&id), &id, dst, &Judged::default())
                 .decision
                 .outcome,
-            super::super::Outcome::Deny
+            super::super::Ruling::Deny
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -67,66 +67,66 @@ fn shipped_policies_decide_the_documented_cases() {
     let openai = target("openai", "127.0.0.2", 443);
     let metadata = target("metadata", "169.254.169.254", 80);
     let http = ActionKind::http;
-    let cases: Vec<(&str, &TargetRef, ActionKind, Outcome, &str)> = vec![
+    let cases: Vec<(&str, &TargetRef, ActionKind, Ruling, &str)> = vec![
         (
             "db-reader",
             &db,
             ActionKind::Connect,
-            Outcome::Allow,
+            Ruling::Allow,
             "db-reader-connect",
         ),
         (
             "db-reader",
             &db,
             sql("select", false),
-            Outcome::Allow,
+            Ruling::Allow,
             "db-reader-select-only",
         ),
-        ("db-reader", &db, sql("insert", false), Outcome::Deny, ""),
+        ("db-reader", &db, sql("insert", false), Ruling::Deny, ""),
         (
             "db-reader",
             &db,
             sql("delete", false),
-            Outcome::Deny,
+            Ruling::Deny,
             "no-unbounded-writes",
         ),
-        ("db-reader", &db, sql("ddl", false), Outcome::Deny, ""),
-        ("db-reader", &openai, ActionKind::Connect, Outcome::Deny, ""),
+        ("db-reader", &db, sql("ddl", false), Ruling::Deny, ""),
+        ("db-reader", &openai, ActionKind::Connect, Ruling::Deny, ""),
         (
             "assistant",
             &openai,
             ActionKind::Connect,
-            Outcome::Allow,
+            Ruling::Allow,
             "assistant-llm-connect",
         ),
         (
             "assistant",
             &openai,
             http("POST", "/v1/chat/completions"),
-            Outcome::Allow,
+            Ruling::Allow,
             "assistant-llm-requests",
         ),
-        ("assistant", &openai, http("GET", "/v1/models"), Outcome::Deny, ""),
+        ("assistant", &openai, http("GET", "/v1/models"), Ruling::Deny, ""),
         (
             "assistant",
             &openai,
             http("POST", "/v1/files"),
-            Outcome::Review,
+            Ruling::Review,
             "assistant-llm-uploads-reviewed",
         ),
-        ("assistant", &db, ActionKind::Connect, Outcome::Deny, ""),
+        ("assistant", &db, ActionKind::Connect, Ruling::Deny, ""),
         (
             "unknown",
             &openai,
             ActionKind::Connect,
-            Outcome::Deny,
+            Ruling::Deny,
             "base-unknown-agents",
         ),
         (
             "assistant",
             &metadata,
             ActionKind::Connect,
-            Outcome::Deny,
+            Ruling::Deny,
             "base-no-metadata-service",
         ),
     ];
@@ -134,7 +134,7 @@ fn shipped_policies_decide_the_documented_cases() {
         let d = ask(&p, agent, t, &action);
         assert_eq!(d.outcome, outcome, "{agent} {action:?} on {}: {d:?}", t.name);
         if policy.is_empty() {
-            if outcome == Outcome::Deny && d.policies.is_empty() {
+            if outcome == Ruling::Deny && d.policies.is_empty() {
                 assert!(d.reason.contains("default deny"), "{d:?}");
             }
         } else {
@@ -163,9 +163,9 @@ fn ddl_review_needs_some_permit() {
     ])
     .unwrap();
     let db = target("db", "10.0.0.1", 5432);
-    assert_eq!(ask(&p, "x", &db, &sql("ddl", false)).outcome, Outcome::Review);
-    assert_eq!(ask(&p, "y", &db, &sql("ddl", false)).outcome, Outcome::Deny);
-    assert_eq!(ask(&p, "x", &db, &sql("select", false)).outcome, Outcome::Allow);
+    assert_eq!(ask(&p, "x", &db, &sql("ddl", false)).outcome, Ruling::Review);
+    assert_eq!(ask(&p, "y", &db, &sql("ddl", false)).outcome, Ruling::Deny);
+    assert_eq!(ask(&p, "x", &db, &sql("select", false)).outcome, Ruling::Allow);
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn forbid_overrides_permit_and_ip_ranges_work() {
     );
     assert_eq!(
         ask(&p, "x", &target("a", "192.0.2.1", 80), &ActionKind::Connect).outcome,
-        Outcome::Allow
+        Ruling::Allow
     );
     assert!(!p.reads_context);
     // The shipped policies read context only for SQL and HTTP: connect decisions can be cached.
@@ -338,16 +338,13 @@ fn cached_subjects_follow_every_attribute() {
     };
     let web = target("a", "192.0.2.1", 80);
     let mut id = identity(1000);
-    assert_eq!(ask_cached(&id, &web), Outcome::Allow);
-    assert_eq!(ask_cached(&id, &web), Outcome::Allow, "from the cache");
+    assert_eq!(ask_cached(&id, &web), Ruling::Allow);
+    assert_eq!(ask_cached(&id, &web), Ruling::Allow, "from the cache");
     // The same pid after an exec: a new comm is a new subject.
     id.comm = "curl".into();
-    assert_eq!(ask_cached(&id, &web), Outcome::Deny);
+    assert_eq!(ask_cached(&id, &web), Ruling::Deny);
     // Same agent and process, another port of the target.
-    assert_eq!(
-        ask_cached(&identity(1000), &target("a", "192.0.2.1", 81)),
-        Outcome::Deny
-    );
+    assert_eq!(ask_cached(&identity(1000), &target("a", "192.0.2.1", 81)), Ruling::Deny);
 }
 
 #[test]
@@ -404,9 +401,9 @@ fn cached_decisions_belong_to_one_policy_set() {
         action: &action,
         now: SystemTime::now(),
     };
-    assert_eq!(decide_cached(&allow, &q, &cache).outcome, Outcome::Allow);
-    assert_eq!(decide_cached(&deny, &q, &cache).outcome, Outcome::Deny);
-    assert_eq!(decide_cached(&allow, &q, &cache).outcome, Outcome::Allow);
+    assert_eq!(decide_cached(&allow, &q, &cache).outcome, Ruling::Allow);
+    assert_eq!(decide_cached(&deny, &q, &cache).outcome, Ruling::Deny);
+    assert_eq!(decide_cached(&allow, &q, &cache).outcome, Ruling::Allow);
 }
 
 #[test]
@@ -463,10 +460,10 @@ fn statement_text_and_body_size_key_the_cache_only_when_a_policy_reads_them() {
     assert!(!facts_only.reads_sql);
     // Ids 1 then 2, each set with a fresh cache: the text-reading policy
     // must not get the first text's decision for the second.
-    for (policies, second, entries) in [(&facts_only, Outcome::Allow, 1), (&by_text, Outcome::Deny, 2)] {
+    for (policies, second, entries) in [(&facts_only, Ruling::Allow, 1), (&by_text, Ruling::Deny, 2)] {
         let cache = SubjectCache::default();
         let first = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 1"));
-        assert_eq!(first, Outcome::Allow);
+        assert_eq!(first, Ruling::Allow);
         let then = ask(policies, &cache, &select("SELECT * FROM orders WHERE id = 2"));
         assert_eq!(then, second, "reads_sql = {}", policies.reads_sql);
         assert_eq!(filed(&cache), entries, "reads_sql = {}", policies.reads_sql);

@@ -191,6 +191,7 @@ where
         let header_timeout = settings.header_timeout;
         let (max_head, park_after) = (settings.max_request_head, settings.park_idle);
         let state = Arc::new(park::ParkState::default());
+        let live = session.ctx.live.clone();
         // The exchange's future is boxed: hyper keeps room for the service's
         // future in every connection, idle or not, and ours is ~12 KB
         // (measured with jemalloc's heap profile, 1,000 idle connections).
@@ -225,10 +226,17 @@ where
             let stream = park::Parkable::new(io, ahead, state);
             // Boxed: an HTTP/2 connection's state is large, and HTTP/1.1
             // sessions should not carry room for it.
-            Box::pin(builder.serve_connection(TokioIo::new(stream), svc))
-                .await
-                .map(|()| park::Ended::Closed)
-                .map_err(|e| e.to_string())
+            let mut conn = Box::pin(builder.serve_connection(TokioIo::new(stream), svc));
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = live.draining() => {
+                    // GOAWAY: streams in flight finish, no new ones open,
+                    // and the connection closes once they are done.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            ended.map(|()| park::Ended::Closed).map_err(|e| e.to_string())
         } else {
             let mut builder = hyper::server::conn::http1::Builder::new();
             // Slow or silent clients: a request head must arrive within the limit.

@@ -21,7 +21,7 @@ use super::ProxyCtx;
 use crate::{
     identity::Identity,
     masking::MaskPlan,
-    policy::{ActionKind, Decision, Outcome, Query, TargetRef},
+    policy::{ActionKind, Decision, Query, Ruling, TargetRef},
     review::HeldRequest,
     types::AgentName,
 };
@@ -73,7 +73,7 @@ pub struct Judgement {
 impl Judgement {
     /// True when the request may proceed.
     pub fn allowed(&self) -> bool {
-        self.decision.outcome == Outcome::Allow
+        self.decision.outcome == Ruling::Allow
     }
 }
 
@@ -113,7 +113,7 @@ pub async fn hold(ctx: &ProxyCtx, caller: &Caller<'_>, action: &ActionKind, deci
 /// Steps 5-6: the masking plan and the protocol's checks of an allowed
 /// request. A decision that is not an allow passes through unchanged.
 pub fn conclude(ctx: &ProxyCtx, decision: Decision, protocol: &impl Protocol) -> Judgement {
-    if decision.outcome != Outcome::Allow {
+    if decision.outcome != Ruling::Allow {
         return Judgement { decision, plan: None };
     }
     let own = protocol.own_masks();
@@ -143,7 +143,7 @@ pub fn conclude(ctx: &ProxyCtx, decision: Decision, protocol: &impl Protocol) ->
 /// The whole path for a protocol that can wait where it asks (HTTP).
 pub async fn judge(ctx: &ProxyCtx, caller: &Caller<'_>, action: &ActionKind, protocol: &impl Protocol) -> Judgement {
     let mut decision = ask(ctx, caller, action, protocol);
-    if decision.outcome == Outcome::Review {
+    if decision.outcome == Ruling::Review {
         decision = hold(ctx, caller, action, &decision).await;
     }
     conclude(ctx, decision, protocol)

@@ -57,6 +57,9 @@ pub struct LiveTable {
     /// Cancelled once the drain at shutdown is over: what is added is cut
     /// at once, and connections still being admitted stop waiting.
     closing: CancellationToken,
+    /// Cancelled when the drain begins: HTTP/2 connections send GOAWAY, so
+    /// their clients finish what is in flight and open no new streams.
+    draining: CancellationToken,
 }
 
 /// What a session keeps while it is in the table.
@@ -120,6 +123,17 @@ impl LiveTable {
                 }
             })
             .collect()
+    }
+
+    /// The drain has begun: sessions that can end gracefully (HTTP/2's
+    /// GOAWAY) should.
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Resolves once the drain has begun.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await;
     }
 
     /// Closes the idle kept-alive HTTP connections (parked between

@@ -77,21 +77,21 @@ pub async fn settle(
     held: HeldRequest<'_>,
     target_webhook: Option<&str>,
 ) -> Decision {
-    use crate::policy::Outcome;
+    use crate::policy::Ruling;
     let policies = policies.current();
     let (rules, mut webhooks) = policies.review_rules(&held.decision.policies);
     webhooks.extend(target_webhook.map(str::to_owned));
     let decision = held.decision.clone();
     let verdict = reviews.hold(held, &rules, &webhooks).await;
     let (outcome, reason) = match verdict {
-        Verdict::Approved(by, Scope::Once) => (Outcome::Allow, format!("approved by {}", by.name)),
-        Verdict::Approved(by, scope) => (Outcome::Allow, format!("approved by {} ({scope:?})", by.name)),
-        Verdict::Denied(by, why) => (Outcome::Deny, format!("denied by {}: {why}", by.name)),
+        Verdict::Approved(by, Scope::Once) => (Ruling::Allow, format!("approved by {}", by.name)),
+        Verdict::Approved(by, scope) => (Ruling::Allow, format!("approved by {} ({scope:?})", by.name)),
+        Verdict::Denied(by, why) => (Ruling::Deny, format!("denied by {}: {why}", by.name)),
         Verdict::Expired => (
-            Outcome::Deny,
+            Ruling::Deny,
             format!("review timed out: nobody approved it in time ({})", decision.reason),
         ),
-        Verdict::Failed(why) => (Outcome::Deny, why),
+        Verdict::Failed(why) => (Ruling::Deny, why),
     };
     Decision {
         outcome,

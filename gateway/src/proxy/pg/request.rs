@@ -18,7 +18,7 @@ use super::{
 use crate::{
     audit::{self, SqlProtocol},
     config::Unparsed,
-    policy::{ActionKind, Decision, Outcome as PolicyOutcome, SqlFacts},
+    policy::{ActionKind, Decision, Ruling, SqlFacts},
     proxy::judge::{self, Protocol},
     types::Side,
 };
@@ -187,7 +187,7 @@ pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Resul
         None => {
             let classified = classify(s, sql);
             let decision = judge::ask(&s.ctx, &s.caller(), &classified.action, &Sql { s, c: &classified });
-            if decision.outcome == PolicyOutcome::Review {
+            if decision.outcome == Ruling::Review {
                 return Err(Box::new(Held { classified, decision }));
             }
             (classified, decision)
@@ -442,7 +442,7 @@ fn unknown_statement(name: &str) -> Statement {
         tables_read: Vec::new(),
         tables_written: Vec::new(),
         decision: Decision {
-            outcome: PolicyOutcome::Allow,
+            outcome: Ruling::Allow,
             policies: Vec::new(),
             reason: "the server refuses unknown statements itself".into(),
             mask: Vec::new(),
