@@ -457,30 +457,48 @@ def h2_hold(spec):
         headers = [(":method", "GET"), (":path", spec.get("path", "/")), (":scheme", "http"), (":authority", spec["host"])]
         conn.send_headers(1, headers, end_stream=True)
         s.sendall(conn.data_to_send())
+        buf = b""
         while True:
             data = s.recv(65536)
             if not data:
                 return {"ok": True, "status": status, "goaway": goaway, "closed": True}
-            if goaway is not None:
-                # Closed for h2: what follows the GOAWAY is not read.
-                continue
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[b":status"])
-                elif isinstance(event, h2.events.ConnectionTerminated):
-                    goaway = {"error_code": int(event.error_code), "last_stream_id": event.last_stream_id}
-                elif isinstance(event, h2.events.StreamEnded) and not announced:
-                    announced = True
-                    print(json.dumps({"held": True, "status": status}), flush=True)
-            pending = conn.data_to_send()
-            if pending:
-                s.sendall(pending)
+            buf += data
+            # Frame by frame (9-byte header, then the payload), so that a
+            # GOAWAY is seen even when more frames follow it in one read.
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                size = 9 + int.from_bytes(buf[:3], "big")
+                frame, buf = buf[:size], buf[size:]
+                if goaway is not None:
+                    # Past the GOAWAY h2 considers the connection closed;
+                    # a PING is still answered, as clients do, so the
+                    # server can tell what is in flight and close.
+                    if frame[3] == 0x6 and not frame[4] & 0x1:
+                        s.sendall(frame[:4] + b"\x01" + frame[5:])
+                    continue
+                if frame[3] == 0x7:
+                    payload = frame[9:]
+                    goaway = {
+                        "last_stream_id": int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF,
+                        "error_code": int.from_bytes(payload[4:8], "big"),
+                    }
+                    continue
+                for event in conn.receive_data(frame):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.StreamEnded) and not announced:
+                        announced = True
+                        print(json.dumps({"held": True, "status": status}), flush=True)
+                pending = conn.data_to_send()
+                if pending:
+                    s.sendall(pending)
     except OSError as e:
         out = fail(e)
-        out.update({"status": status, "goaway": goaway})
-        return out
+    except Exception as e:  # an h2 protocol error: the report says which
+        out = {"ok": False, "error": repr(e)}
     finally:
         s.close()
+    out.update({"status": status, "goaway": goaway})
+    return out
 
 
 def parallel(spec):
