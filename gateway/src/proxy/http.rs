@@ -21,9 +21,11 @@ use crate::{
     policy::TargetRef,
     types::{AgentName, ConnId, OrigDst, Side, Wire},
 };
+use failure::Failure;
 
 mod capture;
 mod exchange;
+mod failure;
 mod headers;
 mod held;
 mod mask;
@@ -283,7 +285,7 @@ pub(super) fn json_response(status: StatusCode, value: serde_json::Value) -> Res
 
 /// Sends one request upstream on a connection from the pool (or a new one)
 /// and returns the response with the connection riding on its body.
-async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Body>, String> {
+async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Body>, Failure> {
     let key = s.pool_key();
     for attempt in 0..2 {
         // The retry always opens a new connection.
@@ -301,7 +303,7 @@ async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Bod
             if attempt == 0 {
                 continue;
             }
-            return Err("upstream connection closed".into());
+            return Err(Failure::Exchange("upstream connection closed".into()));
         }
         let h2 = matches!(sender, Sender::H2(_));
         set_target_uri(&mut req, &s.host, h2)?;
@@ -310,12 +312,12 @@ async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Bod
                 let sent = tx.send_request(req);
                 // Shared at once: HTTP/2 carries many exchanges together.
                 s.ctx.pool.checkin(key, Sender::H2(tx));
-                let mut resp = sent.await.map_err(|e| e.to_string())?;
+                let mut resp = sent.await.map_err(|e| Failure::Exchange(e.to_string()))?;
                 headers::strip_hop_by_hop(resp.headers_mut(), false);
                 Ok(resp.map(|b| b.boxed()))
             }
             Sender::H1(mut tx) => {
-                let mut resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+                let mut resp = (tx.send_request(req).await).map_err(|e| Failure::Exchange(e.to_string()))?;
                 // The upstream connection's own headers stay with it: an
                 // upstream that closes after each response must not close
                 // the agent's kept-alive connection too.
@@ -326,11 +328,11 @@ async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Bod
             }
         };
     }
-    Err("upstream unavailable".into())
+    Err(Failure::Exchange("upstream unavailable".into()))
 }
 
 /// Origin-form plus Host for HTTP/1.1 upstreams; absolute for HTTP/2.
-fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), String> {
+fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), Failure> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = req
         .headers()
@@ -344,13 +346,13 @@ fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), S
     } else {
         path.parse()
     }
-    .map_err(|e| format!("bad request target: {e}"))?;
+    .map_err(|e| Failure::Address(format!("bad request target: {e}")))?;
     *req.uri_mut() = uri;
     if h2 {
         req.headers_mut().remove(header::HOST);
         *req.version_mut() = http::Version::HTTP_2;
     } else {
-        let value = HeaderValue::from_str(&authority).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_str(&authority).map_err(|e| Failure::Address(format!("Host: {e}")))?;
         req.headers_mut().insert(header::HOST, value);
         *req.version_mut() = http::Version::HTTP_11;
     }
@@ -358,36 +360,32 @@ fn set_target_uri(req: &mut Request<Body>, host: &str, h2: bool) -> Result<(), S
 }
 
 /// Opens an upstream connection; `h1_only` for upgrades (WebSocket).
-async fn connect(s: &HttpSession, h1_only: bool) -> Result<Sender, String> {
+async fn connect(s: &HttpSession, h1_only: bool) -> Result<Sender, Failure> {
     let settings = &s.ctx.settings;
-    let tcp = s.ctx.net.connect(s.upstream).await.map_err(|e| e.to_string())?;
+    let tcp = s.ctx.net.connect(s.upstream).await?;
     if s.spec.protocol != TargetProtocol::Https {
         return h1(TokioIo::new(tcp)).await;
     }
-    let mut config = s
-        .ctx
-        .net
-        .upstream_tls(s.spec.ca_file.as_deref())
-        .map_err(|e| e.to_string())?;
+    let mut config = s.ctx.net.upstream_tls(s.spec.ca_file.as_deref())?;
     if h1_only {
         let mut only_h1 = (*config).clone();
         only_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         config = Arc::new(only_h1);
     }
     let name = rustls::pki_types::ServerName::try_from(s.host.clone())
-        .map_err(|e| format!("bad upstream name {}: {e}", s.host))?;
+        .map_err(|e| Failure::Tls(format!("bad upstream name {}: {e}", s.host)))?;
     let tls = tokio::time::timeout(
         settings.connect_timeout,
         tokio_rustls::TlsConnector::from(config).connect(name, tcp),
     )
     .await
-    .map_err(|_| "upstream TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("upstream TLS: {e}"))?;
+    .map_err(|_| Failure::Tls("handshake timed out".to_owned()))?
+    .map_err(|e| Failure::Tls(e.to_string()))?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Exchange(e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("upstream h2 connection ended: {e}");
@@ -399,13 +397,13 @@ async fn connect(s: &HttpSession, h1_only: bool) -> Result<Sender, String> {
     }
 }
 
-async fn h1<IO>(io: TokioIo<IO>) -> Result<Sender, String>
+async fn h1<IO>(io: TokioIo<IO>) -> Result<Sender, Failure>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Exchange(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream h1 connection ended: {e}");

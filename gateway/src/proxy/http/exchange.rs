@@ -8,14 +8,13 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{capture, forward, headers, json_response, mask, upgrade, vet, Body, HttpSession};
+use super::{capture, failure::Failure, forward, headers, json_response, mask, upgrade, vet, Body, HttpSession};
 use crate::{
     audit::{self, Event, ExchangeBodies, HttpExchangeEvent},
     config::TargetProtocol,
     masking::MaskedValue,
     policy::{ActionKind, Decision},
     proxy::judge::{self, Judgement, Protocol as _},
-    types::Side,
 };
 
 /// What the allowed phases leave for the exchange's event.
@@ -137,12 +136,11 @@ async fn decide_and_serve(
         let bodies = capture::Bodies::new(s, exchange, path);
         match allowed(req, s, &judged, bodies, recorded).await {
             Ok(resp) => resp,
-            Err((kind, message, status)) => {
-                tracing::info!(conn = %s.conn_id, target = %s.target.name, "{kind} error: {message}");
-                *upstream_error = Some(message.clone());
-                let body =
-                    serde_json::json!({"error": {"type": kind.as_str(), "target": s.target.name, "message": message}});
-                json_response(status, body)
+            Err(failure) => {
+                let side = failure.side();
+                tracing::info!(conn = %s.conn_id, target = %s.target.name, "{side} error: {failure}");
+                *upstream_error = Some(failure.to_string());
+                failure.response(&s.target.name)
             }
         }
     };
@@ -150,30 +148,25 @@ async fn decide_and_serve(
 }
 
 /// The phases after an allow: credentials, request masking, upstream,
-/// response masking. Errors are (side, message, status).
+/// response masking.
 async fn allowed(
     mut req: Request<Body>,
     s: &Arc<HttpSession>,
     judged: &Judgement,
     bodies: capture::Bodies,
     recorded: &mut Recorded,
-) -> Result<Response<Body>, (Side, String, StatusCode)> {
+) -> Result<Response<Body>, Failure> {
     let decision = &judged.decision;
-    let secret = prepare(&mut req, s)
-        .await
-        .map_err(|m| (Side::Gateway, m, StatusCode::BAD_GATEWAY))?;
+    let secret = prepare(&mut req, s).await?;
     // Recorded as injected only once the request went upstream: a failed
     // connect or TLS verification sent nothing.
     let injected = secret.is_some();
     if upgrade::is_upgrade(&req) {
         // WebSocket and other upgrades pass through once allowed.
-        let resp = upgrade::forward(req, s)
-            .await
-            .map_err(|m| (Side::Upstream, m, StatusCode::BAD_GATEWAY))?;
+        let resp = upgrade::forward(req, s).await?;
         recorded.injected = injected;
         return Ok(resp);
     }
-    let gateway_err = |m: String| (Side::Gateway, m, StatusCode::BAD_GATEWAY);
     if let Some(plan) = &judged.plan {
         // Prompt redaction: the request body, with the policy's detectors only.
         let seal = |v: &[u8]| s.ctx.sealer.seal(v);
@@ -194,13 +187,11 @@ async fn allowed(
         Some(
             s.ctx
                 .mask_plan(&decision.mask, secret.as_ref().map(|m| m.secret.as_str()))
-                .map_err(gateway_err)?,
+                .map_err(Failure::Masking)?,
         )
     };
     let req = req.map(|b| bodies.request(b));
-    let resp = forward(req, s)
-        .await
-        .map_err(|m| (Side::Upstream, m, StatusCode::BAD_GATEWAY))?;
+    let resp = forward(req, s).await?;
     recorded.injected = injected;
     // Read before masking, which streams without a length: a small body
     // announced by the upstream is still worth its short wait in `settle`.
@@ -280,7 +271,7 @@ impl judge::Protocol for Http {
 async fn prepare(
     req: &mut Request<Body>,
     s: &HttpSession,
-) -> Result<Option<Arc<crate::credentials::Material>>, String> {
+) -> Result<Option<Arc<crate::credentials::Material>>, Failure> {
     let upgrading = upgrade::is_upgrade(req);
     headers::strip_hop_by_hop(req.headers_mut(), upgrading);
     let Some(credential) = &s.credential else {
@@ -292,22 +283,20 @@ async fn prepare(
         || s.spec.upstream.is_some()
         || s.spec.cidrs.iter().any(|c| c.contains(&s.upstream.0.ip()));
     if !verified {
-        return Err(format!(
-            "credential withheld: {} is not an address of target {}",
+        return Err(Failure::Withheld(format!(
+            "{} is not an address of target {}",
             s.upstream, s.target.name
-        ));
+        )));
     }
     let headers = req.headers_mut();
     for name in headers::SECRET_HEADERS {
         headers.remove(name);
     }
     if let Some(oauth) = credential.needs_token() {
-        let (token, lifetime) = crate::credentials::client_credentials(&s.ctx.net, oauth)
-            .await
-            .map_err(|e| e.to_string())?;
-        credential.store_token(token, lifetime).map_err(|e| e.to_string())?;
+        let (token, lifetime) = crate::credentials::client_credentials(&s.ctx.net, oauth).await?;
+        credential.store_token(token, lifetime)?;
     }
-    let material = credential.material().map_err(|e| e.to_string())?;
+    let material = credential.material()?;
     headers.remove(&material.name);
     headers.insert(material.name.clone(), material.value.clone());
     Ok(Some(material))

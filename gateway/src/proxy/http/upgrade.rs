@@ -6,7 +6,7 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
-use super::{connect, set_target_uri, Body, HttpSession, Sender};
+use super::{connect, failure::Failure, set_target_uri, Body, HttpSession, Sender};
 
 /// Whether the request asks to switch protocols.
 pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -20,14 +20,16 @@ pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Sends an upgrade request upstream and, on 101, joins the two upgraded streams.
-pub(super) async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Body>, String> {
+pub(super) async fn forward(mut req: Request<Body>, s: &HttpSession) -> Result<Response<Body>, Failure> {
     let agent_side = hyper::upgrade::on(&mut req);
     let Sender::H1(mut tx) = connect(s, true).await? else {
-        return Err("upstream refused HTTP/1.1, which upgrades need".into());
+        return Err(Failure::Exchange(
+            "upstream refused HTTP/1.1, which upgrades need".into(),
+        ));
     };
     set_target_uri(&mut req, &s.host, false)?;
-    tx.ready().await.map_err(|e| e.to_string())?;
-    let mut resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    tx.ready().await.map_err(|e| Failure::Exchange(e.to_string()))?;
+    let mut resp = (tx.send_request(req).await).map_err(|e| Failure::Exchange(e.to_string()))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(resp.map(|b| b.boxed()));
     }
