@@ -27,6 +27,7 @@ mod relay;
 mod request;
 mod response;
 mod session;
+pub mod sqlstate;
 mod startup;
 pub(crate) mod wire;
 
@@ -189,7 +190,7 @@ pub(super) async fn serve(
     match opening {
         Err((e, io)) => {
             if let Some(mut io) = io {
-                session::fatal(&mut io, "08P01", format!("interlock: {e}")).await;
+                session::fatal(&mut io, sqlstate::PROTOCOL_VIOLATION, format!("interlock: {e}")).await;
             }
             Outcome::Error {
                 side: e.side(),

@@ -10,7 +10,7 @@ use std::{
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{login, request, response, session::close_gently, wire, Io, Session};
+use super::{login, request, response, session::close_gently, sqlstate, wire, Io, Session};
 use crate::{
     audit::Outcome,
     proxy::{judge, RelayStats},
@@ -172,8 +172,10 @@ pub async fn relay(
         r = responses => r.map(|()| false),
         () = stats.cut_notified() => {
             let why = stats.cut_why().map(|w| w.reason().to_owned()).unwrap_or_default();
-            // 57P01 admin_shutdown, as the server says it when it is stopped.
-            let fatal = wire::ErrorFields::fatal("57P01", format!("interlock terminated this session: {why}"));
+            let fatal = wire::ErrorFields::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                format!("interlock terminated this session: {why}"),
+            );
             let _ = agent_w.write_all(&fatal.to_bytes()).await;
             return Relayed { outcome: stats.cut_outcome(), statements: statements.into_inner(), kept: None };
         }
@@ -212,19 +214,20 @@ pub async fn relay(
                 error: e,
             }
         }
-        Err(Ended::Wire(e @ wire::WireError::OverBudget { .. })) => {
-            let fatal = wire::ErrorFields::fatal("54000", format!("interlock refused this message: {e}"));
-            let _ = agent_w.write_all(&fatal.to_bytes()).await;
-            Outcome::Refused { reason: e.to_string() }
-        }
         Err(Ended::Wire(e)) => {
-            if e.side() == Side::Agent || matches!(e, wire::WireError::Malformed { .. }) {
-                let fatal = wire::ErrorFields::fatal("08P01", format!("interlock: {e}"));
+            let refused = matches!(e, wire::WireError::OverBudget { .. });
+            if let Some(code) = sqlstate::of_wire(&e) {
+                let what = if refused { " refused this message" } else { "" };
+                let fatal = wire::ErrorFields::fatal(code, format!("interlock{what}: {e}"));
                 let _ = agent_w.write_all(&fatal.to_bytes()).await;
             }
-            Outcome::Error {
-                side: e.side(),
-                error: e.to_string(),
+            if refused {
+                Outcome::Refused { reason: e.to_string() }
+            } else {
+                Outcome::Error {
+                    side: e.side(),
+                    error: e.to_string(),
+                }
             }
         }
     };

@@ -12,6 +12,7 @@ use postgres_protocol::message::frontend;
 
 use super::{
     frontend::{self as parsed, Frontend, Named},
+    sqlstate,
     wire::{ErrorFields, Frame, WireError},
     Expect, Run, Session, Statement,
 };
@@ -173,7 +174,7 @@ impl Protocol for Sql<'_> {
             format!("policy {}", decision.policies.join(", "))
         };
         ErrorFields::error(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("interlock denied this statement: {} ({ids})", decision.reason),
         )
     }
@@ -239,8 +240,7 @@ fn refused_statement(s: &Session, sql: &str, like: Option<&Statement>, refused: 
         tables_written: like.map(|st| st.tables_written.clone()).unwrap_or_default(),
         decision: Decision::deny(Vec::new(), refused.reason),
         detectors: None,
-        // 53400 configuration_limit_exceeded: a limit the operator set.
-        denial: Some(ErrorFields::error("53400", message)),
+        denial: Some(ErrorFields::error(sqlstate::CONFIGURATION_LIMIT_EXCEEDED, message)),
         computed: false,
         counted: !refused.record,
     }
@@ -426,7 +426,7 @@ fn function_call() -> Statement {
         detectors: None,
         computed: false,
         denial: Some(ErrorFields::error(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             "interlock denied this call: the function-call protocol is not allowed through the gateway",
         )),
         counted: false,

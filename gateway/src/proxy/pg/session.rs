@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{cancel, columns, login, pool, relay::relay, wire, Io, Session};
+use super::{cancel, columns, login, pool, relay::relay, sqlstate, wire, Io, Session};
 use crate::{
     audit::{self, Event, Outcome, PgSessionEvent},
     config::{PostgresSpec, TargetSpec},
@@ -81,7 +81,7 @@ impl SessionSetup<'_> {
         let replication = param(&params, "replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no"));
         if replication {
             let message = "interlock: replication connections are not allowed through the gateway".to_owned();
-            fatal(&mut io, "42501", message.clone()).await;
+            fatal(&mut io, sqlstate::INSUFFICIENT_PRIVILEGE, message.clone()).await;
             return Outcome::Refused { reason: message };
         }
         // Startup options pass on, except who and where (the gateway's
@@ -138,15 +138,10 @@ impl SessionSetup<'_> {
             Ok(up) => up,
             Err(e) => {
                 tracing::info!(conn = %self.start.id, target = %self.spec.name, "login failed: {e}");
-                let code = if matches!(e, login::LoginError::Rejected { .. }) {
-                    "28000"
-                } else {
-                    "08006"
-                };
                 let _ = io.write_all(&out).await;
                 fatal(
                     &mut io,
-                    code,
+                    sqlstate::of_login(&e),
                     format!("interlock could not log in to {}: {e}", self.spec.name),
                 )
                 .await;
@@ -166,7 +161,7 @@ impl SessionSetup<'_> {
                     // Without the masked columns' oids no result can be masked: refuse.
                     fatal(
                         &mut io,
-                        "08006",
+                        sqlstate::CONNECTION_FAILURE,
                         format!("interlock could not read the masked columns: {e}"),
                     )
                     .await;
@@ -185,7 +180,12 @@ impl SessionSetup<'_> {
             key: up.key,
         };
         let Some(agent_key) = self.ctx.pg_cancels.register(cancel_target) else {
-            fatal(&mut io, "08006", "interlock: no random source for a cancel key".into()).await;
+            fatal(
+                &mut io,
+                sqlstate::CONNECTION_FAILURE,
+                "interlock: no random source for a cancel key".into(),
+            )
+            .await;
             return Outcome::Error {
                 side: Side::Gateway,
                 error: "getrandom failed".into(),
