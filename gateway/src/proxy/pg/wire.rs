@@ -370,3 +370,106 @@ pub fn parse_hello(body: &[u8]) -> Result<Hello, WireError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = version.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn hellos_of_every_kind_parse() {
+        assert!(matches!(parse_hello(&80_877_103i32.to_be_bytes()), Ok(Hello::Ssl)));
+        assert!(matches!(parse_hello(&80_877_104i32.to_be_bytes()), Ok(Hello::Gss)));
+        let mut cancel = 80_877_102i32.to_be_bytes().to_vec();
+        cancel.extend_from_slice(&7i32.to_be_bytes());
+        cancel.extend_from_slice(&(-9i32).to_be_bytes());
+        assert!(matches!(parse_hello(&cancel), Ok(Hello::Cancel { pid: 7, key: -9 })));
+        let body = startup(3 << 16 | 2, &[("user", "app"), ("database", "shop")]);
+        match parse_hello(&body) {
+            Ok(Hello::Startup { minor, params }) => {
+                assert_eq!(minor, 2);
+                assert_eq!(
+                    params,
+                    [("user".into(), "app".into()), ("database".into(), "shop".into())]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_and_hostile_hellos_are_the_agents_errors() {
+        let body = startup(3 << 16, &[("user", "app")]);
+        // Every cut short of the whole message is refused, never a panic.
+        for cut in 0..body.len() {
+            let e = parse_hello(&body[..cut]).expect_err("truncated startup accepted");
+            assert_eq!(e.side(), Side::Agent, "{e}");
+        }
+        // Bytes after the terminating empty name.
+        let mut trailing = body.clone();
+        trailing.push(b'x');
+        assert!(parse_hello(&trailing).is_err());
+        // A version the gateway does not speak (protocol 2.0), and not UTF-8.
+        assert!(parse_hello(&startup(2 << 16, &[])).is_err());
+        let mut bad = (3i32 << 16).to_be_bytes().to_vec();
+        bad.extend_from_slice(b"us\xffer\0app\0\0");
+        assert!(parse_hello(&bad).is_err());
+    }
+
+    #[test]
+    fn message_lengths_wait_for_the_whole_message_and_bound_it() {
+        let mut out = BytesMut::new();
+        message(&mut out, b'Q', |b| put_cstr(b, b"SELECT 1"));
+        let whole = out.len();
+        assert_eq!(whole, 1 + 4 + 9);
+        for cut in 0..whole {
+            assert_eq!(complete_len(&out[..cut], Side::Agent).unwrap(), None, "cut at {cut}");
+        }
+        assert_eq!(complete_len(&out, Side::Agent).unwrap(), Some(whole));
+        assert_eq!(announced_len(&out[..5], Side::Agent).unwrap(), Some(whole));
+        // A length below its own four bytes is malformed.
+        let e = complete_len(&[b'Q', 0, 0, 0, 3], Side::Agent).unwrap_err();
+        assert!(matches!(e, WireError::Malformed { side: Side::Agent, .. }), "{e}");
+        // A message over the gateway's limit is refused before it is read.
+        let huge = (MAX_MESSAGE as u32).to_be_bytes();
+        let e = complete_len(&[b'Q', huge[0], huge[1], huge[2], huge[3]], Side::Upstream).unwrap_err();
+        assert_eq!(e.side(), Side::Upstream);
+    }
+
+    #[test]
+    fn a_cursor_reports_truncation_and_leftovers() {
+        let mut c = Cursor::new(b"ab\0\x00\x01\x00\x00\x00\x02z", Side::Upstream);
+        assert_eq!(c.cstr().unwrap(), "ab");
+        assert_eq!(c.i16().unwrap(), 1);
+        assert_eq!(c.i32().unwrap(), 2);
+        assert!(c.end().is_err(), "one byte left over");
+        assert_eq!(c.u8().unwrap(), b'z');
+        c.end().unwrap();
+        assert!(c.i32().is_err());
+        assert!(c.bytes(1).is_err());
+        let mut unterminated = Cursor::new(b"abc", Side::Agent);
+        assert_eq!(unterminated.cstr().unwrap_err().side(), Side::Agent);
+    }
+
+    #[test]
+    fn error_fields_encode_as_an_error_response() {
+        let mut e = ErrorFields::fatal("57P01", "cut");
+        e.detail = Some("why".into());
+        let bytes = e.to_bytes();
+        assert_eq!(bytes[0], b'E');
+        assert_eq!(complete_len(&bytes, Side::Upstream).unwrap(), Some(bytes.len()));
+        let body = &bytes[5..];
+        assert_eq!(body, b"SFATAL\0VFATAL\0C57P01\0Mcut\0Dwhy\0\0");
+    }
+}
