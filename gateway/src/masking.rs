@@ -15,6 +15,35 @@ pub use detectors::{Detector, DetectorKind, BUILTIN_NAMES};
 pub use sse::SseMasker;
 pub use stream::StreamMasker;
 
+/// Why masking rules could not be built (the gateway's own config, which
+/// validation checked: a request meeting one is denied, not passed unmasked).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaskError {
+    /// No built-in or configured detector has this name.
+    #[error("unknown detector `{0}` (known: {known})", known = BUILTIN_NAMES.join(", "))]
+    Unknown(String),
+    /// A detector's pattern does not compile.
+    #[error("detector {name}: {message}")]
+    Pattern {
+        /// The detector.
+        name: String,
+        /// The regex engine's complaint.
+        message: String,
+    },
+    /// A rule's field path is malformed.
+    #[error("{0}")]
+    Field(String),
+}
+
+impl MaskError {
+    fn pattern(name: &str, e: regex::Error) -> Self {
+        Self::Pattern {
+            name: name.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// One masked value: which detector, and where in the output it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
@@ -86,7 +115,7 @@ fn prefilter(detectors: &[(Detector, Style)]) -> Option<regex::bytes::RegexSet> 
 
 impl Masker {
     /// Detectors by name (see [`DetectorKind`]) plus custom (name, regex) pairs, all in one style.
-    pub fn new(names: &[String], custom: &[(String, String)], style: Style) -> Result<Self, String> {
+    pub fn new(names: &[String], custom: &[(String, String)], style: Style) -> Result<Self, MaskError> {
         let mut detectors = Vec::new();
         for name in names {
             detectors.push((Detector::builtin(name)?, style));
@@ -113,7 +142,7 @@ impl Masker {
     }
 
     /// Adds a detector for one exact value (redacted).
-    pub fn with_literal(mut self, name: &str, value: &str) -> Result<Self, String> {
+    pub fn with_literal(mut self, name: &str, value: &str) -> Result<Self, MaskError> {
         self.detectors.push((Detector::literal(name, value)?, Style::Redact));
         self.prefilter = prefilter(&self.detectors);
         Ok(self)

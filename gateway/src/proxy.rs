@@ -151,7 +151,11 @@ impl ProxyCtx {
 
     /// The masking plan for `@mask` names, plus an exact secret to scrub if
     /// the gateway injected one (built once per set).
-    pub fn mask_plan(&self, names: &[String], secret: Option<&str>) -> Result<Arc<crate::masking::MaskPlan>, String> {
+    pub fn mask_plan(
+        &self,
+        names: &[String],
+        secret: Option<&str>,
+    ) -> Result<Arc<crate::masking::MaskPlan>, crate::masking::MaskError> {
         let key = (names.to_vec(), secret.map(str::to_owned));
         self.maskers
             .get_or_build(key, || self.catalog.plan(names, secret).map(Arc::new))

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;
 
-use super::{Detector, Finding, Masker, Style, BUILTIN_NAMES};
+use super::{Detector, Finding, MaskError, Masker, Style, BUILTIN_NAMES};
 use crate::config::MaskingConfig;
 use crate::types::{FieldPath, PathSegment as Segment};
 
@@ -112,7 +112,7 @@ impl Catalog {
         names
     }
 
-    fn detector(&self, name: &str) -> Result<Detector, String> {
+    fn detector(&self, name: &str) -> Result<Detector, MaskError> {
         match self.custom.get(name) {
             Some(regex) => Detector::custom(name, regex),
             None => Detector::builtin(name),
@@ -120,7 +120,7 @@ impl Catalog {
     }
 
     /// The plan for `@mask` names, plus an exact secret to scrub everywhere.
-    pub fn plan(&self, names: &[String], secret: Option<&str>) -> Result<MaskPlan, String> {
+    pub fn plan(&self, names: &[String], secret: Option<&str>) -> Result<MaskPlan, MaskError> {
         let mut any: Vec<(Detector, Style)> = Vec::new();
         let mut keep: Vec<String> = Vec::new();
         let mut fields = Vec::new();
@@ -134,13 +134,13 @@ impl Catalog {
                         .detectors
                         .iter()
                         .map(|d| Ok((self.detector(d)?, rule.style)))
-                        .collect::<Result<Vec<_>, String>>()?;
+                        .collect::<Result<Vec<_>, MaskError>>()?;
                     if rule.fields.is_empty() {
                         any.extend(detectors);
                     } else {
                         let masker = Arc::new(Masker::from_parts(detectors).keeping(keep.clone()));
                         for f in &rule.fields {
-                            fields.push((FieldPath::parse(f)?, masker.clone()));
+                            fields.push((FieldPath::parse(f).map_err(MaskError::Field)?, masker.clone()));
                         }
                     }
                 }

@@ -2,6 +2,7 @@
 //! (Luhn for cards, mod-97 for IBANs) so random digit runs are not masked.
 use regex::bytes::Regex;
 
+use super::MaskError;
 pub use crate::types::BUILTIN_NAMES;
 
 /// The built-in detectors.
@@ -107,12 +108,10 @@ const BUILTINS: [(&str, DetectorKind, &str, usize); 9] = [
 
 impl Detector {
     /// A built-in detector by name.
-    pub fn builtin(name: &str) -> Result<Self, String> {
-        let (n, kind, pattern, max_len) = BUILTINS.iter().find(|(n, ..)| *n == name).copied().ok_or_else(|| {
-            let known: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
-            format!("unknown detector `{name}` (known: {})", known.join(", "))
-        })?;
-        let regex = Regex::new(pattern).map_err(|e| format!("detector {n}: {e}"))?;
+    pub fn builtin(name: &str) -> Result<Self, MaskError> {
+        let (n, kind, pattern, max_len) =
+            (BUILTINS.iter().find(|(n, ..)| *n == name).copied()).ok_or_else(|| MaskError::Unknown(name.to_owned()))?;
+        let regex = Regex::new(pattern).map_err(|e| MaskError::pattern(n, e))?;
         Ok(Self {
             name: n.to_owned(),
             kind,
@@ -123,8 +122,8 @@ impl Detector {
     }
 
     /// An operator's detector; its matches are capped at 256 bytes for streaming.
-    pub fn custom(name: &str, pattern: &str) -> Result<Self, String> {
-        let regex = Regex::new(pattern).map_err(|e| format!("detector {name}: {e}"))?;
+    pub fn custom(name: &str, pattern: &str) -> Result<Self, MaskError> {
+        let regex = Regex::new(pattern).map_err(|e| MaskError::pattern(name, e))?;
         Ok(Self {
             name: name.to_owned(),
             kind: DetectorKind::Custom,
@@ -136,8 +135,8 @@ impl Detector {
 
     /// Matches one exact value (e.g. a secret the gateway injected, so an
     /// upstream echoing it back cannot hand it to the agent).
-    pub fn literal(name: &str, value: &str) -> Result<Self, String> {
-        let regex = Regex::new(&regex::escape(value)).map_err(|e| format!("detector {name}: {e}"))?;
+    pub fn literal(name: &str, value: &str) -> Result<Self, MaskError> {
+        let regex = Regex::new(&regex::escape(value)).map_err(|e| MaskError::pattern(name, e))?;
         Ok(Self {
             name: name.to_owned(),
             kind: DetectorKind::Custom,

@@ -52,6 +52,7 @@ fn styles() {
     assert_eq!(text(&custom, "see TCK-123456").0, "see [REDACTED:ticket]");
     assert!(Masker::new(&["nope".into()], &[], Style::Redact)
         .unwrap_err()
+        .to_string()
         .contains("known:"));
 }
 

@@ -186,8 +186,7 @@ async fn allowed(
         req.headers_mut().remove(header::ACCEPT_ENCODING);
         Some(
             s.ctx
-                .mask_plan(&decision.mask, secret.as_ref().map(|m| m.secret.as_str()))
-                .map_err(Failure::Masking)?,
+                .mask_plan(&decision.mask, secret.as_ref().map(|m| m.secret.as_str()))?,
         )
     };
     let req = req.map(|b| bodies.request(b));

@@ -7,6 +7,7 @@ use http::StatusCode;
 use super::{json_response, Body};
 use crate::{
     credentials::CredentialError,
+    masking::MaskError,
     net::{TlsConfigError, UpstreamError},
     types::Side,
 };
@@ -39,7 +40,7 @@ pub enum Failure {
     Secret(#[from] CredentialError),
     /// The masking rules for the exchange could not be built.
     #[error("masking: {0}")]
-    Masking(String),
+    Masking(#[from] MaskError),
 }
 
 impl Failure {
@@ -100,7 +101,7 @@ mod tests {
                 Side::Gateway,
                 502,
             ),
-            (Failure::Masking("unknown rule".into()), Side::Gateway, 502),
+            (Failure::from(MaskError::Unknown("rule".into())), Side::Gateway, 502),
             (Failure::Address("bad host".into()), Side::Agent, 400),
         ];
         for (failure, side, status) in cases {
