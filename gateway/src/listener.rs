@@ -243,7 +243,8 @@ async fn admit(
     let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed));
     let (record, via) = match origin::find(shared, way, &stream, peer).await {
         Ok(found) => found,
-        Err(reason) => {
+        Err(refused) => {
+            let reason = refused.to_string();
             tracing::warn!(conn = %id, %peer, "refused: {reason}");
             refuse(stream);
             proxy::record_refusal(&shared.ctx.events, id, peer, None, &reason).await;

@@ -26,6 +26,27 @@ pub struct Way {
     pub arrival: Arrival,
 }
 
+/// Why a connection to the listener is refused before it is judged: its
+/// caller cannot be found, or must not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The listener socket's own address is unavailable (gateway side).
+    #[error("listener address: {0}")]
+    Listener(std::io::Error),
+    /// A redirect listener got a connection no kernel hook recorded.
+    #[error("no kernel record for this connection (dialled the listener directly?)")]
+    NoKernelRecord,
+    /// sock_diag or /proc did not name the caller.
+    #[error("caller unknown: {0}")]
+    Unknown(String),
+    /// The caller exited before it could be named.
+    #[error("caller unknown: process {0} exited")]
+    Exited(u32),
+    /// The caller is revoked (what the kernel hooks would have refused).
+    #[error("{0}")]
+    Revoked(String),
+}
+
 /// The caller's record and how the connection arrived (`kernel`, `nat`,
 /// `explicit`), or why it is refused.
 pub async fn find(
@@ -33,8 +54,8 @@ pub async fn find(
     way: Way,
     stream: &TcpStream,
     peer: SocketAddr,
-) -> Result<(ConnRecord, &'static str), String> {
-    let local = stream.local_addr().map_err(|e| format!("listener address: {e}"))?;
+) -> Result<(ConnRecord, &'static str), OriginError> {
+    let local = stream.local_addr().map_err(OriginError::Listener)?;
     match way.arrival {
         Arrival::Explicit(dst) => owner_record(shared, way, peer, local, dst)
             .await
@@ -47,7 +68,7 @@ pub async fn find(
             }
             match kernel_record(shared, &handoff_key(way.netns_cookie, peer), peer, local).await {
                 Some(record) => Ok((record, "kernel")),
-                None => Err("no kernel record for this connection (dialled the listener directly?)".into()),
+                None => Err(OriginError::NoKernelRecord),
             }
         }
     }
@@ -103,17 +124,13 @@ async fn owner_record(
     peer: SocketAddr,
     dialled: SocketAddr,
     dst: OrigDst,
-) -> Result<ConnRecord, String> {
-    let owner = shared
-        .owners
-        .find(peer, dialled)
-        .await
-        .map_err(|e| format!("caller unknown: {e}"))?;
+) -> Result<ConnRecord, OriginError> {
+    let owner = (shared.owners.find(peer, dialled).await).map_err(|e| OriginError::Unknown(e.to_string()))?;
     let (record, cgroups) = owner
         .record(dst, way.netns_cookie, &shared.cgroup_mount)
-        .ok_or_else(|| format!("caller unknown: process {} exited", owner.pid))?;
+        .ok_or(OriginError::Exited(owner.pid))?;
     if let Some(why) = shared.kernel.refusal(record.pid, record.uid, &cgroups) {
-        return Err(why);
+        return Err(OriginError::Revoked(why));
     }
     Ok(record)
 }
