@@ -301,7 +301,10 @@ async fn admit(
     };
     let judged = targets.judge(orig_dst, protocol.host(), &shared.ctx.gate.names).await;
     let verdict = shared.ctx.gate.connect(agent, &identity, orig_dst, &judged);
-    tracing::debug!(conn = %id, via, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, ?protocol, outcome = ?verdict.decision.outcome, "accepted");
+    tracing::debug!(
+        conn = %id, via, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, target = %verdict.target.name,
+        policy_generation = verdict.generation, ?protocol, outcome = ?verdict.decision.outcome, "accepted"
+    );
     let start = SessionStart {
         id,
         identity,

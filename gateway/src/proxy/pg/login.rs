@@ -57,6 +57,27 @@ impl LoginError {
     }
 }
 
+/// Why a query the gateway runs upstream for itself (the masked columns'
+/// lookup, a pooled session's reset) failed. Upstream side.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The connection failed or the server broke the protocol.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The server answered with an error.
+    #[error("the server refused it: {0}")]
+    Refused(String),
+    /// The server answered something the gateway did not ask for.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl From<std::io::Error> for QueryError {
+    fn from(source: std::io::Error) -> Self {
+        Self::Wire(WireError::Io { side: SIDE, source })
+    }
+}
+
 /// What the login needs.
 pub struct LoginSpec<'a> {
     /// Where the database is.

@@ -184,19 +184,20 @@ fn still_quiet(up: &mut Upstream) -> bool {
 }
 
 /// `DISCARD ALL`, answered by its completion and an idle ReadyForQuery.
-async fn reset(up: &mut Upstream) -> Result<(), String> {
+async fn reset(up: &mut Upstream) -> Result<(), login::QueryError> {
+    use login::QueryError;
     let mut out = BytesMut::new();
-    frontend::query("DISCARD ALL", &mut out).map_err(|e| e.to_string())?;
-    up.io.write_all(&out).await.map_err(|e| e.to_string())?;
+    frontend::query("DISCARD ALL", &mut out)?;
+    up.io.write_all(&out).await?;
     let mut completed = false;
     loop {
-        match login::next(&mut up.io, &mut up.buf).await.map_err(|e| e.to_string())? {
+        match login::next(&mut up.io, &mut up.buf).await? {
             Message::CommandComplete(_) => completed = true,
-            Message::ErrorResponse(body) => return Err(login::error_text(body.fields()).1),
+            Message::ErrorResponse(body) => return Err(QueryError::Refused(login::error_text(body.fields()).1)),
             Message::ReadyForQuery(body) if completed && body.status() == b'I' && up.buf.is_empty() => return Ok(()),
-            Message::ReadyForQuery(_) => return Err("not idle after the reset".into()),
+            Message::ReadyForQuery(_) => return Err(QueryError::Unexpected("not idle after the reset".into())),
             Message::ParameterStatus(_) | Message::NoticeResponse(_) => {}
-            _ => return Err("unexpected answer to the reset".into()),
+            _ => return Err(QueryError::Unexpected("unexpected answer to the reset".into())),
         }
     }
 }

@@ -278,21 +278,23 @@ fn describe(outcome: &Outcome) -> String {
 
 /// Reads the masked columns' oids on the session's own connection, before the
 /// agent is let in.
-async fn lookup(up: &mut login::Upstream, rules: columns::ColumnRules) -> Result<columns::MaskedColumns, String> {
+async fn lookup(
+    up: &mut login::Upstream,
+    rules: columns::ColumnRules,
+) -> Result<columns::MaskedColumns, login::QueryError> {
+    use login::QueryError;
     use postgres_protocol::message::backend::Message;
     let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(&rules.lookup_sql(), &mut out).map_err(|e| e.to_string())?;
-    up.io.write_all(&out).await.map_err(|e| e.to_string())?;
+    postgres_protocol::message::frontend::query(&rules.lookup_sql(), &mut out)?;
+    up.io.write_all(&out).await?;
     let mut rows = Vec::new();
     let mut failure = None;
     loop {
-        match login::next(&mut up.io, &mut up.buf).await.map_err(|e| e.to_string())? {
+        match login::next(&mut up.io, &mut up.buf).await? {
             Message::DataRow(row) => {
                 let mut values = Vec::new();
                 let mut ranges = row.ranges();
-                while let Some(range) =
-                    fallible_iterator::FallibleIterator::next(&mut ranges).map_err(|e| e.to_string())?
-                {
+                while let Some(range) = fallible_iterator::FallibleIterator::next(&mut ranges)? {
                     values.push(range.map(|r| String::from_utf8_lossy(&row.buffer()[r]).into_owned()));
                 }
                 rows.push(values);
@@ -303,7 +305,7 @@ async fn lookup(up: &mut login::Upstream, rules: columns::ColumnRules) -> Result
         }
     }
     if let Some(e) = failure {
-        return Err(e);
+        return Err(QueryError::Refused(e));
     }
-    columns::MaskedColumns::from_rows(rules, &rows)
+    columns::MaskedColumns::from_rows(rules, &rows).map_err(QueryError::Unexpected)
 }
