@@ -158,6 +158,14 @@ impl Session {
 }
 
 impl Session {
+    /// What the response filter needs of the session.
+    fn view(&self) -> response::SessionView<'_> {
+        response::SessionView {
+            masked: &self.masked,
+            nonce: &self.nonce,
+        }
+    }
+
     /// The session's caller on the decision path.
     fn caller(&self) -> super::judge::Caller<'_> {
         super::judge::Caller {

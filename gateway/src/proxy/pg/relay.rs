@@ -133,7 +133,7 @@ pub async fn relay(
         let mut done = Vec::new();
         loop {
             state
-                .handle(s, &mut up_buf, &pending, &mut out, &mut done)
+                .handle(&s.view(), &mut up_buf, &pending, &mut out, &mut done)
                 .map_err(Ended::Wire)?;
             if state.status != 0 {
                 status.store(state.status, Ordering::Relaxed);
