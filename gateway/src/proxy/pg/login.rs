@@ -120,8 +120,15 @@ fn wire(e: std::io::Error) -> WireError {
 
 /// Connects and logs in.
 pub async fn login(spec: &LoginSpec<'_>, ctx: &Arc<ProxyCtx>) -> Result<Upstream, LoginError> {
-    let mut io = open(spec.addr, spec.tls, spec.ca_file, &spec.tls_name, ctx).await?;
-    let tls = io.1;
+    let (io, tls) = open(spec.addr, spec.tls, spec.ca_file, &spec.tls_name, ctx).await?;
+    authenticate(io, tls, spec).await
+}
+
+/// Logs in on an open connection: the startup message, then whatever
+/// authentication the server asks for, up to its first ReadyForQuery.
+/// Apart from `open` so that it is tested on bytes alone.
+pub async fn authenticate(io: Box<dyn Io>, tls: bool, spec: &LoginSpec<'_>) -> Result<Upstream, LoginError> {
+    let mut io = (io, tls);
     let mut out = BytesMut::new();
     let mut params: Vec<(&str, &str)> = vec![("user", spec.user), ("database", spec.database)];
     params.extend(spec.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -307,3 +314,6 @@ fn parameter_status(name: &str, value: &str) -> Bytes {
     });
     out.freeze()
 }
+
+#[cfg(test)]
+mod tests;
