@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod flamegraph;
 mod fuzz;
 mod setup;
@@ -36,6 +37,13 @@ enum Command {
         /// Fewer and shorter rounds, for a development loop.
         #[arg(long)]
         quick: bool,
+        /// Instead: the gateway's CPU per request at this git revision against
+        /// the working tree, the two taking turns round by round.
+        #[arg(long, value_name = "REV")]
+        compare: Option<String>,
+        /// Alternated rounds for --compare.
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
     },
     /// Flame graphs of the gateway under a bench scenario's load (perf and
     /// inferno), written to bench/flamegraph-<scenario>.svg.
@@ -91,7 +99,12 @@ fn main() -> Result<()> {
             setup::run(&root)?;
             fuzz::run(&root, seconds, &targets)
         }
-        Command::Bench { quick } => bench(&root, quick),
+        Command::Bench {
+            compare: Some(rev),
+            rounds,
+            ..
+        } => compare::run(&root, &rev, rounds),
+        Command::Bench { quick, .. } => bench(&root, quick),
         Command::Flamegraph { scenarios } => {
             let scenarios = if scenarios.is_empty() {
                 flamegraph::DEFAULT_SCENARIOS.map(str::to_owned).to_vec()
