@@ -41,11 +41,6 @@ impl Net {
         }
     }
 
-    /// The SO_MARK on every upstream socket.
-    pub fn mark(&self) -> u32 {
-        self.mark
-    }
-
     /// Opens a marked TCP connection to `dst`.
     pub async fn connect(&self, dst: OrigDst) -> Result<TcpStream, UpstreamError> {
         connect_upstream(dst, self.mark, self.connect_timeout).await

@@ -8,16 +8,10 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Why a state file could not be read or written (the callers name the file).
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    /// The file is not valid JSON for its kind of state.
-    #[error("line {line} column {column}: {source}")]
-    Malformed {
-        /// Line of the problem.
-        line: usize,
-        /// Column of the problem.
-        column: usize,
-        /// What is wrong there.
-        source: serde_json::Error,
-    },
+    /// The file is not valid JSON for its kind of state (the error names
+    /// the line and column).
+    #[error("{0}")]
+    Malformed(serde_json::Error),
     /// The state could not be encoded (the gateway's bug).
     #[error("encoding: {0}")]
     Encode(serde_json::Error),
@@ -30,11 +24,7 @@ pub enum PersistError {
 /// in the file the problem is.
 pub fn load_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, PersistError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|source| PersistError::Malformed {
-            line: source.line(),
-            column: source.column(),
-            source,
-        }),
+        Ok(text) => serde_json::from_str(&text).map_err(PersistError::Malformed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(e) => Err(e.into()),
     }

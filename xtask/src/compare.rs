@@ -85,10 +85,16 @@ pub fn run(root: &Path, rev: &str, rounds: u32) -> Result<()> {
 /// A release binary of `rev`, built in a worktree under `work`.
 fn build_rev(rev: &str, work: &Path, env: &[(String, String)]) -> Result<PathBuf> {
     let tree = work.join("tree");
-    let _ = shell::run(&mut shell::cmd(
-        "git",
-        &["worktree", "remove", "--force", tree.to_str().unwrap_or_default()],
-    ));
+    let remove = || {
+        let _ = shell::run(&mut shell::cmd(
+            "git",
+            &["worktree", "remove", "--force", tree.to_str().unwrap_or_default()],
+        ));
+    };
+    // One left by an interrupted run.
+    if tree.exists() {
+        remove();
+    }
     shell::run(&mut shell::cmd(
         "git",
         &["worktree", "add", "--detach", tree.to_str().unwrap_or_default(), rev],
@@ -102,10 +108,7 @@ fn build_rev(rev: &str, work: &Path, env: &[(String, String)]) -> Result<PathBuf
     );
     let bin = work.join(format!("interlock-{}", slug(rev)));
     let copied = built.and_then(|()| Ok(std::fs::copy(work.join("target/release/interlock"), &bin)?));
-    let _ = shell::run(&mut shell::cmd(
-        "git",
-        &["worktree", "remove", "--force", tree.to_str().unwrap_or_default()],
-    ));
+    remove();
     copied.with_context(|| format!("building {rev}"))?;
     Ok(bin)
 }

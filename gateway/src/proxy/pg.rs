@@ -155,9 +155,7 @@ impl Session {
         };
         self.ctx.events.record(Event::SqlStatement(Box::new(event))).await
     }
-}
 
-impl Session {
     /// What the response filter needs of the session.
     fn view(&self) -> response::SessionView<'_> {
         response::SessionView {

@@ -244,9 +244,9 @@ async fn settle(
     Response::from_parts(parts, body)
 }
 
-/// 403 for a denial (by policy, by a reviewer, or a review that timed out).
-/// HTTP on the decision path: no checks of its own; a refusal is a 403
-/// with the decision in JSON.
+/// HTTP on the decision path: no checks of its own; a refusal (by policy,
+/// by a reviewer, or a review that timed out) is a 403 with the decision in
+/// JSON.
 struct Http;
 
 impl judge::Protocol for Http {

@@ -128,18 +128,18 @@ pub async fn login(spec: &LoginSpec<'_>, ctx: &Arc<ProxyCtx>) -> Result<Upstream
 /// authentication the server asks for, up to its first ReadyForQuery.
 /// Apart from `open` so that it is tested on bytes alone.
 pub async fn authenticate(io: Box<dyn Io>, tls: bool, spec: &LoginSpec<'_>) -> Result<Upstream, LoginError> {
-    let mut io = (io, tls);
+    let mut io = io;
     let mut out = BytesMut::new();
     let mut params: Vec<(&str, &str)> = vec![("user", spec.user), ("database", spec.database)];
     params.extend(spec.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(params, &mut out).map_err(wire)?;
-    io.0.write_all(&out).await.map_err(wire)?;
+    io.write_all(&out).await.map_err(wire)?;
     let mut buf = BytesMut::new();
     let mut scram: Option<ScramSha256> = None;
     let mut greeting = Vec::new();
     let mut key = (0, 0);
     loop {
-        let msg = next(&mut io.0, &mut buf).await?;
+        let msg = next(&mut io, &mut buf).await?;
         out.clear();
         match msg {
             Message::AuthenticationOk => {}
@@ -200,7 +200,7 @@ pub async fn authenticate(io: Box<dyn Io>, tls: bool, spec: &LoginSpec<'_>) -> R
             Message::BackendKeyData(body) => key = (body.process_id(), body.secret_key()),
             Message::ReadyForQuery(_) => {
                 return Ok(Upstream {
-                    io: io.0,
+                    io,
                     buf,
                     greeting,
                     key,
@@ -210,7 +210,7 @@ pub async fn authenticate(io: Box<dyn Io>, tls: bool, spec: &LoginSpec<'_>) -> R
             _ => return Err(WireError::malformed(SIDE, "unexpected message during login").into()),
         }
         if !out.is_empty() {
-            io.0.write_all(&out).await.map_err(wire)?;
+            io.write_all(&out).await.map_err(wire)?;
         }
     }
 }

@@ -52,13 +52,9 @@ pub enum Step {
     Terminate,
 }
 
-fn kind_facts(action: &ActionKind) -> (String, Vec<String>, Vec<String>) {
+fn kind_facts(action: ActionKind) -> (String, Vec<String>, Vec<String>) {
     match action {
-        ActionKind::SqlStatement { facts, .. } => (
-            facts.kind.clone(),
-            facts.tables_read.clone(),
-            facts.tables_written.clone(),
-        ),
+        ActionKind::SqlStatement { facts, .. } => (facts.kind, facts.tables_read, facts.tables_written),
         _ => (String::new(), Vec::new(), Vec::new()),
     }
 }
@@ -202,7 +198,8 @@ pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Resul
         Some(m) => String::from_utf8_lossy(&m.mask(sql.as_bytes()).0).into_owned(),
         None => sql.to_owned(),
     };
-    let (kind, tables_read, tables_written) = kind_facts(&classified.action);
+    let computed = classified.touches_masked;
+    let (kind, tables_read, tables_written) = kind_facts(classified.action);
     Ok(Statement {
         sql: cap(&audit_sql, s.ctx.settings.body_cap),
         kind,
@@ -211,7 +208,7 @@ pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Resul
         decision: judged.decision,
         detectors,
         denial,
-        computed: classified.touches_masked,
+        computed,
         counted: false,
     })
 }
