@@ -9,7 +9,8 @@
 //! (where the JSON and Markdown go), BENCH_BODY_CAP ([audit] body_cap),
 //! BENCH_HOLD=secs (keep everything up for a profiler), BENCH_PERF=dir (a
 //! `perf record` of one Interlock round per scenario, for `cargo xtask
-//! flamegraph`), OHA (oha's path).
+//! flamegraph`), BENCH_CALLGRIND=1 (the gateway runs under callgrind:
+//! instructions per request as well; `dump`: and a profile of each), OHA (oha's path).
 use std::{process::Command, time::Duration};
 
 use interlock_tests::{nat::NatRule, postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup};
@@ -119,6 +120,10 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Under callgrind (about 50 times slower): the short and the long run's
+/// seconds, long enough for TLS handshakes to finish in the short one.
+const CALLGRIND_SECS: (u32, u32) = (6, 18);
+
 /// The run's settings and its samples.
 pub struct Bench {
     /// Rounds per scenario.
@@ -131,6 +136,8 @@ pub struct Bench {
     gateway_pid: u32,
     /// `BENCH_PERF`: where recordings of the gateway go.
     perf_dir: Option<std::path::PathBuf>,
+    /// `BENCH_CALLGRIND`: the gateway runs under callgrind; count its instructions.
+    callgrind: bool,
     samples: Vec<Value>,
 }
 
@@ -167,7 +174,9 @@ impl Bench {
         self.contenders.is_empty() || self.contenders.split(',').any(|c| c == contender)
     }
 
-    /// Runs one measurement; for Interlock, also the gateway's CPU time per request.
+    /// Runs one measurement of `secs` seconds (`args` builds the client's
+    /// arguments for a length); for Interlock, also the gateway's CPU time
+    /// per request, and under callgrind its instructions per request.
     #[allow(clippy::too_many_arguments)]
     pub fn measure(
         &mut self,
@@ -176,23 +185,45 @@ impl Bench {
         round: u32,
         via: &Via<'_>,
         program: &str,
-        args: &[String],
-        parse: impl FnOnce(&str) -> Value,
+        args: impl Fn(u32) -> Vec<String>,
+        parse: impl Fn(&str) -> Value,
     ) {
+        let counted = self.callgrind && contender.starts_with("interlock");
+        // Under callgrind: a short run and a long one, and the difference
+        // between them per request, so what every run pays once (logins,
+        // TLS handshakes, the client's start) is not spread over requests.
+        let short = counted.then(|| {
+            profile::callgrind_zero(self.gateway_pid);
+            let s = parse(&run(via, program, &args(CALLGRIND_SECS.0)));
+            (
+                s["count"].as_f64().unwrap_or(0.0),
+                profile::callgrind_instructions(self.gateway_pid, None),
+            )
+        });
+        let secs = if counted { CALLGRIND_SECS.1 } else { self.secs };
         let recording = self
             .perf_dir
             .as_deref()
             .filter(|_| contender == "interlock" && round == self.rounds_of(scenario) / 2)
-            .map(|dir| profile::start(dir, scenario, self.gateway_pid, self.secs));
+            .map(|dir| profile::start(dir, scenario, self.gateway_pid, secs));
+        if counted {
+            profile::callgrind_zero(self.gateway_pid);
+        }
         let cpu0 = cpu_seconds(self.gateway_pid);
-        let mut s = parse(&run(via, program, args));
+        let mut s = parse(&run(via, program, &args(secs)));
         let cpu = cpu_seconds(self.gateway_pid) - cpu0;
+        let long = counted.then(|| profile::callgrind_instructions(self.gateway_pid, Some(scenario)));
         if let Some(recording) = recording {
             recording.finish();
         }
         let count = s["count"].as_f64().unwrap_or(0.0);
         if contender.starts_with("interlock") && count > 0.0 {
             s["gateway_cpu_us"] = json!(cpu / count * 1e6);
+        }
+        if let (Some((short_count, short_ir)), Some(long_ir)) = (short, long) {
+            if count > short_count {
+                s["gateway_instructions"] = json!((long_ir - short_ir) / (count - short_count));
+            }
         }
         eprintln!(
             "{scenario} round {round} {contender}: {:.0}/s p50 {:.0}us p99 {:.0}us",
@@ -362,6 +393,7 @@ fn main() {
         quick,
         gateway_pid,
         perf_dir: std::env::var_os("BENCH_PERF").map(Into::into),
+        callgrind: std::env::var_os("BENCH_CALLGRIND").is_some(),
         samples: Vec::new(),
     };
     // Interlock three ways: the eBPF redirect; dialled explicitly; sent by

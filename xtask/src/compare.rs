@@ -5,7 +5,9 @@
 //! then the side-by-side bench runs each scenario with Interlock alone, the
 //! two binaries taking turns round by round (so drift hits both alike), and
 //! the medians are printed. Quick rounds on a shared VM vary by ±10 % or
-//! more between runs of one binary: use enough rounds.
+//! more between runs of one binary: use enough rounds, or `--instructions`,
+//! which runs both gateways under callgrind and counts the instructions
+//! each executed per request (slow, but within about a percent run to run).
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -24,10 +26,39 @@ const SCENARIOS: [&str; 4] = [
     "-M prepared",
 ];
 
+/// What is compared per request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// The gateway's CPU time (utime + stime), in µs.
+    Cpu,
+    /// Instructions the gateway executed, counted by callgrind.
+    Instructions,
+}
+
+impl Measure {
+    /// The sample field the side-by-side bench writes it to.
+    fn field(self) -> &'static str {
+        match self {
+            Measure::Cpu => "gateway_cpu_us",
+            Measure::Instructions => "gateway_instructions",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Measure::Cpu => "gateway CPU per request (µs",
+            Measure::Instructions => "gateway instructions per request (callgrind",
+        }
+    }
+}
+
 /// Builds both, runs `rounds` alternated rounds, prints the table.
-pub fn run(root: &Path, rev: &str, rounds: u32) -> Result<()> {
+pub fn run(root: &Path, rev: &str, rounds: u32, measure: Measure) -> Result<()> {
     setup::run(root)?;
     setup::install_packages(setup::BENCH_PACKAGES)?;
+    if measure == Measure::Instructions {
+        setup::install_packages(&[("callgrind_control", "valgrind")])?;
+    }
     let oha = setup::oha()?;
     let env = setup::toolchain_env();
     let work = target_dir(root).join("compare");
@@ -36,6 +67,10 @@ pub fn run(root: &Path, rev: &str, rounds: u32) -> Result<()> {
     shell::run(shell::cmd("cargo", &["build", "--release", "-p", "gateway", "--bins"]).envs(env.iter().cloned()))?;
     let head = work.join("interlock-head");
     std::fs::copy(target_dir(root).join("release/interlock"), &head)?;
+    let (base, head) = match measure {
+        Measure::Cpu => (base, head),
+        Measure::Instructions => (under_callgrind(&base)?, under_callgrind(&head)?),
+    };
     let contenders = [(rev.to_owned(), base), ("working tree".to_owned(), head)];
     // scenario -> contender -> samples (gateway µs per request)
     let mut cpu: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
@@ -61,14 +96,17 @@ pub fn run(root: &Path, rev: &str, rounds: u32) -> Result<()> {
                     .env("BENCH_QUICK", "1")
                     .env("BENCH_ONLY", scenario)
                     .env("BENCH_CONTENDERS", "interlock");
+                if measure == Measure::Instructions {
+                    side.env("BENCH_CALLGRIND", "1");
+                }
                 shell::run(&mut side)?;
-                for (s, us) in samples(&out.join("side_by_side.json"))? {
+                for (s, us) in samples(&out.join("side_by_side.json"), measure.field())? {
                     cpu.entry(s).or_default().entry(name.clone()).or_default().push(us);
                 }
             }
         }
     }
-    println!("gateway CPU per request (µs, median of {rounds} alternated rounds)");
+    println!("{}, median of {rounds} alternated rounds)", measure.title());
     println!("{:<60} {:>12} {:>12} {:>8}", "scenario", rev, "working tree", "change");
     for (scenario, by) in &cpu {
         let (Some(a), Some(b)) = (
@@ -77,7 +115,7 @@ pub fn run(root: &Path, rev: &str, rounds: u32) -> Result<()> {
         ) else {
             continue;
         };
-        println!("{scenario:<60} {a:>12.1} {b:>12.1} {:>+7.1}%", (b - a) / a * 100.0);
+        println!("{scenario:<60} {a:>12.1} {b:>12.1} {:>+7.2}%", (b - a) / a * 100.0);
     }
     Ok(())
 }
@@ -113,8 +151,23 @@ fn build_rev(rev: &str, work: &Path, env: &[(String, String)]) -> Result<PathBuf
     Ok(bin)
 }
 
-/// (scenario, gateway µs per request) of Interlock's samples in a bench result.
-fn samples(path: &Path) -> Result<Vec<(String, f64)>> {
+/// A script beside `bin` that runs it under callgrind, counting from the
+/// start (the bench zeroes the counters before each measurement) and
+/// writing no profile at exit. valgrind execs in place, so the gateway's
+/// pid is the one the bench reads.
+fn under_callgrind(bin: &Path) -> Result<PathBuf> {
+    let script = bin.with_extension("callgrind.sh");
+    let text = format!(
+        "#!/bin/sh\nexec valgrind -q --tool=callgrind --callgrind-out-file=/dev/null '{}' \"$@\"\n",
+        bin.display()
+    );
+    std::fs::write(&script, text)?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(script)
+}
+
+/// (scenario, `field` per request) of Interlock's samples in a bench result.
+fn samples(path: &Path, field: &str) -> Result<Vec<(String, f64)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)?;
     let Some(all) = json["samples"].as_array() else {
@@ -123,7 +176,7 @@ fn samples(path: &Path) -> Result<Vec<(String, f64)>> {
     Ok(all
         .iter()
         .filter(|s| s["contender"] == "interlock")
-        .filter_map(|s| Some((s["scenario"].as_str()?.to_owned(), s["gateway_cpu_us"].as_f64()?)))
+        .filter_map(|s| Some((s["scenario"].as_str()?.to_owned(), s[field].as_f64()?)))
         .collect())
 }
 
@@ -167,7 +220,7 @@ mod tests {
             {"scenario": "b", "contender": "interlock"},
         ]});
         std::fs::write(&path, json.to_string()).unwrap();
-        assert_eq!(samples(&path).unwrap(), vec![("a".to_owned(), 50.0)]);
+        assert_eq!(samples(&path, "gateway_cpu_us").unwrap(), vec![("a".to_owned(), 50.0)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -44,6 +44,10 @@ enum Command {
         /// Alternated rounds for --compare.
         #[arg(long, default_value_t = 6)]
         rounds: u32,
+        /// With --compare: instructions per request, counted by callgrind
+        /// (both gateways run under valgrind), instead of CPU time.
+        #[arg(long, requires = "compare")]
+        instructions: bool,
     },
     /// Flame graphs of the gateway under a bench scenario's load (perf and
     /// inferno), written to bench/flamegraph-<scenario>.svg.
@@ -102,8 +106,16 @@ fn main() -> Result<()> {
         Command::Bench {
             compare: Some(rev),
             rounds,
+            instructions,
             ..
-        } => compare::run(&root, &rev, rounds),
+        } => {
+            let measure = if instructions {
+                compare::Measure::Instructions
+            } else {
+                compare::Measure::Cpu
+            };
+            compare::run(&root, &rev, rounds, measure)
+        }
         Command::Bench { quick, .. } => bench(&root, quick),
         Command::Flamegraph { scenarios } => {
             let scenarios = if scenarios.is_empty() {

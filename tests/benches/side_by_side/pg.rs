@@ -27,7 +27,7 @@ fn parse_pgbench(out: &str) -> Value {
     json!({"rate": rate, "p50_us": avg, "p99_us": null, "count": count})
 }
 
-fn pgbench_args(b: &Bench, mode: &str, clients: u32, dsn: &str, extra: &[String]) -> Vec<String> {
+fn pgbench_args(secs: u32, mode: &str, clients: u32, dsn: &str, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-S".into(),
         "-M".into(),
@@ -37,7 +37,7 @@ fn pgbench_args(b: &Bench, mode: &str, clients: u32, dsn: &str, extra: &[String]
         "-j".into(),
         clients.min(2).to_string(),
         "-T".into(),
-        b.secs.to_string(),
+        secs.to_string(),
         "-n".into(),
     ];
     args.extend(extra.iter().cloned());
@@ -70,8 +70,8 @@ pub fn closed_loop(b: &mut Bench, contenders: &[Contender<'_>]) {
                     continue;
                 }
                 let extra = if connect { vec!["-C".to_owned()] } else { Vec::new() };
-                let args = pgbench_args(b, mode, clients, dsn, &extra);
-                b.measure(&scenario, name, round, via, "pgbench", &args, parse_pgbench);
+                let args = |secs| pgbench_args(secs, mode, clients, dsn, &extra);
+                b.measure(&scenario, name, round, via, "pgbench", args, parse_pgbench);
             }
         }
     }
@@ -117,10 +117,13 @@ pub fn fixed_rate(b: &mut Bench, scenario: &str, rate: f64, contenders: &[Conten
                 "-l".to_owned(),
                 format!("--log-prefix={}/tx", logs.display()),
             ];
-            let args = pgbench_args(b, "simple", 8, dsn, &extra);
-            b.measure(scenario, name, round, via, "pgbench", &args, |out| {
+            let args = |secs| pgbench_args(secs, "simple", 8, dsn, &extra);
+            b.measure(scenario, name, round, via, "pgbench", args, |out| {
                 let mut v = parse_pgbench(out);
                 let (p50, p99, n) = logged_latency(&logs);
+                // Emptied for the next run of this measurement (callgrind's two).
+                let _ = std::fs::remove_dir_all(&logs);
+                let _ = std::fs::create_dir_all(&logs);
                 v["p50_us"] = json!(p50);
                 v["p99_us"] = json!(p99);
                 v["count"] = json!(n);
