@@ -169,17 +169,20 @@ pub fn pg_backend(data: &[u8]) {
     let mut shape = None;
     let mut counts = HashMap::new();
     let mut out = BytesMut::new();
-    while let Ok(Some(message)) = Message::parse(&mut buf) {
-        match message {
-            Message::RowDescription(body) => {
-                shape = crate::proxy::pg::columns::Shape::describe(&body, &masked, true, &mut out).ok();
+    let encoding = crate::proxy::pg::encoding::ClientEncoding::named("LATIN9");
+    while buf.len() >= 5 {
+        let total = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
+        if total < 5 || buf.len() < total {
+            break;
+        }
+        let mut frame = buf.split_to(total);
+        if frame[0] == b'T' {
+            let body = &frame[5..];
+            shape = crate::proxy::pg::columns::Shape::describe(body, &masked, true, encoding, &mut out).ok();
+        } else if let Ok(Some(Message::DataRow(row))) = Message::parse(&mut frame) {
+            if let Some(shape) = &shape {
+                let _ = shape.mask_row(&row, detectors.as_deref(), &mut counts, &mut out);
             }
-            Message::DataRow(row) => {
-                if let Some(shape) = &shape {
-                    let _ = shape.mask_row(&row, detectors.as_deref(), &mut counts, &mut out);
-                }
-            }
-            _ => {}
         }
     }
     // What the gateway wrote parses as backend messages again.
@@ -190,9 +193,17 @@ pub fn pg_backend(data: &[u8]) {
 }
 
 /// SQL classification, cached by shape and exact text, agrees with
-/// classifying the text afresh.
+/// classifying the text afresh; and a text the gateway passes as empty
+/// (no policy asked) holds no statement the parser can find either.
 pub fn sql(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
+    if crate::sql::is_empty(&text) {
+        let parsed = sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, &text);
+        assert!(
+            !matches!(&parsed, Ok(statements) if !statements.is_empty()),
+            "{text:?} passes as empty but parses as {parsed:?}"
+        );
+    }
     let fresh = crate::sql::classify_uncached(&text);
     for _ in 0..2 {
         let cached = crate::sql::classify(&text);

@@ -16,7 +16,11 @@ use sqlparser::{
 
 use crate::types::{ActionKind, SqlFacts};
 
+mod fallback;
+mod lexer;
 mod shape;
+
+pub use lexer::is_empty;
 
 /// The statement could not be parsed (agent input); policy denies it by default.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +28,9 @@ mod shape;
 pub struct SqlError(pub String);
 
 /// Kinds from least to most dangerous; a string's kind is its worst statement's.
-const ORDER: [&str; 8] = [
+const ORDER: [&str; 9] = [
     "select",
+    "cursor",
     "session",
     "transaction",
     "other",
@@ -94,6 +99,9 @@ fn classify_one(stmt: &Statement) -> (&'static str, Vec<String>, bool) {
                 "TRUNCATE" => return ("delete", relations(other), false),
                 "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "END" | "ABORT" => "transaction",
                 "SET" | "SHOW" | "RESET" | "DISCARD" => "session",
+                // Reading or moving through a cursor declared before (its
+                // query was judged then), as `MOVE` is (see `fallback`).
+                "FETCH" | "CLOSE" | "MOVE" => "cursor",
                 _ => "other",
             };
             // A schema change writes whatever tables it names.
@@ -241,7 +249,11 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
             });
             match fixed.map(|f| Parser::parse_sql(&PostgreSqlDialect {}, &f)) {
                 Some(Ok(statements)) => statements,
-                _ => return maintenance(sql).ok_or_else(|| SqlError(first.to_string())),
+                _ => {
+                    return maintenance(sql)
+                        .or_else(|| fallback::classify(sql).map(|action| (action, Extras::default())))
+                        .ok_or_else(|| SqlError(first.to_string()))
+                }
             }
         }
     };
@@ -397,6 +409,8 @@ mod tests {
             ("CREATE TABLE t (id int)", ("ddl", s(&[]), s(&["t"]), true, 1)),
             ("DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 1)),
             ("BEGIN", ("transaction", s(&[]), s(&[]), true, 1)),
+            ("FETCH 10 FROM c", ("cursor", s(&[]), s(&[]), true, 1)),
+            ("CLOSE c", ("cursor", s(&[]), s(&[]), true, 1)),
             ("SET search_path = public", ("session", s(&[]), s(&[]), true, 1)),
             ("SELECT 1; DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 2)),
             ("COPY items FROM STDIN", ("insert", s(&[]), s(&["items"]), true, 1)),

@@ -19,6 +19,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/python3", "python3"),
     // HTTP/2 frames for the agent-side clients (GOAWAY at the drain).
     ("/usr/lib/python3/dist-packages/h2/__init__.py", "python3-h2"),
+    // psycopg for agents run as `nobody` (Debian's 3.1, which has pipelines).
+    ("/usr/lib/python3/dist-packages/psycopg/__init__.py", "python3-psycopg"),
     // A real PostgreSQL server (tests start their own clusters) and its clients.
     ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
     ("psql", "postgresql-client"),
@@ -30,6 +32,7 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     ("httpx", "0.28.1"),
     ("openai", "3.57.0"),
     ("openai-agents", "0.24.0"),
+    ("asyncpg", "0.32.0"),
     ("psycopg", "3.3.9"),
     ("psycopg-binary", "3.3.9"),
     ("PyJWT", "2.15.1"),

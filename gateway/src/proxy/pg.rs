@@ -20,6 +20,7 @@ use crate::{
 
 mod cancel;
 pub mod columns;
+pub(crate) mod encoding;
 pub(crate) mod frontend;
 mod login;
 mod pool;
@@ -52,6 +53,8 @@ pub struct Session {
     nonce: String,
     /// The target's review webhook.
     review_webhook: Option<String>,
+    /// The client_encoding the server reads query text in.
+    encoding: encoding::EncodingCell,
 }
 
 /// A judged SQL string.
@@ -79,7 +82,8 @@ pub struct Run {
     statement: Arc<Statement>,
     protocol: SqlProtocol,
     params: Vec<Option<String>>,
-    portal: String,
+    /// The portal executed (a name in the client's encoding).
+    portal: Vec<u8>,
     time: String,
     started: Instant,
     rows: u64,
@@ -104,7 +108,7 @@ pub enum Expect {
     /// Describe of a portal; `swallow` when the gateway sent it for itself.
     DescribePortal {
         /// The portal.
-        portal: String,
+        portal: Vec<u8>,
         /// The agent did not ask: its answer is not passed on.
         swallow: bool,
         /// Its statement touches masked columns.
@@ -161,6 +165,7 @@ impl Session {
         response::SessionView {
             masked: &self.masked,
             nonce: &self.nonce,
+            encoding: &self.encoding,
         }
     }
 

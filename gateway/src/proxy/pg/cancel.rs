@@ -1,7 +1,9 @@
-//! Cancel keys. The agent is given a key of the gateway's own, never the
-//! server's; a CancelRequest is mapped back to the server's key of that one
-//! session and sent to that session's upstream. A key unknown to the
-//! gateway, or presented by a different agent, cancels nothing.
+//! Cancel keys. The agent is given the server's real backend pid (no
+//! secret: `pg_backend_pid()` returns it, and notifications carry it) with
+//! a secret key of the gateway's own, never the server's; a CancelRequest
+//! is mapped back by that pair to the server's key of that one session and
+//! sent to that session's upstream. A key unknown to the gateway, or
+//! presented by a different agent, cancels nothing.
 use std::{collections::HashMap, sync::Mutex};
 
 use bytes::BytesMut;
@@ -33,13 +35,15 @@ pub struct CancelTarget {
 pub struct CancelTable(Mutex<HashMap<(i32, i32), CancelTarget>>);
 
 impl CancelTable {
-    /// Registers a session; returns the key for its agent, or `None` when the
-    /// kernel's random source fails (no guessable key is handed out).
+    /// Registers a session; returns the key for its agent (the server's
+    /// pid, a secret of the gateway's), or `None` when the kernel's random
+    /// source fails (no guessable key is handed out).
     pub fn register(&self, target: CancelTarget) -> Option<(i32, i32)> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = target.key.0;
         for _ in 0..8 {
-            let pid = random_i32()? & 0x7fff_ffff;
-            let key = (pid.max(1), random_i32()?);
+            // Two servers may have a backend of one pid: the secret tells them apart.
+            let key = (pid, random_i32()?);
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(key) {
                 slot.insert(target);
                 return Some(key);

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::{BufMut, BytesMut};
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::message::backend::{DataRowBody, RowDescriptionBody};
+use postgres_protocol::message::backend::DataRowBody;
 
 use super::wire::{self, WireError};
 use crate::{
@@ -170,42 +170,48 @@ impl Shape {
     /// column (no table behind it) is masked whole unless its type cannot
     /// carry text (`upper(email)`, `row_to_json(c)` are; `count(*)` is not).
     pub fn describe(
-        body: &RowDescriptionBody,
+        body: &[u8],
         masked: &MaskedColumns,
         computed: bool,
+        encoding: super::encoding::ClientEncoding,
         out: &mut BytesMut,
     ) -> Result<Self, WireError> {
-        let bad = |e: std::io::Error| WireError::malformed(Side::Upstream, format!("RowDescription: {e}"));
-        let mut fields = body.fields();
+        // Read here rather than by postgres-protocol, which wants UTF-8
+        // names: a column's name is in the session's client_encoding.
+        let mut c = wire::Cursor::new(body, Side::Upstream);
+        let count = c.i16()? as u16;
         let mut cols = Vec::new();
         let mut rewritten = BytesMut::new();
-        while let Some(f) = fields.next().map_err(bad)? {
-            let derived = computed && f.table_oid() == 0 && !SAFE_COMPUTED.contains(&f.type_oid());
+        for _ in 0..count {
+            let name_bytes = c.cbytes()?;
+            let (table_oid, column_id) = (c.i32()? as u32, c.i16()?);
+            let (type_oid, type_size, type_modifier, format) = (c.i32()? as u32, c.i16()?, c.i32()?, c.i16()?);
+            let name = encoding
+                .decode(name_bytes)
+                .unwrap_or_else(|_| String::from_utf8_lossy(name_bytes));
+            let derived = computed && table_oid == 0 && !SAFE_COMPUTED.contains(&type_oid);
             let rule = if derived {
                 Some((ColumnStyle::Full, Arc::from("computed from masked columns")))
             } else {
-                masked.rule(f.table_oid(), f.column_id(), f.name())
+                masked.rule(table_oid, column_id, &name)
             };
             let as_text = matches!(rule, Some((style, _)) if style != ColumnStyle::Null);
-            wire::put_cstr(&mut rewritten, f.name().as_bytes());
-            rewritten.put_u32(f.table_oid());
-            rewritten.put_i16(f.column_id());
+            wire::put_cstr(&mut rewritten, name_bytes);
+            rewritten.put_u32(table_oid);
+            rewritten.put_i16(column_id);
             if as_text {
                 rewritten.put_u32(TEXT_OID);
                 rewritten.put_i16(-1);
                 rewritten.put_i32(-1);
             } else {
-                rewritten.put_u32(f.type_oid());
-                rewritten.put_i16(f.type_size());
-                rewritten.put_i32(f.type_modifier());
+                rewritten.put_u32(type_oid);
+                rewritten.put_i16(type_size);
+                rewritten.put_i32(type_modifier);
             }
-            rewritten.put_i16(f.format());
-            cols.push(Column {
-                rule,
-                type_oid: f.type_oid(),
-                format: f.format(),
-            });
+            rewritten.put_i16(format);
+            cols.push(Column { rule, type_oid, format });
         }
+        c.end()?;
         wire::message(out, b'T', |b| {
             b.put_u16(cols.len() as u16);
             b.put_slice(&rewritten);

@@ -2,6 +2,8 @@
 //! request filter acts on them (parse apart from acting): every length,
 //! count and string of an untrusted frame is checked here, and the filter
 //! only reads fields. Counts are unsigned 16-bit, as the server reads them.
+//! Query text and the names of statements and portals stay bytes: they are
+//! in the session's client_encoding (see `encoding`), not always UTF-8.
 use bytes::{BufMut, BytesMut};
 
 use super::wire::{self, Cursor, Frame, WireError};
@@ -40,9 +42,9 @@ impl Named {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind<'a> {
     /// The portal made (`""`: the unnamed one).
-    pub portal: &'a str,
+    pub portal: &'a [u8],
     /// The prepared statement bound.
-    pub statement: &'a str,
+    pub statement: &'a [u8],
     /// Parameter format codes: none (all text), one (for all), or one each.
     pub formats: Vec<i16>,
     /// Parameter values; `None` is NULL.
@@ -68,14 +70,14 @@ pub enum Frontend<'a> {
     /// A simple query (one or more statements).
     Query {
         /// The SQL.
-        sql: &'a str,
+        sql: &'a [u8],
     },
     /// Parse: prepares `sql` as `name`.
     Parse {
         /// The statement's name (`""`: the unnamed one).
-        name: &'a str,
+        name: &'a [u8],
         /// The SQL.
-        sql: &'a str,
+        sql: &'a [u8],
         /// Parameter type oids given (0: left to the server).
         param_types: Vec<u32>,
     },
@@ -86,12 +88,12 @@ pub enum Frontend<'a> {
         /// Which kind.
         kind: Named,
         /// Its name.
-        name: &'a str,
+        name: &'a [u8],
     },
     /// Execute a portal.
     Execute {
         /// The portal.
-        portal: &'a str,
+        portal: &'a [u8],
         /// Most rows to return (0: all).
         max_rows: i32,
     },
@@ -100,7 +102,7 @@ pub enum Frontend<'a> {
         /// Which kind.
         kind: Named,
         /// Its name.
-        name: &'a str,
+        name: &'a [u8],
     },
     /// Sync.
     Sync,
@@ -127,17 +129,17 @@ fn count(c: &mut Cursor<'_>) -> Result<usize, WireError> {
 pub fn parse(frame: &Frame) -> Result<Frontend<'_>, WireError> {
     let mut c = Cursor::new(frame.body(), SIDE);
     let message = match frame.tag {
-        b'Q' => Frontend::Query { sql: c.cstr()? },
+        b'Q' => Frontend::Query { sql: c.cbytes()? },
         b'P' => {
-            let name = c.cstr()?;
-            let sql = c.cstr()?;
+            let name = c.cbytes()?;
+            let sql = c.cbytes()?;
             let n = count(&mut c)?;
             let param_types = (0..n).map(|_| c.i32().map(|t| t as u32)).collect::<Result<_, _>>()?;
             Frontend::Parse { name, sql, param_types }
         }
         b'B' => {
-            let portal = c.cstr()?;
-            let statement = c.cstr()?;
+            let portal = c.cbytes()?;
+            let statement = c.cbytes()?;
             let formats = (0..count(&mut c)?).map(|_| c.i16()).collect::<Result<_, _>>()?;
             let n = count(&mut c)?;
             let mut params = Vec::with_capacity(n.min(c.remaining() / 4));
@@ -159,15 +161,15 @@ pub fn parse(frame: &Frame) -> Result<Frontend<'_>, WireError> {
         }
         b'D' => Frontend::Describe {
             kind: Named::parse(c.u8()?, "Describe")?,
-            name: c.cstr()?,
+            name: c.cbytes()?,
         },
         b'E' => Frontend::Execute {
-            portal: c.cstr()?,
+            portal: c.cbytes()?,
             max_rows: c.i32()?,
         },
         b'C' => Frontend::Close {
             kind: Named::parse(c.u8()?, "Close")?,
-            name: c.cstr()?,
+            name: c.cbytes()?,
         },
         b'S' => Frontend::Sync,
         b'H' => Frontend::Flush,
@@ -191,7 +193,7 @@ impl Frontend<'_> {
     /// Writes the message as the agent would have sent it (for round-trip
     /// checks of the parser: `parse` then `encode` gives back the frame).
     pub fn encode(&self, out: &mut BytesMut) {
-        let cstr = |b: &mut BytesMut, s: &str| wire::put_cstr(b, s.as_bytes());
+        let cstr = |b: &mut BytesMut, s: &[u8]| wire::put_cstr(b, s);
         let i16s = |b: &mut BytesMut, v: &[i16]| {
             b.put_u16(v.len() as u16);
             v.iter().for_each(|x| b.put_i16(*x));

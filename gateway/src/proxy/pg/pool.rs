@@ -7,6 +7,9 @@
 //! (address, TLS, role, database, startup parameters), for `pool_idle`.
 //! A new connection per transaction then costs no TCP connect, no backend
 //! start and no SCRAM derivation (half the gateway's CPU per connection).
+//! While it waits, the session's `application_name` says so (`interlock:
+//! idle in the pool of agent ...`, in `pg_stat_activity`); handed over, it
+//! is reset to the login's, which is the agent's own.
 //! Anything unusual (an error, a revocation, a transaction left open, an
 //! answer still owed, a reset that fails) closes the connection instead.
 use std::{
@@ -107,7 +110,7 @@ impl PgPool {
     /// Resets a session's server side and keeps it for `max_idle`; closes it
     /// when the reset fails or the pool for its login is full.
     pub async fn give(self: &Arc<Self>, key: PoolKey, mut up: Upstream, max_idle: Duration) {
-        match tokio::time::timeout(RESET_WAIT, reset(&mut up)).await {
+        match tokio::time::timeout(RESET_WAIT, reset(&mut up, &key.agent)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(upstream = %key.upstream, "upstream session not pooled: {e}");
@@ -183,18 +186,55 @@ fn still_quiet(up: &mut Upstream) -> bool {
     )
 }
 
-/// `DISCARD ALL`, answered by its completion and an idle ReadyForQuery.
-async fn reset(up: &mut Upstream) -> Result<(), login::QueryError> {
-    use login::QueryError;
+/// What `pg_stat_activity` shows as the `application_name` of a pooled
+/// session while it waits for its agent's next one.
+pub fn idle_name(agent: &crate::types::AgentName) -> String {
+    format!("interlock: idle in the pool of agent {agent}")
+}
+
+/// `DISCARD ALL`, then the idle session's `application_name`, each answered
+/// by its completion and an idle ReadyForQuery.
+async fn reset(up: &mut Upstream, agent: &crate::types::AgentName) -> Result<(), login::QueryError> {
     let mut out = BytesMut::new();
     frontend::query("DISCARD ALL", &mut out)?;
+    let name = idle_name(agent).replace('\'', "''");
+    frontend::query(&format!("SET application_name = '{name}'"), &mut out)?;
     up.io.write_all(&out).await?;
+    answered(up).await?;
+    answered(up).await?;
+    nothing_after(up)
+}
+
+/// Hands a pooled session over to the agent's new one: `RESET
+/// application_name` gives back the login's own (the agent's startup
+/// value), as the session had before it was pooled.
+pub async fn hand_over(up: &mut Upstream) -> Result<(), login::QueryError> {
+    let mut out = BytesMut::new();
+    frontend::query("RESET application_name", &mut out)?;
+    up.io.write_all(&out).await?;
+    answered(up).await?;
+    nothing_after(up)
+}
+
+/// A server that said more than it was asked cannot be lent.
+fn nothing_after(up: &Upstream) -> Result<(), login::QueryError> {
+    if up.buf.is_empty() {
+        Ok(())
+    } else {
+        Err(login::QueryError::Unexpected("more than the answer".into()))
+    }
+}
+
+/// Reads one command's answer: its completion, then an idle ReadyForQuery
+/// with nothing after it.
+async fn answered(up: &mut Upstream) -> Result<(), login::QueryError> {
+    use login::QueryError;
     let mut completed = false;
     loop {
         match login::next(&mut up.io, &mut up.buf).await? {
             Message::CommandComplete(_) => completed = true,
             Message::ErrorResponse(body) => return Err(QueryError::Refused(login::error_text(body.fields()).1)),
-            Message::ReadyForQuery(body) if completed && body.status() == b'I' && up.buf.is_empty() => return Ok(()),
+            Message::ReadyForQuery(body) if completed && body.status() == b'I' => return Ok(()),
             Message::ReadyForQuery(_) => return Err(QueryError::Unexpected("not idle after the reset".into())),
             Message::ParameterStatus(_) | Message::NoticeResponse(_) => {}
             _ => return Err(QueryError::Unexpected("unexpected answer to the reset".into())),

@@ -7,13 +7,14 @@
 //! into the policy's 42501. Everything else passes as it came.
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::frontend;
 
 use super::{
+    encoding::{self, DecodeError},
     frontend::{self as parsed, Frontend, Named},
     sqlstate,
-    wire::{ErrorFields, Frame, WireError},
+    wire::{self, ErrorFields, Frame, WireError},
     Expect, Run, Session, Statement,
 };
 use crate::{
@@ -27,11 +28,12 @@ use crate::{
 /// Longest parameter value kept in an audit event.
 const PARAM_CAP: usize = 1 << 10;
 
-/// What the agent has prepared and bound, as the request side knows it.
+/// What the agent has prepared and bound, as the request side knows it,
+/// by name (bytes in the client's encoding, compared as the server does).
 #[derive(Default)]
 pub struct Prepared {
-    statements: HashMap<String, Arc<Statement>>,
-    portals: HashMap<String, Portal>,
+    statements: HashMap<Vec<u8>, Arc<Statement>>,
+    portals: HashMap<Vec<u8>, Portal>,
 }
 
 struct Portal {
@@ -181,6 +183,9 @@ impl Protocol for Sql<'_> {
 pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Result<Statement, Box<Held>> {
     let (classified, decision) = match settled {
         Some((held, decision)) => (held.classified, decision),
+        // Drivers and pools check a connection with `""` or `";"`: it runs
+        // nothing (EmptyQueryResponse), so no policy is asked.
+        None if crate::sql::is_empty(sql) => return Ok(empty_statement(s, sql)),
         None => {
             let classified = classify(s, sql);
             let decision = judge::ask(&s.ctx, &s.caller(), &classified.action, &Sql { s, c: &classified });
@@ -211,6 +216,72 @@ pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Resul
         computed,
         counted: false,
     })
+}
+
+/// The text of a Query or Parse in the session's client_encoding. While
+/// an execution the server has not answered is in flight, it may change
+/// that encoding (`SET client_encoding`, or any function calling
+/// `set_config`), and the server would read this text in the new one:
+/// then only text that reads the same in every encoding is taken (a
+/// pipelined `SET client_encoding TO sjis` could otherwise make a
+/// backslash the gateway saw vanish into a character, and end a string
+/// literal the gateway thought went on).
+fn text<'q>(
+    s: &Session,
+    sql: &'q [u8],
+    pending: &std::sync::Mutex<std::collections::VecDeque<Expect>>,
+) -> Result<std::borrow::Cow<'q, str>, DecodeError> {
+    let in_flight = || {
+        let pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .any(|e| matches!(e, Expect::Query(_) | Expect::Execute(_)))
+    };
+    if encoding::ambiguous(sql) && in_flight() {
+        return Err(DecodeError::Changing);
+    }
+    s.encoding.get().decode(sql)
+}
+
+/// What a Query or Parse whose text the session's client_encoding cannot
+/// give is recorded as: refused with the server's own code for bad bytes,
+/// never guessed at.
+fn unreadable(s: &Session, sql: &[u8], e: &DecodeError) -> Statement {
+    let reason = format!("query text unreadable: {e}");
+    Statement {
+        sql: cap(&String::from_utf8_lossy(sql), s.ctx.settings.body_cap),
+        kind: "unreadable".into(),
+        tables_read: Vec::new(),
+        tables_written: Vec::new(),
+        denial: Some(ErrorFields::error(
+            sqlstate::of_decode(e),
+            format!("interlock: {reason}"),
+        )),
+        decision: Decision::deny(Vec::new(), reason),
+        detectors: None,
+        computed: false,
+        counted: false,
+    }
+}
+
+/// What an empty query is recorded as.
+fn empty_statement(s: &Session, sql: &str) -> Statement {
+    Statement {
+        sql: cap(sql, s.ctx.settings.body_cap),
+        kind: "empty".into(),
+        tables_read: Vec::new(),
+        tables_written: Vec::new(),
+        decision: Decision {
+            outcome: Ruling::Allow,
+            policies: Vec::new(),
+            reason: "an empty query runs nothing".into(),
+            mask: Vec::new(),
+        },
+        detectors: None,
+        denial: None,
+        computed: false,
+        counted: false,
+    }
 }
 
 /// A statement the server refuses at parse time (or a portal it does not
@@ -262,9 +333,13 @@ impl Prepared {
             Frontend::Query { sql } => {
                 // A settled review was counted when it first came.
                 let limited = if reviewed { None } else { over_rate(s) };
-                let statement = match limited {
-                    Some(refused) => refused_statement(s, sql, None, refused),
-                    None => match judge(s, sql, settled.take()) {
+                let statement = match (limited, text(s, sql, pending)) {
+                    (Some(refused), text) => {
+                        let text = text.unwrap_or_else(|_| String::from_utf8_lossy(sql));
+                        refused_statement(s, &text, None, refused)
+                    }
+                    (None, Err(e)) => unreadable(s, sql, &e),
+                    (None, Ok(text)) => match judge(s, &text, settled.take()) {
                         Err(held) => return Ok(Step::Hold(held)),
                         Ok(statement) => statement,
                     },
@@ -282,18 +357,26 @@ impl Prepared {
                 }
             }
             Frontend::Parse { name, sql, .. } => {
-                let statement = match judge(s, sql, settled.take()) {
-                    Err(held) => return Ok(Step::Hold(held)),
-                    Ok(statement) => Arc::new(statement),
+                let judged = match text(s, sql, pending) {
+                    Err(e) => unreadable(s, sql, &e),
+                    Ok(text) => match judge(s, &text, settled.take()) {
+                        Err(held) => return Ok(Step::Hold(held)),
+                        Ok(statement) => statement,
+                    },
                 };
-                self.statements.insert(name.to_owned(), statement.clone());
+                let statement = Arc::new(judged);
+                self.statements.insert(name.to_vec(), statement.clone());
                 if statement.denial.is_some() {
                     push(Expect::Parse(Some(Box::new(Run::new(
                         statement,
                         SqlProtocol::Extended,
                         Vec::new(),
                     )))));
-                    frontend::parse(name, &substitute(s), std::iter::empty(), out).map_err(io)?;
+                    wire::message(out, b'P', |b| {
+                        wire::put_cstr(b, name);
+                        wire::put_cstr(b, substitute(s).as_bytes());
+                        b.put_u16(0);
+                    });
                     return Ok(Step::More);
                 }
                 push(Expect::Parse(None));
@@ -309,7 +392,7 @@ impl Prepared {
                     params,
                     described: false,
                 };
-                self.portals.insert(bind.portal.to_owned(), portal);
+                self.portals.insert(bind.portal.to_vec(), portal);
                 push(Expect::Bind);
             }
             Frontend::Describe {
@@ -327,7 +410,7 @@ impl Prepared {
                     p.statement.computed
                 });
                 push(Expect::DescribePortal {
-                    portal: name.to_owned(),
+                    portal: name.to_vec(),
                     swallow: false,
                     computed,
                 });
@@ -367,7 +450,7 @@ impl Prepared {
     fn execute(
         &mut self,
         s: &Session,
-        portal: &str,
+        portal: &[u8],
         frame: &Frame,
         out: &mut BytesMut,
         push: impl Fn(Expect),
@@ -389,7 +472,7 @@ impl Prepared {
             // response side turns into this refusal.
             let refused = refused_statement(s, &statement.sql, Some(&statement), refused);
             let mut run = Run::new(Arc::new(refused), SqlProtocol::Extended, params);
-            run.portal = portal.to_owned();
+            run.portal = portal.to_vec();
             push(Expect::Execute(Box::new(run)));
             frontend::execute(&substitute(s), 0, out).map_err(io)?;
             return Ok(Step::More);
@@ -398,14 +481,17 @@ impl Prepared {
         // response side when the agent did not.
         if !described && (!s.masked.is_empty() || statement.detectors.is_some()) {
             push(Expect::DescribePortal {
-                portal: portal.to_owned(),
+                portal: portal.to_vec(),
                 swallow: true,
                 computed: statement.computed,
             });
-            frontend::describe(b'P', portal, out).map_err(io)?;
+            wire::message(out, b'D', |b| {
+                b.put_u8(b'P');
+                wire::put_cstr(b, portal);
+            });
         }
         let mut run = Run::new(statement, SqlProtocol::Extended, params);
-        run.portal = portal.to_owned();
+        run.portal = portal.to_vec();
         push(Expect::Execute(Box::new(run)));
         out.extend_from_slice(&frame.raw);
         Ok(Step::More)
@@ -432,9 +518,9 @@ fn function_call() -> Statement {
 
 /// A Bind naming a statement the gateway did not see parsed (the server will
 /// refuse it too).
-fn unknown_statement(name: &str) -> Statement {
+fn unknown_statement(name: &[u8]) -> Statement {
     Statement {
-        sql: format!("<unknown statement {name:?}>"),
+        sql: format!("<unknown statement {:?}>", String::from_utf8_lossy(name)),
         kind: "unknown".into(),
         tables_read: Vec::new(),
         tables_written: Vec::new(),
@@ -472,7 +558,7 @@ impl Run {
             statement,
             protocol,
             params,
-            portal: String::new(),
+            portal: Vec::new(),
             time: audit::now(),
             started: Instant::now(),
             rows: 0,

@@ -16,6 +16,7 @@ use postgres_protocol::message::backend::Message;
 use super::{
     columns::MaskedColumns,
     columns::Shape,
+    encoding::{ClientEncoding, EncodingCell},
     login::error_text,
     wire::{self, complete_len, WireError},
     Expect, Run, Statement,
@@ -27,14 +28,25 @@ const SIDE: Side = Side::Upstream;
 /// A statement that finished, with how.
 pub type Finished = (Box<Run>, Ran);
 
-/// What the response side needs of its session: the masked columns, and
-/// the nonce that marks the statements the gateway substituted. (Not the
-/// whole session: the filter is tested on bytes alone.)
+/// What the response side needs of its session: the masked columns, the
+/// nonce that marks the statements the gateway substituted, and where the
+/// client_encoding the server reports goes. (Not the whole session: the
+/// filter is tested on bytes alone.)
 pub struct SessionView<'a> {
     /// Columns the target's rules mask.
     pub masked: &'a MaskedColumns,
     /// The session's nonce.
     pub nonce: &'a str,
+    /// The session's client_encoding, kept as the server reports it.
+    pub encoding: &'a EncodingCell,
+}
+
+/// The `client_encoding` a ParameterStatus reports, if it is that one.
+pub fn reported_encoding(raw: &[u8]) -> Result<Option<ClientEncoding>, WireError> {
+    let mut c = wire::Cursor::new(raw.get(5..).unwrap_or_default(), SIDE);
+    let name = c.cbytes()?;
+    let value = c.cbytes()?;
+    Ok((name == b"client_encoding").then(|| ClientEncoding::named(&String::from_utf8_lossy(value))))
 }
 
 /// Result shapes and session status, as the response side knows them.
@@ -43,7 +55,7 @@ pub struct Responses {
     /// Columns of the result a simple query is sending.
     shape: Option<Arc<Shape>>,
     /// Columns of each described portal.
-    portals: HashMap<String, Arc<Shape>>,
+    portals: HashMap<Vec<u8>, Arc<Shape>>,
     /// Transaction status from the last ReadyForQuery.
     pub status: u8,
 }
@@ -130,9 +142,8 @@ impl Responses {
             match tag {
                 b'D' => self.data_row(s, buf, total, &mut pending, out)?,
                 b'T' => {
-                    let Message::RowDescription(body) = parse(buf)? else {
-                        return Err(mismatch('T'));
-                    };
+                    let raw = buf.split_to(total);
+                    let (body, encoding) = (&raw[5..], s.encoding.get());
                     match pending.pop_front() {
                         Some(Expect::DescribePortal {
                             portal,
@@ -141,16 +152,16 @@ impl Responses {
                         }) => {
                             let mut scratch = BytesMut::new();
                             let target = if swallow { &mut scratch } else { &mut *out };
-                            let shape = Shape::describe(&body, s.masked, computed, target)?;
+                            let shape = Shape::describe(body, s.masked, computed, encoding, target)?;
                             self.portals.insert(portal, Arc::new(shape));
                         }
                         Some(Expect::DescribeStatement { computed }) => {
-                            Shape::describe(&body, s.masked, computed, out)?;
+                            Shape::describe(body, s.masked, computed, encoding, out)?;
                         }
                         Some(Expect::Query(run)) => {
                             let computed = run.statement.computed;
                             pending.push_front(Expect::Query(run));
-                            self.shape = Some(Arc::new(Shape::describe(&body, s.masked, computed, out)?));
+                            self.shape = Some(Arc::new(Shape::describe(body, s.masked, computed, encoding, out)?));
                         }
                         _ => return Err(WireError::malformed(SIDE, "RowDescription nobody asked for")),
                     }
@@ -250,8 +261,15 @@ impl Responses {
                     }
                     _ => out.extend_from_slice(&buf.split_to(total)),
                 },
-                // Copy start/end, parameter changes, notifications.
-                b'G' | b'c' | b'S' | b'A' | b't' => out.extend_from_slice(&buf.split_to(total)),
+                b'S' => {
+                    let raw = buf.split_to(total);
+                    if let Some(e) = reported_encoding(&raw)? {
+                        s.encoding.set(e);
+                    }
+                    out.extend_from_slice(&raw);
+                }
+                // Copy start/end, notifications, parameter descriptions.
+                b'G' | b'c' | b'A' | b't' => out.extend_from_slice(&buf.split_to(total)),
                 other => {
                     return Err(WireError::malformed(
                         SIDE,

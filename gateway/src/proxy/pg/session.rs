@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{cancel, columns, login, pool, relay::relay, sqlstate, wire, Io, Session};
+use super::{cancel, columns, encoding, login, pool, relay::relay, sqlstate, wire, Io, Session};
 use crate::{
     audit::{self, Event, Outcome, PgSessionEvent},
     config::{PostgresSpec, TargetSpec},
@@ -129,6 +129,20 @@ impl SessionSetup<'_> {
         } else {
             None
         };
+        let pooled = match pooled {
+            Some(mut up) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), pool::hand_over(&mut up)).await {
+                    Ok(Ok(())) => Some(up),
+                    // Then a fresh login, as without a pooled session.
+                    failed => {
+                        tracing::debug!(conn = %self.start.id, "pooled session not handed over: {failed:?}");
+                        pool::terminate(up).await;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let upstream_reused = pooled.is_some();
         let logged_in = match pooled {
             Some(up) => Ok(up),
@@ -202,6 +216,17 @@ impl SessionSetup<'_> {
             cancel::random_u32().unwrap_or(0),
             agent_key.1 as u32
         );
+        // The encoding the server reads this session's text in, as its
+        // greeting reports it (a pooled session's greeting is its login's,
+        // and the reset before reuse restores the same value).
+        let mut encoding = encoding::ClientEncoding::Utf8;
+        for m in &up.greeting {
+            if m.first() == Some(&b'S') {
+                if let Ok(Some(e)) = super::response::reported_encoding(m) {
+                    encoding = e;
+                }
+            }
+        }
         let session = Session {
             ctx: self.ctx.clone(),
             conn_id: self.start.id,
@@ -213,6 +238,7 @@ impl SessionSetup<'_> {
             masked,
             nonce,
             review_webhook: self.spec.review_webhook.clone(),
+            encoding: encoding::EncodingCell::new(encoding),
         };
         let application_name = param(&params, "application_name").unwrap_or_default().to_owned();
         let upstream_tls = up.tls;

@@ -1,7 +1,7 @@
 //! Every SQLSTATE the gateway itself speaks, and which error gets which: the
 //! one place a refusal or a failure becomes a PostgreSQL error code (as
 //! `proxy/http/failure.rs` is for HTTP statuses).
-use super::{login::LoginError, wire::WireError};
+use super::{encoding::DecodeError, login::LoginError, wire::WireError};
 use crate::types::Side;
 
 /// 42501 insufficient_privilege: policy refused the statement or session.
@@ -16,6 +16,12 @@ pub const PROTOCOL_VIOLATION: &str = "08P01";
 pub const CONNECTION_FAILURE: &str = "08006";
 /// 28000 invalid_authorization_specification: the database refused the login.
 pub const INVALID_AUTHORIZATION: &str = "28000";
+/// 22021 character_not_in_repertoire: query text not valid in the
+/// session's client_encoding (the server's own code for it).
+pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+/// 0A000 feature_not_supported: non-ASCII text in a client_encoding the
+/// gateway cannot read.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// 57P01 admin_shutdown: the session was cut (revoked, or the gateway stopping),
 /// as the server says it when it is stopped.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
@@ -25,6 +31,14 @@ pub fn of_login(e: &LoginError) -> &'static str {
     match e {
         LoginError::Rejected { .. } => INVALID_AUTHORIZATION,
         _ => CONNECTION_FAILURE,
+    }
+}
+
+/// What the agent is told when its query text cannot be read.
+pub fn of_decode(e: &DecodeError) -> &'static str {
+    match e {
+        DecodeError::Invalid(_) => CHARACTER_NOT_IN_REPERTOIRE,
+        DecodeError::Unsupported(_) | DecodeError::Changing => FEATURE_NOT_SUPPORTED,
     }
 }
 

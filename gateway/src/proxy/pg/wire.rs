@@ -140,13 +140,19 @@ impl<'a> Cursor<'a> {
 
     /// A NUL-terminated string (UTF-8 checked).
     pub fn cstr(&mut self) -> Result<&'a str, WireError> {
+        let bytes = self.cbytes()?;
+        std::str::from_utf8(bytes).map_err(|_| WireError::malformed(self.side, "string is not UTF-8"))
+    }
+
+    /// A NUL-terminated string as bytes: query text and object names are in
+    /// the session's client_encoding, which need not be UTF-8.
+    pub fn cbytes(&mut self) -> Result<&'a [u8], WireError> {
         let end = self
             .buf
             .iter()
             .position(|b| *b == 0)
             .ok_or_else(|| self.short("string"))?;
-        let s = std::str::from_utf8(&self.buf[..end])
-            .map_err(|_| WireError::malformed(self.side, "string is not UTF-8"))?;
+        let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }

@@ -5,7 +5,7 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 
-use super::{Finished, Responses, SessionView};
+use super::{ClientEncoding, EncodingCell, Finished, Responses, SessionView};
 use crate::{
     audit::{Ran, SqlProtocol},
     masking::{Masker, Style},
@@ -96,7 +96,12 @@ fn run(
     input: &[u8],
     pending: &Mutex<VecDeque<Expect>>,
 ) -> Result<(BytesMut, Vec<Finished>), wire::WireError> {
-    let view = SessionView { masked, nonce: NONCE };
+    let encoding = EncodingCell::new(ClientEncoding::Utf8);
+    let view = SessionView {
+        masked,
+        nonce: NONCE,
+        encoding: &encoding,
+    };
     let (mut buf, mut out, mut done) = (BytesMut::from(input), BytesMut::new(), Vec::new());
     responses.handle(&view, &mut buf, pending, &mut out, &mut done)?;
     assert!(buf.is_empty(), "whole messages left unread");
@@ -135,9 +140,11 @@ fn a_result_split_anywhere_comes_out_the_same() {
         let pending = query(statement(None, None));
         let mut responses = Responses::default();
         let masked = MaskedColumns::default();
+        let encoding = EncodingCell::new(ClientEncoding::Utf8);
         let view = SessionView {
             masked: &masked,
             nonce: NONCE,
+            encoding: &encoding,
         };
         let (mut buf, mut out, mut done) = (BytesMut::from(&input[..cut]), BytesMut::new(), Vec::new());
         responses
@@ -221,9 +228,11 @@ fn answers_nobody_asked_for_end_the_session_as_the_upstreams_fault() {
         let pending = Mutex::new(VecDeque::new());
         let mut responses = Responses::default();
         let masked = MaskedColumns::default();
+        let encoding = EncodingCell::new(ClientEncoding::Utf8);
         let view = SessionView {
             masked: &masked,
             nonce: NONCE,
+            encoding: &encoding,
         };
         let (mut buf, mut out, mut done) = (input, BytesMut::new(), Vec::new());
         let e = responses
@@ -245,4 +254,38 @@ fn rows_without_a_description_in_a_masked_session_fail_closed() {
         panic!("undescribed rows passed in a masked session");
     };
     assert!(e.to_string().contains("without a description"), "{e}");
+}
+
+#[test]
+fn a_reported_client_encoding_is_followed_and_passed_on() {
+    let mut input = BytesMut::new();
+    wire::message(&mut input, b'S', |b| {
+        wire::put_cstr(b, b"client_encoding");
+        wire::put_cstr(b, b"LATIN9");
+    });
+    wire::message(&mut input, b'S', |b| {
+        wire::put_cstr(b, b"application_name");
+        wire::put_cstr(b, b"x");
+    });
+    let pending = Mutex::new(VecDeque::new());
+    let masked = MaskedColumns::default();
+    let encoding = EncodingCell::new(ClientEncoding::Utf8);
+    let view = SessionView {
+        masked: &masked,
+        nonce: NONCE,
+        encoding: &encoding,
+    };
+    let (mut buf, mut out, mut done) = (input.clone(), BytesMut::new(), Vec::new());
+    Responses::default()
+        .handle(&view, &mut buf, &pending, &mut out, &mut done)
+        .unwrap();
+    assert_eq!(&out[..], &input[..]);
+    assert_eq!(encoding.get(), ClientEncoding::named("LATIN9"));
+    // A ParameterStatus cut short is the server's fault.
+    let mut bad = BytesMut::new();
+    wire::message(&mut bad, b'S', |b| b.extend_from_slice(b"client_encoding"));
+    let e = Responses::default()
+        .handle(&view, &mut bad, &pending, &mut BytesMut::new(), &mut done)
+        .expect_err("short ParameterStatus");
+    assert_eq!(e.side(), Side::Upstream);
 }
