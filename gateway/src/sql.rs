@@ -20,7 +20,7 @@ mod fallback;
 mod lexer;
 mod shape;
 
-pub use lexer::is_empty;
+pub use lexer::{is_empty, redact_passwords};
 
 /// The statement could not be parsed (agent input); policy denies it by default.
 #[derive(Debug, thiserror::Error)]
@@ -138,16 +138,14 @@ fn maintenance(sql: &str) -> Option<(ActionKind, Extras)> {
         .get(4)
         .map(|t| t.as_str().split(',').map(|n| n.trim().to_ascii_lowercase()).collect())
         .unwrap_or_default();
-    let action = ActionKind::SqlStatement {
-        facts: SqlFacts {
-            kind: "ddl".into(),
-            tables_read: Vec::new(),
-            tables_written: tables,
-            has_where: true,
-            statements: 1,
-        },
-        sql: sql.to_owned(),
+    let facts = SqlFacts {
+        kind: "ddl".into(),
+        tables_read: Vec::new(),
+        tables_written: tables,
+        has_where: true,
+        statements: 1,
     };
+    let action = into_action(facts, sql);
     Some((action, Extras::default()))
 }
 
@@ -252,6 +250,7 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
                 _ => {
                     return maintenance(sql)
                         .or_else(|| fallback::classify(sql).map(|action| (action, Extras::default())))
+                        .or_else(|| fallback::several(sql, |one| parse(one, None, None).ok()))
                         .ok_or_else(|| SqlError(first.to_string()))
                 }
             }
@@ -303,10 +302,12 @@ fn parse(sql: &str, mut keep: Option<String>, sketch: Option<String>) -> Result<
     Ok((into_action(facts, sql), extras))
 }
 
+/// The action policy judges; its text, which reviewers see, has passwords
+/// redacted (see [`redact_passwords`]).
 fn into_action(facts: SqlFacts, sql: &str) -> ActionKind {
     ActionKind::SqlStatement {
         facts,
-        sql: sql.to_owned(),
+        sql: redact_passwords(sql).unwrap_or_else(|| sql.to_owned()),
     }
 }
 
@@ -410,6 +411,16 @@ mod tests {
             ("DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 1)),
             ("BEGIN", ("transaction", s(&[]), s(&[]), true, 1)),
             ("FETCH 10 FROM c", ("cursor", s(&[]), s(&[]), true, 1)),
+            // Several statements the parser cannot read whole, one by one.
+            (
+                "begin; prepare transaction '1-foo'",
+                ("transaction", s(&[]), s(&[]), true, 2),
+            ),
+            (
+                "MOVE 1 IN c; DELETE FROM users",
+                ("delete", s(&[]), s(&["users"]), false, 2),
+            ),
+            ("DO $$ x $$; SELECT * FROM a", ("ddl", s(&["a"]), s(&[]), true, 2)),
             ("CLOSE c", ("cursor", s(&[]), s(&[]), true, 1)),
             ("SET search_path = public", ("session", s(&[]), s(&[]), true, 1)),
             ("SELECT 1; DROP TABLE users", ("ddl", s(&[]), s(&["users"]), true, 2)),

@@ -13,6 +13,10 @@
 //! | `DO` (an anonymous code block: it can run anything) | `ddl` |
 //! | `CREATE`/`ALTER`/`DROP` `ROLE`/`USER`/`GROUP` with options the parser lacks | `ddl` |
 //!
+//! A string of several statements is read one statement at a time when the
+//! parser cannot read it whole (`begin; prepare transaction '1'`); it then
+//! gets the worst kind among them, as a string the parser reads does.
+//!
 //! A code block and role management are `ddl`, the kind the parser gives
 //! role statements it can read, so a rule written for schema changes
 //! (the shipped `ddl-needs-review`) covers them too.
@@ -37,16 +41,58 @@ pub fn classify(sql: &str) -> Option<ActionKind> {
         ["CREATE" | "ALTER" | "DROP", "ROLE" | "USER" | "GROUP", ..] => "ddl",
         _ => return None,
     };
-    Some(ActionKind::SqlStatement {
-        facts: SqlFacts {
-            kind: kind.into(),
-            tables_read: Vec::new(),
-            tables_written: Vec::new(),
-            has_where: true,
-            statements: 1,
-        },
-        sql: sql.to_owned(),
-    })
+    let facts = SqlFacts {
+        kind: kind.into(),
+        tables_read: Vec::new(),
+        tables_written: Vec::new(),
+        has_where: true,
+        statements: 1,
+    };
+    Some(super::into_action(facts, sql))
+}
+
+/// A string of several statements the parser cannot read as a whole, each
+/// of which `one` can read alone (the parser, or the table above): the
+/// string gets its worst statement's kind, every table any of them names,
+/// and WHERE only if every UPDATE and DELETE has it. `None` when any one
+/// cannot be read, or the string is one statement.
+pub fn several(
+    sql: &str,
+    one: impl Fn(&str) -> Option<(ActionKind, super::Extras)>,
+) -> Option<(ActionKind, super::Extras)> {
+    let statements = lexer::statements(sql)?;
+    if statements.len() < 2 {
+        return None;
+    }
+    let mut all = SqlFacts {
+        kind: "select".into(),
+        tables_read: Vec::new(),
+        tables_written: Vec::new(),
+        has_where: true,
+        statements: 0,
+    };
+    let mut extras = super::Extras::default();
+    for st in &statements {
+        let (ActionKind::SqlStatement { facts, .. }, more) = one(&sql[st.span.clone()])? else {
+            return None;
+        };
+        if super::rank(&facts.kind) > super::rank(&all.kind) {
+            all.kind = facts.kind;
+        }
+        all.has_where &= facts.has_where;
+        all.statements += facts.statements;
+        all.tables_read.extend(facts.tables_read);
+        all.tables_written.extend(facts.tables_written);
+        if let Some(binary) = more.copy_out {
+            extras.copy_out = Some(extras.copy_out.unwrap_or(false) || binary);
+        }
+    }
+    all.tables_written.sort();
+    all.tables_written.dedup();
+    all.tables_read.sort();
+    all.tables_read.dedup();
+    all.tables_read.retain(|t| !all.tables_written.contains(t));
+    Some((super::into_action(all, sql), extras))
 }
 
 #[cfg(test)]

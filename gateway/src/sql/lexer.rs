@@ -14,11 +14,14 @@
 //! open comment, string or dollar quote) makes it give no answer.
 
 /// One statement of a string: its leading words, upper-cased (at most
-/// [`WORDS`] of them, up to the first token that is not a bare word).
+/// [`WORDS`] of them, up to the first token that is not a bare word), and
+/// where it is in the string (from its first token to the end of its last).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Statement {
     /// The leading keywords, upper-cased.
     pub words: Vec<String>,
+    /// Its bytes in the string.
+    pub span: std::ops::Range<usize>,
 }
 
 /// How many leading words are kept.
@@ -47,12 +50,16 @@ pub fn statements(sql: &str) -> Option<Vec<Statement>> {
                 i += 1;
             }
             _ => {
-                let st = current.get_or_insert_with(Statement::default);
+                let st = current.get_or_insert_with(|| Statement {
+                    words: Vec::new(),
+                    span: i..i,
+                });
                 let (end, word) = token(b, i)?;
                 match word {
                     Some(w) if leading && st.words.len() < WORDS => st.words.push(w.to_ascii_uppercase()),
                     _ => leading = false,
                 }
+                st.span.end = end;
                 i = end;
             }
         }
@@ -62,9 +69,79 @@ pub fn statements(sql: &str) -> Option<Vec<Statement>> {
 }
 
 /// Whether `sql` holds no statement at all: only whitespace, comments and
-/// semicolons (the server answers EmptyQueryResponse).
+/// semicolons (the server answers EmptyQueryResponse). Stops at the first
+/// token, so it costs next to nothing on a real statement.
 pub fn is_empty(sql: &str) -> bool {
-    statements(sql).is_some_and(|s| s.is_empty())
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' | b';' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => match block_comment(b, i) {
+                Some(end) => i = end,
+                // An open comment: the server's syntax error, not an empty query.
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// `sql` with every string that follows the keyword `PASSWORD` (`CREATE
+/// ROLE ... PASSWORD '...'`, `ALTER USER ... ENCRYPTED PASSWORD $$...$$`)
+/// replaced by `'[REDACTED]'`, for the audit trail and for the people asked
+/// to review it; `None` when there is nothing to redact. Text the lexer
+/// cannot close after such a keyword is redacted to its end.
+pub fn redact_passwords(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    if !b.windows(8).any(|w| w.eq_ignore_ascii_case(b"password")) {
+        return None;
+    }
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut after_keyword = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => match block_comment(b, i) {
+                Some(end) => i = end,
+                None => break,
+            },
+            _ => {
+                let Some((end, word)) = token(b, i) else {
+                    if after_keyword {
+                        spans.push(i..b.len());
+                    }
+                    break;
+                };
+                let string = word.is_none() && (b[i] == b'\'' || b[i] == b'$' || b[i].is_ascii_alphabetic());
+                if after_keyword && string {
+                    spans.push(i..end);
+                }
+                after_keyword = word.is_some_and(|w| w.eq_ignore_ascii_case("password"));
+                i = end;
+            }
+        }
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for span in spans {
+        out.push_str(&sql[at..span.start]);
+        out.push_str("'[REDACTED]'");
+        at = span.end;
+    }
+    out.push_str(&sql[at..]);
+    Some(out)
 }
 
 /// The end of the nested block comment opening at `i`.
@@ -234,6 +311,42 @@ mod tests {
             words("SELECT 'a\\'; DROP TABLE t; --'"),
             w(&[&["SELECT"], &["DROP", "TABLE", "T"]])
         );
+    }
+
+    #[test]
+    fn spans_cover_each_statement_from_its_first_token_to_its_last() {
+        let sql = " BEGIN ; /* c */ prepare transaction 'a;b' ;";
+        let spans: Vec<&str> = statements(sql).unwrap().iter().map(|s| &sql[s.span.clone()]).collect();
+        assert_eq!(spans, ["BEGIN", "prepare transaction 'a;b'"]);
+    }
+
+    #[test]
+    fn passwords_are_redacted_whatever_their_quoting() {
+        for (sql, want) in [
+            (
+                "CREATE USER bob PASSWORD 'hunter2'",
+                "CREATE USER bob PASSWORD '[REDACTED]'",
+            ),
+            (
+                "alter role bob with encrypted password E'a\\'b' valid until 'x'",
+                "alter role bob with encrypted password '[REDACTED]' valid until 'x'",
+            ),
+            (
+                "ALTER USER bob PASSWORD $p$s'ec$p$",
+                "ALTER USER bob PASSWORD '[REDACTED]'",
+            ),
+            (
+                "CREATE ROLE a PASSWORD /* c */ 'x'; CREATE ROLE b PASSWORD 'y'",
+                "CREATE ROLE a PASSWORD /* c */ '[REDACTED]'; CREATE ROLE b PASSWORD '[REDACTED]'",
+            ),
+            ("ALTER USER bob PASSWORD 'open", "ALTER USER bob PASSWORD '[REDACTED]'"),
+        ] {
+            assert_eq!(redact_passwords(sql).as_deref(), Some(want), "{sql}");
+        }
+        // NULL is no secret; a column named password is not a keyword before a string.
+        assert_eq!(redact_passwords("ALTER ROLE bob PASSWORD NULL"), None);
+        assert_eq!(redact_passwords("SELECT password FROM users"), None);
+        assert_eq!(redact_passwords("SELECT 1"), None);
     }
 
     #[test]

@@ -334,3 +334,44 @@ fn text_sent_while_client_encoding_may_change_is_refused_unless_it_reads_the_sam
     );
     assert_eq!(got["after"], "é", "{got}");
 }
+
+#[test]
+fn two_phase_commit_strings_reach_the_server_and_passwords_stay_out_of_the_trail() {
+    let s = setup(
+        "pg2pc",
+        "127.0.0.88",
+        &[],
+        Some(vec![("allow.cedar".into(), ALLOW_ALL.into())]),
+    );
+    let script = r#"
+import sys, json, psycopg
+out = {}
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    # Two statements sqlparser cannot read as one string: judged one by one,
+    # then the server answers (prepared transactions are off in this cluster).
+    try:
+        conn.execute("begin; prepare transaction 'tx-1'")
+        out["prepare"] = "ok"
+    except psycopg.Error as e:
+        out["prepare"] = e.sqlstate
+    conn.execute("ROLLBACK")
+    try:
+        conn.execute("CREATE ROLE bob LOGIN PASSWORD 'hunter2'")
+    except psycopg.Error as e:
+        out["role"] = str(e).splitlines()[0]
+print(json.dumps(out))
+"#;
+    let got = json_line(&python(&s, script).stdout);
+    // 55000: the server's "prepared transactions are disabled", not a refusal.
+    assert_eq!(got["prepare"], "55000", "{got}");
+    assert!(
+        got["role"].as_str().is_some_and(|m| m.contains("permission denied")),
+        "{got}"
+    );
+    let ev = wait_statement(&s, |e| e["sql"].as_str().is_some_and(|q| q.starts_with("begin;")));
+    assert_eq!(ev["kind"], "transaction", "{ev}");
+    let ev = wait_statement(&s, |e| e["sql"].as_str().is_some_and(|q| q.starts_with("CREATE ROLE")));
+    assert_eq!(ev["sql"], "CREATE ROLE bob LOGIN PASSWORD '[REDACTED]'", "{ev}");
+    // (The agent's own command line is in every event's identity: look at the SQL.)
+    assert!(!statements(&s).iter().any(|e| e["sql"].to_string().contains("hunter2")));
+}

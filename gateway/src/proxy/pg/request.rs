@@ -113,7 +113,7 @@ fn classify(s: &Session, sql: &str) -> Classified {
                     has_where: false,
                     statements: 1,
                 },
-                sql: sql.to_owned(),
+                sql: crate::sql::redact_passwords(sql).unwrap_or_else(|| sql.to_owned()),
             };
             (action, Default::default(), Some(e))
         }
@@ -199,9 +199,10 @@ pub fn judge(s: &Session, sql: &str, settled: Option<(Held, Decision)>) -> Resul
     let judged = judge::conclude(&s.ctx, decision, &protocol);
     let denial = (!judged.allowed()).then(|| protocol.refusal(&judged.decision));
     let detectors = judged.plan.and_then(|p| p.any.clone());
+    let shown = crate::sql::redact_passwords(sql).map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned);
     let audit_sql = match &detectors {
-        Some(m) => String::from_utf8_lossy(&m.mask(sql.as_bytes()).0).into_owned(),
-        None => sql.to_owned(),
+        Some(m) => String::from_utf8_lossy(&m.mask(shown.as_bytes()).0).into_owned(),
+        None => shown.into_owned(),
     };
     let computed = classified.touches_masked;
     let (kind, tables_read, tables_written) = kind_facts(classified.action);
@@ -249,7 +250,11 @@ fn text<'q>(
 fn unreadable(s: &Session, sql: &[u8], e: &DecodeError) -> Statement {
     let reason = format!("query text unreadable: {e}");
     Statement {
-        sql: cap(&String::from_utf8_lossy(sql), s.ctx.settings.body_cap),
+        sql: cap(
+            &crate::sql::redact_passwords(&String::from_utf8_lossy(sql))
+                .unwrap_or_else(|| String::from_utf8_lossy(sql).into_owned()),
+            s.ctx.settings.body_cap,
+        ),
         kind: "unreadable".into(),
         tables_read: Vec::new(),
         tables_written: Vec::new(),
@@ -302,7 +307,10 @@ fn over_rate(s: &Session) -> Option<crate::limits::Refused> {
 fn refused_statement(s: &Session, sql: &str, like: Option<&Statement>, refused: crate::limits::Refused) -> Statement {
     let message = format!("interlock refused this statement: {}; try again later", refused.reason);
     Statement {
-        sql: cap(sql, s.ctx.settings.body_cap),
+        sql: cap(
+            &crate::sql::redact_passwords(sql).unwrap_or_else(|| sql.to_owned()),
+            s.ctx.settings.body_cap,
+        ),
         kind: like.map_or_else(|| "unclassified".to_owned(), |st| st.kind.clone()),
         tables_read: like.map(|st| st.tables_read.clone()).unwrap_or_default(),
         tables_written: like.map(|st| st.tables_written.clone()).unwrap_or_default(),
