@@ -41,7 +41,7 @@ pub fn statements(sql: &str) -> Option<Vec<Statement>> {
         match c {
             b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => i += 1,
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p + 1);
+                i = line_comment_end(b, i);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = block_comment(b, i)?,
             b';' => {
@@ -78,7 +78,7 @@ pub fn is_empty(sql: &str) -> bool {
         match b[i] {
             b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' | b';' => i += 1,
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p + 1);
+                i = line_comment_end(b, i);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => match block_comment(b, i) {
                 Some(end) => i = end,
@@ -108,7 +108,7 @@ pub fn redact_passwords(sql: &str) -> Option<String> {
         match b[i] {
             b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => i += 1,
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| i + p + 1);
+                i = line_comment_end(b, i);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => match block_comment(b, i) {
                 Some(end) => i = end,
@@ -142,6 +142,15 @@ pub fn redact_passwords(sql: &str) -> Option<String> {
     }
     out.push_str(&sql[at..]);
     Some(out)
+}
+
+/// The end of the `--` comment at `i`: the server ends it at a carriage
+/// return as well as a newline (`-- x\rSELECT 1` runs the SELECT).
+fn line_comment_end(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|&x| x == b'\n' || x == b'\r')
+        .map_or(b.len(), |p| i + p + 1)
 }
 
 /// The end of the nested block comment opening at `i`.
@@ -273,7 +282,7 @@ mod tests {
         ] {
             assert!(is_empty(sql), "{sql:?}");
         }
-        for sql in ["SELECT 1", "/* c */ x", "/* open", "'", ";;x"] {
+        for sql in ["SELECT 1", "/* c */ x", "/* open", "'", ";;x", "-- c\rSELECT 1"] {
             assert!(!is_empty(sql), "{sql:?}");
         }
     }
@@ -288,6 +297,7 @@ mod tests {
         assert_eq!(words("DO $$ begin; end $$"), w(&[&["DO"]]));
         assert_eq!(words("DO $f$ a $$ ; $$ b $f$; z"), w(&[&["DO"], &["Z"]]));
         assert_eq!(words("/* ; /* ; */ ; */ a -- ;\n"), w(&[&["A"]]));
+        assert_eq!(words("-- x\rDROP TABLE t"), w(&[&["DROP", "TABLE", "T"]]));
         assert_eq!(words("SELECT U&'d\\0061t;a'"), w(&[&["SELECT"]]));
     }
 

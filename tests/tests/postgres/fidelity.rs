@@ -160,6 +160,23 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     assert_eq!(empty.len(), 6, "{empty:#?}");
     assert!(empty.iter().all(|e| e["decision"]["outcome"] == "allow"), "{empty:#?}");
     assert_eq!(s.pg.psql("shop", "SELECT count(*) FROM items"), "10");
+    // A `--` comment ends at a carriage return for the server: what follows
+    // it is a statement, judged as any other (the agent is `nobody`).
+    let hidden = r#"
+import sys, psycopg
+from psycopg import pq
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    for q in (b"-- ping\rDELETE FROM items", b"/* ping */ -- x\r\nDELETE FROM items"):
+        res = conn.pgconn.exec_(q)
+        print(pq.ExecStatus(res.status).name, (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode())
+"#;
+    let r = Client::agent(&s.cg).run("/usr/bin/python3", &["-c", hidden, &s.pg.agent_dsn()]);
+    assert!(r.success, "client failed:\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["FATAL_ERROR 42501", "FATAL_ERROR 42501"]
+    );
+    assert_eq!(s.pg.psql("shop", "SELECT count(*) FROM items"), "10");
 }
 
 #[test]
