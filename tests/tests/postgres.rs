@@ -329,6 +329,8 @@ fn tokio_postgres_prepared_statements_get_binary_results_masked() {
     assert_eq!(got["ssns"], serde_json::json!(["[REDACTED]", "[REDACTED]"]));
     assert_eq!(got["denied"], "42501");
     assert_eq!(got["count"], 10);
+    assert_eq!(got["empty"], 0);
+    assert_eq!(got["after_move"], 5);
     let ev = wait_statement(&s, |e| {
         e["protocol"] == "extended" && e["sql"].as_str().unwrap_or("").contains("$1")
     });
