@@ -9,7 +9,7 @@
 
 /// Version of the map layouts below. Pinned maps live in a directory named
 /// after it, so a gateway built with another layout never reads old maps.
-pub const MAP_ABI_VERSION: u32 = 2;
+pub const MAP_ABI_VERSION: u32 = 3;
 
 /// LPM trie of IPv4 redirect rules: `Key<[u8; 4]>` -> [`RuleSet`].
 pub const MAP_RULES_V4: &str = "RULES_V4";
@@ -23,6 +23,9 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_SOCKETS: &str = "SOCKETS";
 /// LRU hash: [`HandoffKey`] -> [`ConnRecord`], read by the proxy after accept().
 pub const MAP_HANDOFF: &str = "HANDOFF";
+/// LRU hash: [`HandoffKey`] -> [`ConnRecord`] for DNS datagrams sent to the
+/// gateway, keyed by the sender's address as the gateway receives it.
+pub const MAP_UDP_HANDOFF: &str = "UDP_HANDOFF";
 /// Hash: cgroup id (u64) -> u8, cgroups whose processes are agents.
 pub const MAP_SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
 /// Hash: uid (u32) -> u8, users whose processes are agents.
@@ -41,13 +44,14 @@ pub const MAP_EXEC_PENDING: &str = "EXEC_PENDING";
 pub const MAP_EXEC_EVENTS: &str = "EXEC_EVENTS";
 
 /// Every map that is pinned and therefore survives a gateway restart.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     MAP_RULES_V4,
     MAP_RULES_V6,
     MAP_RULE_STATS,
     MAP_SETTINGS,
     MAP_SOCKETS,
     MAP_HANDOFF,
+    MAP_UDP_HANDOFF,
     MAP_SELECTED_CGROUPS,
     MAP_SELECTED_UIDS,
     MAP_REVOKED_PIDS,
@@ -68,6 +72,16 @@ pub const PROG_GETPEERNAME6: &str = "interlock_getpeername6";
 pub const PROG_SENDMSG4: &str = "interlock_sendmsg4";
 /// UDP sendmsg6 hook.
 pub const PROG_SENDMSG6: &str = "interlock_sendmsg6";
+/// UDP recvmsg4 hook: answers from the gateway's DNS listener appear to come
+/// from the server the agent asked.
+pub const PROG_RECVMSG4: &str = "interlock_recvmsg4";
+/// UDP recvmsg6 hook.
+pub const PROG_RECVMSG6: &str = "interlock_recvmsg6";
+/// sock_create hook: agents may open only TCP and UDP sockets.
+pub const PROG_SOCK_CREATE: &str = "interlock_sock_create";
+/// cgroup_skb egress hook: publishes the record of each DNS datagram sent to
+/// the gateway under the sender's address.
+pub const PROG_UDP_EGRESS: &str = "interlock_udp_egress";
 /// sched_process_fork tracepoint: children of revoked processes are revoked.
 pub const PROG_FORK: &str = "interlock_fork";
 /// sched_process_exec tracepoint: new images are checked against revocations.
@@ -85,8 +99,15 @@ pub const SLOT_DEFAULT: u16 = 0;
 pub const SLOT_QUIC: u16 = 1;
 /// Counter slot for connects and sends refused because the process is revoked.
 pub const SLOT_REVOKED: u16 = 2;
+/// Counter slot for DNS (port 53, UDP and TCP) sent to the gateway's resolver.
+pub const SLOT_DNS: u16 = 3;
+/// Counter slot for agent UDP no rule opened (refused).
+pub const SLOT_UDP_DEFAULT: u16 = 4;
+/// Counter slot for agent sockets of a type the gateway does not carry
+/// (ICMP "ping", raw, SCTP...), refused at socket().
+pub const SLOT_SOCKET: u16 = 5;
 /// First slot handed to a configured rule.
-pub const FIRST_RULE_SLOT: u16 = 3;
+pub const FIRST_RULE_SLOT: u16 = 6;
 /// Capacity of the revocation maps.
 pub const MAX_REVOKED: u32 = 16384;
 /// Most port-range entries one CIDR can carry, inherited ones included.
@@ -96,7 +117,12 @@ pub const MAX_TRACKED_SOCKETS: u32 = 65536;
 /// How deep the kernel looks up the cgroup tree for a selected ancestor.
 pub const MAX_CGROUP_DEPTH: i32 = 16;
 
-/// What a matching rule does to a TCP connect().
+/// [`RuleEntry::protocol`] of a TCP rule (the IP protocol number).
+pub const IPPROTO_TCP: u8 = 6;
+/// [`RuleEntry::protocol`] of a UDP rule.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// What a matching rule does to a connect() or, for UDP, a send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Action {
@@ -130,8 +156,8 @@ pub struct RuleEntry {
     pub port_hi: u16,
     /// An [`Action`] as u8.
     pub action: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// The transport it applies to: [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub protocol: u8,
     /// Counter slot in [`MAP_RULE_STATS`].
     pub slot: u16,
 }
@@ -175,6 +201,9 @@ pub struct RuleStats {
 }
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 24);
 
+/// [`Settings::dns`] value: DNS goes through the gateway.
+pub const DNS_VIA_GATEWAY: u8 = 1;
+
 /// `select_all` value: every process in an attached cgroup is an agent.
 pub const SELECT_ALL_ATTACHED: u8 = 1;
 
@@ -203,8 +232,9 @@ pub struct Settings {
     /// Non-zero while exe or agent revocations exist: new images are held
     /// (connects refused) until userspace has checked them.
     pub watch_exec: u8,
-    /// Explicit padding.
-    pub _pad0: u8,
+    /// [`DNS_VIA_GATEWAY`]: agents' port-53 traffic (UDP and TCP) goes to the
+    /// gateway's resolver on `proxy_port`; 0: port 53 follows the rules.
+    pub dns: u8,
     /// Explicit padding.
     pub _pad1: u32,
 }

@@ -8,6 +8,7 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
 mod connect;
+mod dns_handoff;
 mod getpeername;
 mod maps;
 mod process;
@@ -15,6 +16,7 @@ mod record;
 mod revoke;
 mod rules;
 mod select;
+mod socket;
 mod sockops;
 mod udp;
 

@@ -27,6 +27,10 @@ pub(crate) static SOCKETS: LruHashMap<u64, ConnRecord> = LruHashMap::with_max_en
 #[map(name = "HANDOFF")]
 pub(crate) static HANDOFF: LruHashMap<HandoffKey, ConnRecord> = LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
 
+#[map(name = "UDP_HANDOFF")]
+pub(crate) static UDP_HANDOFF: LruHashMap<HandoffKey, ConnRecord> =
+    LruHashMap::with_max_entries(MAX_TRACKED_SOCKETS, 0);
+
 #[map(name = "SELECTED_CGROUPS")]
 pub(crate) static SELECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 

@@ -1,50 +1,104 @@
-//! cgroup/sendmsg4 and cgroup/sendmsg6 (and the UDP branch of connect4/6):
-//! refuse UDP to port 443 from agents, so QUIC clients fall back to TCP,
-//! which the gateway sees. All other UDP, DNS included, passes.
+//! cgroup/sendmsg4 and cgroup/sendmsg6: every unconnected UDP send of an
+//! agent takes the connect hooks' decision (`connect::try_addr4/6`): DNS to
+//! the gateway's resolver, a `udp` rule's `pass`, or EPERM.
 //!
-//! Revoked processes may send no UDP at all.
+//! cgroup/recvmsg4 and cgroup/recvmsg6: an answer from the gateway's
+//! resolver is reported as coming from the server the agent asked, so its
+//! resolver accepts it (the redirect stays invisible, as getpeername's does).
 //!
-//! FAILS CLOSED for agents: without settings every agent send is refused.
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use gateway_common::SLOT_QUIC;
+//! sendmsg FAILS CLOSED (see `connect`). recvmsg FAILS OPEN, harmlessly:
+//! without a record the real sender, the gateway, is reported.
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
+};
+use gateway_common::{ConnRecord, FAMILY_V4, SLOT_DNS};
 
 use crate::{
-    maps::{count, settings, Counter},
-    revoke, select, verdict_of, ALLOW, DENY,
+    connect::{mapped_marker, read_ip6, try_addr4, try_addr6, write_ip6},
+    maps::{settings, SOCKETS},
+    verdict_of,
 };
 
-const QUIC_PORT: u16 = 443;
-
-/// Verdict for a UDP destination port of an agent.
-#[inline(always)]
-pub(crate) fn verdict(port: u16) -> i32 {
-    if port == QUIC_PORT {
-        count(SLOT_QUIC, Counter::Denied);
-        DENY
-    } else {
-        ALLOW
-    }
-}
+/// recvmsg hooks must always return 1.
+const OK: i32 = 1;
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn interlock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    verdict_of(try_sendmsg(&ctx))
+    verdict_of(try_addr4(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn interlock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    verdict_of(try_sendmsg(&ctx))
+    verdict_of(try_addr6(&ctx))
 }
 
-fn try_sendmsg(ctx: &SockAddrContext) -> Result<i32, ()> {
-    let settings = settings().ok_or(())?;
-    if revoke::is_revoked(settings) {
-        return Ok(DENY);
+/// The DNS record of the receiving socket: the destination of its latest
+/// query. An unconnected socket that asks two servers at once may see the
+/// second one's address on the first answer (the hook cannot read the
+/// message id); resolvers that connect their sockets, as glibc's and dig's
+/// do, never can.
+#[inline(always)]
+fn dns_record(ctx: &SockAddrContext) -> Option<&'static ConnRecord> {
+    // SAFETY: helper valid in sock_addr programs with their own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: LRU values stay valid for the duration of the program.
+    let record = unsafe { SOCKETS.get(&cookie) }?;
+    (record.rule_slot == SLOT_DNS).then_some(record)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn interlock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    try_recvmsg4(&ctx);
+    OK
+}
+
+fn try_recvmsg4(ctx: &SockAddrContext) -> Option<()> {
+    let settings = settings()?;
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip4/user_port hold the sender in recvmsg4.
+    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
+    if ip != settings.proxy_ip4 || port != settings.proxy_port {
+        return None;
     }
-    if !select::is_agent(settings) {
-        return Ok(ALLOW);
+    let rec = dns_record(ctx)?;
+    if rec.orig_family != FAMILY_V4 {
+        return None;
     }
-    // SAFETY: user_port is readable in sendmsg hooks.
-    let port = unsafe { u16::from_be((*ctx.sock_addr).user_port as u16) };
-    Ok(verdict(port))
+    let a = rec.orig_addr;
+    // SAFETY: user_ip4/user_port are writable in recvmsg4.
+    unsafe {
+        (*sa).user_ip4 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        (*sa).user_port = u32::from(rec.orig_port.to_be());
+    }
+    Some(())
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn interlock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    try_recvmsg6(&ctx);
+    OK
+}
+
+fn try_recvmsg6(ctx: &SockAddrContext) -> Option<()> {
+    let settings = settings()?;
+    let sa = ctx.sock_addr;
+    // SAFETY: user_port holds the sender's port in recvmsg6.
+    let port = unsafe { u16::from_be((*sa).user_port as u16) };
+    let words = read_ip6(sa);
+    let from_proxy_v4 = words[0] == 0 && words[1] == 0 && words[2] == mapped_marker() && words[3] == settings.proxy_ip4;
+    if port != settings.proxy_port || !(from_proxy_v4 || words == settings.proxy_ip6) {
+        return None;
+    }
+    let rec = dns_record(ctx)?;
+    let a = &rec.orig_addr;
+    let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let orig = if rec.orig_family == FAMILY_V4 {
+        [0, 0, mapped_marker(), word(0)]
+    } else {
+        [word(0), word(4), word(8), word(12)]
+    };
+    write_ip6(sa, orig);
+    // SAFETY: user_port is writable in recvmsg6.
+    unsafe { (*sa).user_port = u32::from(rec.orig_port.to_be()) };
+    Some(())
 }

@@ -12,6 +12,7 @@ use crate::{
 };
 
 mod columns;
+mod dns;
 pub mod head;
 pub mod keys;
 pub mod record;
@@ -23,6 +24,7 @@ pub mod store;
 mod tests;
 pub mod verify;
 
+pub use dns::{DnsAnswer, DnsQueryEvent, DnsTransport};
 pub(crate) use sink::journal::{line as journal_line, parse as journal_parse};
 pub use sink::{append_direct, EventSink, SinkError};
 pub use sql::{MaskCount, PgSessionEvent, Ran, SqlProtocol, SqlStatementEvent};
@@ -197,6 +199,8 @@ pub enum Event {
     SqlStatement(Box<SqlStatementEvent>),
     /// A PostgreSQL session started or ended.
     PgSession(Box<PgSessionEvent>),
+    /// One DNS question from an agent, and its answer or refusal.
+    DnsQuery(Box<DnsQueryEvent>),
     /// Values were masked in a response (which detectors; never the values).
     Masked {
         /// Time (RFC 3339).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 mod agent;
 mod api;
 mod audit;
+mod dns;
 mod limits;
 mod listener;
 mod masking;
@@ -18,12 +19,13 @@ mod rule;
 pub use agent::{AgentSpec, CredentialSpec, OAuth2Spec, SecretSource, TargetProtocol, TargetSpec, UNKNOWN_AGENT};
 pub use api::{ApiConfig, Roles};
 pub use audit::{AuditBackend, AuditConfig, AuditPostgres, OnFailure};
+pub use dns::{DnsConfig, OverLimit, RefuseWith};
 pub use limits::{ByteSize, LimitsConfig, Rate};
 pub use listener::{ExplicitListener, ListenerConfig};
 pub use masking::{CustomDetector, MaskRule, MaskingConfig};
 pub use postgres::{AgentTls, ColumnPattern, ColumnRule, ColumnStyle, PostgresSpec, Unparsed, UpstreamTls};
 pub use review::{ControlConfig, ReviewConfig};
-pub use rule::{PortRange, RuleAction, RuleSpec};
+pub use rule::{PortRange, RuleAction, RuleSpec, Transport};
 
 /// Errors loading or validating configuration. All are the operator's input.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,7 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Which processes are agents and how their traffic is steered.
     pub intercept: InterceptConfig,
-    /// Redirect rules, in addition to the built-in loopback and DNS passes.
+    /// Redirect rules, in addition to the built-in loopback passes.
     pub rules: Vec<RuleSpec>,
     /// Where state, pins and the event log live.
     pub paths: PathsConfig,
@@ -90,6 +92,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// What one agent may take of the gateway.
     pub limits: LimitsConfig,
+    /// The resolver agents' DNS goes through.
+    pub dns: DnsConfig,
 }
 
 /// Where the Cedar policies come from.
@@ -118,8 +122,10 @@ pub struct InterceptConfig {
     pub default_action: RuleAction,
     /// Let agents reach loopback directly (127.0.0.0/8 and ::1).
     pub pass_loopback: bool,
-    /// Let agents reach port 53 (DNS over TCP) directly.
-    pub pass_dns: bool,
+    /// Removed: DNS goes through the gateway's resolver (`[dns]`). Kept
+    /// only to say so when an old config sets it.
+    #[serde(skip_serializing)]
+    pub pass_dns: Option<bool>,
 }
 
 impl Default for InterceptConfig {
@@ -131,7 +137,7 @@ impl Default for InterceptConfig {
             bypass_mark: 0x1e57_0001,
             default_action: RuleAction::Redirect,
             pass_loopback: true,
-            pass_dns: true,
+            pass_dns: None,
         }
     }
 }
@@ -251,6 +257,14 @@ impl Config {
                 ));
             }
         }
+        if i.pass_dns.is_some() {
+            return Err(invalid(
+                "intercept.pass_dns",
+                "was removed: agents' DNS now goes through the gateway's resolver, judged query by query; \
+                 see `[dns]` (`enabled = false` makes port 53 like any other port)"
+                    .into(),
+            ));
+        }
         if i.bypass_mark == 0 {
             return Err(invalid(
                 "intercept.bypass_mark",
@@ -294,6 +308,9 @@ impl Config {
             .map_err(|(field, message)| invalid(&field, message))?;
         self.limits
             .validate(self.listener.max_connections)
+            .map_err(|(field, message)| invalid(&field, message))?;
+        self.dns
+            .validate()
             .map_err(|(field, message)| invalid(&field, message))?;
         self.control
             .admin_gid()

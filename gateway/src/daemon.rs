@@ -3,7 +3,7 @@
 //! place, so agents are refused (never let through) until the gateway returns.
 use std::{path::PathBuf, sync::Arc};
 
-use gateway_common::{Settings, SELECT_ALL_ATTACHED};
+use gateway_common::{Settings, DNS_VIA_GATEWAY, SELECT_ALL_ATTACHED};
 
 use crate::{
     audit::{self, Event, EventSink},
@@ -136,7 +136,7 @@ fn settings(config: &Config, fork_child_pid_offset: u16, watch_exec: bool) -> Se
         // On while exe/agent revocations exist (set before attaching, so no
         // image slips through at start).
         watch_exec: u8::from(watch_exec),
-        _pad0: 0,
+        dns: if config.dns.enabled { DNS_VIA_GATEWAY } else { 0 },
         _pad1: 0,
     }
 }
@@ -214,6 +214,17 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .chain(explicit)
         .map(|(a, arrival)| listener::bind(a, arrival))
         .collect::<Result<Vec<_>, _>>()?;
+    // The resolver's datagram sockets, on the same addresses and port.
+    let bound_udp = if config.dns.enabled {
+        config
+            .listener
+            .addresses()
+            .into_iter()
+            .map(listener::bind_udp)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
 
     let (kernel, handoff) = Kernel::start(LoadOptions {
         pin_dir: config.paths.pin_dir.clone(),
@@ -240,6 +251,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         gateway_common::SLOT_DEFAULT,
         gateway_common::SLOT_QUIC,
         gateway_common::SLOT_REVOKED,
+        gateway_common::SLOT_DNS,
+        gateway_common::SLOT_UDP_DEFAULT,
+        gateway_common::SLOT_SOCKET,
     ]) {
         let _ = kernel.maps.reset_stats(slot);
     }
@@ -288,6 +302,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         sealer: Arc::new(crate::audit::seal::Sealer::load_or_create(&config.paths.state_dir)?),
         reviews: reviews.clone(),
         limits: limits.clone(),
+        dns: Arc::new(crate::proxy::dns::Guards::new(&config.dns)),
     }));
     let shared = Arc::new(Shared::new(
         handoff.clone(),
@@ -306,6 +321,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut accepting = tokio::task::JoinSet::new();
     for b in bound {
         accepting.spawn(listener::serve(b, shared.clone()));
+    }
+    for b in bound_udp {
+        accepting.spawn(listener::serve_udp(b, shared.clone()));
     }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(limits.record_counts(events.clone()));

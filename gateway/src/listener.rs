@@ -29,7 +29,10 @@ use crate::{
     types::{ConnId, OrigDst},
 };
 
+mod dns;
 mod origin;
+
+pub use dns::{bind_udp, serve_udp, BoundUdp};
 
 /// Errors setting up the listeners (gateway side).
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +148,7 @@ pub fn bind(addr: SocketAddr, arrival: Arrival) -> Result<Bound, ListenerError> 
     })
 }
 
-fn netns_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
+pub(crate) fn netns_cookie(socket: &socket2::Socket) -> std::io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -282,6 +285,20 @@ async fn admit(
     }
     let _ = stream.set_nodelay(true);
     let orig_dst = identity::orig_dst(&record);
+    if record.rule_slot == gateway_common::SLOT_DNS && matches!(way.arrival, Arrival::Redirect { nat: false }) {
+        // DNS over TCP: judged question by question, never relayed.
+        let caller = dns::tcp_caller(identity, agent, peer, orig_dst);
+        let ctx = shared.ctx.clone();
+        let held = Held {
+            _permit: permit,
+            _share: share,
+        };
+        shared.sessions.spawn(async move {
+            crate::proxy::dns::serve_tcp(stream, caller, ctx).await;
+            drop(held);
+        });
+        return None;
+    }
     let targets = shared.ctx.gate.targets();
     // A target known by its address to speak HTTP(S) or PostgreSQL gets
     // the header timeout to start: its first bytes decide, not a pause.

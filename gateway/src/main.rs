@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gateway::{
     cli,
-    config::{PortRange, RuleAction, RuleSpec},
+    config::{PortRange, RuleAction, RuleSpec, Transport},
     control::RevokeRequest,
     daemon,
     policy::ActionKind,
@@ -251,6 +251,9 @@ enum RulesCommand {
         /// redirect, pass or deny.
         #[arg(long)]
         action: RuleAction,
+        /// tcp or udp (a udp rule can only pass or deny).
+        #[arg(long, default_value = "tcp")]
+        protocol: Transport,
     },
     /// Remove a rule added with `rules add`.
     Remove {
@@ -327,6 +330,7 @@ fn real_main() -> anyhow::Result<()> {
                     cidr,
                     ports,
                     action,
+                    protocol,
                 } => {
                     cli::rules_add(
                         &config,
@@ -335,6 +339,7 @@ fn real_main() -> anyhow::Result<()> {
                             cidr,
                             ports,
                             action,
+                            protocol,
                         },
                     )
                     .await?

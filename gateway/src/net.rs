@@ -41,6 +41,11 @@ impl Net {
         }
     }
 
+    /// A marked UDP socket connected to `dst`.
+    pub fn udp(&self, dst: OrigDst) -> Result<tokio::net::UdpSocket, UpstreamError> {
+        connect::udp_upstream(dst, self.mark)
+    }
+
     /// Opens a marked TCP connection to `dst`.
     pub async fn connect(&self, dst: OrigDst) -> Result<TcpStream, UpstreamError> {
         connect_upstream(dst, self.mark, self.connect_timeout).await

@@ -20,6 +20,7 @@ use crate::{
 };
 
 mod counted;
+pub mod dns;
 mod http;
 mod judge;
 mod live;
@@ -88,6 +89,8 @@ pub struct ProxyCtx {
     pub reviews: Arc<crate::review::Reviews>,
     /// Per-agent shares and rates.
     pub limits: Arc<crate::limits::Limits>,
+    /// The resolver's limits and exfiltration guards.
+    pub dns: Arc<dns::Guards>,
 }
 
 /// What a proxy context is built from.
@@ -112,6 +115,8 @@ pub struct ProxyParts {
     pub reviews: Arc<crate::review::Reviews>,
     /// Per-agent shares and rates.
     pub limits: Arc<crate::limits::Limits>,
+    /// The resolver's limits and exfiltration guards.
+    pub dns: Arc<dns::Guards>,
 }
 
 impl ProxyCtx {
@@ -128,6 +133,7 @@ impl ProxyCtx {
             sealer,
             reviews,
             limits,
+            dns,
         } = parts;
         Self {
             settings,
@@ -146,6 +152,7 @@ impl ProxyCtx {
             sealer,
             reviews,
             limits,
+            dns,
         }
     }
 

@@ -86,6 +86,14 @@ impl TargetTable {
             .find(|t| t.hosts.iter().any(|p| host_matches(p, &host)))
     }
 
+    /// The first target, on any port, that declares `host` among its hosts.
+    pub fn declaring(&self, host: &str) -> Option<&Arc<TargetSpec>> {
+        let host = host.to_ascii_lowercase();
+        self.targets
+            .iter()
+            .find(|t| t.hosts.iter().any(|p| host_matches(p, &host)))
+    }
+
     /// The first target whose networks and ports hold `dst`.
     pub fn by_addr(&self, dst: OrigDst) -> Option<&Arc<TargetSpec>> {
         let (ip, port) = (dst.0.ip(), dst.0.port());

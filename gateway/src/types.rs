@@ -11,7 +11,7 @@ mod grant;
 mod mask;
 mod review;
 
-pub use action::{ActionKind, SqlFacts, TargetRef, Wire};
+pub use action::{ActionKind, DnsFacts, SqlFacts, TargetRef, Wire};
 pub use grant::{Grant, Revocation, Selector};
 pub use mask::{FieldPath, PathSegment, Style, BUILTIN_NAMES};
 pub use review::{Person, ReviewRecord, ReviewState, Scope};

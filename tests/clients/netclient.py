@@ -113,6 +113,21 @@ def udp(spec):
         s.close()
 
 
+def icmp_socket(spec):
+    # A "ping" socket: unprivileged where net.ipv4.ping_group_range allows.
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+    except OSError as e:
+        return fail(e)
+    try:
+        s.sendto(b"\x08\x00\x00\x00\x00\x01\x00\x01", ("127.0.0.1", 0))
+        return {"ok": True}
+    except OSError as e:
+        return fail(e)
+    finally:
+        s.close()
+
+
 def in_thread(spec):
     out = {}
 
@@ -516,7 +531,7 @@ def parallel(spec):
     return {"ok": True, "results": results}
 
 
-OPS = {"parallel": parallel, "h2_hold": h2_hold, "pg_flood": pg_flood, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
+OPS = {"parallel": parallel, "h2_hold": h2_hold, "pg_flood": pg_flood, "slow_query": slow_query, "slow_post": slow_post, "exchange": exchange, "hold_many": hold_many, "tcp": tcp, "idle": idle, "hold": hold,  "udp": udp, "icmp_socket": icmp_socket, "thread": in_thread, "fork": in_child, "many": many, "httpx": httpx_get}
 
 
 def run(spec):

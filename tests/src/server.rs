@@ -24,6 +24,11 @@ impl Upstream {
         Self::start_with(ip, serve)
     }
 
+    /// Listens on `ip:port` (a well-known port a test needs, such as 53).
+    pub fn start_on(ip: &str, port: u16) -> Self {
+        Self::start_at(ip, port, serve)
+    }
+
     /// A server that reads until EOF and only then answers `got N bytes`:
     /// it can only answer if the agent's half-close reached it.
     pub fn start_counting(ip: &str) -> Self {
@@ -37,8 +42,12 @@ impl Upstream {
     }
 
     fn start_with(ip: &str, handler: fn(TcpStream)) -> Self {
+        Self::start_at(ip, 0, handler)
+    }
+
+    fn start_at(ip: &str, port: u16, handler: fn(TcpStream)) -> Self {
         let addr: SocketAddr = format!(
-            "{}:0",
+            "{}:{port}",
             if ip.contains(':') {
                 format!("[{ip}]")
             } else {

@@ -16,9 +16,13 @@
 //!   others are served;
 //! - memory: large messages at once are refused past one memory budget;
 //! - descriptors: `interlock exec` hands the agent no socket opened outside
-//!   its cgroup.
+//!   its cgroup;
+//! - egress: DNS goes through the gateway's resolver and is judged by name
+//!   (tunnels through names refused), other UDP and ICMP sockets refused.
 #[path = "bypass/descriptors.rs"]
 mod descriptors;
+#[path = "bypass/egress.rs"]
+mod egress;
 #[path = "bypass/files.rs"]
 mod files;
 #[path = "bypass/flood.rs"]

@@ -68,7 +68,16 @@ fn deny_rule_gives_eperm_and_pass_rule_bypasses_the_gateway() {
 fn rule_edits_take_effect_live_and_persist() {
     let cg = TestCgroup::new(&unique("live"));
     let up = Upstream::start("127.0.0.7");
-    let mut gw = Gateway::start(&cg, GatewayOptions::default());
+    let opts = GatewayOptions {
+        rules: vec![(
+            "from-config".into(),
+            "10.255.0.0/16".into(),
+            "1-65535".into(),
+            "deny".into(),
+        )],
+        ..Default::default()
+    };
+    let mut gw = Gateway::start(&cg, opts);
     let port = up.addr.port();
     assert_eq!(tcp(&cg, "127.0.0.7", port).0["ok"], true);
 
@@ -81,12 +90,12 @@ fn rule_edits_take_effect_live_and_persist() {
     let dup = gw.cli(&["rules", "add", "block-7", "--cidr", "10.0.0.0/8", "--action", "deny"]);
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
-    let builtin = gw.cli(&["rules", "remove", "builtin-dns-v4"]);
-    assert!(!builtin.status.success());
+    let configured = gw.cli(&["rules", "remove", "from-config"]);
+    assert!(!configured.status.success());
     assert!(
-        String::from_utf8_lossy(&builtin.stderr).contains("config file"),
+        String::from_utf8_lossy(&configured.stderr).contains("config file"),
         "{}",
-        String::from_utf8_lossy(&builtin.stderr)
+        String::from_utf8_lossy(&configured.stderr)
     );
 
     // Runtime rules survive a restart.
@@ -122,7 +131,7 @@ fn ipv6_rules_apply_to_ipv6_destinations() {
 }
 
 #[test]
-fn quic_is_refused_and_dns_passes() {
+fn quic_is_refused_and_dns_goes_to_the_gateway() {
     let cg = TestCgroup::new(&unique("udp"));
     let gw = Gateway::start(&cg, GatewayOptions::default());
     for (family, host) in [("v4", "127.0.0.8"), ("v6", "::1")] {
@@ -131,6 +140,8 @@ fn quic_is_refused_and_dns_passes() {
                 .net(json!({"op": "udp", "family": family, "host": host, "port": 443, "connect": connect}))
                 .json();
             assert_eq!(quic["errno"], EPERM, "UDP/443 {family} connect={connect}: {quic}");
+            // Port 53 is taken to the gateway's resolver (which refuses a
+            // datagram that is not DNS), so the send itself succeeds.
             let dns = Client::new(&cg)
                 .net(json!({"op": "udp", "family": family, "host": host, "port": 53, "connect": connect}))
                 .json();
@@ -139,6 +150,7 @@ fn quic_is_refused_and_dns_passes() {
     }
     let status = gw.status().unwrap();
     assert_eq!(status["quic_denied"], 4);
+    assert_eq!(status["dns_redirected"], 4, "{status}");
 }
 
 #[test]

@@ -25,6 +25,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/postgresql/*/bin/initdb", "postgresql"),
     ("psql", "postgresql-client"),
     ("pgbench", "postgresql-contrib"),
+    // A real DNS resolver for tests (on 127.x addresses only) and a real client.
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "bind9-dnsutils"),
 ];
 
 /// Python packages for the test clients, pinned (distribution, version).

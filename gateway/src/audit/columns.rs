@@ -70,6 +70,14 @@ fn typed(event: &Event) -> Option<Columns> {
             Some(&e.target),
             Some(&e.decision),
         ),
+        Event::DnsQuery(e) => columns(
+            "dns_query",
+            &e.time,
+            Some(&e.agent),
+            Some(&e.identity),
+            Some(&e.target),
+            Some(&e.decision),
+        ),
         Event::PgSession(e) => columns(
             "pg_session",
             &e.time,

@@ -4,11 +4,11 @@ use std::fmt::Write as _;
 use crate::control::RuleView;
 
 /// One row.
-fn row(out: &mut String, indent: &str, cells: [&str; 8]) {
-    let [name, source, cidr, ports, action, redirected, passed, denied] = cells;
+fn row(out: &mut String, indent: &str, cells: [&str; 9]) {
+    let [name, source, cidr, ports, proto, action, redirected, passed, denied] = cells;
     let _ = writeln!(
         out,
-        "{indent}{name:<24} {source:<8} {cidr:<22} {ports:<12} {action:<9} {redirected:>10} {passed:>8} {denied:>8}"
+        "{indent}{name:<24} {source:<8} {cidr:<22} {ports:<12} {proto:<5} {action:<9} {redirected:>10} {passed:>8} {denied:>8}"
     );
 }
 
@@ -23,6 +23,7 @@ pub(super) fn rules(indent: &str, rules: &[RuleView], default: Option<(u64, u64,
             "SOURCE",
             "CIDR",
             "PORTS",
+            "PROTO",
             "ACTION",
             "REDIRECTED",
             "PASSED",
@@ -31,13 +32,13 @@ pub(super) fn rules(indent: &str, rules: &[RuleView], default: Option<(u64, u64,
     );
     for v in rules {
         let source = format!("{:?}", v.source).to_lowercase();
-        let (ports, action) = (v.ports.to_string(), v.action.to_string());
+        let (ports, action, proto) = (v.ports.to_string(), v.action.to_string(), v.protocol.to_string());
         let counts = [v.redirected.to_string(), v.passed.to_string(), v.denied.to_string()];
         row(
             &mut out,
             indent,
             [
-                &v.name, &source, &v.cidr, &ports, &action, &counts[0], &counts[1], &counts[2],
+                &v.name, &source, &v.cidr, &ports, &proto, &action, &counts[0], &counts[1], &counts[2],
             ],
         );
     }
@@ -51,6 +52,7 @@ pub(super) fn rules(indent: &str, rules: &[RuleView], default: Option<(u64, u64,
                 "-",
                 "-",
                 "-",
+                "tcp",
                 "default",
                 &counts[0],
                 &counts[1],

@@ -49,7 +49,49 @@ impl FromStr for RuleAction {
     }
 }
 
-/// An inclusive TCP port range, written `443` or `1024-65535`.
+/// The transport a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP connections (the default).
+    #[default]
+    Tcp,
+    /// UDP datagrams: such a rule can only `pass` or `deny` (UDP is not
+    /// proxied; without a rule an agent's UDP is refused, DNS aside).
+    Udp,
+}
+
+impl Transport {
+    /// The IP protocol number the kernel compares.
+    pub fn ip_protocol(self) -> u8 {
+        match self {
+            Self::Tcp => gateway_common::IPPROTO_TCP,
+            Self::Udp => gateway_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            _ => Err(format!("unknown protocol `{s}`: expected tcp or udp")),
+        }
+    }
+}
+
+/// An inclusive port range, written `443` or `1024-65535`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "PortRangeRepr", into = "String")]
 pub struct PortRange {
@@ -141,8 +183,11 @@ pub struct RuleSpec {
     /// Destination ports.
     #[serde(default)]
     pub ports: PortRange,
-    /// What happens to matching connections.
+    /// What happens to matching connections (or, for UDP, datagrams).
     pub action: RuleAction,
+    /// The transport: `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Transport,
 }
 
 impl RuleSpec {
@@ -158,6 +203,12 @@ impl RuleSpec {
                 "rule name `{}` must be non-empty and use only letters, digits, '-', '_' and '.'",
                 self.name
             ));
+        }
+        if self.protocol == Transport::Udp && self.action == RuleAction::Redirect {
+            return Err(
+                "a udp rule can only pass or deny: UDP is not proxied (DNS goes to the gateway's resolver by itself)"
+                    .to_owned(),
+            );
         }
         if self.cidr.trunc() != self.cidr {
             return Err(format!(

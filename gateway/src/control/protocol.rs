@@ -129,6 +129,9 @@ pub struct RuleView {
     pub ports: PortRange,
     /// Action.
     pub action: RuleAction,
+    /// tcp or udp.
+    #[serde(default)]
+    pub protocol: crate::config::Transport,
     /// Counter slot.
     pub slot: u16,
     /// connect() calls redirected.
@@ -158,6 +161,16 @@ pub struct StatusReport {
     pub default_counts: (u64, u64, u64),
     /// UDP/443 sends refused.
     pub quic_denied: u64,
+    /// Agent port-53 sends and connects sent to the gateway's resolver.
+    #[serde(default)]
+    pub dns_redirected: u64,
+    /// Agent UDP no rule opened, refused (QUIC aside).
+    #[serde(default)]
+    pub udp_denied: u64,
+    /// Agent sockets of types the gateway does not carry (ICMP, raw,
+    /// SCTP...), refused.
+    #[serde(default)]
+    pub socket_denied: u64,
     /// Redirected sockets the kernel tracks (removed when they close).
     pub tracked_sockets: usize,
     /// Hand-off records not yet consumed by the listener.
@@ -174,6 +187,7 @@ impl From<&RuleSpec> for RuleView {
             cidr: r.cidr.to_string(),
             ports: r.ports,
             action: r.action,
+            protocol: r.protocol,
             slot: 0,
             redirected: 0,
             passed: 0,

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, PortRange, RuleAction, RuleSpec},
+    config::{Config, PortRange, RuleAction, RuleSpec, Transport},
     kernel::rules::{compile, CompiledRules, KernelRule},
 };
 use gateway_common::{FIRST_RULE_SLOT, MAX_RULE_SLOTS};
@@ -20,7 +20,7 @@ pub enum RuleSource {
     Runtime,
     /// From the config file.
     Config,
-    /// Implied by `pass_loopback` / `pass_dns`.
+    /// Implied by `pass_loopback`.
     Builtin,
 }
 
@@ -85,16 +85,12 @@ fn builtin_rules(config: &Config) -> Vec<RuleSpec> {
             cidr: cidr.parse::<IpNet>().expect("static CIDR"),
             ports,
             action: RuleAction::Pass,
+            protocol: Transport::Tcp,
         });
     };
     if config.intercept.pass_loopback {
         add("builtin-loopback-v4", "127.0.0.0/8", PortRange::ALL);
         add("builtin-loopback-v6", "::1/128", PortRange::ALL);
-    }
-    if config.intercept.pass_dns {
-        let dns = PortRange { lo: 53, hi: 53 };
-        add("builtin-dns-v4", "0.0.0.0/0", dns);
-        add("builtin-dns-v6", "::/0", dns);
     }
     rules
 }
@@ -183,6 +179,7 @@ impl RuleBook {
                 port_lo: r.ports.lo,
                 port_hi: r.ports.hi,
                 action: r.action.to_kernel(),
+                protocol: r.protocol.ip_protocol(),
             })
             .collect();
         compile(&rules).map_err(|e| RuleBookError::Capacity(e.to_string()))
@@ -274,6 +271,7 @@ mod tests {
             cidr: cidr.parse().unwrap(),
             ports: PortRange::ALL,
             action,
+            protocol: Transport::Tcp,
         }
     }
 
@@ -298,7 +296,7 @@ mod tests {
             Err(RuleBookError::Duplicate(_))
         ));
         assert!(matches!(
-            b.remove("builtin-dns-v4"),
+            b.remove("builtin-loopback-v4"),
             Err(RuleBookError::NotRuntime { .. })
         ));
         assert!(matches!(b.remove("nope"), Err(RuleBookError::NotFound(_))));
@@ -310,7 +308,7 @@ mod tests {
     fn a_rule_that_cannot_compile_leaves_the_book_unchanged() {
         let dir = tempdir();
         let mut b = book(&dir);
-        for i in 0..13 {
+        for i in 0..14 {
             b.add(RuleSpec {
                 ports: PortRange {
                     lo: 1000 + i,
@@ -321,23 +319,23 @@ mod tests {
             .unwrap();
         }
         let before: Vec<String> = b.all().map(|(_, r)| r.name.clone()).collect();
-        // 13 + dns-v4 + this one = 15 fine; two more overflow the 16-entry limit.
+        // 14 + s14 + s15 = 16 fit; s16 overflows the 16-entry limit.
         b.add(RuleSpec {
             ports: PortRange { lo: 2000, hi: 2000 },
-            ..spec("r13", "10.0.0.0/8", RuleAction::Deny)
+            ..spec("s14", "10.0.0.0/8", RuleAction::Deny)
         })
         .unwrap();
         b.add(RuleSpec {
             ports: PortRange { lo: 2001, hi: 2001 },
-            ..spec("r14", "10.0.0.0/8", RuleAction::Deny)
+            ..spec("s15", "10.0.0.0/8", RuleAction::Deny)
         })
         .unwrap();
         let err = b.add(RuleSpec {
             ports: PortRange { lo: 2002, hi: 2002 },
-            ..spec("r15", "10.0.0.0/8", RuleAction::Deny)
+            ..spec("s16", "10.0.0.0/8", RuleAction::Deny)
         });
         assert!(matches!(err, Err(RuleBookError::Capacity(_))), "{:?}", err.err());
-        assert!(b.slot("r15").is_none());
+        assert!(b.slot("s16").is_none());
         assert_eq!(b.all().count(), before.len() + 2);
     }
 

@@ -15,7 +15,7 @@ use crate::{
     policy::Gate,
     proxy::LiveTable,
 };
-use gateway_common::{SLOT_DEFAULT, SLOT_QUIC};
+use gateway_common::{SLOT_DEFAULT, SLOT_DNS, SLOT_QUIC, SLOT_SOCKET, SLOT_UDP_DEFAULT};
 
 /// What the control socket operates on.
 pub struct ControlState {
@@ -254,6 +254,9 @@ async fn status(state: &ControlState) -> Result<StatusReport, String> {
         rules,
         default_counts: (default.redirected, default.passed, default.denied),
         quic_denied: stats.get(&SLOT_QUIC).map_or(0, |s| s.denied),
+        dns_redirected: stats.get(&SLOT_DNS).map_or(0, |s| s.redirected),
+        udp_denied: stats.get(&SLOT_UDP_DEFAULT).map_or(0, |s| s.denied),
+        socket_denied: stats.get(&SLOT_SOCKET).map_or(0, |s| s.denied),
         tracked_sockets: kernel.maps.tracked_sockets(),
         pending_handoffs: state.handoff.pending(),
         connections: state.live.list(),

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    programs::{links::FdLink, links::PinnedLink, CgroupAttachMode, Program},
+    programs::{links::FdLink, links::PinnedLink, CgroupAttachMode, CgroupSkbAttachType, Program},
     Ebpf,
 };
 
@@ -25,13 +25,17 @@ pub const GLOBAL_PROGRAMS: [(&str, &str, &str); 2] = [
 const GLOBAL: u64 = 0;
 
 /// Every program attached to each cgroup.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 11] = [
+    gateway_common::PROG_SOCK_CREATE,
     gateway_common::PROG_CONNECT4,
     gateway_common::PROG_CONNECT6,
     gateway_common::PROG_GETPEERNAME4,
     gateway_common::PROG_GETPEERNAME6,
     gateway_common::PROG_SENDMSG4,
     gateway_common::PROG_SENDMSG6,
+    gateway_common::PROG_RECVMSG4,
+    gateway_common::PROG_RECVMSG6,
+    gateway_common::PROG_UDP_EGRESS,
     gateway_common::PROG_SOCK_OPS,
 ];
 
@@ -125,6 +129,18 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink, 
         }
         Program::SockOps(p) => {
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| chain(&e))?;
+            let link = p.take_link(id).map_err(|e| chain(&e))?;
+            FdLink::try_from(link).map_err(|e| chain(&e))
+        }
+        Program::CgroupSock(p) => {
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|e| chain(&e))?;
+            let link = p.take_link(id).map_err(|e| chain(&e))?;
+            FdLink::try_from(link).map_err(|e| chain(&e))
+        }
+        Program::CgroupSkb(p) => {
+            let id = p
+                .attach(cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .map_err(|e| chain(&e))?;
             let link = p.take_link(id).map_err(|e| chain(&e))?;
             FdLink::try_from(link).map_err(|e| chain(&e))
         }

@@ -69,6 +69,8 @@ impl Kernel {
             let loaded = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::SockOps(p) => p.load(),
+                Program::CgroupSock(p) => p.load(),
+                Program::CgroupSkb(p) => p.load(),
                 Program::TracePoint(p) => p.load(),
                 other => {
                     return Err(KernelError::Load(format!(

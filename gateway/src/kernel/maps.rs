@@ -9,7 +9,7 @@ use aya::{
 use gateway_common::{
     ConnRecord, HandoffKey, RuleSet, RuleStats, Settings, MAP_EXEC_PENDING, MAP_HANDOFF, MAP_REVOKED_CGROUPS,
     MAP_REVOKED_PIDS, MAP_REVOKED_UIDS, MAP_RULES_V4, MAP_RULES_V6, MAP_RULE_STATS, MAP_SELECTED_CGROUPS,
-    MAP_SELECTED_UIDS, MAP_SETTINGS, MAP_SOCKETS,
+    MAP_SELECTED_UIDS, MAP_SETTINGS, MAP_SOCKETS, MAP_UDP_HANDOFF,
 };
 
 use super::{pins::PinLayout, rules::CompiledRules, KernelError};
@@ -89,6 +89,7 @@ impl Handoff {
 /// by socket cookie (where a record is found when its hand-off entry is).
 pub struct KernelView {
     sockets: HashMap<MapData, u64, ConnRecord>,
+    udp_handoff: HashMap<MapData, HandoffKey, ConnRecord>,
     pids: HashMap<MapData, u32, u32>,
     uids: HashMap<MapData, u32, u32>,
     cgroups: HashMap<MapData, u64, u32>,
@@ -101,6 +102,7 @@ impl KernelView {
         let mut src = Source::Pinned(layout);
         Ok(Self {
             sockets: typed!(src, MAP_SOCKETS, HashMap<MapData, u64, ConnRecord>),
+            udp_handoff: typed!(src, MAP_UDP_HANDOFF, HashMap<MapData, HandoffKey, ConnRecord>),
             pids: typed!(src, MAP_REVOKED_PIDS, HashMap<MapData, u32, u32>),
             uids: typed!(src, MAP_REVOKED_UIDS, HashMap<MapData, u32, u32>),
             cgroups: typed!(src, MAP_REVOKED_CGROUPS, HashMap<MapData, u64, u32>),
@@ -111,6 +113,12 @@ impl KernelView {
     /// The record connect() left for a redirected socket, by its cookie.
     pub fn socket_record(&self, cookie: u64) -> Option<ConnRecord> {
         self.sockets.get(&cookie, 0).ok()
+    }
+
+    /// The record the kernel published for the sender of a DNS datagram,
+    /// by its address as received (left in place: a socket sends many).
+    pub fn dns_sender(&self, key: &HandoffKey) -> Option<ConnRecord> {
+        self.udp_handoff.get(key, 0).ok()
     }
 
     /// Why a process may not connect, the same checks the connect hooks make:

@@ -25,6 +25,8 @@ pub struct KernelRule {
     pub port_hi: u16,
     /// What to do.
     pub action: Action,
+    /// The transport (`IPPROTO_TCP` or `IPPROTO_UDP`).
+    pub protocol: u8,
 }
 
 /// Trie contents per family, keyed by (prefix length, address bytes).
@@ -69,7 +71,7 @@ pub fn compile(rules: &[KernelRule]) -> Result<CompiledRules, KernelError> {
                 port_lo: r.port_lo,
                 port_hi: r.port_hi,
                 action: r.action as u8,
-                _pad: 0,
+                protocol: r.protocol,
                 slot: r.slot,
             };
         }
@@ -97,11 +99,16 @@ mod tests {
             port_lo: lo,
             port_hi: hi,
             action,
+            protocol: gateway_common::IPPROTO_TCP,
         }
     }
 
-    /// What the kernel would decide: longest prefix present, first port match.
+    /// What the kernel would decide for TCP: longest prefix present, first port match.
     fn decide(c: &CompiledRules, addr: [u8; 4], port: u16) -> Option<(u8, u16)> {
+        decide_for(c, addr, port, gateway_common::IPPROTO_TCP)
+    }
+
+    fn decide_for(c: &CompiledRules, addr: [u8; 4], port: u16, protocol: u8) -> Option<(u8, u16)> {
         let best =
             c.v4.iter()
                 .filter(|((len, net), _)| {
@@ -112,8 +119,20 @@ mod tests {
         let set = best.1;
         set.entries[..set.len as usize]
             .iter()
-            .find(|e| port >= e.port_lo && port <= e.port_hi)
+            .find(|e| e.protocol == protocol && port >= e.port_lo && port <= e.port_hi)
             .map(|e| (e.action, e.slot))
+    }
+
+    #[test]
+    fn udp_rules_apply_to_udp_only() {
+        let mut ntp = rule(5, "10.0.0.0/8", 123, 123, Action::Pass);
+        ntp.protocol = gateway_common::IPPROTO_UDP;
+        let c = compile(&[rule(4, "0.0.0.0/0", 1, 65535, Action::Redirect), ntp]).unwrap();
+        let udp = gateway_common::IPPROTO_UDP;
+        assert_eq!(decide_for(&c, [10, 1, 2, 3], 123, udp), Some((Action::Pass as u8, 5)));
+        assert_eq!(decide(&c, [10, 1, 2, 3], 123), Some((Action::Redirect as u8, 4)));
+        // The TCP catch-all says nothing about UDP: no rule, so refused.
+        assert_eq!(decide_for(&c, [192, 0, 2, 1], 123, udp), None);
     }
 
     #[test]

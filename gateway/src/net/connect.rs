@@ -46,3 +46,16 @@ pub async fn connect_upstream(dst: OrigDst, mark: u32, timeout: Duration) -> Res
         Err(_) => Err(UpstreamError::Timeout { dst, timeout }),
     }
 }
+
+/// Opens a marked UDP socket connected to `dst` (a fresh source port each
+/// time, so answers to one question cannot be spoofed for another).
+pub fn udp_upstream(dst: OrigDst, mark: u32) -> Result<tokio::net::UdpSocket, UpstreamError> {
+    let domain = if dst.0.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket =
+        Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP)).map_err(UpstreamError::Socket)?;
+    socket.set_mark(mark).map_err(UpstreamError::Socket)?;
+    socket
+        .connect(&dst.0.into())
+        .map_err(|source| UpstreamError::Connect { dst, source })?;
+    tokio::net::UdpSocket::from_std(socket.into()).map_err(UpstreamError::Socket)
+}

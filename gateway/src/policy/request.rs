@@ -255,6 +255,13 @@ pub fn request(
             ctx.push(("statements".into(), RestrictedExpression::new_long(facts.statements)));
             ctx.push(("sql".into(), str_expr(sql.clone())));
         }
+        ActionKind::DnsQuery { facts } => {
+            ctx.push(("name".into(), str_expr(facts.name.clone())));
+            ctx.push(("qtype".into(), str_expr(facts.qtype.clone())));
+            ctx.push(("target".into(), str_expr(facts.target.clone())));
+            ctx.push(("reachable".into(), RestrictedExpression::new_bool(facts.reachable)));
+            ctx.push(("guard".into(), str_expr(facts.guard.clone())));
+        }
     }
     let context = Context::from_pairs(ctx).map_err(|e| err(&e))?;
     Request::new(

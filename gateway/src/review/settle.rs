@@ -37,6 +37,7 @@ pub fn describe(action: &ActionKind) -> String {
         ActionKind::HttpRequest { method, path, .. } => format!("{method} {path}"),
         ActionKind::SqlStatement { sql, .. } => sql.clone(),
         ActionKind::Connect => "connect".into(),
+        ActionKind::DnsQuery { facts } => format!("resolve {} {}", facts.qtype, facts.name),
     }
 }
 

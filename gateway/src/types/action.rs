@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `resource.protocol`: `tcp` (nothing recognised; bytes relayed), `tls`
 /// (a ClientHello, judged by its name before any request is seen), `http`
 /// or `https` (requests inspected one by one), `postgres` (statements
-/// inspected one by one).
+/// inspected one by one), `dns` (questions to the gateway's resolver).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Wire {
@@ -21,6 +21,8 @@ pub enum Wire {
     Https,
     /// PostgreSQL statements.
     Postgres,
+    /// DNS questions to the gateway's resolver.
+    Dns,
 }
 
 impl Wire {
@@ -32,6 +34,7 @@ impl Wire {
             Self::Http => "http",
             Self::Https => "https",
             Self::Postgres => "postgres",
+            Self::Dns => "dns",
         }
     }
 }
@@ -78,6 +81,28 @@ pub enum ActionKind {
         /// The statement text.
         sql: String,
     },
+    /// Resolve a name through the gateway's resolver.
+    DnsQuery {
+        /// What is asked about, what it names and what the guards found.
+        #[serde(flatten)]
+        facts: DnsFacts,
+    },
+}
+
+/// What policies know of one DNS question.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DnsFacts {
+    /// The name asked, lower case, without the final dot.
+    pub name: String,
+    /// The record type (`A`, `AAAA`, `TXT`, ... or `TYPE65280`).
+    pub qtype: String,
+    /// The declared target one of whose `hosts` the name is ("" if none).
+    pub target: String,
+    /// Whether policy lets this agent connect to that target.
+    pub reachable: bool,
+    /// The exfiltration guard the query is over (`name_length`,
+    /// `label_length`, `label_entropy`, `names_per_domain`), or "".
+    pub guard: String,
 }
 
 /// What policies know of a SQL string besides its text; the same for every
@@ -129,6 +154,7 @@ impl ActionKind {
             Self::Connect => "connect",
             Self::HttpRequest { .. } => "http_request",
             Self::SqlStatement { .. } => "sql_statement",
+            Self::DnsQuery { .. } => "dns_query",
         }
     }
 }

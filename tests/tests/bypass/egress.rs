@@ -1,0 +1,279 @@
+//! Every way out that is not redirected TCP: DNS goes through the gateway's
+//! resolver and is judged by name; other UDP, ICMP "ping" sockets and other
+//! socket types are refused. A real dnsmasq on 127.0.0.70 is the server the
+//! agents ask; real `dig` (UDP and TCP) and Python sockets are the agents.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use interlock_tests::{gateway::shipped, wait_for};
+
+use super::*;
+
+const EPERM: u64 = 1;
+const RESOLVER: &str = "127.0.0.70";
+
+/// dnsmasq answering from fixed records only (no upstream, no hosts file),
+/// logging every query it gets; stopped on drop.
+struct Dnsmasq {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(addr: &str) -> Self {
+        let log = std::env::temp_dir().join(unique("dnsmasq.log"));
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                &format!("--listen-address={addr}"),
+                "--port=53",
+                "--log-queries",
+                &format!("--log-facility={}", log.display()),
+                "--address=/allowed.test/127.0.0.71",
+                "--address=/other.test/127.0.0.72",
+                "--address=/tunnel.test/127.0.0.73",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dnsmasq (installed by the project's setup)");
+        let ready = wait_for(10, || {
+            Command::new("dig")
+                .args([
+                    &format!("@{addr}"),
+                    "+time=1",
+                    "+tries=1",
+                    "+short",
+                    "probe.allowed.test",
+                ])
+                .output()
+                .ok()
+                .filter(|o| String::from_utf8_lossy(&o.stdout).contains("127.0.0.71"))
+        });
+        assert!(ready.is_some(), "dnsmasq did not answer on {addr}");
+        Self { child, log }
+    }
+
+    /// Queries it received for `name`.
+    fn queries_for(&self, name: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+const DNS_POLICY: &str = r#"
+@id("allowed-connect")
+permit (principal, action == Interlock::Action::"connect", resource == Interlock::Target::"allowed");
+"#;
+
+/// A gateway with the shipped base policy (names of reachable targets
+/// resolve, nothing else) and one reachable target, `allowed.test`.
+fn dns_gateway(cg: &TestCgroup) -> Gateway {
+    Gateway::start(
+        cg,
+        GatewayOptions {
+            extra_toml: vec![
+                format!(
+                    "[[agents]]\nname = \"resolver-agent\"\ncgroup = \"{}\"\n",
+                    cg.relative()
+                ),
+                "[[targets]]\nname = \"allowed\"\nhosts = [\"allowed.test\", \"*.allowed.test\"]\nports = \"80\"\n"
+                    .into(),
+            ],
+            policies: Some(vec![
+                ("base.cedar".into(), shipped("base.cedar")),
+                ("dns.cedar".into(), DNS_POLICY.into()),
+            ]),
+            ..Default::default()
+        },
+    )
+}
+
+fn dig(cg: &TestCgroup, args: &[&str]) -> String {
+    let server = format!("@{RESOLVER}");
+    let mut all = vec![server.as_str(), "+time=2", "+tries=1"];
+    all.extend_from_slice(args);
+    let out = Client::agent(cg).run("dig", &all);
+    format!("{}{}", out.stdout, out.stderr)
+}
+
+fn status_of(dig_output: &str) -> &str {
+    dig_output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("(no answer)")
+}
+
+#[test]
+fn an_agents_dns_is_judged_by_name_and_answered_as_directly() {
+    let dns = Dnsmasq::start(RESOLVER);
+    let cg = TestCgroup::new(&unique("dns"));
+    let gw = dns_gateway(&cg);
+    // Allowed: the same answer as directly, over UDP and TCP, and it
+    // appears to come from the server the agent asked.
+    let direct = Command::new("dig")
+        .args([&format!("@{RESOLVER}"), "+short", "api.allowed.test"])
+        .output()
+        .unwrap();
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(&cg, &[transport, "api.allowed.test", "A"]);
+        assert_eq!(status_of(&out), "NOERROR", "{transport}: {out}");
+        assert!(out.contains("127.0.0.71"), "{transport}: {out}");
+        assert!(out.contains(&format!("SERVER: {RESOLVER}#53")), "{transport}: {out}");
+        let short = dig(&cg, &[transport, "+short", "api.allowed.test"]);
+        assert_eq!(short.trim(), String::from_utf8_lossy(&direct.stdout).trim());
+    }
+    // Not a reachable target's name: refused by the gateway, never asked.
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(&cg, &[transport, "secret.other.test", "A"]);
+        assert_eq!(status_of(&out), "REFUSED", "{transport}: {out}");
+    }
+    assert_eq!(dns.queries_for("secret.other.test"), 0);
+    let ev = gw.events().wait("dns_query", |e| {
+        e["name"] == "api.allowed.test" && e["transport"] == "udp"
+    });
+    assert_eq!(ev["decision"]["outcome"], "allow", "{ev}");
+    assert_eq!(ev["agent"], "resolver-agent");
+    assert_eq!(ev["answers"][0]["data"], "127.0.0.71", "{ev}");
+    assert_eq!(ev["server"], format!("{RESOLVER}:53"));
+    let ev = gw.events().wait("dns_query", |e| e["name"] == "secret.other.test");
+    assert_eq!(ev["decision"]["outcome"], "deny", "{ev}");
+    assert_eq!(ev["rcode"], "REFUSED", "{ev}");
+    // glibc's resolver through /etc/resolv.conf, in a private mount
+    // namespace that names the test's server (the client is root here only
+    // to make that namespace; it is an agent all the same).
+    let resolv = std::env::temp_dir().join(unique("resolv.conf"));
+    std::fs::write(
+        &resolv,
+        format!("nameserver {RESOLVER}\noptions attempts:1 timeout:2\n"),
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && getent ahostsv4 www.allowed.test; echo rc=$?; getent ahostsv4 www.other.test; echo rc=$?",
+        resolv.display()
+    );
+    let out = Client::new(&cg).run("unshare", &["--mount", "--", "sh", "-c", &script]);
+    let _ = std::fs::remove_file(&resolv);
+    assert!(out.stdout.contains("127.0.0.71"), "{out:?}");
+    assert!(
+        out.stdout.trim_end().ends_with("rc=2"),
+        "www.other.test must not resolve: {out:?}"
+    );
+    assert_eq!(dns.queries_for("www.other.test"), 0);
+}
+
+#[test]
+fn a_tunnel_through_dns_names_is_refused_and_audited() {
+    let dns = Dnsmasq::start(RESOLVER);
+    let cg = TestCgroup::new(&unique("dnstun"));
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            // Everything permitted: only the guards stand in the way.
+            extra_toml: vec!["[dns]\nnames_per_domain = 5\n".into()],
+            ..Default::default()
+        },
+    );
+    let chunk = "nbswy3dpeb3w64tmmq2gkzlsnfxgk4tbnrsgk3dp";
+    let name = format!("{chunk}.x.tunnel.test");
+    let out = dig(&cg, &[&name, "TXT"]);
+    assert_eq!(status_of(&out), "REFUSED", "{out}");
+    assert_eq!(dns.queries_for(&name), 0);
+    let ev = gw.events().wait("dns_query", |e| e["name"] == name.as_str());
+    assert_eq!(ev["guard"], "label_entropy", "{ev}");
+    assert_eq!(ev["decision"]["outcome"], "deny");
+    // Many short distinct names under one domain: the sixth is refused.
+    for i in 0..5 {
+        let out = dig(&cg, &[&format!("c{i}.tunnel.test")]);
+        assert_eq!(status_of(&out), "NOERROR", "c{i}: {out}");
+    }
+    let out = dig(&cg, &["c5.tunnel.test"]);
+    assert_eq!(status_of(&out), "REFUSED", "{out}");
+    assert_eq!(dns.queries_for("c5.tunnel.test"), 0);
+}
+
+#[test]
+fn tcp_to_port_53_reaches_only_the_resolver() {
+    // Not a DNS server, listening on TCP/53: an agent's bytes never reach it.
+    let up = Upstream::start_on("127.0.0.74", 53);
+    let cg = TestCgroup::new(&unique("tcp53"));
+    let _gw = Gateway::start(&cg, GatewayOptions::default());
+    let out = Client::agent(&cg)
+        .net(json!({"op": "tcp", "host": "127.0.0.74", "port": 53, "send": "GET / HTTP/1.1\r\nHost: x\r\n\r\n"}))
+        .json();
+    let _ = out;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        up.peers().is_empty(),
+        "the TCP/53 listener was reached: {:?}",
+        up.peers()
+    );
+}
+
+#[test]
+fn udp_other_than_dns_and_icmp_sockets_are_refused() {
+    let cg = TestCgroup::new(&unique("udp"));
+    let gw = Gateway::start(&cg, GatewayOptions::default());
+    for (family, host) in [("v4", "127.0.0.8"), ("v6", "::1"), ("v6", "::ffff:127.0.0.8")] {
+        for connect in [false, true] {
+            for port in [443, 9999] {
+                let out = Client::agent(&cg)
+                    .net(json!({"op": "udp", "family": family, "host": host, "port": port, "connect": connect}))
+                    .json();
+                assert_eq!(out["errno"], EPERM, "UDP {host}:{port} connect={connect}: {out}");
+            }
+        }
+    }
+    let status_before = gw.status().unwrap();
+    assert!(status_before["quic_denied"].as_u64().unwrap() >= 6, "{status_before}");
+    // Ping sockets for every group, so the refusal below is the hook's, not
+    // the sysctl's: a process outside the agent cgroup can open one.
+    let sysctl = "/proc/sys/net/ipv4/ping_group_range";
+    let before = std::fs::read_to_string(sysctl).unwrap();
+    std::fs::write(sysctl, "0 2147483647").unwrap();
+    let outside = TestCgroup::new(&unique("udpctl"));
+    let control = Client::agent(&outside).net(json!({"op": "icmp_socket"})).json();
+    let ping = Client::agent(&cg).net(json!({"op": "icmp_socket"})).json();
+    std::fs::write(sysctl, before.trim()).unwrap();
+    assert_eq!(control["ok"], true, "outside the agent cgroup: {control}");
+    assert_eq!(ping["errno"], EPERM, "ICMP datagram socket: {ping}");
+    let status = gw.status().unwrap();
+    assert!(status["socket_denied"].as_u64().unwrap() >= 1, "{status}");
+}
+
+#[test]
+fn with_the_gateway_down_dns_fails_closed() {
+    let dns = Dnsmasq::start(RESOLVER);
+    let cg = TestCgroup::new(&unique("dnsdown"));
+    let mut gw = Gateway::start(&cg, GatewayOptions::default());
+    assert_eq!(status_of(&dig(&cg, &["up.allowed.test"])), "NOERROR");
+    gw.stop();
+    let out = dig(&cg, &["down.allowed.test"]);
+    assert_eq!(status_of(&out), "(no answer)", "{out}");
+    assert_eq!(
+        dns.queries_for("down.allowed.test"),
+        0,
+        "the query left without the gateway"
+    );
+}
