@@ -302,7 +302,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         sealer: Arc::new(crate::audit::seal::Sealer::load_or_create(&config.paths.state_dir)?),
         reviews: reviews.clone(),
         limits: limits.clone(),
-        dns: Arc::new(crate::proxy::dns::Guards::new(&config.dns)),
+        dns: Arc::new(crate::proxy::dns::Guards::new(
+            &config.dns,
+            &crate::proxy::dns::guard::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+        )),
     }));
     let shared = Arc::new(Shared::new(
         handoff.clone(),

@@ -316,7 +316,10 @@ async fn admit(
             return None;
         }
     };
-    let judged = targets.judge(orig_dst, protocol.host(), &shared.ctx.gate.names).await;
+    let learned = shared.ctx.gate.learned.names(&agent, orig_dst.0.ip());
+    let judged = targets
+        .judge(orig_dst, protocol.host(), &shared.ctx.gate.names, &learned)
+        .await;
     let verdict = shared.ctx.gate.connect(agent, &identity, orig_dst, &judged);
     tracing::debug!(
         conn = %id, via, pid = identity.pid, agent = %verdict.agent, dst = %orig_dst, target = %verdict.target.name,

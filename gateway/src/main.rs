@@ -47,6 +47,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Names agents resolved through the gateway, with the addresses they
+    /// are bound to (connects there are judged as the name).
+    Names {
+        /// Only this address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List or edit redirect rules on the running gateway.
     Rules {
         #[command(subcommand)]
@@ -323,6 +333,7 @@ fn real_main() -> anyhow::Result<()> {
                 ApprovalsCommand::Deny { id, reason } => cli::approvals_deny(&config, id, reason).await?,
             },
             Command::Status { json } => cli::status(&config, json).await?,
+            Command::Names { ip, json } => cli::names(&config, ip, json).await?,
             Command::Rules { command } => match command {
                 RulesCommand::List { json } => cli::rules_list(&config, json).await?,
                 RulesCommand::Add {

@@ -12,8 +12,10 @@ use crate::{
     types::{OrigDst, TargetRef, Wire},
 };
 
+pub mod learned;
 pub mod names;
 
+pub use learned::{BindingView, Learned};
 pub use names::Names;
 
 /// What a connection was judged as.
@@ -25,6 +27,9 @@ pub struct Judged {
     pub bound: Option<String>,
     /// The name the agent gave, bound or not.
     pub claimed: Option<String>,
+    /// The target was found by a name of its `hosts` that the agent
+    /// resolved to this address through the gateway (see [`Learned`]).
+    pub resolved: bool,
 }
 
 impl Judged {
@@ -103,31 +108,53 @@ impl TargetTable {
             .find(|t| t.cidrs.iter().any(|c| c.contains(&ip.to_canonical())))
     }
 
-    /// Judges a connection by its address and the name the agent gave. The
-    /// name is bound when the address is inside the named target's
-    /// networks or the name resolves to it. It is looked up only when that
-    /// can change something: it names a declared target the address is not
-    /// a network of, or the address belongs to no target (policies may read
-    /// `resource.host` of undeclared destinations).
-    pub async fn judge(&self, dst: OrigDst, claimed: Option<&str>, names: &Names) -> Judged {
+    /// Judges a connection by its address, the name the agent gave and the
+    /// names it resolved to the address through the gateway (`learned`,
+    /// most recent first). A given name is bound when the address is inside
+    /// the named target's networks, the agent resolved it to the address,
+    /// or the name resolves to it; the gateway's own lookup is made only
+    /// when that can change something: it names a declared target the
+    /// address is not a network of, or the address belongs to no target
+    /// (policies may read `resource.host` of undeclared destinations).
+    /// Without a given name, the most recent learned name that declares a
+    /// target on the port is bound, else the most recent learned name.
+    pub async fn judge(&self, dst: OrigDst, claimed: Option<&str>, names: &Names, learned: &[String]) -> Judged {
         let ip = dst.0.ip();
         let by_addr = self.by_addr(dst).cloned();
         let Some(claim) = claimed.map(str::to_ascii_lowercase) else {
-            return Judged {
-                spec: by_addr,
-                ..Judged::default()
+            let declared = learned
+                .iter()
+                .find_map(|n| self.by_host(dst.0.port(), n).map(|t| (n, t.clone())));
+            return match declared {
+                Some((name, spec)) => Judged {
+                    spec: Some(spec),
+                    bound: Some(name.clone()),
+                    claimed: None,
+                    resolved: true,
+                },
+                None => Judged {
+                    spec: by_addr,
+                    bound: learned.first().cloned(),
+                    claimed: None,
+                    resolved: false,
+                },
             };
         };
         let named = self.by_host(dst.0.port(), &claim).cloned();
         let in_networks = named
             .as_ref()
             .is_some_and(|t| t.cidrs.iter().any(|c| c.contains(&ip.to_canonical())));
-        let bound = in_networks || ((named.is_some() || by_addr.is_none()) && names.resolves_to(&claim, ip).await);
+        let learned_here = learned.contains(&claim);
+        let bound = in_networks
+            || learned_here
+            || ((named.is_some() || by_addr.is_none()) && names.resolves_to(&claim, ip).await);
+        let resolved = learned_here && named.is_some();
         let spec = if bound { named.or(by_addr) } else { by_addr };
         Judged {
             spec,
             bound: bound.then(|| claim.clone()),
             claimed: Some(claim),
+            resolved,
         }
     }
 
@@ -167,6 +194,13 @@ impl TargetTable {
             protocol: Wire::Tcp,
         })
     }
+}
+
+/// Why a connect to a `require_resolution` target was refused.
+pub fn unresolved_reason(target: &str) -> String {
+    format!(
+        "target `{target}` requires that the agent resolve one of its hosts to this address through the gateway first"
+    )
 }
 
 /// `api.openai.com` matches itself; `*.openai.com` matches any subdomain.
@@ -263,7 +297,7 @@ cidrs = ["10.0.0.0/8"]
         let names = Names::default();
         let judge = |dst: &'static str, host: &'static str| {
             let (table, names) = (&table, &names);
-            async move { table.judge(OrigDst(dst.parse().unwrap()), Some(host), names).await }
+            async move { table.judge(OrigDst(dst.parse().unwrap()), Some(host), names, &[]).await }
         };
         let j = judge("10.1.2.3:443", "db.internal").await;
         assert_eq!(j.spec.unwrap().name, "internal");

@@ -10,6 +10,7 @@
 //! The tests need root and real BPF: they fail loudly otherwise.
 pub mod cgroup;
 pub mod client;
+pub mod dns;
 pub mod events;
 pub mod gateway;
 pub mod https;

@@ -58,6 +58,11 @@ pub struct DnsQueryEvent {
     pub rcode: String,
     /// The answer section the agent received.
     pub answers: Vec<DnsAnswer>,
+    /// Addresses of the answer now bound to the name for this agent (0
+    /// when the server is not trusted to bind names; see
+    /// `[dns] trusted_servers`).
+    #[serde(default)]
+    pub bound: usize,
     /// Microseconds from arrival to the answer.
     pub duration_us: u64,
     /// Why the gateway answered SERVFAIL or FORMERR itself, when it did.

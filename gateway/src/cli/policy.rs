@@ -7,7 +7,7 @@ use crate::{
     config::Config,
     identity::{self, AgentMatcher, Identity},
     policy::{decide, embedded_sources, read_dir_sources, ActionKind, LoadedPolicies, Query},
-    targets::TargetTable,
+    targets::{host_matches, TargetTable},
     types::{AgentName, OrigDst},
 };
 
@@ -67,6 +67,10 @@ pub fn policy_explain(
         Subject::Agent(name) => (AgentName(name), Identity::unattributed()),
     };
     let table = TargetTable::new(&config.targets);
+    // An address is judged as a name this agent resolved to it through the
+    // running gateway, as a connect would be.
+    let mut names_note = None;
+    let mut unresolved = None;
     let target = match table.by_name(target) {
         Some(t) => t,
         None => {
@@ -75,27 +79,73 @@ pub fn policy_explain(
                     "`{target}` is neither a configured target nor an address like 10.0.0.5:5432"
                 ))
             })?;
-            table.resolve(OrigDst(addr), crate::types::Wire::Tcp)
+            let dst = OrigDst(addr);
+            let learned: Vec<String> = match super::names::live(config, addr.ip())? {
+                Some(all) => {
+                    let mine: Vec<String> = all
+                        .iter()
+                        .filter(|b| b.agent == agent)
+                        .map(|b| b.name.clone())
+                        .collect();
+                    let shown: Vec<String> = all
+                        .iter()
+                        .map(|b| format!("{} (agent {}, {} s left)", b.name, b.agent, b.expires_in))
+                        .collect();
+                    names_note = Some(if shown.is_empty() {
+                        "none learned for this address".to_owned()
+                    } else {
+                        shown.join(", ")
+                    });
+                    mine
+                }
+                None => {
+                    names_note = Some("gateway not running; judged by address alone".to_owned());
+                    Vec::new()
+                }
+            };
+            let declares = |n: &String| {
+                table
+                    .find(dst, Some(n))
+                    .is_some_and(|t| t.hosts.iter().any(|p| host_matches(p, n)))
+            };
+            let declared = learned.iter().find(|n| declares(n));
+            if declared.is_none() {
+                unresolved = table
+                    .by_addr(dst)
+                    .filter(|t| t.require_resolution)
+                    .map(|t| t.name.clone());
+            }
+            let bound = declared.or(learned.first());
+            table.resolve_host(dst, bound.map(String::as_str), crate::types::Wire::Tcp)
         }
     };
-    let decision = decide(
-        &set,
-        &Query {
-            agent: &agent,
-            identity: &identity,
-            target: &target,
-            action: &action,
-            now: SystemTime::now(),
-        },
-    );
+    let decision = match unresolved {
+        Some(name) => crate::policy::Decision::deny(Vec::new(), crate::targets::unresolved_reason(&name)),
+        None => decide(
+            &set,
+            &Query {
+                agent: &agent,
+                identity: &identity,
+                target: &target,
+                action: &action,
+                now: SystemTime::now(),
+            },
+        ),
+    };
     if json {
-        let value = serde_json::json!({"agent": agent, "target": target, "action": action, "decision": decision});
+        let value = serde_json::json!({"agent": agent, "target": target, "action": action, "decision": decision, "names": names_note});
         println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         return Ok(());
     }
     println!("decision: {:?}", decision.outcome);
     println!("agent:    {agent} (pid {}, uid {})", identity.pid, identity.uid);
     println!("target:   {} ({}:{})", target.name, target.ip, target.port);
+    if !target.host.is_empty() {
+        println!("as name:  {}", target.host);
+    }
+    if let Some(note) = &names_note {
+        println!("names:    {note}");
+    }
     println!("action:   {}", action.cedar_name());
     println!("reason:   {}", decision.reason);
     for id in &decision.policies {

@@ -45,6 +45,11 @@ fn render(r: &StatusReport) -> String {
     let _ = writeln!(s, "dns to the gateway's resolver: {}", r.dns_redirected);
     let _ = writeln!(s, "other udp refused: {}", r.udp_denied);
     let _ = writeln!(s, "sockets refused (icmp, raw, sctp...): {}", r.socket_denied);
+    let _ = writeln!(s, "names learned from DNS answers: {}", r.names_total);
+    s += &super::names::table("  ", &r.names);
+    if r.names_total > r.names.len() {
+        let _ = writeln!(s, "  ... {} more (`interlock names`)", r.names_total - r.names.len());
+    }
     let _ = writeln!(
         s,
         "tracked sockets: {} (hand-offs pending: {})",

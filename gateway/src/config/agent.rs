@@ -66,6 +66,10 @@ pub struct TargetSpec {
     /// on whether they separate segments.
     #[serde(default)]
     pub encoded_slashes: bool,
+    /// Connections are refused unless the agent resolved one of `hosts` to
+    /// the address through the gateway first (no hard-coded addresses).
+    #[serde(default)]
+    pub require_resolution: bool,
 }
 
 /// How traffic to a target is handled.
@@ -219,6 +223,12 @@ impl TargetSpec {
         }
         if self.cidrs.is_empty() && self.hosts.is_empty() {
             return Err(format!("target `{}` needs cidrs or hosts", self.name));
+        }
+        if self.require_resolution && self.hosts.is_empty() {
+            return Err(format!(
+                "target `{}`: require_resolution needs `hosts` (the names agents must resolve)",
+                self.name
+            ));
         }
         match (&self.postgres, self.protocol) {
             (Some(pg), TargetProtocol::Postgres) => {

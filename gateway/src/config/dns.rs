@@ -41,6 +41,16 @@ pub struct DnsConfig {
     /// Servers allowed queries go to, tried in order; empty: the server the
     /// agent asked.
     pub upstreams: Vec<SocketAddr>,
+    /// Servers whose answers bind names to addresses for the agent that
+    /// asked (so a connect to the address is judged as the name), besides
+    /// `upstreams` and the nameservers in this host's /etc/resolv.conf.
+    /// Answers from any other server reach the agent but bind nothing: an
+    /// agent's own server could otherwise give a target's name to an
+    /// address of the agent's choosing.
+    pub trusted_servers: Vec<SocketAddr>,
+    /// How long a learned binding outlives its answer's TTL.
+    #[serde(with = "humantime_serde")]
+    pub binding_grace: Duration,
     /// The answer to a refused query.
     pub refuse_with: RefuseWith,
     /// How long an upstream may take to answer (then SERVFAIL).
@@ -67,6 +77,8 @@ impl Default for DnsConfig {
         Self {
             enabled: true,
             upstreams: Vec::new(),
+            trusted_servers: Vec::new(),
+            binding_grace: Duration::from_secs(30),
             refuse_with: RefuseWith::Refused,
             timeout: Duration::from_secs(5),
             max_name: 253,

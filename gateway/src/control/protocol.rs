@@ -6,6 +6,7 @@ use crate::{
     config::{PortRange, RuleAction, RuleSpec},
     kernel::AttachedLink,
     proxy::LiveConn,
+    targets::BindingView,
 };
 
 /// What the CLI asks.
@@ -71,6 +72,11 @@ pub enum Request {
         /// Why (shown to the agent and recorded).
         reason: String,
     },
+    /// Names agents resolved through the gateway, for one address or all.
+    Names {
+        /// Only this address.
+        ip: Option<std::net::IpAddr>,
+    },
 }
 
 /// What the daemon answers.
@@ -79,6 +85,11 @@ pub enum Request {
 pub enum Response {
     /// Status report.
     Status(Box<StatusReport>),
+    /// Learned names.
+    Names {
+        /// The live bindings.
+        names: Vec<BindingView>,
+    },
     /// Rule list.
     Rules {
         /// The rules in precedence order of their sources.
@@ -142,6 +153,9 @@ pub struct RuleView {
     pub denied: u64,
 }
 
+/// Learned names `status` lists (`interlock names` lists them all).
+pub const STATUS_NAMES: usize = 50;
+
 /// Everything `interlock status` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -171,6 +185,13 @@ pub struct StatusReport {
     /// SCTP...), refused.
     #[serde(default)]
     pub socket_denied: u64,
+    /// Names agents resolved through the gateway, bound to addresses
+    /// (the first [`STATUS_NAMES`] of them).
+    #[serde(default)]
+    pub names: Vec<BindingView>,
+    /// How many bindings there are in all.
+    #[serde(default)]
+    pub names_total: usize,
     /// Redirected sockets the kernel tracks (removed when they close).
     pub tracked_sockets: usize,
     /// Hand-off records not yet consumed by the listener.

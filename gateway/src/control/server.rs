@@ -144,6 +144,9 @@ pub async fn handle_as(request: Request, state: &ControlState, person: crate::re
             Ok(report) => Response::Status(Box::new(report)),
             Err(message) => Response::Error { message },
         },
+        Request::Names { ip } => Response::Names {
+            names: state.gate.learned.view(ip),
+        },
         Request::RulesList => match rule_views(state).await {
             Ok(rules) => Response::Rules { rules },
             Err(message) => Response::Error { message },
@@ -241,6 +244,7 @@ async fn status(state: &ControlState) -> Result<StatusReport, String> {
     let kernel = state.kernel.lock().await;
     let stats = kernel.maps.stats().map_err(|e| e.to_string())?;
     let default = stats.get(&SLOT_DEFAULT).copied().unwrap_or_default();
+    let names = state.gate.learned.view(None);
     Ok(StatusReport {
         pid: std::process::id(),
         listeners: state.listeners.clone(),
@@ -257,6 +261,8 @@ async fn status(state: &ControlState) -> Result<StatusReport, String> {
         dns_redirected: stats.get(&SLOT_DNS).map_or(0, |s| s.redirected),
         udp_denied: stats.get(&SLOT_UDP_DEFAULT).map_or(0, |s| s.denied),
         socket_denied: stats.get(&SLOT_SOCKET).map_or(0, |s| s.denied),
+        names_total: names.len(),
+        names: names.into_iter().take(super::protocol::STATUS_NAMES).collect(),
         tracked_sockets: kernel.maps.tracked_sockets(),
         pending_handoffs: state.handoff.pending(),
         connections: state.live.list(),

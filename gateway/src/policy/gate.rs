@@ -9,7 +9,7 @@ use std::{
 use super::{ActionKind, Decision, PolicyStore, Query, TargetRef};
 use crate::{
     identity::{AgentMatcher, Identity},
-    targets::{Judged, Names, TargetTable},
+    targets::{Judged, Learned, Names, TargetTable},
     types::{AgentName, OrigDst, Wire},
 };
 
@@ -32,6 +32,8 @@ pub struct Gate {
     pub policies: PolicyStore,
     /// Which names resolve to which addresses (kept across reloads).
     pub names: Names,
+    /// Names agents resolved through the gateway, per agent and address.
+    pub learned: Learned,
     naming: RwLock<(std::sync::Arc<AgentMatcher>, std::sync::Arc<TargetTable>)>,
     cache: Mutex<HashMap<ConnectKey, Decision>>,
 }
@@ -63,6 +65,7 @@ impl Gate {
         Self {
             policies,
             names: Names::default(),
+            learned: Learned::default(),
             naming: RwLock::new((agents.into(), targets.into())),
             cache: Mutex::new(HashMap::new()),
         }
@@ -98,6 +101,18 @@ impl Gate {
             protocol: if judged.claimed.is_some() { Wire::Tls } else { Wire::Tcp },
         };
         let (generation, set) = self.policies.snapshot();
+        if let Some(spec) = judged
+            .spec
+            .as_ref()
+            .filter(|s| s.require_resolution && !judged.resolved)
+        {
+            return ConnectVerdict {
+                agent,
+                target,
+                generation,
+                decision: Decision::deny(Vec::new(), crate::targets::unresolved_reason(&spec.name)),
+            };
+        }
         let key = (!set.reads_context).then(|| ConnectKey {
             generation,
             agent: agent.clone(),

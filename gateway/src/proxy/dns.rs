@@ -106,6 +106,7 @@ pub async fn answer(ctx: &Arc<ProxyCtx>, caller: &DnsCaller, bytes: &[u8]) -> Op
         answers: Vec::new(),
         duration_us: 0,
         error: None,
+        bound: 0,
     };
     let q = match message::parse_question(bytes) {
         Ok(q) => q,
@@ -176,6 +177,10 @@ pub async fn answer(ctx: &Arc<ProxyCtx>, caller: &DnsCaller, bytes: &[u8]) -> Op
             event.upstream = Some(upstream.0);
             event.rcode = message::rcode_name(read.rcode);
             event.answers = read.answers;
+            if dns.trusts(upstream.0) {
+                let grace = dns.config().binding_grace;
+                event.bound = ctx.gate.learned.learn(&caller.agent, &q.text, &read.addresses, grace);
+            }
             message::with_id(bytes, q.id)
         }
         Err(e) => {

@@ -137,6 +137,7 @@ mod tests {
             spec: Some(std::sync::Arc::new(spec.clone())),
             bound: None,
             claimed: claimed.map(str::to_owned),
+            resolved: false,
         }
     }
 

@@ -2,84 +2,19 @@
 //! resolver and is judged by name; other UDP, ICMP "ping" sockets and other
 //! socket types are refused. A real dnsmasq on 127.0.0.70 is the server the
 //! agents ask; real `dig` (UDP and TCP) and Python sockets are the agents.
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-};
+use std::process::Command;
 
-use interlock_tests::{gateway::shipped, wait_for};
+use interlock_tests::{dns::Dnsmasq, gateway::shipped};
 
 use super::*;
 
 const EPERM: u64 = 1;
 const RESOLVER: &str = "127.0.0.70";
-
-/// dnsmasq answering from fixed records only (no upstream, no hosts file),
-/// logging every query it gets; stopped on drop.
-struct Dnsmasq {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Dnsmasq {
-    fn start(addr: &str) -> Self {
-        let log = std::env::temp_dir().join(unique("dnsmasq.log"));
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--user=root",
-                "--pid-file=",
-                &format!("--listen-address={addr}"),
-                "--port=53",
-                "--log-queries",
-                &format!("--log-facility={}", log.display()),
-                "--address=/allowed.test/127.0.0.71",
-                "--address=/other.test/127.0.0.72",
-                "--address=/tunnel.test/127.0.0.73",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dnsmasq (installed by the project's setup)");
-        let ready = wait_for(10, || {
-            Command::new("dig")
-                .args([
-                    &format!("@{addr}"),
-                    "+time=1",
-                    "+tries=1",
-                    "+short",
-                    "probe.allowed.test",
-                ])
-                .output()
-                .ok()
-                .filter(|o| String::from_utf8_lossy(&o.stdout).contains("127.0.0.71"))
-        });
-        assert!(ready.is_some(), "dnsmasq did not answer on {addr}");
-        Self { child, log }
-    }
-
-    /// Queries it received for `name`.
-    fn queries_for(&self, name: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
-            .count()
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+const RECORDS: &[(&str, &str)] = &[
+    ("allowed.test", "127.0.0.71"),
+    ("other.test", "127.0.0.72"),
+    ("tunnel.test", "127.0.0.73"),
+];
 
 const DNS_POLICY: &str = r#"
 @id("allowed-connect")
@@ -127,7 +62,7 @@ fn status_of(dig_output: &str) -> &str {
 
 #[test]
 fn an_agents_dns_is_judged_by_name_and_answered_as_directly() {
-    let dns = Dnsmasq::start(RESOLVER);
+    let dns = Dnsmasq::start(RESOLVER, RECORDS);
     let cg = TestCgroup::new(&unique("dns"));
     let gw = dns_gateway(&cg);
     // Allowed: the same answer as directly, over UDP and TCP, and it
@@ -185,7 +120,7 @@ fn an_agents_dns_is_judged_by_name_and_answered_as_directly() {
 
 #[test]
 fn a_tunnel_through_dns_names_is_refused_and_audited() {
-    let dns = Dnsmasq::start(RESOLVER);
+    let dns = Dnsmasq::start(RESOLVER, RECORDS);
     let cg = TestCgroup::new(&unique("dnstun"));
     let gw = Gateway::start(
         &cg,
@@ -264,7 +199,7 @@ fn udp_other_than_dns_and_icmp_sockets_are_refused() {
 
 #[test]
 fn with_the_gateway_down_dns_fails_closed() {
-    let dns = Dnsmasq::start(RESOLVER);
+    let dns = Dnsmasq::start(RESOLVER, RECORDS);
     let cg = TestCgroup::new(&unique("dnsdown"));
     let mut gw = Gateway::start(&cg, GatewayOptions::default());
     assert_eq!(status_of(&dig(&cg, &["up.allowed.test"])), "NOERROR");

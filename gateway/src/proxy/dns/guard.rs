@@ -4,6 +4,7 @@
 //! `[dns] over_limit` says whether that refuses the query or goes to policy.
 use std::{
     collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -22,10 +23,26 @@ struct Window {
     names: HashSet<String>,
 }
 
-/// The guards, with the per-agent counts they keep.
+/// The guards, with the per-agent counts they keep, and the servers whose
+/// answers are trusted to bind names to addresses.
 pub struct Guards {
     config: DnsConfig,
     windows: Mutex<HashMap<(AgentName, String), Window>>,
+    trusted: HashSet<SocketAddr>,
+}
+
+/// The `nameserver` lines of a resolv.conf, as port-53 addresses (a
+/// scoped IPv6 `fe80::1%eth0` loses its scope; unreadable lines are skipped).
+pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then_some(())?;
+            let addr = words.next()?.split('%').next()?;
+            addr.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+        })
+        .collect()
 }
 
 /// Shannon entropy of `label`, bits per byte.
@@ -59,12 +76,25 @@ fn domain_of(text: &str) -> &str {
 }
 
 impl Guards {
-    /// Guards with the configured limits.
-    pub fn new(config: &DnsConfig) -> Self {
+    /// Guards with the configured limits; `system` are this host's own
+    /// nameservers (trusted like `upstreams` and `trusted_servers`).
+    pub fn new(config: &DnsConfig, system: &[SocketAddr]) -> Self {
+        let trusted = (config.upstreams.iter())
+            .chain(&config.trusted_servers)
+            .chain(system)
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+            .collect();
         Self {
             config: config.clone(),
             windows: Mutex::default(),
+            trusted,
         }
+    }
+
+    /// Whether answers from `server` may bind names to addresses.
+    pub fn trusts(&self, server: SocketAddr) -> bool {
+        self.trusted
+            .contains(&SocketAddr::new(server.ip().to_canonical(), server.port()))
     }
 
     /// The limits.
@@ -141,10 +171,32 @@ mod tests {
     use super::*;
 
     fn guards() -> Guards {
-        Guards::new(&DnsConfig {
-            names_per_domain: 3,
-            ..DnsConfig::default()
-        })
+        Guards::new(
+            &DnsConfig {
+                names_per_domain: 3,
+                trusted_servers: vec!["10.0.0.53:53".parse().unwrap()],
+                ..DnsConfig::default()
+            },
+            &nameservers(
+                "# comment\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\noptions edns0\nnameserver nonsense\n",
+            ),
+        )
+    }
+
+    #[test]
+    fn trusted_servers_are_the_configured_and_the_systems() {
+        let g = guards();
+        for s in [
+            "10.0.0.53:53",
+            "127.0.0.53:53",
+            "[fe80::1]:53",
+            "[::ffff:127.0.0.53]:53",
+        ] {
+            assert!(g.trusts(s.parse().unwrap()), "{s}");
+        }
+        for s in ["10.0.0.53:5353", "127.0.0.54:53", "8.8.8.8:53"] {
+            assert!(!g.trusts(s.parse().unwrap()), "{s}");
+        }
     }
 
     fn labels(text: &str) -> Vec<Vec<u8>> {

@@ -1,0 +1,74 @@
+//! A real DNS server for tests: Debian's dnsmasq answering fixed records
+//! only (no upstream, no hosts file) on one loopback address, logging every
+//! query it gets so tests can tell what reached it.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use crate::{unique, wait_for};
+
+/// A running dnsmasq; stopped on drop.
+pub struct Dnsmasq {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts one on `addr`:53 answering each (domain, address) pair for the
+    /// domain and every name under it; the first pair must be answerable
+    /// (it is asked to see the server is up).
+    pub fn start(addr: &str, records: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(unique("dnsmasq.log"));
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+            &format!("--listen-address={addr}"),
+            "--port=53",
+            "--log-queries",
+            &format!("--log-facility={}", log.display()),
+        ]);
+        for (domain, ip) in records {
+            cmd.arg(format!("--address=/{domain}/{ip}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dnsmasq (installed by the project's setup)");
+        let (probe, want) = records.first().copied().expect("at least one record");
+        let ready = wait_for(10, || {
+            Command::new("dig")
+                .args([&format!("@{addr}"), "+time=1", "+tries=1", "+short", probe])
+                .output()
+                .ok()
+                .filter(|o| String::from_utf8_lossy(&o.stdout).contains(want))
+        });
+        assert!(ready.is_some(), "dnsmasq did not answer on {addr}");
+        Self { child, log }
+    }
+
+    /// Queries it received for `name`.
+    pub fn queries_for(&self, name: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
