@@ -106,8 +106,11 @@ pub const SLOT_UDP_DEFAULT: u16 = 4;
 /// Counter slot for agent sockets of a type the gateway does not carry
 /// (ICMP "ping", raw, SCTP...), refused at socket().
 pub const SLOT_SOCKET: u16 = 5;
+/// Counter slot for agent DNS over TLS (TCP/853) connects, refused while
+/// the gateway resolves for agents (it could not read those names).
+pub const SLOT_DOT: u16 = 6;
 /// First slot handed to a configured rule.
-pub const FIRST_RULE_SLOT: u16 = 6;
+pub const FIRST_RULE_SLOT: u16 = 7;
 /// Capacity of the revocation maps.
 pub const MAX_REVOKED: u32 = 16384;
 /// Most port-range entries one CIDR can carry, inherited ones included.

@@ -4,8 +4,8 @@
 //!
 //! Order: the gateway's own marked sockets pass; revoked processes are
 //! refused, agent or not; non-agents pass; then, for agents, port 53 (TCP
-//! and UDP) goes to the gateway's resolver, TCP follows the rules (the
-//! default action when none matches) and UDP passes only where a `udp` rule
+//! and UDP) goes to the gateway's resolver, TCP to 853 (DNS over TLS) is
+//! refused, other TCP follows the rules (the default action when none matches) and UDP passes only where a `udp` rule
 //! says `pass`. Any other socket type is refused.
 //!
 //! FAILS CLOSED: missing settings, a failed record write or an unknown action
@@ -14,7 +14,7 @@ use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::Sock
 use aya_log_ebpf::{info, warn};
 use gateway_common::{
     Action, Settings, DNS_VIA_GATEWAY, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, SLOT_DEFAULT, SLOT_DNS,
-    SLOT_QUIC, SLOT_SOCKET, SLOT_UDP_DEFAULT,
+    SLOT_DOT, SLOT_QUIC, SLOT_SOCKET, SLOT_UDP_DEFAULT,
 };
 
 use crate::{
@@ -26,6 +26,7 @@ const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const DNS_PORT: u16 = 53;
 const QUIC_PORT: u16 = 443;
+const DOT_PORT: u16 = 853;
 
 #[cgroup_sock_addr(connect4)]
 pub fn interlock_connect4(ctx: SockAddrContext) -> i32 {
@@ -87,6 +88,12 @@ enum Plan {
 fn plan(settings: &Settings, protocol: u8, port: u16, rule: impl FnOnce(u8) -> Option<rules::Verdict>) -> Plan {
     if settings.dns == DNS_VIA_GATEWAY && port == DNS_PORT {
         return Plan::Redirect(SLOT_DNS);
+    }
+    // DNS over TLS would carry names the resolver never sees: refused
+    // before any rule, like a tunnel (DNS over HTTPS is an HTTPS target,
+    // named by its SNI and judged by policy).
+    if settings.dns == DNS_VIA_GATEWAY && protocol == IPPROTO_TCP && port == DOT_PORT {
+        return Plan::Deny(SLOT_DOT);
     }
     if protocol == IPPROTO_TCP {
         let verdict = rule(IPPROTO_TCP).unwrap_or(rules::Verdict {

@@ -254,6 +254,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         gateway_common::SLOT_DNS,
         gateway_common::SLOT_UDP_DEFAULT,
         gateway_common::SLOT_SOCKET,
+        gateway_common::SLOT_DOT,
     ]) {
         let _ = kernel.maps.reset_stats(slot);
     }

@@ -234,8 +234,38 @@ pub fn audit_record(data: &[u8]) {
 /// A fuzz target: raw input in, a panic on a broken property.
 pub type Target = fn(&[u8]);
 
+/// A DNS message from an agent: the question read from it; a question
+/// read is built again for the upstream and reads back the same; the
+/// gateway's own answers to it (and to a malformed one) are well formed;
+/// the bytes read as an upstream's answer and through the guards never
+/// panic.
+pub fn dns_message(data: &[u8]) {
+    use crate::proxy::dns::{message, Guards};
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    let check_reply = |bytes: &[u8], id: u16| {
+        let reply = Message::from_vec(bytes).expect("the gateway's own answer parses");
+        assert_eq!(reply.metadata.id, id);
+        assert_eq!(reply.metadata.message_type, MessageType::Response);
+    };
+    match message::parse_question(data) {
+        Ok(q) => {
+            let built = message::upstream_query(&q, 7).expect("a question read can be asked again");
+            let again = message::parse_question(&built).expect("the gateway's query parses");
+            assert_eq!((again.id, again.qtype, &again.text), (7, q.qtype, &q.text));
+            check_reply(&message::refusal(q.id, Some(&q), ResponseCode::Refused), q.id);
+            let _ = message::read_answer(data, &q, q.id);
+            let guards = Guards::new(&crate::config::DnsConfig::default(), &[]);
+            let _ = guards.check(&crate::types::AgentName("fuzz".into()), &q.text, &q.labels);
+        }
+        Err(message::Malformed::Shape { id, .. }) => {
+            check_reply(&message::refusal(id, None, ResponseCode::FormErr), id);
+        }
+        Err(message::Malformed::Unreadable(_)) => {}
+    }
+}
+
 /// Every target by name, for the runner and the tests.
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("detect", detect),
     ("http_path", http_path),
     ("mask_json", mask_json),
@@ -245,6 +275,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("pg_backend", pg_backend),
     ("sql", sql),
     ("audit_record", audit_record),
+    ("dns_message", dns_message),
 ];
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod nat;
 pub mod postgres;
 pub mod python;
 pub mod server;
+pub mod sockaddr;
 
 pub use cgroup::TestCgroup;
 pub use client::{Client, ClientResult, HeldClient};

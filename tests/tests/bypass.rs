@@ -18,7 +18,8 @@
 //! - descriptors: `interlock exec` hands the agent no socket opened outside
 //!   its cgroup;
 //! - egress: DNS goes through the gateway's resolver and is judged by name
-//!   (tunnels through names refused), other UDP and ICMP sockets refused.
+//!   (tunnels through names refused), DNS over TLS refused, other UDP (by
+//!   sendto, sendmmsg, io_uring, v4-mapped v6) and ICMP sockets refused.
 #[path = "bypass/descriptors.rs"]
 mod descriptors;
 #[path = "bypass/egress.rs"]

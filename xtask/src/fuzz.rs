@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Every target, as named in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "detect",
     "http_path",
     "mask_json",
@@ -25,6 +25,7 @@ pub const TARGETS: [&str; 9] = [
     "pg_backend",
     "sql",
     "audit_record",
+    "dns_message",
 ];
 
 /// cargo-fuzz, pinned.

@@ -129,8 +129,8 @@ fn main() -> Result<()> {
 }
 
 /// Runs the benchmarks: the in-process ones with criterion (results
-/// gathered into `bench/internals.json`), the revocation latency (its JSON
-/// under `<target>/bench/`), and the side-by-side run, whose report
+/// gathered into `bench/internals.json`), the revocation latency and the
+/// DNS latency (their JSON under `<target>/bench/`), and the side-by-side run, whose report
 /// (`bench/REPORT.md`, `bench/side_by_side.json`, `bench/ratios.svg`)
 /// includes the criterion results and `bench/OPTIMISATIONS.md`.
 fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
@@ -168,6 +168,12 @@ fn bench(root: &std::path::Path, quick: bool) -> Result<()> {
         .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))
         .env("BENCH_OUTPUT", out.join("revoke_latency.json"));
     shell::run(&mut revoke)?;
+    let mut dns = shell::cmd("cargo", &["bench", "-p", "interlock-tests", "--bench", "dns_latency"]);
+    dns.envs(env.iter().cloned())
+        .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))
+        .env("BENCH_OUTPUT", out.join("dns_latency.json"))
+        .env("BENCH_QUICK", if quick { "1" } else { "0" });
+    shell::run(&mut dns)?;
     let mut side = shell::cmd("cargo", &["bench", "-p", "interlock-tests", "--bench", "side_by_side"]);
     side.envs(env.iter().cloned())
         .env("INTERLOCK_BIN", target_dir(root).join("release/interlock"))

@@ -62,6 +62,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("h2load", "nghttp2-client"),
     ("/usr/bin/mitmdump", "mitmproxy"),
+    ("dnsperf", "dnsperf"),
 ];
 
 /// What `cargo xtask flamegraph` samples with.

@@ -43,6 +43,7 @@ fn render(r: &StatusReport) -> String {
     s += &super::table::rules("  ", &r.rules, Some(r.default_counts));
     let _ = writeln!(s, "udp/443 (QUIC) refused: {}", r.quic_denied);
     let _ = writeln!(s, "dns to the gateway's resolver: {}", r.dns_redirected);
+    let _ = writeln!(s, "dns over tls (tcp/853) refused: {}", r.dot_denied);
     let _ = writeln!(s, "other udp refused: {}", r.udp_denied);
     let _ = writeln!(s, "sockets refused (icmp, raw, sctp...): {}", r.socket_denied);
     let _ = writeln!(s, "names learned from DNS answers: {}", r.names_total);

@@ -185,6 +185,9 @@ pub struct StatusReport {
     /// SCTP...), refused.
     #[serde(default)]
     pub socket_denied: u64,
+    /// Agent DNS-over-TLS (TCP/853) connects refused.
+    #[serde(default)]
+    pub dot_denied: u64,
     /// Names agents resolved through the gateway, bound to addresses
     /// (the first [`STATUS_NAMES`] of them).
     #[serde(default)]

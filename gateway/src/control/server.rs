@@ -15,7 +15,7 @@ use crate::{
     policy::Gate,
     proxy::LiveTable,
 };
-use gateway_common::{SLOT_DEFAULT, SLOT_DNS, SLOT_QUIC, SLOT_SOCKET, SLOT_UDP_DEFAULT};
+use gateway_common::{SLOT_DEFAULT, SLOT_DNS, SLOT_DOT, SLOT_QUIC, SLOT_SOCKET, SLOT_UDP_DEFAULT};
 
 /// What the control socket operates on.
 pub struct ControlState {
@@ -261,6 +261,7 @@ async fn status(state: &ControlState) -> Result<StatusReport, String> {
         dns_redirected: stats.get(&SLOT_DNS).map_or(0, |s| s.redirected),
         udp_denied: stats.get(&SLOT_UDP_DEFAULT).map_or(0, |s| s.denied),
         socket_denied: stats.get(&SLOT_SOCKET).map_or(0, |s| s.denied),
+        dot_denied: stats.get(&SLOT_DOT).map_or(0, |s| s.denied),
         names_total: names.len(),
         names: names.into_iter().take(super::protocol::STATUS_NAMES).collect(),
         tracked_sockets: kernel.maps.tracked_sockets(),

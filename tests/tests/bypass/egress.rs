@@ -149,21 +149,90 @@ fn a_tunnel_through_dns_names_is_refused_and_audited() {
 }
 
 #[test]
-fn tcp_to_port_53_reaches_only_the_resolver() {
-    // Not a DNS server, listening on TCP/53: an agent's bytes never reach it.
+fn tcp_to_port_53_reaches_only_the_resolver_and_dns_over_tls_is_refused() {
+    // Not a DNS server, listening on TCP/53: an agent's bytes never reach
+    // it (the gateway's resolver reads them as DNS and finds none).
     let up = Upstream::start_on("127.0.0.74", 53);
+    // A listener on 853 (DNS over TLS): names in it could not be read.
+    let dot = Upstream::start_on("127.0.0.74", 853);
     let cg = TestCgroup::new(&unique("tcp53"));
-    let _gw = Gateway::start(&cg, GatewayOptions::default());
+    let gw = Gateway::start(&cg, GatewayOptions::default());
     let out = Client::agent(&cg)
         .net(json!({"op": "tcp", "host": "127.0.0.74", "port": 53, "send": "GET / HTTP/1.1\r\nHost: x\r\n\r\n"}))
         .json();
     let _ = out;
+    for family in ["v4", "v6"] {
+        let host = if family == "v4" {
+            "127.0.0.74"
+        } else {
+            "::ffff:127.0.0.74"
+        };
+        let out = Client::agent(&cg)
+            .net(json!({"op": "tcp", "host": host, "port": 853, "family": family}))
+            .json();
+        assert_eq!(out["errno"], EPERM, "DNS over TLS ({family}): {out}");
+    }
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         up.peers().is_empty(),
         "the TCP/53 listener was reached: {:?}",
         up.peers()
     );
+    assert!(dot.peers().is_empty(), "the TCP/853 listener was reached");
+    assert_eq!(gw.status().unwrap()["dot_denied"], 2);
+}
+
+/// A sysctl set for a test and put back on drop, also when the test fails.
+struct Sysctl {
+    path: &'static str,
+    before: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Self {
+        let before = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, value).unwrap();
+        Self { path, before }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, self.before.trim());
+    }
+}
+
+#[test]
+fn udp_by_sendmmsg_and_io_uring_is_refused_too() {
+    let sink = std::net::UdpSocket::bind("127.0.0.86:0").unwrap();
+    sink.set_nonblocking(true).unwrap();
+    let to = sink.local_addr().unwrap();
+    let cg = TestCgroup::new(&unique("udpways"));
+    let outside = TestCgroup::new(&unique("udpwaysctl"));
+    let _gw = Gateway::start(&cg, GatewayOptions::default());
+    let send = |group: &TestCgroup, how: &str, dst: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_udp_send"));
+        cmd.args([how, dst, "exfil"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Client::agent(group).run_cmd(cmd).json()
+    };
+    let mapped = format!("[::ffff:{}]:{}", to.ip(), to.port());
+    for how in ["sendmmsg", "uring"] {
+        for dst in [to.to_string(), mapped.clone()] {
+            let out = send(&cg, how, &dst);
+            assert_eq!(out["errno"], EPERM, "{how} to {dst}: {out}");
+        }
+    }
+    let mut buf = [0u8; 64];
+    assert!(sink.recv_from(&mut buf).is_err(), "an agent's datagram arrived");
+    // The same programs outside the agent cgroup do reach it: the refusal
+    // above is the hook's.
+    for how in ["sendmmsg", "uring"] {
+        assert_eq!(send(&outside, how, &to.to_string())["ok"], true, "{how} outside");
+    }
+    let got = interlock_tests::wait_for(5, || sink.recv_from(&mut buf).ok());
+    assert!(got.is_some(), "control datagram did not arrive");
 }
 
 #[test]
@@ -184,13 +253,12 @@ fn udp_other_than_dns_and_icmp_sockets_are_refused() {
     assert!(status_before["quic_denied"].as_u64().unwrap() >= 6, "{status_before}");
     // Ping sockets for every group, so the refusal below is the hook's, not
     // the sysctl's: a process outside the agent cgroup can open one.
-    let sysctl = "/proc/sys/net/ipv4/ping_group_range";
-    let before = std::fs::read_to_string(sysctl).unwrap();
-    std::fs::write(sysctl, "0 2147483647").unwrap();
-    let outside = TestCgroup::new(&unique("udpctl"));
-    let control = Client::agent(&outside).net(json!({"op": "icmp_socket"})).json();
-    let ping = Client::agent(&cg).net(json!({"op": "icmp_socket"})).json();
-    std::fs::write(sysctl, before.trim()).unwrap();
+    let (control, ping) = {
+        let _range = Sysctl::set("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+        let outside = TestCgroup::new(&unique("udpctl"));
+        let control = Client::agent(&outside).net(json!({"op": "icmp_socket"})).json();
+        (control, Client::agent(&cg).net(json!({"op": "icmp_socket"})).json())
+    };
     assert_eq!(control["ok"], true, "outside the agent cgroup: {control}");
     assert_eq!(ping["errno"], EPERM, "ICMP datagram socket: {ping}");
     let status = gw.status().unwrap();
