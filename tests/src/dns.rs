@@ -37,7 +37,7 @@ impl Dnsmasq {
         for (domain, ip) in records {
             cmd.arg(format!("--address=/{domain}/{ip}"));
         }
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -51,8 +51,22 @@ impl Dnsmasq {
                 .ok()
                 .filter(|o| String::from_utf8_lossy(&o.stdout).contains(want))
         });
+        // The answer must be this server's: one left over on the address
+        // (a killed test run) would answer while this one failed to bind.
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("dnsmasq on {addr} exited ({status}): {err}");
+        }
         assert!(ready.is_some(), "dnsmasq did not answer on {addr}");
         Self { child, log }
+    }
+
+    /// Its query log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Queries it received for `name`.

@@ -149,6 +149,58 @@ fn a_tunnel_through_dns_names_is_refused_and_audited() {
 }
 
 #[test]
+fn with_over_limit_policy_a_guarded_name_is_held_for_a_person() {
+    let dns = Dnsmasq::start(RESOLVER, RECORDS);
+    let cg = TestCgroup::new(&unique("dnsheld"));
+    let review = "@id(\"hold-guarded-names\")\n@review\nforbid (principal, action == Interlock::Action::\"dns_query\", resource)\nwhen { context.guard != \"\" };\n";
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![
+                "[dns]\nover_limit = \"policy\"\n".into(),
+                "[review]\ntimeout = \"30s\"\n".into(),
+            ],
+            policies: Some(vec![
+                ("allow.cedar".into(), interlock_tests::gateway::ALLOW_ALL.into()),
+                ("review.cedar".into(), review.into()),
+            ]),
+            ..Default::default()
+        },
+    );
+    let name = "nbswy3dpeb3w64tmmq2gkzlsnfxgk4tbnrsgk3dp.x.tunnel.test";
+    let agent = {
+        let client = Client::agent(&cg);
+        let server = format!("@{RESOLVER}");
+        std::thread::spawn(move || client.run("dig", &[&server, "+time=25", "+tries=1", name, "A"]))
+    };
+    let id = interlock_tests::wait_for(15, || {
+        let out = gw.cli(&["approvals", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .iter()
+            .find(|r| r["state"] == "pending")
+            .and_then(|r| r["id"].as_str().map(str::to_owned))
+    })
+    .expect("the guarded name opened no review");
+    assert_eq!(dns.queries_for(name), 0, "asked before anyone approved");
+    let approve = gw.cli(&["approvals", "approve", &id]);
+    assert!(approve.status.success(), "{}", String::from_utf8_lossy(&approve.stderr));
+    let out = agent.join().unwrap();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(status_of(&text), "NOERROR", "{text}");
+    assert!(text.contains("127.0.0.73"), "{text}");
+    // dnsmasq's log is written a moment after it answers.
+    assert!(
+        interlock_tests::wait_for(5, || (dns.queries_for(name) == 1).then_some(())).is_some(),
+        "{}",
+        dns.log()
+    );
+    let ev = gw.events().wait("dns_query", |e| e["name"] == name);
+    assert_eq!(ev["guard"], "label_entropy", "{ev}");
+    assert_eq!(ev["decision"]["outcome"], "allow", "{ev}");
+}
+
+#[test]
 fn tcp_to_port_53_reaches_only_the_resolver_and_dns_over_tls_is_refused() {
     // Not a DNS server, listening on TCP/53: an agent's bytes never reach
     // it (the gateway's resolver reads them as DNS and finds none).
