@@ -79,6 +79,8 @@ pub const PROG_RECVMSG4: &str = "interlock_recvmsg4";
 pub const PROG_RECVMSG6: &str = "interlock_recvmsg6";
 /// sock_create hook: agents may open only TCP and UDP sockets.
 pub const PROG_SOCK_CREATE: &str = "interlock_sock_create";
+/// sock_release hook: a closed agent socket's record is forgotten.
+pub const PROG_SOCK_RELEASE: &str = "interlock_sock_release";
 /// cgroup_skb egress hook: publishes the record of each DNS datagram sent to
 /// the gateway under the sender's address.
 pub const PROG_UDP_EGRESS: &str = "interlock_udp_egress";

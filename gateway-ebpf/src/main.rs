@@ -13,6 +13,7 @@ mod getpeername;
 mod maps;
 mod process;
 mod record;
+mod release;
 mod revoke;
 mod rules;
 mod select;

@@ -25,8 +25,9 @@ pub const GLOBAL_PROGRAMS: [(&str, &str, &str); 2] = [
 const GLOBAL: u64 = 0;
 
 /// Every program attached to each cgroup.
-pub const PROGRAMS: [&str; 11] = [
+pub const PROGRAMS: [&str; 12] = [
     gateway_common::PROG_SOCK_CREATE,
+    gateway_common::PROG_SOCK_RELEASE,
     gateway_common::PROG_CONNECT4,
     gateway_common::PROG_CONNECT6,
     gateway_common::PROG_GETPEERNAME4,

@@ -116,6 +116,19 @@ fn an_agents_dns_is_judged_by_name_and_answered_as_directly() {
         "www.other.test must not resolve: {out:?}"
     );
     assert_eq!(dns.queries_for("www.other.test"), 0);
+    // Each lookup's socket leaves no record behind once it is closed (a
+    // resolver opens one per lookup; left, they would crowd out live ones).
+    let tracked = || gw.status().unwrap()["tracked_sockets"].as_u64().unwrap();
+    let before = tracked();
+    for _ in 0..10 {
+        dig(&cg, &["+short", "api.allowed.test"]);
+    }
+    assert!(
+        interlock_tests::wait_for(5, || (tracked() <= before).then_some(())).is_some(),
+        "records of closed UDP sockets kept: {} before, {} after",
+        before,
+        tracked()
+    );
 }
 
 #[test]
