@@ -170,3 +170,56 @@ fn default_deny_refuses_unmatched_destinations() {
     let status = gw.status().unwrap();
     assert_eq!(status["default_counts"][2], 1);
 }
+
+#[test]
+fn a_udp_rule_opens_one_destination_and_counts_it() {
+    // An NTP-like server on 127.0.0.87: the one UDP destination a rule opens.
+    let ntp = std::net::UdpSocket::bind("127.0.0.87:0").unwrap();
+    ntp.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let port = ntp.local_addr().unwrap().port();
+    let other = std::net::UdpSocket::bind("127.0.0.88:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let cg = TestCgroup::new(&unique("udprule"));
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![format!(
+                "[[rules]]\nname = \"ntp\"\ncidr = \"127.0.0.87/32\"\nports = \"{port}\"\nprotocol = \"udp\"\naction = \"pass\"\n"
+            )],
+            ..Default::default()
+        },
+    );
+    for connect in [false, true] {
+        let out = Client::agent(&cg)
+            .net(json!({"op": "udp", "host": "127.0.0.87", "port": port, "connect": connect}))
+            .json();
+        assert_eq!(out["ok"], true, "connect={connect}: {out}");
+        let mut buf = [0u8; 8];
+        assert!(
+            ntp.recv_from(&mut buf).is_ok(),
+            "the datagram the rule passes did not arrive"
+        );
+    }
+    // Another port on the same address, and another address: refused.
+    let out = Client::agent(&cg)
+        .net(json!({"op": "udp", "host": "127.0.0.87", "port": port.wrapping_add(1).max(1), "connect": false}))
+        .json();
+    assert_eq!(out["errno"], EPERM, "{out}");
+    let to = other.local_addr().unwrap();
+    let out = Client::agent(&cg)
+        .net(json!({"op": "udp", "host": "127.0.0.88", "port": to.port(), "connect": false}))
+        .json();
+    assert_eq!(out["errno"], EPERM, "{out}");
+    assert!(other.recv_from(&mut [0u8; 8]).is_err());
+    // A TCP connect to the UDP rule's port is not passed by it: the
+    // default (redirect) takes it.
+    let _ = tcp(&cg, "127.0.0.87", port);
+    assert_eq!(rule_counts(&gw, "ntp"), (0, 2, 0));
+    assert_eq!(gw.status().unwrap()["default_counts"][0], 1);
+    let list = gw.cli(&["rules", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("ntp") && l.contains(" udp ")),
+        "{text}"
+    );
+}

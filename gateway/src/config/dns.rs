@@ -51,6 +51,10 @@ pub struct DnsConfig {
     /// How long a learned binding outlives its answer's TTL.
     #[serde(with = "humantime_serde")]
     pub binding_grace: Duration,
+    /// Names agents may resolve besides their targets' `hosts`
+    /// (`*.pypi.org` matches subdomains); policies see `context.listed`, and
+    /// the shipped base policy permits them.
+    pub names: Vec<String>,
     /// The answer to a refused query.
     pub refuse_with: RefuseWith,
     /// How long an upstream may take to answer (then SERVFAIL).
@@ -78,6 +82,7 @@ impl Default for DnsConfig {
             enabled: true,
             upstreams: Vec::new(),
             trusted_servers: Vec::new(),
+            names: Vec::new(),
             binding_grace: Duration::from_secs(30),
             refuse_with: RefuseWith::Refused,
             timeout: Duration::from_secs(5),
@@ -109,6 +114,22 @@ impl DnsConfig {
         }
         if !self.max_label_entropy.is_finite() || self.max_label_entropy <= 0.0 {
             return bad("max_label_entropy", "must be a positive number of bits per character");
+        }
+        for (n, name) in self.names.iter().enumerate() {
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !ok {
+                return bad(
+                    &format!("names[{n}]"),
+                    &format!("`{name}` is not a host name (or `*.` and one)"),
+                );
+            }
         }
         for (n, up) in self.upstreams.iter().enumerate() {
             if up.port() == 0 || up.ip().is_unspecified() {

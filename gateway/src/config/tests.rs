@@ -134,6 +134,12 @@ fn semantic_errors_name_the_field() {
              [[listener.explicit]]\nlisten = \"127.0.0.1:8000\"\ndestination = \"127.0.0.1:980\"\n",
             "listener.explicit[0].destination",
         ),
+        ("[dns]\nnames = [\"ok.example\", \"bad name\"]\n", "dns.names[1]"),
+        ("[dns]\nnames = [\"*.\"]\n", "dns.names[0]"),
+        ("[dns]\ntimeout = \"0s\"\n", "dns.timeout"),
+        ("[dns]\nmax_label = 64\n", "dns.max_label"),
+        ("[dns]\nupstreams = [\"0.0.0.0:53\"]\n", "dns.upstreams[0]"),
+        ("[intercept]\npass_dns = true\n", "intercept.pass_dns"),
     ];
     for (text, field) in cases {
         let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();

@@ -260,6 +260,7 @@ pub fn request(
             ctx.push(("qtype".into(), str_expr(facts.qtype.clone())));
             ctx.push(("target".into(), str_expr(facts.target.clone())));
             ctx.push(("reachable".into(), RestrictedExpression::new_bool(facts.reachable)));
+            ctx.push(("listed".into(), RestrictedExpression::new_bool(facts.listed)));
             ctx.push(("guard".into(), str_expr(facts.guard.clone())));
         }
     }

@@ -137,6 +137,11 @@ pub async fn answer(ctx: &Arc<ProxyCtx>, caller: &DnsCaller, bytes: &[u8]) -> Op
             qtype: event.qtype.clone(),
             target,
             reachable,
+            listed: dns
+                .config()
+                .names
+                .iter()
+                .any(|p| crate::targets::host_matches(p, &q.text)),
             guard,
         },
     };

@@ -100,6 +100,8 @@ pub struct DnsFacts {
     pub target: String,
     /// Whether policy lets this agent connect to that target.
     pub reachable: bool,
+    /// Whether the name is on the operator's list (`[dns] names`).
+    pub listed: bool,
     /// The exfiltration guard the query is over (`name_length`,
     /// `label_length`, `label_entropy`, `names_per_domain`), or "".
     pub guard: String,

@@ -132,6 +132,34 @@ fn an_agents_dns_is_judged_by_name_and_answered_as_directly() {
 }
 
 #[test]
+fn names_the_operator_lists_resolve_and_refusals_can_be_nxdomain() {
+    let dns = Dnsmasq::start(RESOLVER, RECORDS);
+    let cg = TestCgroup::new(&unique("dnslist"));
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![
+                format!("[[agents]]\nname = \"lister\"\ncgroup = \"{}\"\n", cg.relative()),
+                "[dns]\nnames = [\"*.tunnel.test\"]\nrefuse_with = \"nxdomain\"\n".into(),
+            ],
+            policies: Some(vec![("base.cedar".into(), shipped("base.cedar"))]),
+            ..Default::default()
+        },
+    );
+    let out = dig(&cg, &["pkg.tunnel.test"]);
+    assert_eq!(status_of(&out), "NOERROR", "{out}");
+    assert!(out.contains("127.0.0.73"), "{out}");
+    let out = dig(&cg, &["pkg.other.test"]);
+    assert_eq!(status_of(&out), "NXDOMAIN", "{out}");
+    let ev = gw.events().wait("dns_query", |e| e["name"] == "pkg.other.test");
+    assert_eq!(ev["rcode"], "NXDOMAIN", "{ev}");
+    assert_eq!(ev["decision"]["outcome"], "deny", "{ev}");
+    assert_eq!(dns.queries_for("pkg.other.test"), 0);
+    let ev = gw.events().wait("dns_query", |e| e["name"] == "pkg.tunnel.test");
+    assert_eq!(ev["decision"]["policies"][0], "base-dns-reachable-targets", "{ev}");
+}
+
+#[test]
 fn a_tunnel_through_dns_names_is_refused_and_audited() {
     let dns = Dnsmasq::start(RESOLVER, RECORDS);
     let cg = TestCgroup::new(&unique("dnstun"));
