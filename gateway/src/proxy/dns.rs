@@ -18,7 +18,7 @@ use crate::{
     types::{AgentName, DnsFacts, OrigDst, Wire},
 };
 
-mod forward;
+pub mod forward;
 pub mod guard;
 pub mod message;
 mod tcp;

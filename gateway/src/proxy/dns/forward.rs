@@ -1,8 +1,11 @@
 //! Asking an upstream server: over UDP for a question that came by UDP
 //! (a truncated answer goes back as it is, and the agent retries over TCP,
 //! which comes here too), over TCP for one that came by TCP. Each question
-//! gets a fresh marked socket and an id of the gateway's own.
-use std::time::Duration;
+//! gets an id of the gateway's own and a marked socket: over UDP, an idle
+//! one kept from an earlier question to the same server when there is one
+//! (opening, marking, connecting, registering and closing a socket per
+//! question was an eighth of the resolver's CPU), else a new one.
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use ring::rand::SecureRandom;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +18,37 @@ use crate::{audit::DnsTransport, types::OrigDst};
 
 /// Largest answer read from an upstream.
 const MAX_ANSWER: usize = 65_535;
+/// Idle sockets kept per upstream server.
+const IDLE_PER_UPSTREAM: usize = 32;
+
+/// Connected UDP sockets to upstream servers, idle between questions.
+#[derive(Default)]
+pub struct UdpPool(Mutex<HashMap<OrigDst, Vec<tokio::net::UdpSocket>>>);
+
+impl UdpPool {
+    fn take(&self, ctx: &ProxyCtx, upstream: OrigDst) -> Result<tokio::net::UdpSocket, String> {
+        let idle = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&upstream)
+            .and_then(Vec::pop);
+        match idle {
+            Some(socket) => Ok(socket),
+            None => ctx.net.udp(upstream).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Keeps a socket whose exchange ended with its answer (one that timed
+    /// out or failed is dropped: its late answer is nobody's).
+    fn give(&self, upstream: OrigDst, socket: tokio::net::UdpSocket) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = map.entry(upstream).or_default();
+        if idle.len() < IDLE_PER_UPSTREAM {
+            idle.push(socket);
+        }
+    }
+}
 
 fn fresh_id() -> Result<u16, String> {
     let mut id = [0u8; 2];
@@ -63,15 +97,18 @@ pub(super) async fn ask(
 }
 
 async fn udp(ctx: &ProxyCtx, upstream: OrigDst, query: &[u8], q: &Question, id: u16) -> Result<Vec<u8>, String> {
-    let socket = ctx.net.udp(upstream).map_err(|e| e.to_string())?;
+    let pool = &ctx.dns.upstream_sockets;
+    let socket = pool.take(ctx, upstream)?;
     socket.send(query).await.map_err(|e| format!("send: {e}"))?;
-    let mut buf = vec![0u8; MAX_ANSWER];
+    // Filled by the kernel, not zeroed first (64 KiB a question otherwise).
+    let mut buf = Vec::with_capacity(MAX_ANSWER);
     loop {
-        let n = socket.recv(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
+        buf.clear();
+        socket.recv_buf(&mut buf).await.map_err(|e| format!("receive: {e}"))?;
         // A datagram for another id or question is ignored (a late answer,
         // or a spoof), as a stub resolver would; the timeout bounds the wait.
-        if message::read_answer(&buf[..n], q, id).is_ok() {
-            buf.truncate(n);
+        if message::read_answer(&buf, q, id).is_ok() {
+            pool.give(upstream, socket);
             return Ok(buf);
         }
     }

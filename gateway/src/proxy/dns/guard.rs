@@ -29,6 +29,8 @@ pub struct Guards {
     config: DnsConfig,
     windows: Mutex<HashMap<(AgentName, String), Window>>,
     trusted: HashSet<SocketAddr>,
+    /// Idle upstream sockets (the resolver's state lives here with the counts).
+    pub upstream_sockets: super::forward::UdpPool,
 }
 
 /// The `nameserver` lines of a resolv.conf, as port-53 addresses (a
@@ -88,6 +90,7 @@ impl Guards {
             config: config.clone(),
             windows: Mutex::default(),
             trusted,
+            upstream_sockets: super::forward::UdpPool::default(),
         }
     }
 
