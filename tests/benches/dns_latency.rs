@@ -10,7 +10,7 @@
 use std::{process::Command, time::Duration};
 
 use interlock_tests::{
-    dns::Dnsmasq, gateway::shipped, unique, Client, ClientResult, Gateway, GatewayOptions, TestCgroup,
+    cpu_seconds, dns::Dnsmasq, gateway::shipped, unique, Client, ClientResult, Gateway, GatewayOptions, TestCgroup,
 };
 use serde_json::{json, Value};
 
@@ -30,17 +30,6 @@ const POLICY: &str = r#"
 @id("bench-dns")
 permit (principal, action == Interlock::Action::"dns_query", resource);
 "#;
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
 
 fn run(agent: Option<&TestCgroup>, mut cmd: Command) -> ClientResult {
     cmd.stdout(std::process::Stdio::piped())

@@ -13,7 +13,9 @@
 //! instructions per request as well; `dump`: and a profile of each), OHA (oha's path).
 use std::{process::Command, time::Duration};
 
-use interlock_tests::{nat::NatRule, postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup};
+use interlock_tests::{
+    cpu_seconds, nat::NatRule, postgres::PgServer, unique, Client, Gateway, GatewayOptions, TestCgroup,
+};
 use serde_json::{json, Value};
 
 #[path = "side_by_side/http.rs"]
@@ -97,17 +99,6 @@ fn run(via: &Via<'_>, program: &str, args: &[String]) -> String {
     };
     assert!(ok, "{program} {args:?} failed: {err}\n{out}");
     out
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 /// A line of /proc/<pid>/status, in KiB.

@@ -19,6 +19,11 @@ fn tcp(cg: &TestCgroup, host: &str, port: u16) -> (Value, u32) {
 }
 
 /// Program ids attached to a cgroup, as bpftool (not the gateway) reports them.
+/// Programs the gateway attaches to each cgroup (gateway's
+/// `kernel::attach::PROGRAMS`): sock_create, sock_release, connect4/6,
+/// getpeername4/6, sendmsg4/6, recvmsg4/6, the cgroup_skb egress hook and sock_ops.
+const CGROUP_PROGRAMS: usize = 12;
+
 fn attached_programs(cg: &TestCgroup) -> Vec<String> {
     let out = Command::new("bpftool")
         .args(["cgroup", "show"])
@@ -39,7 +44,7 @@ fn killed_gateway_refuses_agents_and_restart_readopts_pins() {
     let mut gw = Gateway::start(&cg, GatewayOptions::default());
     assert_eq!(tcp(&cg, "127.0.0.2", up.addr.port()).0["ok"], true);
     let before = attached_programs(&cg);
-    assert_eq!(before.len(), 7, "{before:?}");
+    assert_eq!(before.len(), CGROUP_PROGRAMS, "{before:?}");
 
     gw.kill9();
     // The hooks are still pinned: agents are refused, never let through.
@@ -53,7 +58,7 @@ fn killed_gateway_refuses_agents_and_restart_readopts_pins() {
 
     gw.spawn();
     let after = attached_programs(&cg);
-    assert_eq!(after.len(), 7, "old links were not replaced: {after:?}");
+    assert_eq!(after.len(), CGROUP_PROGRAMS, "old links were not replaced: {after:?}");
     assert!(
         after.iter().all(|id| !before.contains(id)),
         "restart kept old programs: {before:?} -> {after:?}"
@@ -178,7 +183,7 @@ fn sigterm_leaves_the_pins_in_place() {
     let up = Upstream::start("127.0.0.2");
     let mut gw = Gateway::start(&cg, GatewayOptions::default());
     assert!(gw.stop().success());
-    assert_eq!(attached_programs(&cg).len(), 7);
+    assert_eq!(attached_programs(&cg).len(), CGROUP_PROGRAMS);
     assert_eq!(tcp(&cg, "127.0.0.2", up.addr.port()).0["errno"], ECONNREFUSED);
     let events = gw.events().all();
     assert_eq!(events.last().unwrap()["event"], "gateway_stopped");

@@ -210,15 +210,12 @@ fn a_target_that_requires_resolution_refuses_hard_coded_addresses() {
         "{refused}"
     );
     assert!(up.peers().is_empty(), "the upstream was reached");
-    let explain = gw.cli(&[
-        "policy",
-        "explain",
-        "--agent",
-        "svc-agent",
-        "--target",
-        &format!("{SVC_IP}:{}", up.addr.port()),
-    ]);
-    let text = String::from_utf8_lossy(&explain.stdout);
+    let explain = || {
+        let dst = format!("{SVC_IP}:{}", up.addr.port());
+        let out = gw.cli(&["policy", "explain", "--agent", "svc-agent", "--target", &dst]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = explain();
     assert!(
         text.contains("decision: Deny") && text.contains("resolve one of its hosts"),
         "{text}"
@@ -234,17 +231,6 @@ fn a_target_that_requires_resolution_refuses_hard_coded_addresses() {
     assert_eq!(after["ok"], true, "{after}");
     let ok = gw.events().wait("connection", |e| e["decision"]["outcome"] == "allow");
     assert_eq!(ok["target"], "svc", "{ok}");
-    let text = String::from_utf8_lossy(
-        &gw.cli(&[
-            "policy",
-            "explain",
-            "--agent",
-            "svc-agent",
-            "--target",
-            &format!("{SVC_IP}:{}", up.addr.port()),
-        ])
-        .stdout,
-    )
-    .into_owned();
+    let text = explain();
     assert!(text.contains("decision: Allow") && text.contains(SVC_NAME), "{text}");
 }
