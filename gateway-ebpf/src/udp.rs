@@ -8,14 +8,13 @@
 //!
 //! sendmsg FAILS CLOSED (see `connect`). recvmsg FAILS OPEN, harmlessly:
 //! without a record the real sender, the gateway, is reported.
-use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
-};
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use gateway_common::{ConnRecord, FAMILY_V4, SLOT_DNS};
 
 use crate::{
-    connect::{mapped_marker, read_ip6, try_addr4, try_addr6, write_ip6},
-    maps::{settings, SOCKETS},
+    connect::{mapped_marker, read_ip6, try_addr4, try_addr6},
+    getpeername,
+    maps::settings,
     verdict_of,
 };
 
@@ -39,11 +38,7 @@ pub fn interlock_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// do, never can.
 #[inline(always)]
 fn dns_record(ctx: &SockAddrContext) -> Option<&'static ConnRecord> {
-    // SAFETY: helper valid in sock_addr programs with their own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: LRU values stay valid for the duration of the program.
-    let record = unsafe { SOCKETS.get(&cookie) }?;
-    (record.rule_slot == SLOT_DNS).then_some(record)
+    getpeername::record(ctx).filter(|r| r.rule_slot == SLOT_DNS)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -60,16 +55,8 @@ fn try_recvmsg4(ctx: &SockAddrContext) -> Option<()> {
     if ip != settings.proxy_ip4 || port != settings.proxy_port {
         return None;
     }
-    let rec = dns_record(ctx)?;
-    if rec.orig_family != FAMILY_V4 {
-        return None;
-    }
-    let a = rec.orig_addr;
-    // SAFETY: user_ip4/user_port are writable in recvmsg4.
-    unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
-        (*sa).user_port = u32::from(rec.orig_port.to_be());
-    }
+    let rec = dns_record(ctx).filter(|r| r.orig_family == FAMILY_V4)?;
+    getpeername::report_orig4(sa, rec);
     Some(())
 }
 
@@ -89,16 +76,6 @@ fn try_recvmsg6(ctx: &SockAddrContext) -> Option<()> {
     if port != settings.proxy_port || !(from_proxy_v4 || words == settings.proxy_ip6) {
         return None;
     }
-    let rec = dns_record(ctx)?;
-    let a = &rec.orig_addr;
-    let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let orig = if rec.orig_family == FAMILY_V4 {
-        [0, 0, mapped_marker(), word(0)]
-    } else {
-        [word(0), word(4), word(8), word(12)]
-    };
-    write_ip6(sa, orig);
-    // SAFETY: user_port is writable in recvmsg6.
-    unsafe { (*sa).user_port = u32::from(rec.orig_port.to_be()) };
+    getpeername::report_orig6(sa, dns_record(ctx)?);
     Some(())
 }

@@ -41,6 +41,16 @@ impl Judged {
         self.bound.as_deref().or(self.claimed.as_deref().filter(|_| free))
     }
 
+    /// Why the connection is refused before policy: its target has
+    /// `require_resolution` and was not reached by a name the agent resolved.
+    pub fn unresolved(&self) -> Option<String> {
+        let spec = self.spec.as_ref().filter(|s| s.require_resolution && !self.resolved)?;
+        Some(format!(
+            "target `{}` requires that the agent resolve one of its hosts to this address through the gateway first",
+            spec.name
+        ))
+    }
+
     /// Why the agent's name may not be used with this target: it names
     /// something the target does not declare.
     pub fn name_mismatch(&self) -> Option<String> {
@@ -119,27 +129,11 @@ impl TargetTable {
     /// Without a given name, the most recent learned name that declares a
     /// target on the port is bound, else the most recent learned name.
     pub async fn judge(&self, dst: OrigDst, claimed: Option<&str>, names: &Names, learned: &[String]) -> Judged {
+        let Some(claim) = claimed.map(str::to_ascii_lowercase) else {
+            return self.judge_unnamed(dst, learned);
+        };
         let ip = dst.0.ip();
         let by_addr = self.by_addr(dst).cloned();
-        let Some(claim) = claimed.map(str::to_ascii_lowercase) else {
-            let declared = learned
-                .iter()
-                .find_map(|n| self.by_host(dst.0.port(), n).map(|t| (n, t.clone())));
-            return match declared {
-                Some((name, spec)) => Judged {
-                    spec: Some(spec),
-                    bound: Some(name.clone()),
-                    claimed: None,
-                    resolved: true,
-                },
-                None => Judged {
-                    spec: by_addr,
-                    bound: learned.first().cloned(),
-                    claimed: None,
-                    resolved: false,
-                },
-            };
-        };
         let named = self.by_host(dst.0.port(), &claim).cloned();
         let in_networks = named
             .as_ref()
@@ -155,6 +149,29 @@ impl TargetTable {
             bound: bound.then(|| claim.clone()),
             claimed: Some(claim),
             resolved,
+        }
+    }
+
+    /// [`judge`](Self::judge) for a connection that gave no name: the most
+    /// recent learned name that declares a target on the port is bound,
+    /// else the most recent learned name (the address decides the target).
+    pub fn judge_unnamed(&self, dst: OrigDst, learned: &[String]) -> Judged {
+        let declared = learned
+            .iter()
+            .find_map(|n| self.by_host(dst.0.port(), n).map(|t| (n, t.clone())));
+        match declared {
+            Some((name, spec)) => Judged {
+                spec: Some(spec),
+                bound: Some(name.clone()),
+                claimed: None,
+                resolved: true,
+            },
+            None => Judged {
+                spec: self.by_addr(dst).cloned(),
+                bound: learned.first().cloned(),
+                claimed: None,
+                resolved: false,
+            },
         }
     }
 

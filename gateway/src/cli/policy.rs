@@ -7,7 +7,7 @@ use crate::{
     config::Config,
     identity::{self, AgentMatcher, Identity},
     policy::{decide, embedded_sources, read_dir_sources, ActionKind, LoadedPolicies, Query},
-    targets::{host_matches, TargetTable},
+    targets::TargetTable,
     types::{AgentName, OrigDst},
 };
 
@@ -103,24 +103,13 @@ pub fn policy_explain(
                     Vec::new()
                 }
             };
-            let declares = |n: &String| {
-                table
-                    .find(dst, Some(n))
-                    .is_some_and(|t| t.hosts.iter().any(|p| host_matches(p, n)))
-            };
-            let declared = learned.iter().find(|n| declares(n));
-            if declared.is_none() {
-                unresolved = table
-                    .by_addr(dst)
-                    .filter(|t| t.require_resolution)
-                    .map(|t| t.name.clone());
-            }
-            let bound = declared.or(learned.first());
-            table.resolve_host(dst, bound.map(String::as_str), crate::types::Wire::Tcp)
+            let judged = table.judge_unnamed(dst, &learned);
+            unresolved = judged.unresolved();
+            table.resolve_host(dst, judged.bound.as_deref(), crate::types::Wire::Tcp)
         }
     };
     let decision = match unresolved {
-        Some(name) => crate::policy::Decision::deny(Vec::new(), crate::targets::unresolved_reason(&name)),
+        Some(reason) => crate::policy::Decision::deny(Vec::new(), reason),
         None => decide(
             &set,
             &Query {

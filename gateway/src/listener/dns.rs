@@ -107,15 +107,6 @@ pub fn bind_udp(addr: SocketAddr) -> Result<BoundUdp, ListenerError> {
     })
 }
 
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer; CLOCK_BOOTTIME is what the kernel stamps records with.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
 /// Answers datagrams until the task is aborted.
 pub async fn serve_udp(bound: BoundUdp, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -155,7 +146,7 @@ async fn one(shared: &Shared, callers: &Callers, netns: u64, peer: SocketAddr, d
     let record = shared
         .kernel
         .dns_sender(&handoff_key(netns, peer))
-        .filter(|r| boot_ns().saturating_sub(r.connect_boot_ns) < FRESH.as_nanos() as u64);
+        .filter(|r| identity::boot_ns().saturating_sub(r.connect_boot_ns) < FRESH.as_nanos() as u64);
     let Some(record) = record else {
         tracing::warn!(%peer, "dns refused: no kernel record for the sender (not an agent's redirected query)");
         let q = message::parse_question(datagram).ok()?;

@@ -101,16 +101,12 @@ impl Gate {
             protocol: if judged.claimed.is_some() { Wire::Tls } else { Wire::Tcp },
         };
         let (generation, set) = self.policies.snapshot();
-        if let Some(spec) = judged
-            .spec
-            .as_ref()
-            .filter(|s| s.require_resolution && !judged.resolved)
-        {
+        if let Some(reason) = judged.unresolved() {
             return ConnectVerdict {
                 agent,
                 target,
                 generation,
-                decision: Decision::deny(Vec::new(), crate::targets::unresolved_reason(&spec.name)),
+                decision: Decision::deny(Vec::new(), reason),
             };
         }
         let key = (!set.reads_context).then(|| ConnectKey {
