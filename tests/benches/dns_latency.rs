@@ -1,7 +1,9 @@
 //! What the gateway's resolver adds to an agent's DNS (#21; aim: at most
 //! 30 µs at p50). A real dnsmasq on 127.0.0.90 answers; the same bounded
 //! resolver loop (`dns_loop`: UDP, one query outstanding) asks it directly
-//! and as an agent (through the kernel redirect, the guards, policy, the
+//! and as an agent, for names asked again and again (the gateway answers
+//! from its cache) and for names never asked before (every query goes
+//! upstream) (through the kernel redirect, the guards, policy, the
 //! forward, the name binding and the audit trail), in alternating rounds.
 //! Then dnsperf (Debian) at full load, both ways, for the rate and the
 //! gateway's CPU per query. Everything shares the machine's cores; the
@@ -77,7 +79,8 @@ fn main() {
     let rounds = if quick { 2 } else { 5 };
     let count: usize = if quick { 2_000 } else { 5_000 };
     let records: Vec<(&str, &str)> = vec![("bench.test", "127.0.0.91")];
-    let _dns = Dnsmasq::start("127.0.0.90", &records);
+    // Answers live a minute, as real ones do (and may be kept for it).
+    let _dns = Dnsmasq::start_with_ttl("127.0.0.90", &records, 60);
     let cg = TestCgroup::new(&unique("bench-dns"));
     let gw = Gateway::start(
         &cg,
@@ -87,7 +90,8 @@ fn main() {
                 format!("[[agents]]\nname = \"bench\"\ncgroup = \"{}\"\n", cg.relative()),
                 // Answers bind names (the real cost), and no rate limit: every
                 // bench client is one agent.
-                format!("[dns]\ntrusted_servers = [\"{SERVER}\"]\n"),
+                // New names every query in the fresh rounds: no per-domain limit.
+                format!("[dns]\ntrusted_servers = [\"{SERVER}\"]\nnames_per_domain = 0\n"),
                 "[limits]\nconnection_rate = { per_second = 0, burst = 0 }\nrequest_rate = { per_second = 0, burst = 0 }\n"
                     .into(),
                 "[audit]\nmax_records = 300000\n".into(),
@@ -102,31 +106,42 @@ fn main() {
     let pid = gw.pid().expect("gateway running");
     std::thread::sleep(Duration::from_millis(300));
     let lp = env!("CARGO_BIN_EXE_dns_loop");
-    let looped = |agent: Option<&TestCgroup>| -> Value {
+    let looped = |agent: Option<&TestCgroup>, names: &[&str]| -> Value {
         let mut cmd = Command::new(lp);
-        cmd.arg(SERVER).arg(count.to_string()).args(NAMES);
+        cmd.arg(SERVER).arg(count.to_string()).args(names);
         let out = run(agent, cmd);
         serde_json::from_str(out.stdout.trim()).expect("dns_loop json")
     };
-    let (mut d50, mut d99, mut g50, mut g99, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
+    // Names asked again (answered from the gateway's cache within their
+    // TTL, as a host's caching resolver would) and names never asked
+    // before (every query goes upstream): both against dnsmasq directly.
+    let fresh = ["*.bench.test"];
+    let mut rows: [Vec<[f64; 5]>; 2] = [vec![], vec![]];
     for round in 0..rounds {
-        let direct = looped(None);
-        let before = cpu_seconds(pid);
-        let through = looped(Some(&cg));
-        let used = cpu_seconds(pid) - before;
-        assert_eq!(through["timeouts"], 0, "{through}");
-        assert_eq!(through["refused"], 0, "{through}");
-        let n = through["count"].as_f64().unwrap_or(1.0);
-        println!(
-            "round {round}: direct {direct}\n         gateway {through} (gateway CPU {:.1} µs/query)",
-            used / n * 1e6
-        );
-        d50.push(direct["p50_us"].as_f64().unwrap_or(f64::NAN));
-        d99.push(direct["p99_us"].as_f64().unwrap_or(f64::NAN));
-        g50.push(through["p50_us"].as_f64().unwrap_or(f64::NAN));
-        g99.push(through["p99_us"].as_f64().unwrap_or(f64::NAN));
-        cpu.push(used / n * 1e6);
+        for (kind, names) in [NAMES.as_slice(), fresh.as_slice()].into_iter().enumerate() {
+            let direct = looped(None, names);
+            let before = cpu_seconds(pid);
+            let through = looped(Some(&cg), names);
+            let used = cpu_seconds(pid) - before;
+            assert_eq!(through["timeouts"], 0, "{through}");
+            assert_eq!(through["refused"], 0, "{through}");
+            let n = through["count"].as_f64().unwrap_or(1.0);
+            let label = ["repeated names", "new names"][kind];
+            println!(
+                "round {round} ({label}): direct {direct}\n         gateway {through} (gateway CPU {:.1} µs/query)",
+                used / n * 1e6
+            );
+            let v = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            rows[kind].push([
+                v(&direct, "p50_us"),
+                v(&direct, "p99_us"),
+                v(&through, "p50_us"),
+                v(&through, "p99_us"),
+                used / n * 1e6,
+            ]);
+        }
     }
+    let col = |kind: usize, i: usize| median(rows[kind].iter().map(|r| r[i]).collect());
     // Full load: dnsperf, 2 clients, 20 queries outstanding each.
     let data = std::env::temp_dir().join(unique("dnsperf-queries"));
     std::fs::write(&data, NAMES.iter().map(|n| format!("{n} A\n")).collect::<String>()).expect("queries");
@@ -147,13 +162,20 @@ fn main() {
         "name": "dns through the gateway",
         "rounds": rounds,
         "queries_per_round": count,
-        "direct_p50_us": median(d50.clone()),
-        "direct_p99_us": median(d99.clone()),
-        "gateway_p50_us": median(g50.clone()),
-        "gateway_p99_us": median(g99.clone()),
-        "added_p50_us": median(g50) - median(d50),
-        "added_p99_us": median(g99) - median(d99),
-        "gateway_cpu_us_per_query": median(cpu),
+        "direct_p50_us": col(0, 0),
+        "direct_p99_us": col(0, 1),
+        "gateway_p50_us": col(0, 2),
+        "gateway_p99_us": col(0, 3),
+        "added_p50_us": col(0, 2) - col(0, 0),
+        "added_p99_us": col(0, 3) - col(0, 1),
+        "gateway_cpu_us_per_query": col(0, 4),
+        "new_names_direct_p50_us": col(1, 0),
+        "new_names_direct_p99_us": col(1, 1),
+        "new_names_gateway_p50_us": col(1, 2),
+        "new_names_gateway_p99_us": col(1, 3),
+        "new_names_added_p50_us": col(1, 2) - col(1, 0),
+        "new_names_added_p99_us": col(1, 3) - col(1, 1),
+        "new_names_gateway_cpu_us_per_query": col(1, 4),
         "dnsperf_direct_qps": load_direct.0,
         "dnsperf_direct_avg_us": load_direct.1,
         "dnsperf_gateway_qps": load_gw.0,

@@ -19,6 +19,12 @@ impl Dnsmasq {
     /// domain and every name under it; the first pair must be answerable
     /// (it is asked to see the server is up).
     pub fn start(addr: &str, records: &[(&str, &str)]) -> Self {
+        Self::start_with_ttl(addr, records, 0)
+    }
+
+    /// As [`Dnsmasq::start`], its answers with TTL `ttl` (dnsmasq's default
+    /// for such records is 0: nothing may keep them).
+    pub fn start_with_ttl(addr: &str, records: &[(&str, &str)], ttl: u32) -> Self {
         let log = std::env::temp_dir().join(unique("dnsmasq.log"));
         let mut cmd = Command::new("dnsmasq");
         cmd.args([
@@ -33,6 +39,7 @@ impl Dnsmasq {
             "--port=53",
             "--log-queries",
             &format!("--log-facility={}", log.display()),
+            &format!("--local-ttl={ttl}"),
         ]);
         for (domain, ip) in records {
             cmd.arg(format!("--address=/{domain}/{ip}"));

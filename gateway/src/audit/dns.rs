@@ -53,6 +53,10 @@ pub struct DnsQueryEvent {
     pub decision: Decision,
     /// Where an allowed question was sent, when it was.
     pub upstream: Option<std::net::SocketAddr>,
+    /// The answer was the gateway's kept copy of `upstream`'s earlier
+    /// answer (TTLs lowered by its age), not a new trip upstream.
+    #[serde(default)]
+    pub cached: bool,
     /// The response code the agent received (`NoError`, `NXDomain`,
     /// `Refused`, `ServFail`...).
     pub rcode: String,

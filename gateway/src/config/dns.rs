@@ -74,6 +74,13 @@ pub struct DnsConfig {
     pub names_per_domain: u32,
     /// What a query over one of these limits gets.
     pub over_limit: OverLimit,
+    /// Answers kept (per agent and server asked) to serve a name asked
+    /// again within its TTL without a trip upstream; 0: none kept. A
+    /// served answer is still guarded, judged, bound and audited.
+    pub cache_entries: usize,
+    /// Longest an answer is kept, whatever its TTL says.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
 }
 
 impl Default for DnsConfig {
@@ -92,6 +99,8 @@ impl Default for DnsConfig {
             max_label_entropy: 4.0,
             names_per_domain: 120,
             over_limit: OverLimit::Refuse,
+            cache_entries: 4096,
+            cache_max_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -114,6 +123,15 @@ impl DnsConfig {
         }
         if !self.max_label_entropy.is_finite() || self.max_label_entropy <= 0.0 {
             return bad("max_label_entropy", "must be a positive number of bits per character");
+        }
+        if self.cache_entries > 1_000_000 {
+            return bad("cache_entries", "must be at most 1000000 (each holds up to 4 KiB)");
+        }
+        if self.cache_max_ttl.is_zero() || self.cache_max_ttl > Duration::from_secs(86_400) {
+            return bad(
+                "cache_max_ttl",
+                "must be between 1s and 1d (set cache_entries = 0 to keep nothing)",
+            );
         }
         for (n, name) in self.names.iter().enumerate() {
             let bare = name.strip_prefix("*.").unwrap_or(name);

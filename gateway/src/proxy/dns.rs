@@ -18,6 +18,7 @@ use crate::{
     types::{AgentName, DnsFacts, OrigDst, Wire},
 };
 
+pub mod cache;
 pub mod forward;
 pub mod guard;
 pub mod message;
@@ -102,6 +103,7 @@ pub async fn answer(ctx: &Arc<ProxyCtx>, caller: &DnsCaller, bytes: &[u8]) -> Op
         guard: String::new(),
         decision: Decision::deny(Vec::new(), String::new()),
         upstream: None,
+        cached: false,
         rcode: String::new(),
         answers: Vec::new(),
         duration_us: 0,
@@ -177,7 +179,22 @@ pub async fn answer(ctx: &Arc<ProxyCtx>, caller: &DnsCaller, bytes: &[u8]) -> Op
         [] => vec![caller.server],
         list => list.iter().copied().map(OrigDst).collect(),
     };
-    let reply = match forward::ask(ctx, &q, &upstreams, caller.transport, dns.config().timeout).await {
+    // Kept under the first server the query would go to.
+    let route = upstreams[0];
+    let udp = caller.transport == DnsTransport::Udp;
+    let got = match dns.cache.get(&caller.agent, route, &q, udp) {
+        Some(hit) => {
+            event.cached = true;
+            Ok((hit.upstream, hit.bytes, hit.answer))
+        }
+        None => forward::ask(ctx, &q, &upstreams, caller.transport, dns.config().timeout)
+            .await
+            .map(|(upstream, bytes, read)| {
+                dns.cache.put(&caller.agent, route, &q, upstream, &bytes);
+                (upstream, message::with_id(bytes, q.id), read)
+            }),
+    };
+    let reply = match got {
         Ok((upstream, bytes, read)) => {
             event.upstream = Some(upstream.0);
             event.rcode = message::rcode_name(read.rcode);
@@ -186,7 +203,7 @@ pub async fn answer(ctx: &Arc<ProxyCtx>, caller: &DnsCaller, bytes: &[u8]) -> Op
                 let grace = dns.config().binding_grace;
                 event.bound = ctx.gate.learned.learn(&caller.agent, &q.text, &read.addresses, grace);
             }
-            message::with_id(bytes, q.id)
+            bytes
         }
         Err(e) => {
             tracing::info!(agent = %caller.agent, name = %q.text, "dns upstream failed: {e}");

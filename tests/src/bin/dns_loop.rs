@@ -2,6 +2,8 @@
 //! UDP, one query outstanding, COUNT queries in all (each waits at most 2 s),
 //! and prints one JSON line with the latency percentiles in microseconds:
 //! `{"count":N,"timeouts":N,"refused":N,"p50_us":..,"p99_us":..,"qps":..}`.
+//! A NAME `*.zone` asks a name never asked before each time
+//! (`q<i>-<pid>.zone`), so no cache on the way can answer it.
 //! Run in an agent cgroup, it measures the path through the gateway.
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -22,7 +24,14 @@ fn main() {
     }
     let server: SocketAddr = args[1].parse().expect("server ip:port");
     let count: usize = args[2].parse().expect("count");
-    let names: Vec<Name> = args[3..].iter().map(|n| Name::from_str(n).expect("name")).collect();
+    let pid = std::process::id();
+    let name_of = |i: usize| -> Name {
+        let n = &args[3 + i % (args.len() - 3)];
+        match n.strip_prefix("*.") {
+            Some(zone) => Name::from_str(&format!("q{i}-{pid}.{zone}")).expect("name"),
+            None => Name::from_str(n).expect("name"),
+        }
+    };
     let bind = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let socket = UdpSocket::bind(bind).expect("bind");
     socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
@@ -33,7 +42,7 @@ fn main() {
         let id = (i % 65_536) as u16;
         let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
-        msg.add_query(Query::query(names[i % names.len()].clone(), RecordType::A));
+        msg.add_query(Query::query(name_of(i), RecordType::A));
         let bytes = msg.to_vec().expect("query");
         let sent = Instant::now();
         socket.send_to(&bytes, server).expect("send");

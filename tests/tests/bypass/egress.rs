@@ -373,3 +373,102 @@ fn with_the_gateway_down_dns_fails_closed() {
         "the query left without the gateway"
     );
 }
+
+/// `dig +noall +answer` lines: (owner, ttl, data).
+fn answer_lines(out: &str) -> Vec<(String, u32, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5 && f[2] == "IN").then(|| (f[0].to_owned(), f[1].parse().unwrap_or(u32::MAX), f[4].to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_name_asked_again_is_answered_from_the_agents_cache_and_still_judged_and_audited() {
+    let dns = Dnsmasq::start_with_ttl(RESOLVER, RECORDS, 60);
+    let cg = TestCgroup::new(&unique("dnscache"));
+    let (one, two) = (cg.child("one"), cg.child("two"));
+    let gw = Gateway::start(
+        &cg,
+        GatewayOptions {
+            extra_toml: vec![
+                format!(
+                    "[[agents]]\nname = \"cacher-one\"\ncgroup = \"{}/one\"\n\n[[agents]]\nname = \"cacher-two\"\ncgroup = \"{}/two\"\n",
+                    cg.relative(),
+                    cg.relative()
+                ),
+                "[[targets]]\nname = \"allowed\"\nhosts = [\"*.allowed.test\"]\nports = \"80\"\n".into(),
+                format!("[dns]\ntrusted_servers = [\"{RESOLVER}:53\"]\n"),
+            ],
+            policies: Some(vec![
+                ("base.cedar".into(), shipped("base.cedar")),
+                (
+                    "dns.cedar".into(),
+                    r#"@id("one-connects")
+permit (principal == Interlock::Agent::"cacher-one", action == Interlock::Action::"connect", resource == Interlock::Target::"allowed");"#
+                        .into(),
+                ),
+            ]),
+            ..Default::default()
+        },
+    );
+    let (one, two) = (
+        interlock_tests::cgroup::Sub::new(&one),
+        interlock_tests::cgroup::Sub::new(&two),
+    );
+    let ask = |cg: &interlock_tests::cgroup::Sub, transport: &str| {
+        let server = format!("@{RESOLVER}");
+        let out = Client::agent(cg).run(
+            "dig",
+            &[&server, "+time=2", "+tries=1", transport, "api.allowed.test", "A"],
+        );
+        format!("{}{}", out.stdout, out.stderr)
+    };
+    let first = ask(&one, "+notcp");
+    assert_eq!(status_of(&first), "NOERROR", "{first}");
+    let again = ask(&one, "+notcp");
+    assert_eq!(status_of(&again), "NOERROR", "{again}");
+    let by_tcp = ask(&one, "+tcp");
+    assert_eq!(status_of(&by_tcp), "NOERROR", "{by_tcp}");
+    // One trip upstream for the three; the kept answers are the upstream's,
+    // their TTL no higher than it said.
+    assert_eq!(dns.queries_for("api.allowed.test"), 1, "{}", dns.log());
+    let (a, b) = (answer_lines(&first), answer_lines(&again));
+    assert_eq!(a.len(), 1, "{first}");
+    assert_eq!((&a[0].0, &a[0].2), (&b[0].0, &b[0].2), "{again}");
+    assert!(b[0].1 <= a[0].1 && a[0].1 <= 60, "{first}\n{again}");
+    assert!(
+        by_tcp.contains("127.0.0.71") && by_tcp.contains(&format!("SERVER: {RESOLVER}#53")),
+        "{by_tcp}"
+    );
+    let events = |agent: &str| {
+        gw.events()
+            .all()
+            .into_iter()
+            .filter(|e| e["event"] == "dns_query" && e["agent"] == agent && e["name"] == "api.allowed.test")
+            .collect::<Vec<_>>()
+    };
+    assert!(interlock_tests::wait_for(5, || (events("cacher-one").len() == 3).then_some(())).is_some());
+    let evs = events("cacher-one");
+    let cached: Vec<bool> = evs.iter().map(|e| e["cached"] == true).collect();
+    assert_eq!(cached, vec![false, true, true], "{evs:?}");
+    for e in &evs {
+        // Every answer, kept or not, was judged, binds the name and is
+        // recorded with what the agent received.
+        assert_eq!(e["decision"]["outcome"], "allow", "{e}");
+        assert_eq!(e["decision"]["policies"][0], "base-dns-reachable-targets", "{e}");
+        assert_eq!(e["bound"], 1, "{e}");
+        assert_eq!(e["upstream"], format!("{RESOLVER}:53"), "{e}");
+        assert_eq!(e["answers"][0]["data"], "127.0.0.71", "{e}");
+    }
+    assert_eq!(evs[2]["transport"], "tcp");
+    // Another agent's question is its own: judged for it (refused: it may
+    // not reach the target) and never answered from the first one's answers.
+    let refused = ask(&two, "+notcp");
+    assert_eq!(status_of(&refused), "REFUSED", "{refused}");
+    assert_eq!(dns.queries_for("api.allowed.test"), 1);
+    let ev = gw.events().wait("dns_query", |e| e["agent"] == "cacher-two");
+    assert_eq!(ev["cached"], false, "{ev}");
+    assert_eq!(ev["decision"]["outcome"], "deny", "{ev}");
+}

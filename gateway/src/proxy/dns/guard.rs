@@ -31,6 +31,8 @@ pub struct Guards {
     trusted: HashSet<SocketAddr>,
     /// Idle upstream sockets (the resolver's state lives here with the counts).
     pub upstream_sockets: super::forward::UdpPool,
+    /// Answers kept for their TTL.
+    pub cache: super::cache::AnswerCache,
 }
 
 /// The `nameserver` lines of a resolv.conf, as port-53 addresses (a
@@ -91,6 +93,7 @@ impl Guards {
             windows: Mutex::default(),
             trusted,
             upstream_sockets: super::forward::UdpPool::default(),
+            cache: super::cache::AnswerCache::new(config.cache_entries, config.cache_max_ttl),
         }
     }
 

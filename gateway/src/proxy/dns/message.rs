@@ -154,6 +154,12 @@ pub fn read_answer(bytes: &[u8], q: &Question, id: u16) -> Result<Answer, String
     if !same {
         return Err("upstream answer is for another question".into());
     }
+    Ok(describe(&msg))
+}
+
+/// What an answer says: its code, its answer section as text and the
+/// addresses in it.
+pub fn describe(msg: &Message) -> Answer {
     let mut answers = Vec::with_capacity(msg.answers.len());
     let mut addresses = Vec::new();
     for r in &msg.answers {
@@ -176,11 +182,11 @@ pub fn read_answer(bytes: &[u8], q: &Question, id: u16) -> Result<Answer, String
             ttl: r.ttl,
         });
     }
-    Ok(Answer {
+    Answer {
         rcode: msg.metadata.response_code,
         answers,
         addresses,
-    })
+    }
 }
 
 /// The answer bytes with the agent's id put back.
